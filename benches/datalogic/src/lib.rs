@@ -1,0 +1,1 @@
+//! Marker crate: the datalogic benchmark lives in `benches/datalogic.rs`.

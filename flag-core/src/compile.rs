@@ -1,0 +1,1094 @@
+//! Validation and compilation: a flag-set document becomes a [`CompiledFlagSet`].
+//!
+//! Validation *is* compilation: the compiler walks every rule once, reports each problem with its
+//! JSON path, and produces the evaluation plan. Strict mode (server writes) rejects a document
+//! with any problem; lenient mode (SDK reads) isolates a broken flag so it evaluates to an error
+//! while every other flag keeps working.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::EvaluationContext;
+use crate::context::FastHasher;
+use crate::model::{Flag, FlagSet, FlagType, Metadata, json_type_name};
+use crate::problem::{JsonPath, Problem, ValidationError};
+use crate::resolve::{CompiledFlag, CompiledFlagSet};
+use crate::rule::{
+    BucketBy, Buckets, Env, FractionalNode, InSet, MAX_TOTAL_WEIGHT, Node, Op, Scope, ScopedOp,
+    VarNode, VarPath, eval, weight_of,
+};
+use crate::semver::{SEMVER_OPS, SemVerOp, Version};
+
+/// The deepest nesting of objects and arrays a targeting rule may have. Deeper rules are
+/// rejected at write time, which also bounds the evaluator's recursion.
+pub const MAX_RULE_DEPTH: usize = 64;
+
+/// The longest flag key accepted in strict mode.
+pub const MAX_FLAG_KEY_LEN: usize = 128;
+
+/// A `in` against a constant list of strings at least this long is compiled into a hash set.
+const IN_SET_THRESHOLD: usize = 8;
+
+/// Every operator name the compiler knows, for "did you mean" hints.
+const OPERATORS: &[&str] = &[
+    "var",
+    "missing",
+    "missing_some",
+    "if",
+    "?:",
+    "==",
+    "===",
+    "!=",
+    "!==",
+    ">",
+    ">=",
+    "<",
+    "<=",
+    "!",
+    "!!",
+    "and",
+    "or",
+    "%",
+    "/",
+    "*",
+    "+",
+    "-",
+    "max",
+    "min",
+    "merge",
+    "cat",
+    "substr",
+    "in",
+    "map",
+    "filter",
+    "all",
+    "none",
+    "some",
+    "reduce",
+    "fractional",
+    "sem_ver",
+    "starts_with",
+    "ends_with",
+    "$ref",
+];
+
+/// How strictly a document is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Any problem rejects the whole document (server writes, `flagctl apply`).
+    Strict,
+    /// A flag with a problem is isolated and evaluates to an error (SDK, foreign flag files).
+    Lenient,
+}
+
+impl FlagSet {
+    /// Parses and validates a document strictly: every problem is reported, with its path.
+    pub fn from_json_str(text: &str) -> Result<FlagSet, ValidationError> {
+        let value: Value = serde_json::from_str(text).map_err(|err| ValidationError {
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("not valid JSON: {err}"),
+            }],
+        })?;
+        FlagSet::from_value(&value)
+    }
+
+    /// Validates a JSON value strictly and returns the typed document.
+    pub fn from_value(value: &Value) -> Result<FlagSet, ValidationError> {
+        let parsed = parse_document(value);
+        let mut problems = parsed.problems;
+        let (_, compile_problems) = compile_parsed(&parsed.set, &parsed.broken, Mode::Strict);
+        problems.extend(compile_problems);
+        if problems.is_empty() {
+            Ok(parsed.set)
+        } else {
+            Err(ValidationError { problems })
+        }
+    }
+
+    /// Validates an already-typed document strictly.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        CompiledFlagSet::compile(self).map(|_| ())
+    }
+}
+
+impl CompiledFlagSet {
+    /// Compiles a typed document strictly: any problem is an error.
+    pub fn compile(set: &FlagSet) -> Result<CompiledFlagSet, ValidationError> {
+        let (compiled, problems) = compile_parsed(set, &BTreeMap::new(), Mode::Strict);
+        if problems.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(ValidationError { problems })
+        }
+    }
+
+    /// Compiles a typed document leniently: broken flags evaluate to an error result.
+    pub fn compile_lenient(set: &FlagSet) -> (CompiledFlagSet, Vec<Problem>) {
+        compile_parsed(set, &BTreeMap::new(), Mode::Lenient)
+    }
+
+    /// Compiles any JSON document leniently, as a client receiving flags must: a flag whose
+    /// definition is malformed is kept as an error result rather than failing the document.
+    pub fn compile_json_lenient(value: &Value) -> (CompiledFlagSet, Vec<Problem>) {
+        let parsed = parse_document(value);
+        let (compiled, mut problems) = compile_parsed(&parsed.set, &parsed.broken, Mode::Lenient);
+        let mut all = parsed.problems;
+        all.append(&mut problems);
+        (compiled, all)
+    }
+}
+
+/// A document split into what parsed and what did not.
+struct ParsedDocument {
+    set: FlagSet,
+    /// Flags whose definition did not even deserialize, with the first problem found.
+    broken: BTreeMap<String, String>,
+    problems: Vec<Problem>,
+}
+
+/// Deserializes a document part by part so one malformed flag does not hide the others.
+fn parse_document(value: &Value) -> ParsedDocument {
+    let mut doc = ParsedDocument {
+        set: FlagSet::default(),
+        broken: BTreeMap::new(),
+        problems: Vec::new(),
+    };
+    let Value::Object(root) = value else {
+        doc.problems.push(Problem {
+            path: String::new(),
+            message: format!(
+                "a flag set must be a JSON object, found {}",
+                json_type_name(value)
+            ),
+        });
+        return doc;
+    };
+    for (name, member) in root {
+        let mut path = JsonPath::default();
+        path.push_key(name);
+        match name.as_str() {
+            "$schema" => match member {
+                Value::String(s) => doc.set.schema = Some(s.clone()),
+                other => doc.problems.push(
+                    path.problem(format!("must be a string, found {}", json_type_name(other))),
+                ),
+            },
+            "metadata" => match deserialize_at::<Metadata>(member, &path) {
+                Ok(metadata) => doc.set.metadata = metadata,
+                Err(problem) => doc.problems.push(problem),
+            },
+            "$evaluators" => match member {
+                Value::Object(evaluators) => {
+                    doc.set.evaluators = evaluators
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                }
+                other => doc.problems.push(path.problem(format!(
+                    "must be an object, found {}",
+                    json_type_name(other)
+                ))),
+            },
+            "flags" => parse_flags(member, &mut path, &mut doc),
+            other => doc.problems.push(Problem {
+                path: String::new(),
+                message: format!(
+                    "unknown field {other:?} (expected $schema, metadata, $evaluators or flags)"
+                ),
+            }),
+        }
+    }
+    doc
+}
+
+fn parse_flags(value: &Value, path: &mut JsonPath, doc: &mut ParsedDocument) {
+    let parse_one = |key: &str, flag: &Value, path: &mut JsonPath, doc: &mut ParsedDocument| {
+        let mark = path.push_key(key);
+        if doc.set.flags.contains_key(key) || doc.broken.contains_key(key) {
+            doc.problems.push(path.problem("flag key appears twice"));
+        } else {
+            match deserialize_at::<Flag>(flag, path) {
+                Ok(flag) => {
+                    doc.set.flags.insert(key.to_owned(), flag);
+                }
+                Err(problem) => {
+                    doc.broken.insert(key.to_owned(), problem.to_string());
+                    doc.problems.push(problem);
+                }
+            }
+        }
+        path.truncate(mark);
+    };
+    match value {
+        Value::Object(flags) => {
+            for (key, flag) in flags {
+                parse_one(key, flag, path, doc);
+            }
+        }
+        Value::Array(flags) => {
+            for (index, flag) in flags.iter().enumerate() {
+                let key = flag.get("key").and_then(Value::as_str);
+                match (key, flag) {
+                    (Some(key), Value::Object(members)) => {
+                        let mut rest = members.clone();
+                        rest.remove("key");
+                        parse_one(key, &Value::Object(rest), path, doc);
+                    }
+                    _ => {
+                        let mark = path.push_index(index);
+                        doc.problems
+                            .push(path.problem("a flag in the array form needs a string \"key\""));
+                        path.truncate(mark);
+                    }
+                }
+            }
+        }
+        other => doc.problems.push(path.problem(format!(
+            "must be an object of flags by key (or an array of flags), found {}",
+            json_type_name(other)
+        ))),
+    }
+}
+
+/// Deserializes with serde, reporting the failing field's full path.
+fn deserialize_at<T: for<'de> Deserialize<'de>>(
+    value: &Value,
+    path: &JsonPath,
+) -> Result<T, Problem> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
+        let mut full = path.clone();
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => {
+                    full.push_index(*index);
+                }
+                serde_path_to_error::Segment::Map { key }
+                | serde_path_to_error::Segment::Enum { variant: key } => {
+                    full.push_key(key);
+                }
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        full.problem(err.into_inner().to_string())
+    })
+}
+
+/// Compiles every flag; in strict mode also checks flag keys.
+fn compile_parsed(
+    set: &FlagSet,
+    broken: &BTreeMap<String, String>,
+    mode: Mode,
+) -> (CompiledFlagSet, Vec<Problem>) {
+    let mut problems = Vec::new();
+
+    // Evaluators are compiled once; a flag that references a broken one is broken too.
+    let mut evaluators: HashMap<&str, Option<Node>, FastHasher> = HashMap::default();
+    for (name, rule) in &set.evaluators {
+        let mut compiler = Compiler::new(JsonPath::new("$evaluators"), None);
+        let mark = compiler.path.push_key(name);
+        compiler.inside_evaluator = true;
+        let node = compiler.compile(rule, 0);
+        compiler.path.truncate(mark);
+        let ok = compiler.problems.is_empty();
+        problems.append(&mut compiler.problems);
+        evaluators.insert(name, ok.then_some(node));
+    }
+
+    let mut flags = Vec::with_capacity(set.flags.len() + broken.len());
+    for (key, flag) in &set.flags {
+        let mut path = JsonPath::new("flags");
+        path.push_key(key);
+        let mut flag_problems = Vec::new();
+        if mode == Mode::Strict
+            && let Err(message) = check_flag_key(key)
+        {
+            flag_problems.push(path.problem(message));
+        }
+        let compiled = compile_flag(
+            key,
+            flag,
+            &set.metadata,
+            &evaluators,
+            path,
+            &mut flag_problems,
+        );
+        let compiled = if flag_problems.is_empty() {
+            compiled
+        } else {
+            let message = flag_problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            CompiledFlag::broken(key, message, merged_metadata(&set.metadata, &flag.metadata))
+        };
+        problems.append(&mut flag_problems);
+        flags.push(compiled);
+    }
+    for (key, message) in broken {
+        flags.push(CompiledFlag::broken(
+            key,
+            message.clone(),
+            set.metadata.clone(),
+        ));
+    }
+    (CompiledFlagSet::new(flags, set.metadata.clone()), problems)
+}
+
+/// Flag keys appear in URLs, file names and shell commands: keep them to a safe alphabet.
+pub fn check_flag_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("a flag key may not be empty".to_owned());
+    }
+    if key.len() > MAX_FLAG_KEY_LEN {
+        return Err(format!(
+            "a flag key may be at most {MAX_FLAG_KEY_LEN} bytes long, this one is {}",
+            key.len()
+        ));
+    }
+    let valid_start = key.starts_with(|c: char| c.is_ascii_alphanumeric());
+    let valid_chars = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid_start || !valid_chars {
+        return Err(format!(
+            "invalid flag key {key:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn merged_metadata(set: &Metadata, flag: &Metadata) -> Metadata {
+    let mut merged = set.clone();
+    merged.extend(flag.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged
+}
+
+fn compile_flag(
+    key: &str,
+    flag: &Flag,
+    set_metadata: &Metadata,
+    evaluators: &HashMap<&str, Option<Node>, FastHasher>,
+    mut path: JsonPath,
+    problems: &mut Vec<Problem>,
+) -> CompiledFlag {
+    let flag_type = check_variants(flag, &mut path, problems);
+    let default_variant = match &flag.default_variant {
+        None => None,
+        Some(name) => {
+            let index = flag.variants.keys().position(|k| k == name);
+            if index.is_none() {
+                let mark = path.push_key("defaultVariant");
+                problems.push(path.problem(format!(
+                    "{name:?} is not a variant (expected one of: {})",
+                    variant_list(flag)
+                )));
+                path.truncate(mark);
+            }
+            index
+        }
+    };
+    let targeting = flag.effective_targeting().map(|rule| {
+        let mark = path.push_key("targeting");
+        let mut compiler = Compiler::new(path.clone(), Some(evaluators));
+        let node = compiler.compile(rule, 0);
+        if compiler.problems.is_empty() {
+            check_results(rule, flag, &mut compiler.path, &mut compiler.problems);
+        }
+        problems.append(&mut compiler.problems);
+        path.truncate(mark);
+        node
+    });
+    CompiledFlag::new(
+        key,
+        flag,
+        flag_type,
+        default_variant,
+        targeting,
+        merged_metadata(set_metadata, &flag.metadata),
+    )
+}
+
+fn variant_list(flag: &Flag) -> String {
+    flag.variants
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that a flag has variants of one allowed type, and returns that type.
+fn check_variants(
+    flag: &Flag,
+    path: &mut JsonPath,
+    problems: &mut Vec<Problem>,
+) -> Option<FlagType> {
+    let mark = path.push_key("variants");
+    if flag.variants.is_empty() {
+        problems.push(path.problem("a flag needs at least one variant"));
+    }
+    let mut first: Option<(&str, FlagType)> = None;
+    let mut mixed = false;
+    for (name, value) in &flag.variants {
+        let Some(ty) = FlagType::of(value) else {
+            let inner = path.push_key(name);
+            let hint = if value.is_array() {
+                " (wrap an array in an object)"
+            } else {
+                ""
+            };
+            problems.push(path.problem(format!(
+                "a variant value must be a boolean, string, number or object, found {}{hint}",
+                json_type_name(value)
+            )));
+            path.truncate(inner);
+            continue;
+        };
+        match first {
+            None => first = Some((name, ty)),
+            Some((first_name, first_ty)) if first_ty != ty && !mixed => {
+                mixed = true;
+                problems.push(path.problem(format!(
+                    "variants mix types ({first_name:?} is {first_ty}, {name:?} is {ty}); all variants of a flag must have one type"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    path.truncate(mark);
+    if mixed { None } else { first.map(|(_, ty)| ty) }
+}
+
+/// Reports constant results that cannot name a variant: a typo in `"if": [..., "onn", "off"]`
+/// would otherwise only show up as an error for the users who reach that branch.
+fn check_results(rule: &Value, flag: &Flag, path: &mut JsonPath, problems: &mut Vec<Problem>) {
+    let is_variant = |name: &str| flag.variants.contains_key(name);
+    match rule {
+        Value::String(name) if !is_variant(name) => problems.push(path.problem(format!(
+            "targeting can return {name:?}, which is not a variant (expected one of: {})",
+            variant_list(flag)
+        ))),
+        Value::Bool(b) if !is_variant(if *b { "true" } else { "false" }) => {
+            problems.push(path.problem(format!(
+                "targeting can return {b}, but the flag has no variant named \"{b}\""
+            )));
+        }
+        Value::Number(n) => problems.push(path.problem(format!(
+            "targeting can return the number {n}, which cannot name a variant"
+        ))),
+        Value::Object(object) if object.len() == 1 => {
+            let Some((op, args)) = object.iter().next() else {
+                return;
+            };
+            let mark = path.push_key(op);
+            match (op.as_str(), args) {
+                ("if" | "?:", Value::Array(args)) => {
+                    for (index, branch) in args.iter().enumerate() {
+                        let is_result = index % 2 == 1 || index == args.len() - 1;
+                        if is_result {
+                            let inner = path.push_index(index);
+                            check_results(branch, flag, path, problems);
+                            path.truncate(inner);
+                        }
+                    }
+                }
+                ("fractional", Value::Array(args)) => {
+                    for (index, bucket) in args.iter().enumerate() {
+                        if let Some(name @ (Value::String(_) | Value::Bool(_))) =
+                            bucket.as_array().and_then(|b| b.first())
+                        {
+                            let inner = path.push_index(index);
+                            let name_mark = path.push_index(0);
+                            check_results(name, flag, path, problems);
+                            path.truncate(name_mark);
+                            path.truncate(inner);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            path.truncate(mark);
+        }
+        _ => {}
+    }
+}
+
+/// Compiles one JsonLogic rule, collecting problems instead of stopping at the first.
+struct Compiler<'e> {
+    path: JsonPath,
+    problems: Vec<Problem>,
+    /// `None` while compiling an evaluator itself (evaluators may not reference evaluators).
+    evaluators: Option<&'e HashMap<&'e str, Option<Node>, FastHasher>>,
+    inside_evaluator: bool,
+}
+
+impl<'e> Compiler<'e> {
+    fn new(
+        path: JsonPath,
+        evaluators: Option<&'e HashMap<&'e str, Option<Node>, FastHasher>>,
+    ) -> Self {
+        Compiler {
+            path,
+            problems: Vec::new(),
+            evaluators,
+            inside_evaluator: false,
+        }
+    }
+
+    fn problem(&mut self, message: impl Into<String>) -> Node {
+        self.problems.push(self.path.problem(message));
+        Node::Const(Value::Null)
+    }
+
+    fn compile(&mut self, value: &Value, depth: usize) -> Node {
+        if depth > MAX_RULE_DEPTH {
+            return self.problem(format!(
+                "rule is nested more than {MAX_RULE_DEPTH} levels deep"
+            ));
+        }
+        match value {
+            Value::Array(items) => {
+                let nodes: Vec<Node> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(index, item)| {
+                        let mark = self.path.push_index(index);
+                        let node = self.compile(item, depth + 1);
+                        self.path.truncate(mark);
+                        node
+                    })
+                    .collect();
+                match all_const(&nodes) {
+                    Some(values) => Node::Const(Value::Array(values)),
+                    None => Node::Array(nodes.into_boxed_slice()),
+                }
+            }
+            Value::Object(object) => {
+                if object.is_empty() {
+                    // JsonLogic treats an empty object as data.
+                    return Node::Const(value.clone());
+                }
+                let mut entries = object.iter();
+                let (Some((op, args)), None) = (entries.next(), entries.next()) else {
+                    let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+                    return self.problem(format!(
+                        "a rule object must have exactly one operator, found {} keys ({})",
+                        keys.len(),
+                        keys.join(", ")
+                    ));
+                };
+                let mark = self.path.push_key(op);
+                let node = self.compile_operator(op, args, depth);
+                self.path.truncate(mark);
+                node
+            }
+            scalar => Node::Const(scalar.clone()),
+        }
+    }
+
+    /// Compiles each argument; a non-array argument is a single argument (JsonLogic's sugar).
+    fn compile_args(&mut self, args: &Value, depth: usize) -> Vec<Node> {
+        match args {
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    let mark = self.path.push_index(index);
+                    let node = self.compile(item, depth + 1);
+                    self.path.truncate(mark);
+                    node
+                })
+                .collect(),
+            single => vec![self.compile(single, depth + 1)],
+        }
+    }
+
+    fn arg_count(args: &Value) -> usize {
+        match args {
+            Value::Array(items) => items.len(),
+            _ => 1,
+        }
+    }
+
+    fn compile_operator(&mut self, op: &str, args: &Value, depth: usize) -> Node {
+        let simple = |op: Op| Some(op);
+        let eager = match op {
+            "==" => simple(Op::Eq),
+            "===" => simple(Op::StrictEq),
+            "!=" => simple(Op::Ne),
+            "!==" => simple(Op::StrictNe),
+            "<" => simple(Op::Lt),
+            "<=" => simple(Op::Le),
+            ">" => simple(Op::Gt),
+            ">=" => simple(Op::Ge),
+            "!" => simple(Op::Not),
+            "!!" => simple(Op::NotNot),
+            "%" => simple(Op::Mod),
+            "/" => simple(Op::Div),
+            "*" => simple(Op::Mul),
+            "+" => simple(Op::Add),
+            "-" => simple(Op::Sub),
+            "max" => simple(Op::Max),
+            "min" => simple(Op::Min),
+            "merge" => simple(Op::Merge),
+            "cat" => simple(Op::Cat),
+            "substr" => simple(Op::Substr),
+            "in" => simple(Op::In),
+            "starts_with" => simple(Op::StartsWith),
+            "ends_with" => simple(Op::EndsWith),
+            "sem_ver" => simple(Op::SemVer),
+            _ => None,
+        };
+        if let Some(op) = eager {
+            return self.compile_eager(op, args, depth);
+        }
+        match op {
+            "var" => self.compile_var(args, depth),
+            "missing" => Node::Missing(self.compile_args(args, depth).into_boxed_slice()),
+            "missing_some" => {
+                if Self::arg_count(args) != 2 {
+                    return self.problem("missing_some takes 2 arguments: [minimum, [keys...]]");
+                }
+                Node::MissingSome(self.compile_args(args, depth).into_boxed_slice())
+            }
+            "if" | "?:" => {
+                let nodes = self.compile_args(args, depth);
+                // Fold a constant condition chain down to the branch it picks.
+                if let [Node::Const(condition), then, otherwise] = nodes.as_slice() {
+                    let truthy = crate::value::truthy(condition);
+                    return if truthy {
+                        then.clone()
+                    } else {
+                        otherwise.clone()
+                    };
+                }
+                Node::If(nodes.into_boxed_slice())
+            }
+            "and" => Node::And(self.compile_args(args, depth).into_boxed_slice()),
+            "or" => Node::Or(self.compile_args(args, depth).into_boxed_slice()),
+            "map" | "filter" | "all" | "none" | "some" => {
+                let scoped = match op {
+                    "map" => ScopedOp::Map,
+                    "filter" => ScopedOp::Filter,
+                    "all" => ScopedOp::All,
+                    "none" => ScopedOp::None,
+                    _ => ScopedOp::Some,
+                };
+                if Self::arg_count(args) != 2 {
+                    return self.problem(format!("{op} takes 2 arguments: [array, rule]"));
+                }
+                let mut nodes = self.compile_args(args, depth).into_iter();
+                let (Some(array), Some(logic)) = (nodes.next(), nodes.next()) else {
+                    return self.problem(format!("{op} takes 2 arguments: [array, rule]"));
+                };
+                Node::Scoped(scoped, Box::new([array, logic]))
+            }
+            "reduce" => {
+                let count = Self::arg_count(args);
+                if !(2..=3).contains(&count) {
+                    return self.problem("reduce takes 2 or 3 arguments: [array, rule, initial]");
+                }
+                let mut nodes = self.compile_args(args, depth).into_iter();
+                let (Some(array), Some(logic)) = (nodes.next(), nodes.next()) else {
+                    return self.problem("reduce takes 2 or 3 arguments: [array, rule, initial]");
+                };
+                let initial = nodes.next().unwrap_or(Node::Const(Value::Null));
+                Node::Reduce(Box::new([array, logic, initial]))
+            }
+            "fractional" => self.compile_fractional(args, depth),
+            "$ref" => self.compile_ref(args),
+            unknown => {
+                let hint = closest_operator(unknown)
+                    .map(|near| format!(" (did you mean {near:?}?)"))
+                    .unwrap_or_default();
+                self.problem(format!("unknown operator {unknown:?}{hint}"))
+            }
+        }
+    }
+
+    fn compile_eager(&mut self, op: Op, args: &Value, depth: usize) -> Node {
+        let count = Self::arg_count(args);
+        let arity_problem = match op {
+            Op::StartsWith | Op::EndsWith if count != 2 => {
+                Some("takes exactly 2 arguments: [text, affix]".to_owned())
+            }
+            Op::SemVer if count != 3 => Some(format!(
+                "takes exactly 3 arguments: [version, operator, version] (operators: {SEMVER_OPS})"
+            )),
+            Op::Lt | Op::Le if !(2..=3).contains(&count) => {
+                Some("takes 2 arguments, or 3 for the between form".to_owned())
+            }
+            Op::Eq
+            | Op::StrictEq
+            | Op::Ne
+            | Op::StrictNe
+            | Op::Gt
+            | Op::Ge
+            | Op::Mod
+            | Op::Div
+            | Op::In
+                if count != 2 =>
+            {
+                Some("takes exactly 2 arguments".to_owned())
+            }
+            Op::Substr if !(2..=3).contains(&count) => {
+                Some("takes 2 or 3 arguments: [text, start, length]".to_owned())
+            }
+            _ => None,
+        };
+        if let Some(message) = arity_problem {
+            return self.problem(format!("{} {message}, found {count}", op_name(op)));
+        }
+        let nodes = self.compile_args(args, depth);
+        if op == Op::SemVer {
+            self.check_sem_ver_constants(&nodes);
+        }
+        if op == Op::In
+            && let [needle, Node::Const(Value::Array(items))] = nodes.as_slice()
+            && items.len() >= IN_SET_THRESHOLD
+            && items.iter().all(Value::is_string)
+        {
+            let set = items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(Box::from)
+                .collect();
+            return Node::InStringSet(Box::new(InSet {
+                needle: needle.clone(),
+                set,
+            }));
+        }
+        let node = Node::Op(op, nodes.into_boxed_slice());
+        fold_constant(node)
+    }
+
+    fn check_sem_ver_constants(&mut self, nodes: &[Node]) {
+        for (index, node) in nodes.iter().enumerate() {
+            let Node::Const(value) = node else { continue };
+            let mark = self.path.push_index(index);
+            match (index, value) {
+                (1, Value::String(op)) if SemVerOp::parse(op).is_none() => {
+                    self.problem(format!(
+                        "{op:?} is not a sem_ver operator (expected one of: {SEMVER_OPS})"
+                    ));
+                }
+                (1, other) if !other.is_string() => {
+                    self.problem(format!(
+                        "the sem_ver operator must be a string, found {}",
+                        json_type_name(other)
+                    ));
+                }
+                (0 | 2, Value::String(text)) if Version::parse(text).is_none() => {
+                    self.problem(format!("{text:?} is not a semantic version"));
+                }
+                _ => {}
+            }
+            self.path.truncate(mark);
+        }
+    }
+
+    fn compile_var(&mut self, args: &Value, depth: usize) -> Node {
+        let (path_arg, default) = match args {
+            Value::Array(items) => match items.as_slice() {
+                [] => (&Value::Null, None),
+                [path] => (path, None),
+                [path, default] => (path, Some(default)),
+                _ => {
+                    return self.problem(format!(
+                        "var takes 1 or 2 arguments: [path, default], found {}",
+                        items.len()
+                    ));
+                }
+            },
+            single => (single, None),
+        };
+        let path = match path_arg {
+            Value::Null => VarPath::Static(Box::new([])),
+            Value::String(text) if text.is_empty() => VarPath::Static(Box::new([])),
+            Value::String(text) => VarPath::Static(text.split('.').map(Box::from).collect()),
+            Value::Number(n) => VarPath::Static(Box::new([Box::from(n.to_string())])),
+            Value::Object(_) => VarPath::Dynamic(self.compile(path_arg, depth + 1)),
+            other => {
+                return self.problem(format!(
+                    "a var path must be a string or number, found {}",
+                    json_type_name(other)
+                ));
+            }
+        };
+        let default = default.map(|value| self.compile(value, depth + 1));
+        Node::Var(Box::new(VarNode { path, default }))
+    }
+
+    fn compile_fractional(&mut self, args: &Value, depth: usize) -> Node {
+        let Value::Array(items) = args else {
+            return self.problem("fractional takes an array: [bucketBy?, [variant, weight], ...]");
+        };
+        if items.len() < 2 {
+            return self.problem(format!(
+                "fractional needs at least 2 arguments (a bucketBy and a bucket, or two buckets), found {}",
+                items.len()
+            ));
+        }
+        let nodes = self.compile_args(args, depth);
+        let mut buckets: &[Node] = &nodes;
+        let bucket_by = match (&items[0], &nodes[0]) {
+            (Value::String(text), _) => {
+                buckets = &nodes[1..];
+                BucketBy::Constant(text.as_str().into())
+            }
+            (Value::Null, _) => {
+                buckets = &nodes[1..];
+                BucketBy::FlagAndTargetingKey
+            }
+            (Value::Array(_), _) => BucketBy::FlagAndTargetingKey,
+            (Value::Object(_), node) => {
+                buckets = &nodes[1..];
+                BucketBy::Dynamic(node.clone())
+            }
+            (other, _) => {
+                let mark = self.path.push_index(0);
+                self.problem(format!(
+                    "the first fractional argument must be a bucketBy string or rule, or a bucket, found {}",
+                    json_type_name(other)
+                ));
+                self.path.truncate(mark);
+                return Node::Const(Value::Null);
+            }
+        };
+        let offset = nodes.len() - buckets.len();
+        if buckets.is_empty() {
+            return self.problem("fractional needs at least one bucket [variant, weight]");
+        }
+        // Check constant buckets now, so a bad weight is a write-time error.
+        let mut constant: Vec<(Value, u64)> = Vec::new();
+        let mut all_constant = true;
+        for (index, node) in buckets.iter().enumerate() {
+            let mark = self.path.push_index(index + offset);
+            match (&items[index + offset], node) {
+                (Value::Array(_), Node::Const(value)) => match check_bucket(value) {
+                    Ok(bucket) => constant.push(bucket),
+                    Err(message) => {
+                        self.problem(message);
+                    }
+                },
+                (Value::Array(_), _) => all_constant = false,
+                (Value::Object(_), _) => all_constant = false,
+                (other, _) => {
+                    self.problem(format!(
+                        "a bucket must be an array [variant, weight], found {}",
+                        json_type_name(other)
+                    ));
+                }
+            }
+            self.path.truncate(mark);
+        }
+        let total: u64 = constant.iter().map(|(_, w)| w).sum();
+        if total > MAX_TOTAL_WEIGHT {
+            return self.problem(format!(
+                "fractional weights add up to {total}, more than the maximum {MAX_TOTAL_WEIGHT}"
+            ));
+        }
+        let buckets = if all_constant {
+            let mut end = 0u32;
+            let mut ends = Vec::with_capacity(constant.len());
+            let mut variants = Vec::with_capacity(constant.len());
+            for (variant, weight) in constant {
+                // total <= i32::MAX was checked above, so every running end fits u32.
+                end += weight as u32;
+                ends.push(end);
+                variants.push(variant);
+            }
+            Buckets::Constant {
+                variants: variants.into(),
+                ends: ends.into(),
+                total: end,
+            }
+        } else {
+            Buckets::Dynamic(buckets.to_vec().into_boxed_slice())
+        };
+        Node::Fractional(Box::new(FractionalNode { bucket_by, buckets }))
+    }
+
+    fn compile_ref(&mut self, args: &Value) -> Node {
+        let Value::String(name) = args else {
+            return self.problem(format!(
+                "$ref takes the name of an evaluator, found {}",
+                json_type_name(args)
+            ));
+        };
+        if self.inside_evaluator {
+            return self.problem(format!(
+                "an evaluator may not reference another evaluator ($ref {name:?})"
+            ));
+        }
+        let Some(evaluators) = self.evaluators else {
+            return self.problem("$ref is not allowed here");
+        };
+        match evaluators.get(name.as_str()) {
+            Some(Some(node)) => node.clone(),
+            Some(None) => self.problem(format!(
+                "$ref {name:?} refers to an evaluator that has errors"
+            )),
+            None => {
+                let mut known: Vec<&str> = evaluators.keys().copied().collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "none are defined".to_owned()
+                } else {
+                    format!("defined: {}", known.join(", "))
+                };
+                self.problem(format!(
+                    "$ref {name:?} does not name an evaluator in $evaluators ({known})"
+                ))
+            }
+        }
+    }
+}
+
+fn check_bucket(value: &Value) -> Result<(Value, u64), String> {
+    let Value::Array(parts) = value else {
+        return Err("a bucket must be an array [variant, weight]".to_owned());
+    };
+    match parts.as_slice() {
+        [] => Err("a bucket needs a variant: [variant, weight]".to_owned()),
+        [_, _, _, ..] => Err(format!(
+            "a bucket is [variant] or [variant, weight], found {} elements",
+            parts.len()
+        )),
+        [variant, rest @ ..] => {
+            if !matches!(variant, Value::String(_) | Value::Bool(_) | Value::Null) {
+                return Err(format!(
+                    "a bucket's variant must be a variant name, found {}",
+                    json_type_name(variant)
+                ));
+            }
+            let weight = match rest.first() {
+                None | Some(Value::Null) => 1,
+                Some(Value::Number(n)) => {
+                    let f = n.as_f64().unwrap_or(f64::NAN);
+                    weight_of(f).ok_or_else(|| {
+                        format!("a bucket weight must be a whole number no larger than {MAX_TOTAL_WEIGHT}, found {n}")
+                    })?
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "a bucket weight must be a number, found {}",
+                        json_type_name(other)
+                    ));
+                }
+            };
+            Ok((variant.clone(), weight))
+        }
+    }
+}
+
+fn all_const(nodes: &[Node]) -> Option<Vec<Value>> {
+    nodes
+        .iter()
+        .map(|node| match node {
+            Node::Const(value) => Some(value.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Evaluates an operator whose arguments are all constants once, at compile time.
+fn fold_constant(node: Node) -> Node {
+    let Node::Op(_, args) = &node else {
+        return node;
+    };
+    if !args.iter().all(|arg| matches!(arg, Node::Const(_))) {
+        return node;
+    }
+    // Eager operators read no context, so an empty one serves.
+    let ctx = EvaluationContext::anonymous();
+    let flag_key = Value::Null;
+    let env = Env {
+        ctx: &ctx,
+        flag_key: &flag_key,
+        timestamp: 0,
+    };
+    let value = eval(&node, Scope::root(&env)).into_owned();
+    Node::Const(value)
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "==",
+        Op::StrictEq => "===",
+        Op::Ne => "!=",
+        Op::StrictNe => "!==",
+        Op::Lt => "<",
+        Op::Le => "<=",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+        Op::Not => "!",
+        Op::NotNot => "!!",
+        Op::Mod => "%",
+        Op::Div => "/",
+        Op::Mul => "*",
+        Op::Add => "+",
+        Op::Sub => "-",
+        Op::Max => "max",
+        Op::Min => "min",
+        Op::Merge => "merge",
+        Op::Cat => "cat",
+        Op::Substr => "substr",
+        Op::In => "in",
+        Op::StartsWith => "starts_with",
+        Op::EndsWith => "ends_with",
+        Op::SemVer => "sem_ver",
+    }
+}
+
+/// The known operator closest to a misspelt one, if any is close.
+fn closest_operator(unknown: &str) -> Option<&'static str> {
+    OPERATORS
+        .iter()
+        .map(|op| (edit_distance(unknown, op), *op))
+        .filter(|(distance, op)| *distance <= 2 && *distance < op.len())
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, op)| op)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// Compiles and evaluates one JsonLogic rule against a context, with `$flagd.flagKey` set to
+/// `flag_key`. For tools and tests; flags are compiled once through [`CompiledFlagSet`].
+pub fn evaluate_rule(
+    rule: &Value,
+    ctx: &EvaluationContext,
+    flag_key: &str,
+    timestamp: i64,
+) -> Result<Value, ValidationError> {
+    let evaluators = HashMap::default();
+    let mut compiler = Compiler::new(JsonPath::default(), Some(&evaluators));
+    let node = compiler.compile(rule, 0);
+    if !compiler.problems.is_empty() {
+        return Err(ValidationError {
+            problems: compiler.problems,
+        });
+    }
+    let flag_key = Value::String(flag_key.to_owned());
+    let env = Env {
+        ctx,
+        flag_key: &flag_key,
+        timestamp,
+    };
+    Ok(eval(&node, Scope::root(&env)).into_owned())
+}

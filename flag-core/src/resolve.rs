@@ -1,0 +1,525 @@
+//! Resolution: a flag key, a context and the time in; value, variant, reason and error out,
+//! exactly per flagd's semantics (DESIGN §3).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::context::{EvaluationContext, FastHasher};
+use crate::model::{Flag, FlagState, FlagType, Metadata};
+use crate::rule::{Env, Node, Scope, eval};
+
+/// Why a value was returned (OpenFeature / flagd reason strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Reason {
+    /// The flag has no targeting: its default variant was served.
+    Static,
+    /// Targeting did not decide (or the flag has no default variant): the default was served.
+    Default,
+    /// Targeting picked the variant.
+    TargetingMatch,
+    /// The flag is disabled: the caller's default was served.
+    Disabled,
+    /// Evaluation failed: the caller's default was served.
+    Error,
+}
+
+impl Reason {
+    /// The wire spelling, e.g. `TARGETING_MATCH`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Static => "STATIC",
+            Reason::Default => "DEFAULT",
+            Reason::TargetingMatch => "TARGETING_MATCH",
+            Reason::Disabled => "DISABLED",
+            Reason::Error => "ERROR",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// OpenFeature error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No flag has this key.
+    FlagNotFound,
+    /// The flag's definition could not be compiled.
+    ParseError,
+    /// The flag's value is not of the requested type.
+    TypeMismatch,
+    /// The context lacks a targeting key that evaluation needed.
+    TargetingKeyMissing,
+    /// The context is malformed.
+    InvalidContext,
+    /// The flags are not available yet (used by clients before their first sync).
+    ProviderNotReady,
+    /// Any other failure, such as targeting returning something that is not a variant.
+    General,
+}
+
+impl ErrorCode {
+    /// The wire spelling, e.g. `FLAG_NOT_FOUND`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::FlagNotFound => "FLAG_NOT_FOUND",
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::TypeMismatch => "TYPE_MISMATCH",
+            ErrorCode::TargetingKeyMissing => "TARGETING_KEY_MISSING",
+            ErrorCode::InvalidContext => "INVALID_CONTEXT",
+            ErrorCode::ProviderNotReady => "PROVIDER_NOT_READY",
+            ErrorCode::General => "GENERAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An evaluation error: a code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluationError {
+    /// The machine-readable code.
+    pub code: ErrorCode,
+    /// What went wrong.
+    pub message: Cow<'static, str>,
+}
+
+impl EvaluationError {
+    fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        EvaluationError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for EvaluationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// The result of evaluating a flag in its own type (what OFREP returns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution<'a> {
+    /// The variant's value; `None` means "use the caller's default" (disabled, code default,
+    /// error).
+    pub value: Option<&'a Value>,
+    /// The variant's name, when a variant was served.
+    pub variant: Option<&'a str>,
+    /// Why.
+    pub reason: Reason,
+    /// Set when `reason` is `Error`.
+    pub error: Option<EvaluationError>,
+    /// Flag-set metadata merged with the flag's own.
+    pub metadata: &'a Metadata,
+    /// The flag's type, when the flag exists and its variants agree on one.
+    pub flag_type: Option<FlagType>,
+}
+
+/// A typed result, as SDK getters return it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolutionDetails<'a, T> {
+    /// The variant's value, or the caller's default.
+    pub value: T,
+    /// The variant's name, when a variant was served.
+    pub variant: Option<&'a str>,
+    /// Why.
+    pub reason: Reason,
+    /// Set when `reason` is `Error`.
+    pub error: Option<EvaluationError>,
+    /// Flag-set metadata merged with the flag's own.
+    pub metadata: &'a Metadata,
+}
+
+/// A type flag values can be read as.
+pub trait FlagValue<'a>: Sized {
+    /// The type's name in `TYPE_MISMATCH` messages.
+    const TYPE_NAME: &'static str;
+    /// Reads a variant value as this type, or `None` when it is of another type.
+    fn from_value(value: &'a Value) -> Option<Self>;
+}
+
+impl<'a> FlagValue<'a> for bool {
+    const TYPE_NAME: &'static str = "boolean";
+    fn from_value(value: &'a Value) -> Option<Self> {
+        value.as_bool()
+    }
+}
+
+impl<'a> FlagValue<'a> for &'a str {
+    const TYPE_NAME: &'static str = "string";
+    fn from_value(value: &'a Value) -> Option<Self> {
+        value.as_str()
+    }
+}
+
+impl<'a> FlagValue<'a> for i64 {
+    const TYPE_NAME: &'static str = "integer";
+    fn from_value(value: &'a Value) -> Option<Self> {
+        let Value::Number(n) = value else { return None };
+        if let Some(i) = n.as_i64() {
+            return Some(i);
+        }
+        // `1.0` is an integer; `1.5` is not. The range check excludes values that would saturate.
+        let f = n.as_f64()?;
+        (f == f.trunc() && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f))
+            .then_some(f as i64)
+    }
+}
+
+impl<'a> FlagValue<'a> for f64 {
+    const TYPE_NAME: &'static str = "float";
+    fn from_value(value: &'a Value) -> Option<Self> {
+        value.as_f64()
+    }
+}
+
+impl<'a> FlagValue<'a> for &'a Value {
+    const TYPE_NAME: &'static str = "object";
+    fn from_value(value: &'a Value) -> Option<Self> {
+        value.is_object().then_some(value)
+    }
+}
+
+static EMPTY_METADATA: LazyLock<Metadata> = LazyLock::new(Metadata::new);
+
+/// One compiled flag.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledFlag {
+    /// The key as a JSON string, for `$flagd.flagKey` and hashing.
+    key: Value,
+    state: FlagState,
+    flag_type: Option<FlagType>,
+    variants: Box<[(Box<str>, Value)]>,
+    default_variant: Option<usize>,
+    targeting: Option<Node>,
+    metadata: Metadata,
+    /// Set in lenient mode for a flag that failed to compile: it evaluates to this error.
+    broken: Option<String>,
+}
+
+impl CompiledFlag {
+    pub(crate) fn new(
+        key: &str,
+        flag: &Flag,
+        flag_type: Option<FlagType>,
+        default_variant: Option<usize>,
+        targeting: Option<Node>,
+        metadata: Metadata,
+    ) -> Self {
+        CompiledFlag {
+            key: Value::String(key.to_owned()),
+            state: flag.state,
+            flag_type,
+            variants: flag
+                .variants
+                .iter()
+                .map(|(k, v)| (Box::from(k.as_str()), v.clone()))
+                .collect(),
+            default_variant,
+            targeting,
+            metadata,
+            broken: None,
+        }
+    }
+
+    pub(crate) fn broken(key: &str, message: String, metadata: Metadata) -> Self {
+        CompiledFlag {
+            key: Value::String(key.to_owned()),
+            state: FlagState::Enabled,
+            flag_type: None,
+            variants: Box::new([]),
+            default_variant: None,
+            targeting: None,
+            metadata,
+            broken: Some(message),
+        }
+    }
+
+    fn key(&self) -> &str {
+        self.key.as_str().unwrap_or_default()
+    }
+
+    fn variant(&self, index: usize) -> (&str, &Value) {
+        let (name, value) = &self.variants[index];
+        (name, value)
+    }
+
+    fn find_variant(&self, name: &str) -> Option<usize> {
+        // Flags have a handful of variants: a scan is faster than hashing.
+        self.variants.iter().position(|(n, _)| n.as_ref() == name)
+    }
+
+    fn served(&self, index: usize, reason: Reason) -> Resolution<'_> {
+        let (name, value) = self.variant(index);
+        Resolution {
+            value: Some(value),
+            variant: Some(name),
+            reason,
+            error: None,
+            metadata: &self.metadata,
+            flag_type: self.flag_type,
+        }
+    }
+
+    fn default_result(&self, reason_if_served: Reason) -> Resolution<'_> {
+        match self.default_variant {
+            Some(index) => self.served(index, reason_if_served),
+            // No default variant: the caller's default ("code default").
+            None => self.caller_default(Reason::Default, None),
+        }
+    }
+
+    fn caller_default(&self, reason: Reason, error: Option<EvaluationError>) -> Resolution<'_> {
+        Resolution {
+            value: None,
+            variant: None,
+            reason,
+            error,
+            metadata: &self.metadata,
+            flag_type: self.flag_type,
+        }
+    }
+
+    fn evaluate(&self, ctx: &EvaluationContext, timestamp: i64) -> Resolution<'_> {
+        if let Some(message) = &self.broken {
+            return self.caller_default(
+                Reason::Error,
+                Some(EvaluationError::new(ErrorCode::ParseError, message.clone())),
+            );
+        }
+        if self.state == FlagState::Disabled {
+            return self.caller_default(Reason::Disabled, None);
+        }
+        let Some(targeting) = &self.targeting else {
+            return self.default_result(Reason::Static);
+        };
+        let env = Env {
+            ctx,
+            flag_key: &self.key,
+            timestamp,
+        };
+        let result = eval(targeting, Scope::root(&env));
+        let name = match result.as_ref() {
+            Value::Null => return self.default_result(Reason::Default),
+            Value::String(name) => name.as_str(),
+            Value::Bool(true) => "true",
+            Value::Bool(false) => "false",
+            other => {
+                let message = format!(
+                    "targeting of flag {:?} returned {other}, which is not a variant name",
+                    self.key()
+                );
+                return self.caller_default(
+                    Reason::Error,
+                    Some(EvaluationError::new(ErrorCode::General, message)),
+                );
+            }
+        };
+        match self.find_variant(name) {
+            Some(index) => self.served(index, Reason::TargetingMatch),
+            None => {
+                let message = format!(
+                    "targeting of flag {:?} returned {name:?}, which is not a variant",
+                    self.key()
+                );
+                self.caller_default(
+                    Reason::Error,
+                    Some(EvaluationError::new(ErrorCode::General, message)),
+                )
+            }
+        }
+    }
+}
+
+/// A compiled flag set: compile once per update, evaluate many times, from many threads.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledFlagSet {
+    /// In key order, so bulk evaluation is deterministic.
+    flags: Box<[CompiledFlag]>,
+    index: HashMap<Box<str>, usize, FastHasher>,
+    metadata: Metadata,
+}
+
+impl CompiledFlagSet {
+    pub(crate) fn new(mut flags: Vec<CompiledFlag>, metadata: Metadata) -> Self {
+        flags.sort_by(|a, b| a.key().cmp(b.key()));
+        let index = flags
+            .iter()
+            .enumerate()
+            .map(|(i, flag)| (Box::from(flag.key()), i))
+            .collect();
+        CompiledFlagSet {
+            flags: flags.into_boxed_slice(),
+            index,
+            metadata,
+        }
+    }
+
+    /// The number of flags (including broken ones).
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    /// Whether the set has no flags.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// Whether a flag with this key exists.
+    pub fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// The flag keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.flags.iter().map(CompiledFlag::key)
+    }
+
+    /// The flag-set metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Evaluates a flag in its own type. `timestamp` (unix seconds) is `$flagd.timestamp`.
+    pub fn evaluate(&self, key: &str, ctx: &EvaluationContext, timestamp: i64) -> Resolution<'_> {
+        match self.index.get(key) {
+            Some(&index) => self.flags[index].evaluate(ctx, timestamp),
+            None => Resolution {
+                value: None,
+                variant: None,
+                reason: Reason::Error,
+                error: Some(EvaluationError::new(
+                    ErrorCode::FlagNotFound,
+                    "flag not found",
+                )),
+                metadata: &EMPTY_METADATA,
+                flag_type: None,
+            },
+        }
+    }
+
+    /// Evaluates every flag, in key order.
+    pub fn evaluate_all<'a>(
+        &'a self,
+        ctx: &'a EvaluationContext,
+        timestamp: i64,
+    ) -> impl Iterator<Item = (&'a str, Resolution<'a>)> + 'a {
+        self.flags
+            .iter()
+            .map(move |flag| (flag.key(), flag.evaluate(ctx, timestamp)))
+    }
+
+    /// Evaluates a flag as type `T`, falling back to `default` per the resolution table.
+    pub fn resolve<'a, T: FlagValue<'a>>(
+        &'a self,
+        key: &str,
+        ctx: &EvaluationContext,
+        default: T,
+        timestamp: i64,
+    ) -> ResolutionDetails<'a, T> {
+        let resolution = self.evaluate(key, ctx, timestamp);
+        let Some(value) = resolution.value else {
+            return ResolutionDetails {
+                value: default,
+                variant: None,
+                reason: resolution.reason,
+                error: resolution.error,
+                metadata: resolution.metadata,
+            };
+        };
+        match T::from_value(value) {
+            Some(typed) => ResolutionDetails {
+                value: typed,
+                variant: resolution.variant,
+                reason: resolution.reason,
+                error: None,
+                metadata: resolution.metadata,
+            },
+            None => ResolutionDetails {
+                value: default,
+                variant: None,
+                reason: Reason::Error,
+                error: Some(EvaluationError::new(
+                    ErrorCode::TypeMismatch,
+                    format!(
+                        "flag {key:?} has value {value}, which is not of the requested type {}",
+                        T::TYPE_NAME
+                    ),
+                )),
+                metadata: resolution.metadata,
+            },
+        }
+    }
+
+    /// [`resolve`](Self::resolve) for a boolean flag.
+    pub fn resolve_bool(
+        &self,
+        key: &str,
+        ctx: &EvaluationContext,
+        default: bool,
+        timestamp: i64,
+    ) -> ResolutionDetails<'_, bool> {
+        self.resolve(key, ctx, default, timestamp)
+    }
+
+    /// [`resolve`](Self::resolve) for a string flag.
+    pub fn resolve_string<'a>(
+        &'a self,
+        key: &str,
+        ctx: &EvaluationContext,
+        default: &'a str,
+        timestamp: i64,
+    ) -> ResolutionDetails<'a, &'a str> {
+        self.resolve(key, ctx, default, timestamp)
+    }
+
+    /// [`resolve`](Self::resolve) for an integer flag (`1.0` reads as 1; `1.5` is a type mismatch).
+    pub fn resolve_int(
+        &self,
+        key: &str,
+        ctx: &EvaluationContext,
+        default: i64,
+        timestamp: i64,
+    ) -> ResolutionDetails<'_, i64> {
+        self.resolve(key, ctx, default, timestamp)
+    }
+
+    /// [`resolve`](Self::resolve) for a number flag.
+    pub fn resolve_float(
+        &self,
+        key: &str,
+        ctx: &EvaluationContext,
+        default: f64,
+        timestamp: i64,
+    ) -> ResolutionDetails<'_, f64> {
+        self.resolve(key, ctx, default, timestamp)
+    }
+
+    /// [`resolve`](Self::resolve) for an object flag.
+    pub fn resolve_object<'a>(
+        &'a self,
+        key: &str,
+        ctx: &EvaluationContext,
+        default: &'a Value,
+        timestamp: i64,
+    ) -> ResolutionDetails<'a, &'a Value> {
+        self.resolve(key, ctx, default, timestamp)
+    }
+}

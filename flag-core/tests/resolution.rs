@@ -1,0 +1,291 @@
+//! The resolution table of DESIGN §3, row by row, through the public API.
+
+use flag_core::{CompiledFlagSet, ErrorCode, EvaluationContext, FlagSet, Reason};
+use serde_json::{Value, json};
+
+fn flags() -> CompiledFlagSet {
+    let doc = json!({
+        "metadata": { "flagSetId": "checkout", "version": "7", "team": "set" },
+        "flags": {
+            "static-on": { "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "on" },
+            "disabled": {
+                "state": "DISABLED", "variants": { "on": true, "off": false }, "defaultVariant": "on",
+                "targeting": { "if": [true, "on", "off"] }
+            },
+            "no-default": { "state": "ENABLED", "variants": { "on": true, "off": false } },
+            "match": {
+                "state": "ENABLED", "variants": { "red": "#f00", "blue": "#00f" }, "defaultVariant": "blue",
+                "targeting": { "if": [{ "==": [{ "var": "color" }, "red"] }, "red", null] },
+                "metadata": { "team": "flag", "owner": "payments" }
+            },
+            "null-no-default": {
+                "state": "ENABLED", "variants": { "a": "A", "b": "B" },
+                "targeting": { "if": [{ "var": "pick" }, "a", null] }
+            },
+            "bool-result": {
+                "state": "ENABLED", "variants": { "true": 1, "false": 0 }, "defaultVariant": "false",
+                "targeting": { "==": [{ "var": "tier" }, "gold"] }
+            },
+            "bool-result-no-variant": {
+                "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "off",
+                "targeting": { "in": ["x", { "var": "tags" }] }
+            },
+            "dynamic-name": {
+                "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "off",
+                "targeting": { "var": "choice" }
+            },
+            "ints": { "state": "ENABLED", "variants": { "one": 1.0, "half": 1.5 }, "defaultVariant": "one",
+                "targeting": { "if": [{ "var": "half" }, "half", "one"] } },
+            "object": { "state": "ENABLED", "variants": { "cfg": { "limit": 5 } }, "defaultVariant": "cfg" }
+        }
+    });
+    let set = FlagSet::from_value(&doc).unwrap();
+    CompiledFlagSet::compile(&set).unwrap()
+}
+
+fn ctx(attributes: Value) -> EvaluationContext {
+    let Value::Object(map) = attributes else {
+        panic!("context must be an object")
+    };
+    EvaluationContext::from_json(map)
+}
+
+/// One row: flag key, context, expected (value in the flag's type, variant, reason, error code).
+#[track_caller]
+fn check(
+    key: &str,
+    context: Value,
+    value: Option<Value>,
+    variant: Option<&str>,
+    reason: Reason,
+    error: Option<ErrorCode>,
+) {
+    let flags = flags();
+    let resolution = flags.evaluate(key, &ctx(context.clone()), 0);
+    assert_eq!(resolution.value.cloned(), value, "{key} {context}: value");
+    assert_eq!(resolution.variant, variant, "{key} {context}: variant");
+    assert_eq!(resolution.reason, reason, "{key} {context}: reason");
+    assert_eq!(
+        resolution.error.as_ref().map(|e| e.code),
+        error,
+        "{key} {context}: error {:?}",
+        resolution.error
+    );
+}
+
+#[test]
+fn the_resolution_table() {
+    use Reason::*;
+    check(
+        "nope",
+        json!({}),
+        None,
+        None,
+        Error,
+        Some(ErrorCode::FlagNotFound),
+    );
+    check("disabled", json!({}), None, None, Disabled, None);
+    check(
+        "static-on",
+        json!({}),
+        Some(json!(true)),
+        Some("on"),
+        Static,
+        None,
+    );
+    check("no-default", json!({}), None, None, Default, None);
+    check(
+        "match",
+        json!({"color": "red"}),
+        Some(json!("#f00")),
+        Some("red"),
+        TargetingMatch,
+        None,
+    );
+    check(
+        "match",
+        json!({"color": "green"}),
+        Some(json!("#00f")),
+        Some("blue"),
+        Default,
+        None,
+    );
+    check("null-no-default", json!({}), None, None, Default, None);
+    check(
+        "bool-result",
+        json!({"tier": "gold"}),
+        Some(json!(1)),
+        Some("true"),
+        TargetingMatch,
+        None,
+    );
+    check(
+        "bool-result",
+        json!({"tier": "tin"}),
+        Some(json!(0)),
+        Some("false"),
+        TargetingMatch,
+        None,
+    );
+    check(
+        "bool-result-no-variant",
+        json!({"tags": ["x"]}),
+        None,
+        None,
+        Error,
+        Some(ErrorCode::General),
+    );
+    check(
+        "dynamic-name",
+        json!({"choice": "on"}),
+        Some(json!(true)),
+        Some("on"),
+        TargetingMatch,
+        None,
+    );
+    check(
+        "dynamic-name",
+        json!({"choice": "onn"}),
+        None,
+        None,
+        Error,
+        Some(ErrorCode::General),
+    );
+    check(
+        "dynamic-name",
+        json!({"choice": 5}),
+        None,
+        None,
+        Error,
+        Some(ErrorCode::General),
+    );
+    check(
+        "dynamic-name",
+        json!({}),
+        Some(json!(false)),
+        Some("off"),
+        Default,
+        None,
+    );
+}
+
+#[test]
+fn typed_resolution_and_type_mismatch() {
+    let flags = flags();
+    let anyone = EvaluationContext::new("u");
+    let ok = flags.resolve_bool("static-on", &anyone, false, 0);
+    assert_eq!(
+        (ok.value, ok.variant, ok.reason),
+        (true, Some("on"), Reason::Static)
+    );
+
+    let mismatch = flags.resolve_string("static-on", &anyone, "dflt", 0);
+    assert_eq!(
+        (mismatch.value, mismatch.variant, mismatch.reason),
+        ("dflt", None, Reason::Error)
+    );
+    assert_eq!(
+        mismatch.error.map(|e| e.code),
+        Some(ErrorCode::TypeMismatch)
+    );
+
+    // An integer request for 1.0 succeeds; for 1.5 it is a type mismatch.
+    let one = flags.resolve_int("ints", &anyone, 7, 0);
+    assert_eq!((one.value, one.error), (1, None));
+    let half = flags.resolve_int("ints", &anyone.clone().with("half", true), 7, 0);
+    assert_eq!(
+        (half.value, half.error.map(|e| e.code)),
+        (7, Some(ErrorCode::TypeMismatch))
+    );
+    let half_float = flags.resolve_float("ints", &anyone.clone().with("half", true), 0.0, 0);
+    assert_eq!(half_float.value, 1.5);
+
+    let default = json!({});
+    let object = flags.resolve_object("object", &anyone, &default, 0);
+    assert_eq!(object.value, &json!({"limit": 5}));
+    let not_object = flags.resolve_object("match", &anyone, &default, 0);
+    assert_eq!(
+        not_object.error.map(|e| e.code),
+        Some(ErrorCode::TypeMismatch)
+    );
+
+    let disabled = flags.resolve_bool("disabled", &anyone, false, 0);
+    assert_eq!(
+        (disabled.value, disabled.reason, disabled.error),
+        (false, Reason::Disabled, None)
+    );
+    let missing = flags.resolve_bool("nope", &anyone, true, 0);
+    assert_eq!(
+        (missing.value, missing.error.map(|e| e.code)),
+        (true, Some(ErrorCode::FlagNotFound))
+    );
+}
+
+#[test]
+fn flag_metadata_overrides_set_metadata_key_by_key() {
+    let flags = flags();
+    let resolution = flags.evaluate("match", &EvaluationContext::new("u"), 0);
+    let metadata = serde_json::to_value(resolution.metadata).unwrap();
+    assert_eq!(
+        metadata,
+        json!({"flagSetId": "checkout", "version": "7", "team": "flag", "owner": "payments"})
+    );
+}
+
+#[test]
+fn evaluation_sees_flag_key_and_timestamp() {
+    let doc = json!({"flags": {"timed": {
+        "state": "ENABLED", "variants": {"before": "b", "after": "a"}, "defaultVariant": "before",
+        "targeting": {"if": [{"and": [
+            {">=": [{"var": "$flagd.timestamp"}, 1000]},
+            {"==": [{"var": "$flagd.flagKey"}, "timed"]}
+        ]}, "after", "before"]}
+    }}});
+    let flags = CompiledFlagSet::compile(&FlagSet::from_value(&doc).unwrap()).unwrap();
+    let ctx = EvaluationContext::new("u").with("$flagd", json!({"timestamp": 5000}));
+    assert_eq!(flags.resolve_string("timed", &ctx, "", 999).value, "b");
+    assert_eq!(flags.resolve_string("timed", &ctx, "", 1000).value, "a");
+}
+
+#[test]
+fn lenient_compile_isolates_a_broken_flag() {
+    let doc = json!({"flags": {
+        "good": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"},
+        "bad-rule": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
+            "targeting": {"frobnicate": [1]}},
+        "bad-shape": {"state": "SOMETIMES", "variants": {"on": true}}
+    }});
+    let (flags, problems) = CompiledFlagSet::compile_json_lenient(&doc);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    let anyone = EvaluationContext::new("u");
+    assert!(flags.resolve_bool("good", &anyone, false, 0).value);
+    for key in ["bad-rule", "bad-shape"] {
+        let broken = flags.resolve_bool(key, &anyone, false, 0);
+        assert_eq!(
+            (broken.value, broken.reason),
+            (false, Reason::Error),
+            "{key}"
+        );
+        let error = broken.error.unwrap();
+        assert_eq!(error.code, ErrorCode::ParseError, "{key}");
+        assert!(
+            error.message.contains(&format!("flags.{key}")),
+            "{key}: {}",
+            error.message
+        );
+    }
+    // Strict mode rejects the same document whole.
+    let err = FlagSet::from_value(&doc).unwrap_err();
+    assert_eq!(err.problems.len(), 2);
+}
+
+#[test]
+fn bulk_evaluation_is_in_key_order() {
+    let flags = flags();
+    let anyone = EvaluationContext::new("u");
+    let keys: Vec<&str> = flags.evaluate_all(&anyone, 0).map(|(key, _)| key).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted);
+    assert_eq!(keys.len(), flags.len());
+}
