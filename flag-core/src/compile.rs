@@ -16,8 +16,8 @@ use crate::model::{Flag, FlagSet, FlagType, Metadata, json_type_name};
 use crate::problem::{JsonPath, Problem, ValidationError};
 use crate::resolve::{CompiledFlag, CompiledFlagSet};
 use crate::rule::{
-    BucketBy, Buckets, Env, FractionalNode, InSet, MAX_TOTAL_WEIGHT, Node, Op, Scope, ScopedOp,
-    VarNode, VarPath, eval, weight_of,
+    AffixNode, BucketBy, Buckets, Env, FractionalNode, InSet, MAX_TOTAL_WEIGHT, Node, Op, Scope,
+    ScopedOp, VarNode, VarPath, eval, weight_of,
 };
 use crate::semver::{SEMVER_OPS, SemVerOp, Version};
 
@@ -402,14 +402,26 @@ fn compile_flag(
         path.truncate(mark);
         node
     });
-    CompiledFlag::new(
+    let compiled = CompiledFlag::new(
         key,
         flag,
         flag_type,
         default_variant,
         targeting,
         merged_metadata(set_metadata, &flag.metadata),
-    )
+    );
+    if problems.is_empty() {
+        // Results the JSON check could not see (reached through `$ref`).
+        let mark = path.push_key("targeting");
+        for value in compiled.invalid_results() {
+            problems.push(path.problem(format!(
+                "targeting can return {value} (through $ref), which is not a variant (expected one of: {})",
+                variant_list(flag)
+            )));
+        }
+        path.truncate(mark);
+    }
+    compiled
 }
 
 fn variant_list(flag: &Flag) -> String {
@@ -746,6 +758,16 @@ impl<'e> Compiler<'e> {
         if op == Op::SemVer {
             self.check_sem_ver_constants(&nodes);
         }
+        if let (Op::StartsWith | Op::EndsWith, [text, Node::Const(Value::String(affix))]) =
+            (op, nodes.as_slice())
+            && !matches!(text, Node::Const(_))
+        {
+            return Node::Affix(Box::new(AffixNode {
+                text: text.clone(),
+                affix: affix.as_str().into(),
+                at_end: op == Op::EndsWith,
+            }));
+        }
         if op == Op::In
             && let [needle, Node::Const(Value::Array(items))] = nodes.as_slice()
             && items.len() >= IN_SET_THRESHOLD
@@ -819,6 +841,15 @@ impl<'e> Compiler<'e> {
             }
         };
         let default = default.map(|value| self.compile(value, depth + 1));
+        if let (VarPath::Static(segments), None) = (&path, &default)
+            && let [name] = segments.as_ref()
+        {
+            match name.as_ref() {
+                crate::TARGETING_KEY => return Node::TargetingKey,
+                "$flagd" => {}
+                _ => return Node::Attribute(name.clone()),
+            }
+        }
         Node::Var(Box::new(VarNode { path, default }))
     }
 

@@ -91,6 +91,11 @@ impl EvaluationContext {
         self.attributes.get(name)
     }
 
+    /// One attribute other than the targeting key (the evaluator's direct lookup).
+    pub(crate) fn attribute(&self, name: &str) -> Option<&Value> {
+        self.attributes.get(name)
+    }
+
     /// The context as one flat JSON object (allocates; for display and the rare `{"var": ""}`).
     pub fn to_json(&self) -> Map<String, Value> {
         let mut object: Map<String, Value> = self

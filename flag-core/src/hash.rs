@@ -25,11 +25,7 @@ fn mix_tail(hash: u32, tail: &[u8]) -> u32 {
     if tail.is_empty() {
         return hash;
     }
-    let mut k: u32 = 0;
-    for (i, byte) in tail.iter().enumerate() {
-        k |= u32::from(*byte) << (8 * i);
-    }
-    hash ^ k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2)
+    mix_tail_word(hash, little_endian_word(tail, &[]))
 }
 
 #[inline(always)]
@@ -62,26 +58,41 @@ pub fn murmur3_x86_32(bytes: &[u8], seed: u32) -> u32 {
 }
 
 /// MurmurHash3 x86_32 (seed 0) of the concatenation `first ++ second`, without concatenating.
+///
+/// Blocks are read in place from each slice; the one block that straddles the two is assembled
+/// in a register. (Copying both into a stack buffer measured slower: re-reading freshly
+/// `memcpy`'d bytes as words stalls on store forwarding.)
 pub fn murmur3_x86_32_concat(first: &[u8], second: &[u8]) -> u32 {
+    let total = first.len() + second.len();
     let (mut hash, first_tail) = mix_blocks(0, first);
     let mut rest = second;
     if !first_tail.is_empty() {
-        // Stitch the tail of `first` and the head of `second` into one block.
-        let mut block = [0u8; 4];
-        let have = first_tail.len();
-        block[..have].copy_from_slice(first_tail);
-        let take = (4 - have).min(second.len());
-        block[have..have + take].copy_from_slice(&second[..take]);
-        if have + take < 4 {
+        let take = (4 - first_tail.len()).min(second.len());
+        let straddle = little_endian_word(first_tail, &second[..take]);
+        if first_tail.len() + take < 4 {
             // Everything left is shorter than a block: it is the tail.
-            let total = first.len() + second.len();
-            return finish(mix_tail(hash, &block[..have + take]), total);
+            return finish(mix_tail_word(hash, straddle), total);
         }
-        hash = mix_block(hash, u32::from_le_bytes(block));
+        hash = mix_block(hash, straddle);
         rest = &second[take..];
     }
     let (hash, tail) = mix_blocks(hash, rest);
-    finish(mix_tail(hash, tail), first.len() + second.len())
+    finish(mix_tail(hash, tail), total)
+}
+
+/// The bytes of `a` then `b` (at most four in all) as a little-endian word.
+#[inline(always)]
+fn little_endian_word(a: &[u8], b: &[u8]) -> u32 {
+    let mut word = 0u32;
+    for (i, byte) in a.iter().chain(b).enumerate() {
+        word |= u32::from(*byte) << (8 * i);
+    }
+    word
+}
+
+#[inline(always)]
+fn mix_tail_word(hash: u32, word: u32) -> u32 {
+    hash ^ word.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2)
 }
 
 /// flagd's bucket for a hash: `hash * total_weight >> 32`, a value in `0..total_weight`.
@@ -145,7 +156,7 @@ mod tests {
         }
 
         #[test]
-        fn concat_agrees_at_every_split(bytes in proptest::collection::vec(any::<u8>(), 0..40), split in 0usize..41) {
+        fn concat_agrees_at_every_split(bytes in proptest::collection::vec(any::<u8>(), 0..300), split in 0usize..301) {
             let split = split.min(bytes.len());
             let (first, second) = bytes.split_at(split);
             prop_assert_eq!(murmur3_x86_32_concat(first, second), reference(&bytes));

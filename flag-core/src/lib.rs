@@ -25,6 +25,7 @@
 
 mod compile;
 mod context;
+mod decision;
 pub mod hash;
 mod model;
 mod problem;

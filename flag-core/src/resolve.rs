@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::context::{EvaluationContext, FastHasher};
+use crate::decision::{Decision, Leaf, Outcome};
 use crate::model::{Flag, FlagState, FlagType, Metadata};
-use crate::rule::{Env, Node, Scope, eval};
+use crate::rule::{Env, Node, Scope};
 
 /// Why a value was returned (OpenFeature / flagd reason strings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -208,7 +209,7 @@ pub(crate) struct CompiledFlag {
     flag_type: Option<FlagType>,
     variants: Box<[(Box<str>, Value)]>,
     default_variant: Option<usize>,
-    targeting: Option<Node>,
+    targeting: Option<Decision>,
     metadata: Metadata,
     /// Set in lenient mode for a flag that failed to compile: it evaluates to this error.
     broken: Option<String>,
@@ -223,15 +224,30 @@ impl CompiledFlag {
         targeting: Option<Node>,
         metadata: Metadata,
     ) -> Self {
+        let variants: Box<[(Box<str>, Value)]> = flag
+            .variants
+            .iter()
+            .map(|(k, v)| (Box::from(k.as_str()), v.clone()))
+            .collect();
+        let leaf = |value: &Value| {
+            let name = match value {
+                Value::Null => return Leaf::Default,
+                Value::String(name) => name.as_str(),
+                Value::Bool(true) => "true",
+                Value::Bool(false) => "false",
+                _ => return Leaf::Invalid(value.clone()),
+            };
+            match variants.iter().position(|(n, _)| n.as_ref() == name) {
+                Some(index) => Leaf::Variant(index),
+                None => Leaf::Invalid(value.clone()),
+            }
+        };
+        let targeting = targeting.map(|node| Decision::build(node, &leaf));
         CompiledFlag {
             key: Value::String(key.to_owned()),
             state: flag.state,
             flag_type,
-            variants: flag
-                .variants
-                .iter()
-                .map(|(k, v)| (Box::from(k.as_str()), v.clone()))
-                .collect(),
+            variants,
             default_variant,
             targeting,
             metadata,
@@ -250,6 +266,14 @@ impl CompiledFlag {
             metadata,
             broken: Some(message),
         }
+    }
+
+    /// Constant targeting results that name no variant.
+    pub(crate) fn invalid_results(&self) -> Vec<&Value> {
+        self.targeting
+            .as_ref()
+            .map(Decision::invalid_results)
+            .unwrap_or_default()
     }
 
     fn key(&self) -> &str {
@@ -315,36 +339,38 @@ impl CompiledFlag {
             flag_key: &self.key,
             timestamp,
         };
-        let result = eval(targeting, Scope::root(&env));
+        let result = match targeting.decide(Scope::root(&env)) {
+            Outcome::Leaf(Leaf::Variant(index)) => {
+                return self.served(*index, Reason::TargetingMatch);
+            }
+            Outcome::Leaf(Leaf::Default) | Outcome::Null => {
+                return self.default_result(Reason::Default);
+            }
+            Outcome::Leaf(Leaf::Invalid(value)) => return self.not_a_variant(value),
+            Outcome::Value(value) => value,
+        };
         let name = match result.as_ref() {
             Value::Null => return self.default_result(Reason::Default),
             Value::String(name) => name.as_str(),
             Value::Bool(true) => "true",
             Value::Bool(false) => "false",
-            other => {
-                let message = format!(
-                    "targeting of flag {:?} returned {other}, which is not a variant name",
-                    self.key()
-                );
-                return self.caller_default(
-                    Reason::Error,
-                    Some(EvaluationError::new(ErrorCode::General, message)),
-                );
-            }
+            other => return self.not_a_variant(other),
         };
         match self.find_variant(name) {
             Some(index) => self.served(index, Reason::TargetingMatch),
-            None => {
-                let message = format!(
-                    "targeting of flag {:?} returned {name:?}, which is not a variant",
-                    self.key()
-                );
-                self.caller_default(
-                    Reason::Error,
-                    Some(EvaluationError::new(ErrorCode::General, message)),
-                )
-            }
+            None => self.not_a_variant(result.as_ref()),
         }
+    }
+
+    fn not_a_variant(&self, returned: &Value) -> Resolution<'_> {
+        let message = format!(
+            "targeting of flag {:?} returned {returned}, which is not a variant",
+            self.key()
+        );
+        self.caller_default(
+            Reason::Error,
+            Some(EvaluationError::new(ErrorCode::General, message)),
+        )
     }
 }
 

@@ -29,6 +29,12 @@ pub(crate) enum Node {
     Const(Value),
     /// An array literal with at least one non-constant element.
     Array(Box<[Node]>),
+    /// `{"var": "name"}`: one attribute, no default (the common case, looked up directly).
+    Attribute(Box<str>),
+    /// `{"var": "targetingKey"}`.
+    TargetingKey,
+    /// `starts_with` / `ends_with` against a constant string.
+    Affix(Box<AffixNode>),
     Var(Box<VarNode>),
     Missing(Box<[Node]>),
     MissingSome(Box<[Node]>),
@@ -51,6 +57,14 @@ pub(crate) enum Node {
 pub(crate) struct InSet {
     pub(crate) needle: Node,
     pub(crate) set: HashSet<Box<str>, FastHasher>,
+}
+
+/// `{"starts_with": [text, "constant"]}` or `{"ends_with": [text, "constant"]}`.
+#[derive(Debug, Clone)]
+pub(crate) struct AffixNode {
+    pub(crate) text: Node,
+    pub(crate) affix: Box<str>,
+    pub(crate) at_end: bool,
 }
 
 /// Eagerly evaluated operators.
@@ -165,11 +179,23 @@ impl<'a> Scope<'a> {
 pub(crate) fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Val<'a> {
     match node {
         Node::Const(value) => Cow::Borrowed(value),
+        Node::Attribute(name) => match attribute(name, scope) {
+            Some(value) => Cow::Borrowed(value),
+            None => null(),
+        },
+        Node::TargetingKey => match targeting_key(scope) {
+            Some(value) => Cow::Borrowed(value),
+            None => null(),
+        },
+        Node::Affix(affix) => match eval_affix(affix, scope) {
+            Some(b) => boolean(b),
+            None => null(),
+        },
         Node::Var(var) => eval_var(var, scope),
         Node::If(args) => {
             let mut pairs = args.chunks_exact(2);
             for pair in &mut pairs {
-                if truthy(&eval(&pair[0], scope)) {
+                if eval_bool(&pair[0], scope) {
                     return eval(&pair[1], scope);
                 }
             }
@@ -198,13 +224,7 @@ pub(crate) fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Val<'a> {
             }
             last
         }
-        Node::InStringSet(in_set) => {
-            let found = match eval(&in_set.needle, scope).as_ref() {
-                Value::String(s) => in_set.set.contains(s.as_str()),
-                _ => false,
-            };
-            Cow::Owned(Value::Bool(found))
-        }
+        Node::InStringSet(in_set) => boolean(in_string_set(in_set, scope)),
         Node::Fractional(fractional) => eval_fractional(fractional, scope),
         Node::Op(op, args) => eval_op(*op, args, scope),
         Node::Array(items) => Cow::Owned(Value::Array(
@@ -218,6 +238,99 @@ pub(crate) fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Val<'a> {
         Node::Scoped(op, args) => eval_scoped(*op, args, scope),
         Node::Reduce(args) => eval_reduce(args, scope),
     }
+}
+
+/// Evaluates a rule for its truthiness only: conditions of `if`, and the operands of `and`,
+/// `or` and `!` under them. Never builds a value, so the common conditions cost no more than
+/// the comparisons they make.
+pub(crate) fn eval_bool(node: &Node, scope: Scope<'_>) -> bool {
+    match node {
+        Node::Const(value) => truthy(value),
+        // truthy(and(...)) is "every operand truthy"; an empty `and` is null, so false.
+        Node::And(args) => !args.is_empty() && args.iter().all(|arg| eval_bool(arg, scope)),
+        Node::Or(args) => args.iter().any(|arg| eval_bool(arg, scope)),
+        Node::InStringSet(in_set) => in_string_set(in_set, scope),
+        Node::Affix(affix) => eval_affix(affix, scope) == Some(true),
+        Node::Attribute(name) => attribute(name, scope).is_some_and(truthy),
+        Node::Op(op, args) => match bool_op(*op, args, scope) {
+            Some(b) => b,
+            None => truthy(&eval_op(*op, args, scope)),
+        },
+        _ => truthy(&eval(node, scope)),
+    }
+}
+
+fn attribute<'a>(name: &str, scope: Scope<'a>) -> Option<&'a Value> {
+    match scope.data {
+        None => scope.env.ctx.attribute(name),
+        Some(data) => step(data, name),
+    }
+}
+
+fn targeting_key<'a>(scope: Scope<'a>) -> Option<&'a Value> {
+    match scope.data {
+        None => scope.env.ctx.targeting_key_value(),
+        Some(data) => step(data, crate::context::TARGETING_KEY),
+    }
+}
+
+fn in_string_set(in_set: &InSet, scope: Scope<'_>) -> bool {
+    match eval(&in_set.needle, scope).as_ref() {
+        Value::String(s) => in_set.set.contains(s.as_str()),
+        _ => false,
+    }
+}
+
+/// `starts_with` / `ends_with` against a constant; `None` (null) when the text is not a string.
+fn eval_affix(affix: &AffixNode, scope: Scope<'_>) -> Option<bool> {
+    match eval(&affix.text, scope).as_ref() {
+        Value::String(text) => Some(if affix.at_end {
+            text.ends_with(affix.affix.as_ref())
+        } else {
+            text.starts_with(affix.affix.as_ref())
+        }),
+        _ => None,
+    }
+}
+
+/// The operators whose result is always a boolean, computed without building a value.
+fn bool_op(op: Op, args: &[Node], scope: Scope<'_>) -> Option<bool> {
+    Some(match op {
+        Op::Eq => loose_eq(&arg(args, 0, scope), &arg(args, 1, scope)),
+        Op::Ne => !loose_eq(&arg(args, 0, scope), &arg(args, 1, scope)),
+        Op::StrictEq => strict_eq(&arg(args, 0, scope), &arg(args, 1, scope)),
+        Op::StrictNe => !strict_eq(&arg(args, 0, scope), &arg(args, 1, scope)),
+        Op::Lt | Op::Le => {
+            let accept = |ordering: Option<Ordering>| match op {
+                Op::Lt => ordering == Some(Ordering::Less),
+                _ => matches!(ordering, Some(Ordering::Less | Ordering::Equal)),
+            };
+            let a = arg(args, 0, scope);
+            let b = arg(args, 1, scope);
+            let mut holds = accept(compare(&a, &b));
+            if holds && args.len() >= 3 {
+                // Between form: a < b < c.
+                holds = accept(compare(&b, &arg(args, 2, scope)));
+            }
+            holds
+        }
+        Op::Gt => compare(&arg(args, 0, scope), &arg(args, 1, scope)) == Some(Ordering::Greater),
+        Op::Ge => matches!(
+            compare(&arg(args, 0, scope), &arg(args, 1, scope)),
+            Some(Ordering::Greater | Ordering::Equal)
+        ),
+        Op::Not => !eval_bool(args.first()?, scope),
+        Op::NotNot => args.first().is_some_and(|a| eval_bool(a, scope)),
+        Op::In => {
+            let needle = arg(args, 0, scope);
+            match arg(args, 1, scope).as_ref() {
+                Value::String(haystack) => haystack.contains(to_js_string(&needle).as_ref()),
+                Value::Array(items) => items.iter().any(|item| strict_eq(item, &needle)),
+                _ => false,
+            }
+        }
+        _ => return None,
+    })
 }
 
 fn null<'a>() -> Val<'a> {
@@ -381,34 +494,22 @@ fn arg<'a>(args: &'a [Node], index: usize, scope: Scope<'a>) -> Val<'a> {
 }
 
 fn eval_op<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Val<'a> {
+    if let Some(b) = bool_op(op, args, scope) {
+        return boolean(b);
+    }
     match op {
-        Op::Eq => boolean(loose_eq(&arg(args, 0, scope), &arg(args, 1, scope))),
-        Op::Ne => boolean(!loose_eq(&arg(args, 0, scope), &arg(args, 1, scope))),
-        Op::StrictEq => boolean(strict_eq(&arg(args, 0, scope), &arg(args, 1, scope))),
-        Op::StrictNe => boolean(!strict_eq(&arg(args, 0, scope), &arg(args, 1, scope))),
-        Op::Lt | Op::Le => {
-            let accept = |ordering: Option<Ordering>| match op {
-                Op::Lt => ordering == Some(Ordering::Less),
-                _ => matches!(ordering, Some(Ordering::Less | Ordering::Equal)),
-            };
-            let a = arg(args, 0, scope);
-            let b = arg(args, 1, scope);
-            let mut holds = accept(compare(&a, &b));
-            if holds && args.len() >= 3 {
-                // Between form: a < b < c.
-                holds = accept(compare(&b, &arg(args, 2, scope)));
-            }
-            boolean(holds)
-        }
-        Op::Gt => {
-            boolean(compare(&arg(args, 0, scope), &arg(args, 1, scope)) == Some(Ordering::Greater))
-        }
-        Op::Ge => boolean(matches!(
-            compare(&arg(args, 0, scope), &arg(args, 1, scope)),
-            Some(Ordering::Greater | Ordering::Equal)
-        )),
-        Op::Not => boolean(!truthy(&arg(args, 0, scope))),
-        Op::NotNot => boolean(truthy(&arg(args, 0, scope))),
+        Op::Eq
+        | Op::Ne
+        | Op::StrictEq
+        | Op::StrictNe
+        | Op::Lt
+        | Op::Le
+        | Op::Gt
+        | Op::Ge
+        | Op::NotNot
+        | Op::In => unreachable_bool_op(),
+        // `!` with no argument: !undefined is true.
+        Op::Not => boolean(true),
         Op::Mod => number(to_number(&arg(args, 0, scope)) % to_number(&arg(args, 1, scope))),
         Op::Div => number(to_number(&arg(args, 0, scope)) / to_number(&arg(args, 1, scope))),
         Op::Sub => {
@@ -470,15 +571,6 @@ fn eval_op<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Val<'a> {
             &arg(args, 1, scope),
             args.get(2).map(|n| eval(n, scope)),
         ),
-        Op::In => {
-            let needle = arg(args, 0, scope);
-            let found = match arg(args, 1, scope).as_ref() {
-                Value::String(haystack) => haystack.contains(to_js_string(&needle).as_ref()),
-                Value::Array(items) => items.iter().any(|item| strict_eq(item, &needle)),
-                _ => false,
-            };
-            boolean(found)
-        }
         Op::StartsWith | Op::EndsWith => {
             if args.len() != 2 {
                 return null();
@@ -499,6 +591,13 @@ fn eval_op<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Val<'a> {
 
 /// JavaScript `parseFloat`, which `+` and `*` use in JsonLogic's reference implementation:
 /// the longest numeric prefix of the string form, NaN when there is none.
+/// `bool_op` answers every boolean operator, so `eval_op` never reaches them; null keeps the
+/// evaluator total without a panic should that ever change.
+fn unreachable_bool_op<'a>() -> Val<'a> {
+    debug_assert!(false, "boolean operators are answered by bool_op");
+    null()
+}
+
 fn parse_float(value: &Value) -> f64 {
     if let Value::Number(n) = value {
         return n.as_f64().unwrap_or(f64::NAN);
@@ -750,6 +849,15 @@ fn eval_fractional<'a>(node: &'a FractionalNode, scope: Scope<'a>) -> Val<'a> {
             }
             pick_bucket(hash, buckets)
         }
+    }
+}
+
+/// The hash for a non-dynamic bucketBy; `None` when there is nothing to hash.
+pub(crate) fn fractional_hash(bucket_by: &BucketBy, scope: Scope<'_>) -> Option<u32> {
+    match bucket_by {
+        BucketBy::FlagAndTargetingKey => flag_and_targeting_key_hash(scope.env),
+        BucketBy::Constant(text) => Some(murmur3_x86_32(text.as_bytes(), 0)),
+        BucketBy::Dynamic(_) => None,
     }
 }
 

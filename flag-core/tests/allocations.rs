@@ -80,7 +80,7 @@ fn common_evaluations_allocate_nothing() {
     for (key, ctx, expected) in bool_cases {
         let mut reason = None;
         let count = allocations_during(|| {
-            reason = Some(flags.resolve_bool(key, ctx, false, 1_700_000_000).reason)
+            reason = Some(flags.resolve_bool(key, ctx, false, 1_700_000_000).reason);
         });
         assert_eq!(reason, Some(expected), "{key}");
         assert_eq!(count, 0, "evaluating {key:?} allocated {count} times");

@@ -289,3 +289,30 @@ fn bulk_evaluation_is_in_key_order() {
     assert_eq!(keys, sorted);
     assert_eq!(keys.len(), flags.len());
 }
+
+#[test]
+fn a_constant_result_that_names_no_variant_is_a_general_error() {
+    // Strict mode rejects these at write time; a client compiling leniently must still answer.
+    let doc = json!({"flags": {
+        "typo": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"if": [{"var": "beta"}, "onn", "off"]}},
+        "bucket-typo": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"fractional": [["onn", 1], ["off", 0]]}}
+    }});
+    assert!(FlagSet::from_value(&doc).is_err());
+    let (flags, problems) = CompiledFlagSet::compile_json_lenient(&doc);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    // Lenient compilation reports the problem but keeps the flag: only the bad branch errors.
+    let beta = EvaluationContext::new("u").with("beta", true);
+    for (key, ctx) in [("typo", &beta), ("bucket-typo", &beta)] {
+        let resolution = flags.evaluate(key, ctx, 0);
+        assert_eq!(resolution.reason, Reason::Error, "{key}");
+        let error = resolution.error.unwrap();
+        assert_eq!(
+            error.code,
+            ErrorCode::ParseError,
+            "{key}: {}",
+            error.message
+        );
+    }
+}

@@ -263,6 +263,14 @@ fn refs_resolve_and_do_not_nest() {
             ("flags.f.targeting.if[0].$ref", "evaluator that has errors"),
         ],
     );
+    // A constant result reached through $ref must name a variant too.
+    check(
+        json!({"$evaluators": {"pick": "onn"}, "flags": {"f": flag(json!({"targeting": {"$ref": "pick"}}))}}),
+        &[(
+            "flags.f.targeting",
+            "\"onn\" (through $ref), which is not a variant",
+        )],
+    );
     // A valid reference compiles.
     let ok = json!({"$evaluators": {"internal": {"ends_with": [{"var": "email"}, "@example.com"]}},
         "flags": {"f": flag(json!({"targeting": {"if": [{"$ref": "internal"}, "on", "off"]}}))}});
