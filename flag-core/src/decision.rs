@@ -108,7 +108,7 @@ impl Decision {
                     found.extend(leaves.iter().filter_map(|leaf| match leaf {
                         Leaf::Invalid(value) => Some(value),
                         _ => None,
-                    }))
+                    }));
                 }
             }
         }
