@@ -101,8 +101,8 @@ fn evaluation(c: &mut Criterion) {
     for (case, key) in CASES {
         group.bench_function(format!("{case}/flag-core"), |b| {
             b.iter(|| {
-                black_box(ours.resolve_bool(black_box(key), black_box(&ctx), false, 1_700_000_000))
-            })
+                black_box(ours.resolve_bool(black_box(key), black_box(&ctx), false, 1_700_000_000));
+            });
         });
         group.bench_function(format!("{case}/flagd-evaluation-engine"), |b| {
             b.iter(|| black_box(flagd.evaluate(black_box(key), black_box(&flagd_ctx))))

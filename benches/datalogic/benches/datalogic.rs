@@ -55,13 +55,13 @@ fn evaluation(c: &mut Criterion) {
                 let result = engine
                     .evaluate(&compiled, black_box(&parsed), &arena)
                     .expect("evaluates");
-                black_box(result.as_str().and_then(|name| variants.get(name)).cloned())
-            })
+                black_box(result.as_str().and_then(|name| variants.get(name)).cloned());
+            });
         });
         group.bench_function(format!("{case}/flag-core"), |b| {
             b.iter(|| {
-                black_box(ours.resolve_bool(black_box(key), black_box(&ctx), false, 1_700_000_000))
-            })
+                black_box(ours.resolve_bool(black_box(key), black_box(&ctx), false, 1_700_000_000));
+            });
         });
     }
     group.finish();
