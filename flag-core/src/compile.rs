@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::EvaluationContext;
 use crate::context::FastHasher;
+use crate::hash::MurmurPrefix;
 use crate::model::{Flag, FlagSet, FlagType, Metadata, json_type_name};
 use crate::problem::{JsonPath, Problem, ValidationError};
 use crate::resolve::{CompiledFlag, CompiledFlagSet};
@@ -1037,9 +1038,11 @@ fn fold_constant(node: Node) -> Node {
     // Eager operators read no context, so an empty one serves.
     let ctx = EvaluationContext::anonymous();
     let flag_key = Value::Null;
+    let flag_key_hash = MurmurPrefix::new(&[]);
     let env = Env {
         ctx: &ctx,
         flag_key: &flag_key,
+        flag_key_hash: &flag_key_hash,
         timestamp: 0,
     };
     let value = eval(&node, Scope::root(&env)).into_owned();
@@ -1115,10 +1118,12 @@ pub fn evaluate_rule(
             problems: compiler.problems,
         });
     }
+    let flag_key_hash = MurmurPrefix::new(flag_key.as_bytes());
     let flag_key = Value::String(flag_key.to_owned());
     let env = Env {
         ctx,
         flag_key: &flag_key,
+        flag_key_hash: &flag_key_hash,
         timestamp,
     };
     Ok(eval(&node, Scope::root(&env)).into_owned())

@@ -58,26 +58,60 @@ pub fn murmur3_x86_32(bytes: &[u8], seed: u32) -> u32 {
 }
 
 /// MurmurHash3 x86_32 (seed 0) of the concatenation `first ++ second`, without concatenating.
-///
-/// Blocks are read in place from each slice; the one block that straddles the two is assembled
-/// in a register. (Copying both into a stack buffer measured slower: re-reading freshly
-/// `memcpy`'d bytes as words stalls on store forwarding.)
 pub fn murmur3_x86_32_concat(first: &[u8], second: &[u8]) -> u32 {
-    let total = first.len() + second.len();
-    let (mut hash, first_tail) = mix_blocks(0, first);
-    let mut rest = second;
-    if !first_tail.is_empty() {
-        let take = (4 - first_tail.len()).min(second.len());
-        let straddle = little_endian_word(first_tail, &second[..take]);
-        if first_tail.len() + take < 4 {
-            // Everything left is shorter than a block: it is the tail.
-            return finish(mix_tail_word(hash, straddle), total);
+    MurmurPrefix::new(first).hash_with(second)
+}
+
+/// The murmur3 state after hashing a fixed prefix (a flag key): computed once per flag at
+/// compile time, so evaluation only hashes the prefix's last partial block and the suffix
+/// (the targeting key).
+///
+/// Blocks are read in place; the one block that straddles prefix and suffix is assembled in a
+/// register. (Copying both into a stack buffer measured slower: re-reading freshly `memcpy`'d
+/// bytes as words stalls on store forwarding.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MurmurPrefix {
+    hash: u32,
+    /// The prefix's trailing bytes that do not fill a block, little-endian.
+    tail: u32,
+    tail_len: usize,
+    len: usize,
+}
+
+impl MurmurPrefix {
+    /// The state after `prefix`.
+    pub fn new(prefix: &[u8]) -> Self {
+        let (hash, tail) = mix_blocks(0, prefix);
+        MurmurPrefix {
+            hash,
+            tail: little_endian_word(tail, &[]),
+            tail_len: tail.len(),
+            len: prefix.len(),
         }
-        hash = mix_block(hash, straddle);
-        rest = &second[take..];
     }
-    let (hash, tail) = mix_blocks(hash, rest);
-    finish(mix_tail(hash, tail), total)
+
+    /// MurmurHash3 x86_32 (seed 0) of `prefix ++ suffix`.
+    #[inline]
+    pub fn hash_with(&self, suffix: &[u8]) -> u32 {
+        let total = self.len + suffix.len();
+        let mut hash = self.hash;
+        let mut rest = suffix;
+        if self.tail_len > 0 {
+            let take = (4 - self.tail_len).min(suffix.len());
+            let mut word = self.tail;
+            for (i, byte) in suffix[..take].iter().enumerate() {
+                word |= u32::from(*byte) << (8 * (self.tail_len + i));
+            }
+            if self.tail_len + take < 4 {
+                // Everything left is shorter than a block: it is the tail.
+                return finish(mix_tail_word(hash, word), total);
+            }
+            hash = mix_block(hash, word);
+            rest = &suffix[take..];
+        }
+        let (hash, tail) = mix_blocks(hash, rest);
+        finish(mix_tail(hash, tail), total)
+    }
 }
 
 /// The bytes of `a` then `b` (at most four in all) as a little-endian word.

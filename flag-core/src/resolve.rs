@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::context::{EvaluationContext, FastHasher};
 use crate::decision::{Decision, Leaf, Outcome};
+use crate::hash::MurmurPrefix;
 use crate::model::{Flag, FlagState, FlagType, Metadata};
 use crate::rule::{Env, Node, Scope};
 
@@ -203,8 +204,10 @@ static EMPTY_METADATA: LazyLock<Metadata> = LazyLock::new(Metadata::new);
 /// One compiled flag.
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledFlag {
-    /// The key as a JSON string, for `$flagd.flagKey` and hashing.
+    /// The key as a JSON string, for `$flagd.flagKey`.
     key: Value,
+    /// The murmur3 state after the key, for `fractional` on `flagKey ++ targetingKey`.
+    key_hash: MurmurPrefix,
     state: FlagState,
     flag_type: Option<FlagType>,
     variants: Box<[(Box<str>, Value)]>,
@@ -245,6 +248,7 @@ impl CompiledFlag {
         let targeting = targeting.map(|node| Decision::build(node, &leaf));
         CompiledFlag {
             key: Value::String(key.to_owned()),
+            key_hash: MurmurPrefix::new(key.as_bytes()),
             state: flag.state,
             flag_type,
             variants,
@@ -258,6 +262,7 @@ impl CompiledFlag {
     pub(crate) fn broken(key: &str, message: String, metadata: Metadata) -> Self {
         CompiledFlag {
             key: Value::String(key.to_owned()),
+            key_hash: MurmurPrefix::new(key.as_bytes()),
             state: FlagState::Enabled,
             flag_type: None,
             variants: Box::new([]),
@@ -337,6 +342,7 @@ impl CompiledFlag {
         let env = Env {
             ctx,
             flag_key: &self.key,
+            flag_key_hash: &self.key_hash,
             timestamp,
         };
         let result = match targeting.decide(Scope::root(&env)) {

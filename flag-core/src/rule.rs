@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use crate::context::{EvaluationContext, FastHasher};
-use crate::hash::{bucket, murmur3_x86_32, murmur3_x86_32_concat};
+use crate::hash::{MurmurPrefix, bucket, murmur3_x86_32};
 use crate::semver::{SemVerOp, Version};
 use crate::value::{
     compare, format_f64, loose_eq, number_value, strict_eq, to_js_string, to_number, truthy,
@@ -159,6 +159,8 @@ pub(crate) struct Env<'a> {
     pub(crate) ctx: &'a EvaluationContext,
     /// The flag key as a JSON string, so `$flagd.flagKey` can be returned by reference.
     pub(crate) flag_key: &'a Value,
+    /// The murmur3 state after the flag key, for `fractional`.
+    pub(crate) flag_key_hash: &'a MurmurPrefix,
     pub(crate) timestamp: i64,
 }
 
@@ -870,11 +872,7 @@ fn flag_and_targeting_key_hash(env: &Env<'_>) -> Option<u32> {
     if targeting_key.is_empty() {
         return None;
     }
-    let flag_key = env.flag_key.as_str().unwrap_or_default();
-    Some(murmur3_x86_32_concat(
-        flag_key.as_bytes(),
-        targeting_key.as_bytes(),
-    ))
+    Some(env.flag_key_hash.hash_with(targeting_key.as_bytes()))
 }
 
 /// One evaluated bucket `[variant, weight?]`; `None` when malformed.
