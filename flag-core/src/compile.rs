@@ -87,26 +87,12 @@ pub enum Mode {
 impl FlagSet {
     /// Parses and validates a document strictly: every problem is reported, with its path.
     pub fn from_json_str(text: &str) -> Result<FlagSet, ValidationError> {
-        let value: Value = serde_json::from_str(text).map_err(|err| ValidationError {
-            problems: vec![Problem {
-                path: String::new(),
-                message: format!("not valid JSON: {err}"),
-            }],
-        })?;
-        FlagSet::from_value(&value)
+        CompiledFlagSet::from_json_str(text).map(|(set, _)| set)
     }
 
     /// Validates a JSON value strictly and returns the typed document.
     pub fn from_value(value: &Value) -> Result<FlagSet, ValidationError> {
-        let parsed = parse_document(value);
-        let mut problems = parsed.problems;
-        let (_, compile_problems) = compile_parsed(&parsed.set, &parsed.broken, Mode::Strict);
-        problems.extend(compile_problems);
-        if problems.is_empty() {
-            Ok(parsed.set)
-        } else {
-            Err(ValidationError { problems })
-        }
+        CompiledFlagSet::from_value(value).map(|(set, _)| set)
     }
 
     /// Validates an already-typed document strictly.
@@ -116,6 +102,32 @@ impl FlagSet {
 }
 
 impl CompiledFlagSet {
+    /// Parses, validates and compiles a JSON document strictly, in one pass: the typed document
+    /// (to store or serve) and its compiled form (to evaluate).
+    pub fn from_json_str(text: &str) -> Result<(FlagSet, CompiledFlagSet), ValidationError> {
+        let value: Value = serde_json::from_str(text).map_err(|err| ValidationError {
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("not valid JSON: {err}"),
+            }],
+        })?;
+        CompiledFlagSet::from_value(&value)
+    }
+
+    /// [`from_json_str`](Self::from_json_str) for a parsed JSON value.
+    pub fn from_value(value: &Value) -> Result<(FlagSet, CompiledFlagSet), ValidationError> {
+        let parsed = parse_document(value);
+        let mut problems = parsed.problems;
+        let (compiled, compile_problems) =
+            compile_parsed(&parsed.set, &parsed.broken, Mode::Strict);
+        problems.extend(compile_problems);
+        if problems.is_empty() {
+            Ok((parsed.set, compiled))
+        } else {
+            Err(ValidationError { problems })
+        }
+    }
+
     /// Compiles a typed document strictly: any problem is an error.
     pub fn compile(set: &FlagSet) -> Result<CompiledFlagSet, ValidationError> {
         let (compiled, problems) = compile_parsed(set, &BTreeMap::new(), Mode::Strict);
