@@ -1,8 +1,115 @@
-//! flagd-server: the flag server (not yet implemented; see the server issue).
+//! The `flagd-server` binary: configuration, logging, signals. Everything else is the library.
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use clap::Parser as _;
+use flagd_server::config::{Config, LogFormat};
+use flagd_server::{AdminAccess, Server, ServerOptions};
+use tracing_subscriber::EnvFilter;
+
 fn main() -> ExitCode {
-    eprintln!("flagd-server is not implemented yet: see the server issue in the tracker");
-    ExitCode::from(2)
+    let config = Config::parse();
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flagd-server: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flagd-server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|error| {
+        eprintln!(
+            "flagd-server: ignoring bad --log filter {:?}: {error}",
+            config.log
+        );
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let server = Server::open(
+        ServerOptions::from(&config),
+        flagd_server::state::system_clock(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    // Scripts and tests read this exact line for the real address (port 0 is allowed).
+    println!("listening on http://{address}");
+    match server.admin_access() {
+        AdminAccess::Created(path) => tracing::info!(
+            "created the first admin token in {} (mode 0600; it is never logged). Authenticate with: \
+             curl -H \"Authorization: Bearer $(cat {})\" http://{address}/api/v1/environments",
+            path.display(),
+            path.display()
+        ),
+        AdminAccess::Existing(Some(path)) => tracing::info!(
+            "admin token: see {} (created on first start). Authenticate with: Authorization: Bearer <token>",
+            path.display()
+        ),
+        AdminAccess::Existing(None) => {
+            tracing::info!("authenticate with an admin token: Authorization: Bearer <token>")
+        }
+    }
+    server.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
 }

@@ -1,0 +1,76 @@
+//! `/api/v1/environments`: list, create, delete.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{JsonBody, PathParams, QueryParams, attribution, change_message};
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::service::{self, blocking, check_environment_name};
+use crate::state::AppState;
+
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    let environments = blocking(&state, |store| Ok(store.environments()?)).await?;
+    Ok(axum::Json(json!({ "environments": environments })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnvironment {
+    name: String,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateEnvironment>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_environment_name(&body.name)?;
+    let message = change_message(&headers, None).or(body.message);
+    let by = attribution(&state, &admin, message);
+    let environment = blocking(&state, move |store| {
+        Ok(store.create_environment(&body.name, &by)?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(environment)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteOptions {
+    /// Delete even when the environment still has flags.
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: HeaderMap,
+    PathParams(env): PathParams<String>,
+    QueryParams(options): QueryParams<DeleteOptions>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = attribution(&state, &admin, change_message(&headers, None));
+    let name = env.clone();
+    blocking(&state, move |store| {
+        service::environment_or_404(store, &name)?;
+        let flags = store.flags(&name)?.len();
+        if flags > 0 && !options.force {
+            return Err(ApiError::conflict(format!(
+                "environment {name:?} still has {flags} flag(s); export it first if you need them, then delete with ?force=true"
+            )));
+        }
+        Ok(store.delete_environment(&name, &by)?)
+    })
+    .await?;
+    state.tokens.remove_environment(&env);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,207 @@
+//! `/api/v1/environments/{env}/flags[/{key}[/rollout]]`.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use flag_core::rollout::{RolloutVariants, current_rollout};
+use flag_core::{FlagState, FlagType};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{IfMatch, JsonBody, PathParams, attribution, change_message, etag};
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::service::{self, blocking};
+use crate::state::AppState;
+use crate::store::StoredFlag;
+
+fn flag_type(flag: &flag_core::Flag) -> Option<FlagType> {
+    flag.variants.values().next().and_then(FlagType::of)
+}
+
+/// The full view of one flag.
+fn view(stored: &StoredFlag) -> Value {
+    json!({
+        "environment": stored.environment,
+        "key": stored.key,
+        "version": stored.version,
+        "type": flag_type(&stored.flag),
+        "createdAt": stored.created_at,
+        "updatedAt": stored.updated_at,
+        "updatedBy": stored.updated_by,
+        "flag": stored.flag,
+    })
+}
+
+/// The summary row of `list`.
+fn summary(stored: &StoredFlag) -> Value {
+    let rollout = current_rollout(&stored.flag, None)
+        .ok()
+        .map(|r| r.percentage);
+    json!({
+        "key": stored.key,
+        "version": stored.version,
+        "state": stored.flag.state,
+        "enabled": stored.flag.state == FlagState::Enabled,
+        "type": flag_type(&stored.flag),
+        "defaultVariant": stored.flag.default_variant,
+        "rolloutPercentage": rollout,
+        "description": stored.flag.description,
+        "updatedAt": stored.updated_at,
+        "updatedBy": stored.updated_by,
+    })
+}
+
+fn with_etag(stored: &StoredFlag, status: StatusCode) -> impl IntoResponse + use<> {
+    (
+        status,
+        [(header::ETAG, etag(stored.version))],
+        axum::Json(view(stored)),
+    )
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathParams(env): PathParams<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (environment, flags) = blocking(&state, move |store| {
+        let environment = service::environment_or_404(store, &env)?;
+        Ok((environment, store.flags(&env)?))
+    })
+    .await?;
+    Ok(axum::Json(json!({
+        "environment": environment.name,
+        "version": environment.version,
+        "flags": flags.iter().map(summary).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathParams((env, key)): PathParams<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let stored = blocking(&state, move |store| {
+        service::environment_or_404(store, &env)?;
+        store.flag(&env, &key)?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "flag {key:?} does not exist in environment {env:?}"
+            ))
+        })
+    })
+    .await?;
+    Ok(with_etag(&stored, StatusCode::OK))
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
+    PathParams((env, key)): PathParams<(String, String)>,
+    JsonBody(mut body): JsonBody<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = attribution(&state, &admin, change_message(&headers, Some(&mut body)));
+    let (stored, created) = blocking(&state, move |store| {
+        service::put_flag(store, &env, &key, &body, if_match, &by)
+    })
+    .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_etag(&stored, status))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
+    PathParams((env, key)): PathParams<(String, String)>,
+    JsonBody(mut patch): JsonBody<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "a merge patch must be a JSON object, e.g. {\"state\": \"DISABLED\"}",
+        ));
+    }
+    let by = attribution(&state, &admin, change_message(&headers, Some(&mut patch)));
+    let stored = blocking(&state, move |store| {
+        service::modify_flag(store, &env, &key, if_match, &by, |definition| {
+            service::merge_patch(definition, &patch);
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(with_etag(&stored, StatusCode::OK))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
+    PathParams((env, key)): PathParams<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = attribution(&state, &admin, change_message(&headers, None));
+    blocking(&state, move |store| {
+        service::environment_or_404(store, &env)?;
+        let change = crate::store::FlagChange::Delete {
+            key,
+            expected_version: if_match,
+        };
+        store.commit(&env, &[change], None, &by)?;
+        crate::metrics::flag_writes(&env, 1);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutRequest {
+    /// 0 to 100, in steps of 0.01.
+    percentage: f64,
+    /// For non-boolean flags: the variant users in the rollout get.
+    #[serde(default)]
+    on_variant: Option<String>,
+    /// For non-boolean flags: the variant everyone else gets.
+    #[serde(default)]
+    off_variant: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+pub async fn rollout(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: HeaderMap,
+    IfMatch(if_match): IfMatch,
+    PathParams((env, key)): PathParams<(String, String)>,
+    JsonBody(request): JsonBody<RolloutRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let variants = match (request.on_variant, request.off_variant) {
+        (Some(on), Some(off)) => Some(RolloutVariants { on, off }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give both onVariant and offVariant, or neither",
+            ));
+        }
+    };
+    let by = attribution(
+        &state,
+        &admin,
+        change_message(&headers, None).or(request.message),
+    );
+    let percentage = request.percentage;
+    let stored = blocking(&state, move |store| {
+        service::rollout(store, &env, &key, percentage, variants, if_match, &by)
+    })
+    .await?;
+    Ok(with_etag(&stored, StatusCode::OK))
+}

@@ -1,0 +1,180 @@
+//! The HTTP API: the router, the route table, and the small extractors handlers share.
+
+mod audit;
+mod document;
+mod environments;
+mod flags;
+mod ops;
+mod tokens;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::Attribution;
+
+pub use ops::OPENAPI;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health, metrics, the OpenAPI document).
+    Public,
+    /// Admin tokens only.
+    Admin,
+}
+
+/// Every route: method, path template, access. The OpenAPI document and the auth-matrix test
+/// are checked against this table, and a test checks the router serves every row.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/api/v1/environments", Access::Admin),
+    ("POST", "/api/v1/environments", Access::Admin),
+    ("DELETE", "/api/v1/environments/{env}", Access::Admin),
+    ("GET", "/api/v1/environments/{env}/flags", Access::Admin),
+    (
+        "GET",
+        "/api/v1/environments/{env}/flags/{key}",
+        Access::Admin,
+    ),
+    (
+        "PUT",
+        "/api/v1/environments/{env}/flags/{key}",
+        Access::Admin,
+    ),
+    (
+        "PATCH",
+        "/api/v1/environments/{env}/flags/{key}",
+        Access::Admin,
+    ),
+    (
+        "DELETE",
+        "/api/v1/environments/{env}/flags/{key}",
+        Access::Admin,
+    ),
+    (
+        "POST",
+        "/api/v1/environments/{env}/flags/{key}/rollout",
+        Access::Admin,
+    ),
+    ("GET", "/api/v1/environments/{env}/document", Access::Admin),
+    ("PUT", "/api/v1/environments/{env}/document", Access::Admin),
+    ("GET", "/api/v1/audit", Access::Admin),
+    ("GET", "/api/v1/tokens", Access::Admin),
+    ("POST", "/api/v1/tokens", Access::Admin),
+    ("DELETE", "/api/v1/tokens/{id}", Access::Admin),
+    ("GET", "/api/v1/openapi.json", Access::Public),
+    ("GET", "/healthz", Access::Public),
+    ("GET", "/readyz", Access::Public),
+    ("GET", "/metrics", Access::Public),
+];
+
+/// The router, with state, body limit and metrics. Tests call it with `oneshot`.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/environments",
+            get(environments::list).post(environments::create),
+        )
+        .route(
+            "/api/v1/environments/{env}",
+            axum::routing::delete(environments::delete),
+        )
+        .route("/api/v1/environments/{env}/flags", get(flags::list))
+        .route(
+            "/api/v1/environments/{env}/flags/{key}",
+            get(flags::get)
+                .put(flags::put)
+                .patch(flags::patch)
+                .delete(flags::delete),
+        )
+        .route(
+            "/api/v1/environments/{env}/flags/{key}/rollout",
+            post(flags::rollout),
+        )
+        .route(
+            "/api/v1/environments/{env}/document",
+            get(document::export).put(document::apply),
+        )
+        .route("/api/v1/audit", get(audit::query))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/openapi.json", get(ops::openapi))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .with_state(state)
+}
+
+/// `Json` whose rejections are `ApiError`s, so a malformed body gets our error shape.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+/// `Path` with our error shape.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(Path), rejection(ApiError))]
+pub struct PathParams<T>(pub T);
+
+/// `Query` with our error shape.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(Query), rejection(ApiError))]
+pub struct QueryParams<T>(pub T);
+
+/// The `If-Match` header as a flag version: `3`, `"3"` or `W/"3"`.
+#[derive(Debug, Clone, Copy)]
+pub struct IfMatch(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(axum::http::header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let text = value.to_str().unwrap_or_default().trim();
+        let bare = text.trim_start_matches("W/").trim_matches('"');
+        bare.parse::<i64>().map(|v| IfMatch(Some(v))).map_err(|_| {
+            ApiError::bad_request(format!(
+                "If-Match must be a version as returned in ETag, such as \"3\"; got {text:?}"
+            ))
+            .at("If-Match")
+        })
+    }
+}
+
+/// The `ETag` value for a version.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The change message: the `X-Change-Message` header, else a top-level `message` string taken
+/// out of the body.
+pub fn change_message(headers: &HeaderMap, body: Option<&mut serde_json::Value>) -> Option<String> {
+    let from_body = body
+        .and_then(|b| b.as_object_mut())
+        .and_then(|o| o.remove("message"))
+        .and_then(|m| m.as_str().map(str::to_owned));
+    headers
+        .get("x-change-message")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(from_body)
+}
+
+/// Who is writing: the token's name, the message, and the time.
+pub fn attribution(state: &AppState, admin: &Admin, message: Option<String>) -> Attribution {
+    Attribution {
+        actor: admin.0.name.clone(),
+        message,
+        at: (state.clock)(),
+    }
+}

@@ -1,0 +1,47 @@
+//! Health, readiness, metrics, the OpenAPI document, and the fallbacks.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::service;
+use crate::state::AppState;
+
+/// The OpenAPI document of the admin API (kept true by a test against `ROUTES`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    service::blocking(&state, |store| {
+        store
+            .ping()
+            .map_err(|error| ApiError::unavailable(format!("store is not usable: {error}")))
+    })
+    .await?;
+    Ok(axum::Json(json!({"status": "ready"})))
+}
+
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /api/v1/openapi.json")
+}
+
+pub async fn method_not_allowed() -> impl IntoResponse {
+    let body = json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route; see /api/v1/openapi.json"}});
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+}

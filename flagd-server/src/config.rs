@@ -1,0 +1,129 @@
+//! Command-line and environment configuration. Every option has an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The flag server: stores flags per environment in SQLite, serves the admin API, and (later)
+/// OFREP evaluation and a WebSocket update stream.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flagd-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port; the real address is printed as
+    /// `listening on http://ADDR`.
+    #[arg(long, env = "FLAGD_LISTEN", default_value = "127.0.0.1:8016")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite database (`flags.db`) and the bootstrap `admin-token` file.
+    /// Created if missing.
+    #[arg(long, env = "FLAGD_DATA_DIR", default_value = "./flagd-data")]
+    pub data_dir: PathBuf,
+
+    /// Admin token to create on first start, instead of a random one. Prefer the environment
+    /// variable: command-line arguments are visible to other users of the machine.
+    #[arg(long, env = "FLAGD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "FLAGD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `flagd_server=debug`).
+    #[arg(long, env = "FLAGD_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Largest accepted request body, e.g. `8MiB`, `512KiB`, `1000000` (bytes). Larger bodies
+    /// get 413.
+    #[arg(long, env = "FLAGD_BODY_LIMIT", default_value = "8MiB", value_parser = parse_size)]
+    pub body_limit: usize,
+
+    /// Most simultaneous client connections; further connections wait to be accepted.
+    #[arg(long, env = "FLAGD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests get to finish, e.g. `10s`, `500ms`.
+    #[arg(long, env = "FLAGD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `8MiB`, `512KiB`, `10MB`, `1000` (bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 8MiB, 512KiB, 1000)"))?;
+    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 10s, 500ms, 2m)"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(number),
+        "s" | "" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        other => return Err(format!("unknown duration unit {other:?} (use ms, s, m, h)")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let config = Config::try_parse_from(["flagd-server"]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8016");
+        assert_eq!(config.body_limit, 8 << 20);
+    }
+}

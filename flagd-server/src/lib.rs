@@ -1,0 +1,265 @@
+//! flagd-server: stores flags per environment in SQLite and serves the admin API.
+//!
+//! `Server::open` opens the store and bootstraps the first admin token; `Server::serve` runs
+//! the API on a listener until a shutdown future completes, then drains in-flight requests for
+//! a bounded time. Tests bind `127.0.0.1:0` and pass their own shutdown future.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod metrics;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{TokenCache, generate_id, generate_secret, hash_secret};
+use crate::state::{AppState, Clock};
+use crate::store::{FlagStore, Role, SqliteStore, StoreError, TokenRecord};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "flags.db";
+/// The bootstrap admin token file inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The shortest `FLAGD_ADMIN_TOKEN` accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A file or directory could not be used.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The runtime failed.
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the server needs to know (the binary fills it from `config::Config`).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Directory for the database and the admin-token file.
+    pub data_dir: PathBuf,
+    /// Admin token to create on first start instead of a random one.
+    pub admin_token: Option<String>,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// How long in-flight requests get after shutdown is signalled.
+    pub shutdown_timeout: Duration,
+}
+
+impl From<&config::Config> for ServerOptions {
+    fn from(config: &config::Config) -> Self {
+        ServerOptions {
+            data_dir: config.data_dir.clone(),
+            admin_token: config.admin_token.clone(),
+            body_limit: config.body_limit,
+            max_connections: config.max_connections,
+            shutdown_timeout: config.shutdown_timeout,
+        }
+    }
+}
+
+/// How the operator can authenticate, as found or set up at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// A new admin token was created and written to this file.
+    Created(PathBuf),
+    /// Tokens already existed; this file holds the bootstrap token, if it is still there.
+    Existing(Option<PathBuf>),
+}
+
+/// An opened server, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    state: AppState,
+    options: ServerOptions,
+    access: AdminAccess,
+}
+
+impl Server {
+    /// Opens (creating if needed) the data directory and the store, and bootstraps the admin
+    /// token on an empty store.
+    pub async fn open(options: ServerOptions, clock: Clock) -> Result<Server, StartError> {
+        let opened = options.clone();
+        let start_clock = clock.clone();
+        let (store, access) =
+            tokio::task::spawn_blocking(move || open_blocking(&opened, &start_clock))
+                .await
+                .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
+        let tokens = TokenCache::default();
+        let store: Arc<dyn FlagStore> = Arc::new(store);
+        tokens.load(store.tokens()?);
+        Ok(Server {
+            state: AppState {
+                store,
+                tokens,
+                clock,
+            },
+            options,
+            access,
+        })
+    }
+
+    /// How the operator authenticates.
+    pub fn admin_access(&self) -> &AdminAccess {
+        &self.access
+    }
+
+    /// The shared state (for in-process tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The router.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone(), self.options.body_limit)
+    }
+
+    /// Serves until `shutdown` completes, then gives in-flight requests `shutdown_timeout`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let router = self.router();
+        let listener = listener::LimitedListener::new(listener, self.options.max_connections);
+        let stopping = CancellationToken::new();
+        let signal = stopping.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: finishing in-flight requests");
+            signal.cancel();
+        });
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(stopping.clone().cancelled_owned());
+        let drain_limit = self.options.shutdown_timeout;
+        tokio::select! {
+            result = server => result.map_err(StartError::Serve)?,
+            () = async { stopping.cancelled().await; tokio::time::sleep(drain_limit).await } => {
+                tracing::warn!(?drain_limit, "in-flight requests did not finish in time; closing them");
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn open_blocking(
+    options: &ServerOptions,
+    clock: &Clock,
+) -> Result<(SqliteStore, AdminAccess), StartError> {
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::Io {
+        what: "cannot create the data directory",
+        path: options.data_dir.clone(),
+        source,
+    })?;
+    let store = SqliteStore::open(&options.data_dir.join(DATABASE_FILE), clock())?;
+    let access = bootstrap_admin(
+        &store,
+        &options.data_dir,
+        options.admin_token.as_deref(),
+        clock(),
+    )?;
+    Ok((store, access))
+}
+
+/// On an empty store, creates the first admin token (or takes the operator's) and writes it to
+/// `<data-dir>/admin-token`, readable only by this user. The token itself is never logged.
+fn bootstrap_admin(
+    store: &dyn FlagStore,
+    data_dir: &Path,
+    provided: Option<&str>,
+    now: i64,
+) -> Result<AdminAccess, StartError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let tokens = store.tokens()?;
+    if !tokens.is_empty() {
+        if let Some(provided) = provided
+            && !tokens
+                .iter()
+                .any(|t| t.revoked_at.is_none() && t.hash == hash_secret(provided))
+        {
+            tracing::warn!(
+                "FLAGD_ADMIN_TOKEN is ignored: the store already has tokens (it only seeds an empty store)"
+            );
+        }
+        return Ok(AdminAccess::Existing(path.exists().then_some(path)));
+    }
+    let secret = match provided {
+        Some(token) if token.trim().len() < MIN_ADMIN_TOKEN_LEN => {
+            return Err(StartError::Config(format!(
+                "FLAGD_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+            )));
+        }
+        Some(token) => token.trim().to_owned(),
+        None => generate_secret(Role::Admin),
+    };
+    // The file first: if we crash before the token is stored, the next start simply makes a
+    // new one; the other order could leave a stored token nobody can read.
+    write_private_file(&path, &secret)?;
+    store.insert_token(&TokenRecord {
+        id: generate_id(),
+        name: "bootstrap-admin".to_owned(),
+        role: Role::Admin,
+        environment: None,
+        hash: hash_secret(&secret),
+        created_at: now,
+        revoked_at: None,
+    })?;
+    Ok(AdminAccess::Created(path))
+}
+
+/// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
+fn write_private_file(path: &Path, contents: &str) -> Result<(), StartError> {
+    let io = |what: &'static str| {
+        move |source| StartError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let temp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp).map_err(io("cannot write"))?;
+    #[cfg(unix)]
+    std::fs::set_permissions(&temp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io("cannot restrict"))?;
+    file.write_all(format!("{contents}\n").as_bytes())
+        .map_err(io("cannot write"))?;
+    file.sync_all().map_err(io("cannot sync"))?;
+    std::fs::rename(&temp, path).map_err(io("cannot write"))?;
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Prometheus metrics, rendered as text at `/metrics`.
+//!
+//! Hand-rolled rather than a metrics crate: four families, a fixed bucket layout, and `dashmap`
+//! (already in the stack) for the label sets. A process has one registry, as Prometheus expects.
+
+use std::fmt::Write as _;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use dashmap::DashMap;
+
+/// Latency histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Cumulative counts per bucket, then +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Sum of observations in microseconds (integer so it can be atomic).
+    sum_micros: AtomicU64,
+}
+
+#[derive(Default)]
+struct Registry {
+    requests: DashMap<(String, String, u16), AtomicU64>,
+    latency: DashMap<String, Histogram>,
+    flag_writes: DashMap<String, AtomicU64>,
+    store_errors: AtomicU64,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
+
+/// Middleware: counts requests by route template and status, and times them.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    REGISTRY
+        .requests
+        .entry((method, route.clone(), status))
+        .or_default()
+        .fetch_add(1, Ordering::Relaxed);
+    let histogram = REGISTRY.latency.entry(route).or_default();
+    let seconds = elapsed.as_secs_f64();
+    for (bucket, bound) in histogram.buckets.iter().zip(BUCKETS) {
+        if seconds <= bound {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    histogram.buckets[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    histogram.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    response
+}
+
+/// Counts committed flag writes (one per changed flag).
+pub fn flag_writes(environment: &str, count: usize) {
+    REGISTRY
+        .flag_writes
+        .entry(environment.to_owned())
+        .or_default()
+        .fetch_add(count as u64, Ordering::Relaxed);
+}
+
+/// Counts a store failure.
+pub fn store_error() {
+    REGISTRY.store_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Escapes a label value for the text exposition format.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    let mut out = String::new();
+    out.push_str("# HELP flagd_http_requests_total HTTP requests by method, route and status.\n");
+    out.push_str("# TYPE flagd_http_requests_total counter\n");
+    let mut rows: Vec<_> = REGISTRY
+        .requests
+        .iter()
+        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    rows.sort();
+    for ((method, route, status), count) in rows {
+        let _ = writeln!(
+            out,
+            "flagd_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
+            label(&method),
+            label(&route)
+        );
+    }
+    out.push_str("# HELP flagd_http_request_duration_seconds HTTP request latency by route.\n");
+    out.push_str("# TYPE flagd_http_request_duration_seconds histogram\n");
+    let mut routes: Vec<String> = REGISTRY.latency.iter().map(|e| e.key().clone()).collect();
+    routes.sort();
+    for route in routes {
+        let Some(histogram) = REGISTRY.latency.get(&route) else {
+            continue;
+        };
+        let route = label(&route);
+        for (bucket, bound) in histogram.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                out,
+                "flagd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = histogram.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "flagd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+        );
+        let sum = histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "flagd_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "flagd_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+        );
+    }
+    out.push_str("# HELP flagd_flag_writes_total Committed flag writes by environment.\n");
+    out.push_str("# TYPE flagd_flag_writes_total counter\n");
+    let mut writes: Vec<_> = REGISTRY
+        .flag_writes
+        .iter()
+        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    writes.sort();
+    for (environment, count) in writes {
+        let _ = writeln!(
+            out,
+            "flagd_flag_writes_total{{environment=\"{}\"}} {count}",
+            label(&environment)
+        );
+    }
+    out.push_str("# HELP flagd_store_errors_total Store operations that failed.\n");
+    out.push_str("# TYPE flagd_store_errors_total counter\n");
+    let _ = writeln!(
+        out,
+        "flagd_store_errors_total {}",
+        REGISTRY.store_errors.load(Ordering::Relaxed)
+    );
+    out
+}

@@ -1,0 +1,380 @@
+//! The domain operations behind the admin API: validate with flag-core, then commit through the
+//! store. Everything here runs on tokio's blocking pool (`blocking`), never on async workers.
+
+use std::collections::BTreeMap;
+
+use flag_core::rollout::{RolloutError, RolloutVariants, set_rollout};
+use flag_core::{CompiledFlagSet, FLAGD_SCHEMA_URL, Flag, FlagSet};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{
+    Attribution, Environment, EnvironmentSettings, FlagChange, FlagStore, StoreError, StoredFlag,
+};
+
+/// How often a read-modify-write without `If-Match` retries after losing a race.
+const RETRIES: usize = 3;
+
+/// Runs store work on the blocking pool.
+pub async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn FlagStore) -> Result<T, ApiError> + Send + 'static,
+{
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || work(store.as_ref()))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Environment names share the flag-key alphabet: they appear in URLs and file names.
+pub fn check_environment_name(name: &str) -> Result<(), ApiError> {
+    flag_core::check_flag_key(name).map_err(|message| {
+        ApiError::bad_request(message.replace("flag key", "environment name")).at("name")
+    })
+}
+
+pub(crate) fn environment_or_404(
+    store: &dyn FlagStore,
+    name: &str,
+) -> Result<Environment, ApiError> {
+    store
+        .environment(name)?
+        .ok_or_else(|| ApiError::not_found(format!("environment {name:?} does not exist")))
+}
+
+/// Validates one flag definition (raw JSON from a request) against its environment's
+/// `$evaluators` and metadata, strictly; returns the typed flag.
+pub fn validate_flag(
+    environment: &Environment,
+    key: &str,
+    definition: &Value,
+) -> Result<Flag, ApiError> {
+    let document = json!({
+        "metadata": environment.metadata,
+        "$evaluators": environment.evaluators,
+        "flags": { key: definition },
+    });
+    let (mut set, _) = CompiledFlagSet::from_value(&document).map_err(ApiError::invalid)?;
+    set.flags
+        .remove(key)
+        .ok_or_else(|| ApiError::internal(format!("validated flag {key:?} vanished")))
+}
+
+/// Creates or replaces a flag. Returns the stored flag and whether it was created.
+pub fn put_flag(
+    store: &dyn FlagStore,
+    environment: &str,
+    key: &str,
+    definition: &Value,
+    if_match: Option<i64>,
+    by: &Attribution,
+) -> Result<(StoredFlag, bool), ApiError> {
+    let env = environment_or_404(store, environment)?;
+    let flag = validate_flag(&env, key, definition)?;
+    let change = FlagChange::Upsert {
+        key: key.to_owned(),
+        flag,
+        expected_version: if_match,
+    };
+    let commit = store.commit(environment, &[change], None, by)?;
+    crate::metrics::flag_writes(environment, 1);
+    let created = commit.changes.iter().any(|c| c.operation == "create");
+    let stored = store
+        .flag(environment, key)?
+        .ok_or_else(|| ApiError::internal(format!("flag {key:?} missing after commit")))?;
+    Ok((stored, created))
+}
+
+/// Read, transform, validate, commit: the shape of PATCH and of the rollout endpoint. Without
+/// `If-Match`, a write that loses a race to another writer is retried on the new state; with it,
+/// the race is reported (412), as the client asked.
+pub fn modify_flag(
+    store: &dyn FlagStore,
+    environment: &str,
+    key: &str,
+    if_match: Option<i64>,
+    by: &Attribution,
+    transform: impl Fn(&mut Value) -> Result<(), ApiError>,
+) -> Result<StoredFlag, ApiError> {
+    for _ in 0..RETRIES {
+        let env = environment_or_404(store, environment)?;
+        let current = store.flag(environment, key)?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "flag {key:?} does not exist in environment {environment:?}"
+            ))
+        })?;
+        if let Some(expected) = if_match
+            && expected != current.version
+        {
+            return Err(StoreError::VersionConflict {
+                key: key.to_owned(),
+                expected,
+                actual: current.version,
+            }
+            .into());
+        }
+        let mut definition = serde_json::to_value(&current.flag).map_err(ApiError::internal)?;
+        transform(&mut definition)?;
+        let flag = validate_flag(&env, key, &definition)?;
+        let change = FlagChange::Upsert {
+            key: key.to_owned(),
+            flag,
+            expected_version: Some(current.version),
+        };
+        match store.commit(environment, &[change], None, by) {
+            Ok(_) => {
+                crate::metrics::flag_writes(environment, 1);
+                return store.flag(environment, key)?.ok_or_else(|| {
+                    ApiError::internal(format!("flag {key:?} missing after commit"))
+                });
+            }
+            Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "flag {key:?} kept changing while this edit was applied; try again"
+    )))
+}
+
+/// JSON Merge Patch (RFC 7396).
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(object) = target {
+        for (name, value) in patch {
+            if value.is_null() {
+                object.remove(name);
+            } else {
+                merge_patch(object.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+/// Sets a flag's rollout percentage through flag-core's rollout editing.
+pub fn rollout(
+    store: &dyn FlagStore,
+    environment: &str,
+    key: &str,
+    percentage: f64,
+    variants: Option<RolloutVariants>,
+    if_match: Option<i64>,
+    by: &Attribution,
+) -> Result<StoredFlag, ApiError> {
+    modify_flag(store, environment, key, if_match, by, |definition| {
+        let mut flag: Flag =
+            serde_json::from_value(definition.clone()).map_err(ApiError::internal)?;
+        set_rollout(&mut flag, percentage, variants.as_ref()).map_err(|error| match error {
+            RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => {
+                ApiError::unprocessable("invalid_percentage", error.to_string()).at("percentage")
+            }
+            RolloutError::Variants(_) => {
+                ApiError::unprocessable("rollout_variants", error.to_string())
+            }
+            RolloutError::TooComplex(_) => {
+                ApiError::unprocessable("targeting_too_complex", error.to_string()).at("targeting")
+            }
+            _ => ApiError::unprocessable("rollout", error.to_string()),
+        })?;
+        *definition = serde_json::to_value(&flag).map_err(ApiError::internal)?;
+        Ok(())
+    })
+}
+
+/// The environment as one flagd document, and its version.
+pub fn document(store: &dyn FlagStore, environment: &str) -> Result<(FlagSet, i64), ApiError> {
+    let env = environment_or_404(store, environment)?;
+    let flags = store.flags(environment)?;
+    let set = FlagSet {
+        schema: Some(FLAGD_SCHEMA_URL.to_owned()),
+        metadata: env.metadata,
+        evaluators: env.evaluators,
+        flags: flags.into_iter().map(|f| (f.key, f.flag)).collect(),
+    };
+    Ok((set, env.version))
+}
+
+/// What a declarative apply did (or, in a dry run, would do) to one flag.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedChange {
+    /// The flag key.
+    pub key: String,
+    /// `create`, `update`, `delete` or `unchanged`.
+    pub action: &'static str,
+    /// The definition before (absent when created).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Value>,
+    /// The definition after (absent when deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<Value>,
+}
+
+/// The answer to `PUT .../document`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyReport {
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// Flags missing from the document were (or would be) deleted.
+    pub prune: bool,
+    /// The environment's version after the apply (unchanged for a dry run or a no-op).
+    pub version: i64,
+    /// Whether anything changed (or would change).
+    pub changed: bool,
+    /// `$evaluators` or metadata differ from the stored ones.
+    pub settings_changed: bool,
+    /// Counts by action.
+    pub summary: BTreeMap<&'static str, usize>,
+    /// Every flag of the document, and every stored flag it deletes, in key order.
+    pub changes: Vec<PlannedChange>,
+    /// Stored flags the document does not mention and that stay because `prune` is off.
+    pub kept: Vec<String>,
+}
+
+/// Applies a whole flagd document to an environment: validate everything, then create, update
+/// and (with `prune`) delete in one transaction, or only report with `dry_run`.
+pub fn apply_document(
+    store: &dyn FlagStore,
+    environment: &str,
+    document: &Value,
+    dry_run: bool,
+    prune: bool,
+    by: &Attribution,
+) -> Result<ApplyReport, ApiError> {
+    let env = environment_or_404(store, environment)?;
+    let (desired, _) = CompiledFlagSet::from_value(document).map_err(ApiError::invalid)?;
+    let current: BTreeMap<String, StoredFlag> = store
+        .flags(environment)?
+        .into_iter()
+        .map(|f| (f.key.clone(), f))
+        .collect();
+
+    let mut planned = Vec::new();
+    let mut changes = Vec::new();
+    let mut kept = Vec::new();
+    let mut result = FlagSet {
+        schema: None,
+        metadata: desired.metadata.clone(),
+        evaluators: desired.evaluators.clone(),
+        flags: BTreeMap::new(),
+    };
+    for (key, flag) in &desired.flags {
+        let existing = current.get(key);
+        let action = match existing {
+            None => "create",
+            Some(stored) if stored.flag == *flag => "unchanged",
+            Some(_) => "update",
+        };
+        if action != "unchanged" {
+            changes.push(FlagChange::Upsert {
+                key: key.clone(),
+                flag: flag.clone(),
+                expected_version: Some(existing.map_or(0, |s| s.version)),
+            });
+        }
+        planned.push(PlannedChange {
+            key: key.clone(),
+            action,
+            before: existing.map(|s| serde_json::to_value(&s.flag).unwrap_or(Value::Null)),
+            after: Some(serde_json::to_value(flag).unwrap_or(Value::Null)),
+        });
+        result.flags.insert(key.clone(), flag.clone());
+    }
+    for (key, stored) in &current {
+        if desired.flags.contains_key(key) {
+            continue;
+        }
+        if prune {
+            changes.push(FlagChange::Delete {
+                key: key.clone(),
+                expected_version: Some(stored.version),
+            });
+            planned.push(PlannedChange {
+                key: key.clone(),
+                action: "delete",
+                before: Some(serde_json::to_value(&stored.flag).unwrap_or(Value::Null)),
+                after: None,
+            });
+        } else {
+            kept.push(key.clone());
+            result.flags.insert(key.clone(), stored.flag.clone());
+        }
+    }
+    planned.sort_by(|a, b| a.key.cmp(&b.key));
+
+    // The environment that would result must be valid as a whole: a kept flag may reference an
+    // evaluator the document removes.
+    CompiledFlagSet::compile(&result).map_err(ApiError::invalid)?;
+
+    let settings_changed = desired.metadata != env.metadata || desired.evaluators != env.evaluators;
+    let changed = settings_changed || !changes.is_empty();
+    let mut summary = BTreeMap::new();
+    for change in &planned {
+        *summary.entry(change.action).or_insert(0) += 1;
+    }
+    let mut version = env.version;
+    if changed && !dry_run {
+        let settings = settings_changed.then(|| EnvironmentSettings {
+            metadata: desired.metadata.clone(),
+            evaluators: desired.evaluators.clone(),
+        });
+        let commit = store.commit(environment, &changes, settings.as_ref(), by).map_err(|error| match error {
+            StoreError::VersionConflict { key, .. } => ApiError::precondition_failed(format!(
+                "flag {key:?} changed while the document was being applied; nothing was written, apply again"
+            )),
+            other => other.into(),
+        })?;
+        crate::metrics::flag_writes(environment, changes.len());
+        version = commit.version;
+    }
+    Ok(ApplyReport {
+        dry_run,
+        prune,
+        version,
+        changed,
+        settings_changed,
+        summary,
+        changes: planned,
+        kept,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (json!({"a": [1]}), json!({"a": [2]}), json!({"a": [2]})),
+            (json!(["a"]), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+        ];
+        for (mut target, patch, expected) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, expected, "patch {patch}");
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Storage: the `FlagStore` trait and its records.
+//!
+//! Handlers never touch a store directly: they go through `service.rs`, which validates with
+//! flag-core and then asks the store to commit. The trait is synchronous (SQLite is); the
+//! service runs it on tokio's blocking pool. A PostgreSQL store can implement the same trait.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use flag_core::{Flag, Metadata};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use sqlite::SqliteStore;
+
+/// The environment every fresh store starts with.
+pub const DEFAULT_ENVIRONMENT: &str = "default";
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The environment does not exist.
+    #[error("environment {0:?} does not exist")]
+    UnknownEnvironment(String),
+    /// The environment already exists.
+    #[error("environment {0:?} already exists")]
+    EnvironmentExists(String),
+    /// The flag does not exist.
+    #[error("flag {key:?} does not exist in environment {environment:?}")]
+    UnknownFlag {
+        /// The environment.
+        environment: String,
+        /// The flag key.
+        key: String,
+    },
+    /// An `If-Match` version did not match the stored one.
+    #[error("flag {key:?} is at version {actual}, not {expected}: it changed since you read it")]
+    VersionConflict {
+        /// The flag key.
+        key: String,
+        /// The version the writer expected.
+        expected: i64,
+        /// The stored version (0 when the flag does not exist).
+        actual: i64,
+    },
+    /// The token does not exist.
+    #[error("token {0:?} does not exist")]
+    UnknownToken(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    /// Stored JSON did not decode (a corrupted or hand-edited database).
+    #[error("stored data for {what} is corrupt: {source}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+/// An environment (one flag set).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Environment {
+    /// Its name.
+    pub name: String,
+    /// Bumped by every committed change in the environment.
+    pub version: i64,
+    /// Flag-set metadata.
+    pub metadata: Metadata,
+    /// Shared targeting fragments (`$evaluators`).
+    pub evaluators: BTreeMap<String, Value>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A flag as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFlag {
+    /// The environment.
+    pub environment: String,
+    /// The key.
+    pub key: String,
+    /// The definition.
+    pub flag: Flag,
+    /// The environment version of this flag's last write (monotonic per key, even across
+    /// delete and re-create, so `If-Match` cannot be fooled by a flag that came back).
+    pub version: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// The actor of the last write.
+    pub updated_by: String,
+}
+
+/// One change of a commit.
+#[derive(Debug, Clone)]
+pub enum FlagChange {
+    /// Create or replace a flag; `expected_version` is the `If-Match` (0 = must not exist).
+    Upsert {
+        /// The key.
+        key: String,
+        /// The new definition.
+        flag: Flag,
+        /// The `If-Match` version, if any.
+        expected_version: Option<i64>,
+    },
+    /// Delete a flag.
+    Delete {
+        /// The key.
+        key: String,
+        /// The `If-Match` version, if any.
+        expected_version: Option<i64>,
+    },
+}
+
+/// New environment settings (metadata and `$evaluators`), from a document apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentSettings {
+    /// Flag-set metadata.
+    pub metadata: Metadata,
+    /// `$evaluators`.
+    pub evaluators: BTreeMap<String, Value>,
+}
+
+/// Who made a change, and why.
+#[derive(Debug, Clone)]
+pub struct Attribution {
+    /// The actor (a token's name, `ramp`, ...).
+    pub actor: String,
+    /// The change message, if any.
+    pub message: Option<String>,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// One record of the append-only change log (the audit log and the stream's resume log).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRecord {
+    /// Monotonic across the store; the audit cursor.
+    pub id: i64,
+    /// The environment.
+    pub environment: String,
+    /// The environment version this change produced.
+    pub version: i64,
+    /// The flag, or `None` for environment-level changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+    /// `create`, `update`, `delete`, `create_environment`, `delete_environment`, `update_settings`.
+    pub operation: String,
+    /// The state before (null when created).
+    pub before: Value,
+    /// The state after (null when deleted).
+    pub after: Value,
+    /// Who.
+    pub actor: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// Why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The result of a commit.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The environment's new version.
+    pub version: i64,
+    /// The records written.
+    pub changes: Vec<ChangeRecord>,
+}
+
+/// Filters for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this environment.
+    pub environment: Option<String>,
+    /// Only this flag.
+    pub flag: Option<String>,
+    /// Only records older than this id (the cursor of the previous page).
+    pub before: Option<i64>,
+    /// At most this many records.
+    pub limit: usize,
+}
+
+/// Token roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Stream and OFREP for one environment.
+    Sdk,
+}
+
+impl Role {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Sdk => "sdk",
+        }
+    }
+}
+
+/// A token as stored: never the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    /// Public identifier (`tok_...`).
+    pub id: String,
+    /// A human name; also the actor recorded for its writes.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// The environment of an `sdk` token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// SHA-256 of the secret.
+    #[serde(skip)]
+    pub hash: [u8; 32],
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, once revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+/// Flag storage. Implementations must make each `commit` atomic and durable before returning.
+pub trait FlagStore: Send + Sync + 'static {
+    /// All environments, by name.
+    fn environments(&self) -> Result<Vec<Environment>, StoreError>;
+    /// One environment.
+    fn environment(&self, name: &str) -> Result<Option<Environment>, StoreError>;
+    /// Creates an environment (recorded in the change log).
+    fn create_environment(&self, name: &str, by: &Attribution) -> Result<Environment, StoreError>;
+    /// Deletes an environment, its flags and its sdk tokens (recorded in the change log, with
+    /// the whole document as `before`).
+    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError>;
+    /// The flags of an environment, by key.
+    fn flags(&self, environment: &str) -> Result<Vec<StoredFlag>, StoreError>;
+    /// One flag.
+    fn flag(&self, environment: &str, key: &str) -> Result<Option<StoredFlag>, StoreError>;
+    /// Applies changes atomically as one new environment version; checks every expected
+    /// version first and changes nothing if one does not match.
+    fn commit(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        settings: Option<&EnvironmentSettings>,
+        by: &Attribution,
+    ) -> Result<Commit, StoreError>;
+    /// Change records, newest first.
+    fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError>;
+    /// All tokens.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Stores a token.
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Marks a token revoked; returns it.
+    fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError>;
+    /// Whether the store can serve queries (for `/readyz`).
+    fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,759 @@
+//! The embedded default store: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! One connection behind a mutex: SQLite has a single writer anyway, and admin traffic is light
+//! (evaluation never reads SQLite). Every `commit` is one transaction that writes the flags, the
+//! change records and the environment version; it returns only after the commit is durable.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use flag_core::{Flag, Metadata};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite_migration::{M, Migrations};
+use serde_json::Value;
+
+use super::{
+    Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
+    EnvironmentSettings, FlagChange, FlagStore, Role, StoreError, StoredFlag, TokenRecord,
+};
+
+/// Schema migrations, applied in order at start. Never edit one that has shipped: add another.
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        r#"
+        CREATE TABLE environments (
+            name        TEXT PRIMARY KEY,
+            version     INTEGER NOT NULL DEFAULT 0,
+            metadata    TEXT NOT NULL DEFAULT '{}',
+            evaluators  TEXT NOT NULL DEFAULT '{}',
+            created_at  INTEGER NOT NULL
+        );
+        CREATE TABLE flags (
+            environment TEXT NOT NULL REFERENCES environments(name) ON DELETE CASCADE,
+            key         TEXT NOT NULL,
+            definition  TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL,
+            updated_by  TEXT NOT NULL,
+            PRIMARY KEY (environment, key)
+        );
+        -- Append-only: the audit log and the stream's resume log. No foreign key, so the history
+        -- of a deleted environment stays.
+        CREATE TABLE changes (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            environment TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            flag_key    TEXT,
+            operation   TEXT NOT NULL,
+            before      TEXT NOT NULL,
+            after       TEXT NOT NULL,
+            actor       TEXT NOT NULL,
+            at          INTEGER NOT NULL,
+            message     TEXT
+        );
+        CREATE INDEX changes_by_environment ON changes (environment, version);
+        CREATE INDEX changes_by_flag ON changes (environment, flag_key, id);
+        CREATE TABLE tokens (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL,
+            role        TEXT NOT NULL CHECK (role IN ('admin', 'sdk')),
+            environment TEXT,
+            hash        BLOB NOT NULL UNIQUE,
+            created_at  INTEGER NOT NULL,
+            revoked_at  INTEGER
+        );
+        "#,
+    )])
+}
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, migrates it, and makes sure the `default`
+    /// environment exists in a fresh store.
+    pub fn open(path: &Path, now: i64) -> Result<SqliteStore, StoreError> {
+        let connection = Connection::open(path)?;
+        SqliteStore::init(connection, now)
+    }
+
+    /// An in-memory store (for tests).
+    pub fn in_memory(now: i64) -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open_in_memory()?, now)
+    }
+
+    fn init(mut connection: Connection, now: i64) -> Result<SqliteStore, StoreError> {
+        // WAL lets readers proceed during a write; FULL syncs the WAL on every commit, so an
+        // acknowledged write survives power loss, not just a process crash.
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations().to_latest(&mut connection)?;
+        let fresh: i64 =
+            connection.query_row("SELECT COUNT(*) FROM environments", [], |row| row.get(0))?;
+        let has_history: i64 =
+            connection.query_row("SELECT COUNT(*) FROM changes", [], |row| row.get(0))?;
+        if fresh == 0 && has_history == 0 {
+            connection.execute(
+                "INSERT INTO environments (name, created_at) VALUES (?1, ?2)",
+                params![DEFAULT_ENVIRONMENT, now],
+            )?;
+        }
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied transaction (rusqlite
+        // rolls back on drop), so the connection is still usable: recover from poisoning.
+        self.connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what: what(),
+        source,
+    })
+}
+
+fn encode(value: &impl serde::Serialize) -> String {
+    // Serialising our own model types to a string cannot fail (no non-string map keys).
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn read_environment(tx: &Connection, name: &str) -> Result<Option<Environment>, StoreError> {
+    let row = tx
+        .query_row(
+            "SELECT name, version, metadata, evaluators, created_at FROM environments WHERE name = ?1",
+            params![name],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((name, version, metadata, evaluators, created_at)) = row else {
+        return Ok(None);
+    };
+    let metadata: Metadata = decode(&metadata, || format!("environment {name:?} metadata"))?;
+    let evaluators: BTreeMap<String, Value> =
+        decode(&evaluators, || format!("environment {name:?} evaluators"))?;
+    Ok(Some(Environment {
+        name,
+        version,
+        metadata,
+        evaluators,
+        created_at,
+    }))
+}
+
+type FlagRow = (String, String, String, i64, i64, i64, String);
+
+fn flag_from_row(row: FlagRow) -> Result<StoredFlag, StoreError> {
+    let (environment, key, definition, version, created_at, updated_at, updated_by) = row;
+    let flag: Flag = decode(&definition, || {
+        format!("flag {key:?} in environment {environment:?}")
+    })?;
+    Ok(StoredFlag {
+        environment,
+        key,
+        flag,
+        version,
+        created_at,
+        updated_at,
+        updated_by,
+    })
+}
+
+const FLAG_COLUMNS: &str =
+    "environment, key, definition, version, created_at, updated_at, updated_by";
+
+fn read_flag(
+    tx: &Connection,
+    environment: &str,
+    key: &str,
+) -> Result<Option<StoredFlag>, StoreError> {
+    let row = tx
+        .query_row(
+            &format!("SELECT {FLAG_COLUMNS} FROM flags WHERE environment = ?1 AND key = ?2"),
+            params![environment, key],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(flag_from_row).transpose()
+}
+
+fn read_flags(tx: &Connection, environment: &str) -> Result<Vec<StoredFlag>, StoreError> {
+    let mut statement = tx.prepare(&format!(
+        "SELECT {FLAG_COLUMNS} FROM flags WHERE environment = ?1 ORDER BY key"
+    ))?;
+    let rows = statement.query_map(params![environment], |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+        ))
+    })?;
+    rows.map(|row| flag_from_row(row?)).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append_change(
+    tx: &Transaction<'_>,
+    environment: &str,
+    version: i64,
+    flag: Option<&str>,
+    operation: &str,
+    before: &Value,
+    after: &Value,
+    by: &Attribution,
+) -> Result<ChangeRecord, StoreError> {
+    tx.execute(
+        "INSERT INTO changes (environment, version, flag_key, operation, before, after, actor, at, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![environment, version, flag, operation, encode(before), encode(after), by.actor, by.at, by.message],
+    )?;
+    Ok(ChangeRecord {
+        id: tx.last_insert_rowid(),
+        environment: environment.to_owned(),
+        version,
+        flag: flag.map(str::to_owned),
+        operation: operation.to_owned(),
+        before: before.clone(),
+        after: after.clone(),
+        actor: by.actor.clone(),
+        at: by.at,
+        message: by.message.clone(),
+    })
+}
+
+fn flag_json(flag: &Flag) -> Value {
+    serde_json::to_value(flag).unwrap_or(Value::Null)
+}
+
+fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let role: String = row.get(2)?;
+    let hash: Vec<u8> = row.get(4)?;
+    let mut fixed = [0u8; 32];
+    if hash.len() == 32 {
+        fixed.copy_from_slice(&hash);
+    }
+    Ok(TokenRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        role: if role == "admin" {
+            Role::Admin
+        } else {
+            Role::Sdk
+        },
+        environment: row.get(3)?,
+        hash: fixed,
+        created_at: row.get(5)?,
+        revoked_at: row.get(6)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, name, role, environment, hash, created_at, revoked_at";
+
+impl FlagStore for SqliteStore {
+    fn environments(&self) -> Result<Vec<Environment>, StoreError> {
+        let connection = self.lock();
+        let names: Vec<String> = connection
+            .prepare("SELECT name FROM environments ORDER BY name")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        names
+            .iter()
+            .filter_map(|name| read_environment(&connection, name).transpose())
+            .collect()
+    }
+
+    fn environment(&self, name: &str) -> Result<Option<Environment>, StoreError> {
+        read_environment(&self.lock(), name)
+    }
+
+    fn create_environment(&self, name: &str, by: &Attribution) -> Result<Environment, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        if read_environment(&tx, name)?.is_some() {
+            return Err(StoreError::EnvironmentExists(name.to_owned()));
+        }
+        // Continue the version sequence of an earlier environment of the same name, so a stream
+        // client holding an old version can never mistake new history for old.
+        let previous: Option<i64> = tx.query_row(
+            "SELECT MAX(version) FROM changes WHERE environment = ?1",
+            params![name],
+            |row| row.get(0),
+        )?;
+        let version = previous.unwrap_or(0) + 1;
+        tx.execute(
+            "INSERT INTO environments (name, version, created_at) VALUES (?1, ?2, ?3)",
+            params![name, version, by.at],
+        )?;
+        append_change(
+            &tx,
+            name,
+            version,
+            None,
+            "create_environment",
+            &Value::Null,
+            &serde_json::json!({"name": name}),
+            by,
+        )?;
+        let environment = read_environment(&tx, name)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))?;
+        tx.commit()?;
+        Ok(environment)
+    }
+
+    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let environment = read_environment(&tx, name)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))?;
+        let flags = read_flags(&tx, name)?;
+        let before = serde_json::json!({
+            "metadata": environment.metadata,
+            "$evaluators": environment.evaluators,
+            "flags": flags.iter().map(|f| (f.key.clone(), flag_json(&f.flag))).collect::<serde_json::Map<_, _>>(),
+        });
+        append_change(
+            &tx,
+            name,
+            environment.version + 1,
+            None,
+            "delete_environment",
+            &before,
+            &Value::Null,
+            by,
+        )?;
+        tx.execute("DELETE FROM environments WHERE name = ?1", params![name])?;
+        tx.execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE environment = ?1 AND revoked_at IS NULL",
+            params![name, by.at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn flags(&self, environment: &str) -> Result<Vec<StoredFlag>, StoreError> {
+        let connection = self.lock();
+        if read_environment(&connection, environment)?.is_none() {
+            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+        }
+        read_flags(&connection, environment)
+    }
+
+    fn flag(&self, environment: &str, key: &str) -> Result<Option<StoredFlag>, StoreError> {
+        let connection = self.lock();
+        if read_environment(&connection, environment)?.is_none() {
+            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+        }
+        read_flag(&connection, environment, key)
+    }
+
+    fn commit(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        settings: Option<&EnvironmentSettings>,
+        by: &Attribution,
+    ) -> Result<Commit, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let env = read_environment(&tx, environment)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(environment.to_owned()))?;
+        let version = env.version + 1;
+
+        // Check every precondition before writing anything.
+        let mut current = Vec::with_capacity(changes.len());
+        for change in changes {
+            let (key, expected) = match change {
+                FlagChange::Upsert {
+                    key,
+                    expected_version,
+                    ..
+                }
+                | FlagChange::Delete {
+                    key,
+                    expected_version,
+                } => (key, *expected_version),
+            };
+            let existing = read_flag(&tx, environment, key)?;
+            let actual = existing.as_ref().map_or(0, |f| f.version);
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(StoreError::VersionConflict {
+                    key: key.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
+                return Err(StoreError::UnknownFlag {
+                    environment: environment.to_owned(),
+                    key: key.clone(),
+                });
+            }
+            current.push(existing);
+        }
+
+        let mut records = Vec::with_capacity(changes.len() + 1);
+        if let Some(settings) = settings {
+            let before =
+                serde_json::json!({"metadata": env.metadata, "$evaluators": env.evaluators});
+            let after = serde_json::json!({"metadata": settings.metadata, "$evaluators": settings.evaluators});
+            tx.execute(
+                "UPDATE environments SET metadata = ?2, evaluators = ?3 WHERE name = ?1",
+                params![
+                    environment,
+                    encode(&settings.metadata),
+                    encode(&settings.evaluators)
+                ],
+            )?;
+            records.push(append_change(
+                &tx,
+                environment,
+                version,
+                None,
+                "update_settings",
+                &before,
+                &after,
+                by,
+            )?);
+        }
+        for (change, existing) in changes.iter().zip(current) {
+            match change {
+                FlagChange::Upsert { key, flag, .. } => {
+                    let definition = encode(flag);
+                    let created_at = existing.as_ref().map_or(by.at, |f| f.created_at);
+                    tx.execute(
+                        "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (environment, key) DO UPDATE SET
+                           definition = excluded.definition, version = excluded.version,
+                           updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                        params![environment, key, definition, version, created_at, by.at, by.actor],
+                    )?;
+                    let before = existing
+                        .as_ref()
+                        .map_or(Value::Null, |f| flag_json(&f.flag));
+                    let operation = if existing.is_some() {
+                        "update"
+                    } else {
+                        "create"
+                    };
+                    records.push(append_change(
+                        &tx,
+                        environment,
+                        version,
+                        Some(key),
+                        operation,
+                        &before,
+                        &flag_json(flag),
+                        by,
+                    )?);
+                }
+                FlagChange::Delete { key, .. } => {
+                    tx.execute(
+                        "DELETE FROM flags WHERE environment = ?1 AND key = ?2",
+                        params![environment, key],
+                    )?;
+                    let before = existing
+                        .as_ref()
+                        .map_or(Value::Null, |f| flag_json(&f.flag));
+                    records.push(append_change(
+                        &tx,
+                        environment,
+                        version,
+                        Some(key),
+                        "delete",
+                        &before,
+                        &Value::Null,
+                        by,
+                    )?);
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE environments SET version = ?2 WHERE name = ?1",
+            params![environment, version],
+        )?;
+        tx.commit()?;
+        Ok(Commit {
+            version,
+            changes: records,
+        })
+    }
+
+    fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT id, environment, version, flag_key, operation, before, after, actor, at, message FROM changes
+             WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR flag_key = ?2) AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(
+            params![query.environment, query.flag, query.before, limit],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                    row.get::<_, i64>(8)?,
+                    row.get::<_, Option<String>>(9)?,
+                ))
+            },
+        )?;
+        rows.map(|row| {
+            let (id, environment, version, flag, operation, before, after, actor, at, message) =
+                row?;
+            Ok(ChangeRecord {
+                before: decode(&before, || format!("change {id}"))?,
+                after: decode(&after, || format!("change {id}"))?,
+                id,
+                environment,
+                version,
+                flag,
+                operation,
+                actor,
+                at,
+                message,
+            })
+        })
+        .collect()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+        ))?;
+        let rows = statement.query_map([], token_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let connection = self.lock();
+        if let Some(environment) = &token.environment
+            && read_environment(&connection, environment)?.is_none()
+        {
+            return Err(StoreError::UnknownEnvironment(environment.clone()));
+        }
+        connection.execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                token.id,
+                token.name,
+                token.role.as_str(),
+                token.environment,
+                token.hash.as_slice(),
+                token.created_at,
+                token.revoked_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
+        let connection = self.lock();
+        connection.execute(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+            params![id, at],
+        )?;
+        connection
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+                params![id],
+                token_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownToken(id.to_owned()))
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn by(actor: &str) -> Attribution {
+        Attribution {
+            actor: actor.to_owned(),
+            message: Some("why".to_owned()),
+            at: 100,
+        }
+    }
+
+    fn flag(default: &str) -> Flag {
+        serde_json::from_value(json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default}))
+            .unwrap()
+    }
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+    }
+
+    #[test]
+    fn a_fresh_store_has_the_default_environment() {
+        let store = SqliteStore::in_memory(1).unwrap();
+        let envs = store.environments().unwrap();
+        assert_eq!(envs.len(), 1);
+        assert_eq!((envs[0].name.as_str(), envs[0].version), ("default", 0));
+    }
+
+    #[test]
+    fn commits_bump_versions_and_log_changes() {
+        let store = SqliteStore::in_memory(1).unwrap();
+        let upsert = |default: &str, expected| FlagChange::Upsert {
+            key: "f".into(),
+            flag: flag(default),
+            expected_version: expected,
+        };
+        let first = store
+            .commit("default", &[upsert("off", Some(0))], None, &by("alice"))
+            .unwrap();
+        assert_eq!(first.version, 1);
+        let second = store
+            .commit("default", &[upsert("on", Some(1))], None, &by("bob"))
+            .unwrap();
+        assert_eq!(second.version, 2);
+        let stale = store
+            .commit("default", &[upsert("off", Some(1))], None, &by("carol"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                stale,
+                StoreError::VersionConflict {
+                    expected: 1,
+                    actual: 2,
+                    ..
+                }
+            ),
+            "{stale}"
+        );
+        let stored = store.flag("default", "f").unwrap().unwrap();
+        assert_eq!((stored.version, stored.updated_by.as_str()), (2, "bob"));
+        let log = store
+            .changes(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(
+            (log[0].operation.as_str(), log[0].actor.as_str()),
+            ("update", "bob")
+        );
+        assert_eq!(log[0].before["defaultVariant"], "off");
+        assert_eq!(log[0].after["defaultVariant"], "on");
+        assert_eq!(log[1].operation, "create");
+    }
+
+    #[test]
+    fn a_failed_precondition_changes_nothing() {
+        let store = SqliteStore::in_memory(1).unwrap();
+        let changes = [
+            FlagChange::Upsert {
+                key: "a".into(),
+                flag: flag("on"),
+                expected_version: None,
+            },
+            FlagChange::Delete {
+                key: "missing".into(),
+                expected_version: None,
+            },
+        ];
+        assert!(store.commit("default", &changes, None, &by("x")).is_err());
+        assert!(store.flags("default").unwrap().is_empty());
+        assert_eq!(store.environment("default").unwrap().unwrap().version, 0);
+    }
+
+    #[test]
+    fn deleting_an_environment_keeps_its_history_and_revokes_its_tokens() {
+        let store = SqliteStore::in_memory(1).unwrap();
+        store.create_environment("staging", &by("a")).unwrap();
+        store
+            .commit(
+                "staging",
+                &[FlagChange::Upsert {
+                    key: "f".into(),
+                    flag: flag("on"),
+                    expected_version: None,
+                }],
+                None,
+                &by("a"),
+            )
+            .unwrap();
+        let token = TokenRecord {
+            id: "tok_1".into(),
+            name: "app".into(),
+            role: Role::Sdk,
+            environment: Some("staging".into()),
+            hash: [7; 32],
+            created_at: 1,
+            revoked_at: None,
+        };
+        store.insert_token(&token).unwrap();
+        store.delete_environment("staging", &by("a")).unwrap();
+        assert!(store.environment("staging").unwrap().is_none());
+        let log = store
+            .changes(&AuditQuery {
+                environment: Some("staging".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(log[0].operation, "delete_environment");
+        assert_eq!(log[0].before["flags"]["f"]["defaultVariant"], "on");
+        assert!(store.tokens().unwrap()[0].revoked_at.is_some());
+        // Re-created, it continues the version sequence.
+        let again = store.create_environment("staging", &by("a")).unwrap();
+        assert!(again.version > 2, "version {}", again.version);
+    }
+}

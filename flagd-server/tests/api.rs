@@ -1,0 +1,1076 @@
+//! The admin API through the real router (`oneshot`) and, where sockets matter, on port 0.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use flagd_server::api::{Access, ROUTES};
+use flagd_server::auth::{TokenCache, generate_id, generate_secret, hash_secret};
+use flagd_server::state::AppState;
+use flagd_server::store::{FlagStore, Role, SqliteStore, TokenRecord};
+use flagd_server::{Server, ServerOptions};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// A router over an in-memory store, with one admin and one sdk token.
+struct TestApp {
+    router: axum::Router,
+    store: Arc<dyn FlagStore>,
+    tokens: TokenCache,
+    admin: String,
+    sdk: String,
+}
+
+fn token(
+    store: &dyn FlagStore,
+    tokens: &TokenCache,
+    name: &str,
+    role: Role,
+    environment: Option<&str>,
+) -> (String, String) {
+    let secret = generate_secret(role);
+    let record = TokenRecord {
+        id: generate_id(),
+        name: name.to_owned(),
+        role,
+        environment: environment.map(str::to_owned),
+        hash: hash_secret(&secret),
+        created_at: 1,
+        revoked_at: None,
+    };
+    store.insert_token(&record).unwrap();
+    tokens.insert(record.clone());
+    (record.id, secret)
+}
+
+impl TestApp {
+    fn new() -> TestApp {
+        let store: Arc<dyn FlagStore> = Arc::new(SqliteStore::in_memory(1).unwrap());
+        let tokens = TokenCache::default();
+        let (_, admin) = token(store.as_ref(), &tokens, "alice", Role::Admin, None);
+        let (_, sdk) = token(
+            store.as_ref(),
+            &tokens,
+            "web-app",
+            Role::Sdk,
+            Some("default"),
+        );
+        let state = AppState {
+            store: store.clone(),
+            tokens: tokens.clone(),
+            clock: Arc::new(|| 1_700_000_000),
+        };
+        TestApp {
+            router: flagd_server::api::router(state, BODY_LIMIT),
+            store,
+            tokens,
+            admin,
+            sdk,
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, headers, body)
+    }
+
+    fn request(
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Request<Body> {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        match body {
+            Some(body) => builder
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+            None => builder.body(Body::empty()).unwrap(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .send(Self::request(
+                method,
+                path,
+                Some(&self.admin),
+                body.as_ref(),
+            ))
+            .await;
+        (status, body)
+    }
+
+    /// Every flag of an environment, for "nothing changed" checks.
+    fn snapshot(&self, env: &str) -> (i64, Vec<(String, i64)>) {
+        let version = self
+            .store
+            .environment(env)
+            .unwrap()
+            .map_or(-1, |e| e.version);
+        let flags = self
+            .store
+            .flags(env)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| (f.key, f.version))
+            .collect();
+        (version, flags)
+    }
+}
+
+fn boolean_flag() -> Value {
+    json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"})
+}
+
+/// A route template with its parameters filled in. The environment does not exist, so even the
+/// destructive routes change nothing whoever calls them.
+fn concrete(path: &str) -> String {
+    path.replace("{env}", "no-such-env")
+        .replace("{key}", "some-flag")
+        .replace("{id}", "tok_missing")
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes() {
+    let doc: Value = serde_json::from_str(flagd_server::api::OPENAPI).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(documented, routed);
+}
+
+#[tokio::test]
+async fn the_router_serves_every_route_in_the_table() {
+    let app = TestApp::new();
+    for (method, path, _) in ROUTES {
+        let body = matches!(*method, "POST" | "PUT" | "PATCH").then(|| json!({}));
+        let (status, _, response) = app
+            .send(TestApp::request(
+                method,
+                &concrete(path),
+                Some(&app.admin),
+                body.as_ref(),
+            ))
+            .await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let unrouted = response["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no such route"));
+        assert!(!unrouted, "{method} {path} is not routed");
+    }
+    let (status, _, body) = app
+        .send(TestApp::request(
+            "GET",
+            "/api/v1/nope",
+            Some(&app.admin),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn auth_matrix() {
+    let app = TestApp::new();
+    let (revoked_id, revoked) = token(app.store.as_ref(), &app.tokens, "old", Role::Admin, None);
+    let (status, _) = app
+        .call("DELETE", &format!("/api/v1/tokens/{revoked_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    for (method, path, access) in ROUTES {
+        let path = concrete(path);
+        let body = matches!(*method, "POST" | "PUT" | "PATCH").then(|| json!({}));
+        let with = |header: Option<&str>| {
+            let mut builder = Request::builder().method(*method).uri(&path);
+            if let Some(header) = header {
+                builder = builder.header("authorization", header);
+            }
+            match &body {
+                Some(b) => builder
+                    .header("content-type", "application/json")
+                    .body(Body::from(b.to_string()))
+                    .unwrap(),
+                None => builder.body(Body::empty()).unwrap(),
+            }
+        };
+        let cases: [(&str, Option<String>); 5] = [
+            ("no token", None),
+            ("malformed", Some("Token abc".to_owned())),
+            ("revoked", Some(format!("Bearer {revoked}"))),
+            ("sdk token", Some(format!("Bearer {}", app.sdk))),
+            ("admin token", Some(format!("Bearer {}", app.admin))),
+        ];
+        for (case, header) in cases {
+            let (status, _, response) = app.send(with(header.as_deref())).await;
+            let expected_denial = match (access, case) {
+                (Access::Public, _) | (Access::Admin, "admin token") => None,
+                (Access::Admin, "sdk token") => Some(StatusCode::FORBIDDEN),
+                (Access::Admin, _) => Some(StatusCode::UNAUTHORIZED),
+            };
+            match expected_denial {
+                Some(expected) => {
+                    assert_eq!(status, expected, "{method} {path} with {case}: {response}");
+                    assert!(
+                        response["error"]["message"].is_string(),
+                        "{method} {path} with {case}: JSON error body"
+                    );
+                }
+                None => assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{method} {path} with {case} gave {status}: {response}"
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flag_through_its_whole_life() {
+    let app = TestApp::new();
+    let path = "/api/v1/environments/default/flags/new-checkout";
+    let mut request = TestApp::request("PUT", path, Some(&app.admin), Some(&boolean_flag()));
+    request.headers_mut().insert(
+        "x-change-message",
+        "merge unfinished checkout".parse().unwrap(),
+    );
+    let (status, headers, body) = app.send(request).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers["etag"], "\"1\"");
+    assert_eq!(
+        (
+            body["version"].as_i64(),
+            body["type"].as_str(),
+            body["updatedBy"].as_str()
+        ),
+        (Some(1), Some("boolean"), Some("alice"))
+    );
+
+    let mut replaced = boolean_flag();
+    replaced["description"] = json!("the new checkout");
+    replaced["message"] = json!("describe it");
+    let (status, body) = app.call("PUT", path, Some(replaced)).await;
+    assert_eq!(
+        (status, body["version"].as_i64()),
+        (StatusCode::OK, Some(2)),
+        "{body}"
+    );
+    assert!(
+        body["flag"].get("message").is_none(),
+        "the change message is not part of the flag"
+    );
+
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("{path}/rollout"),
+            Some(json!({"percentage": 12.5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["flag"]["targeting"],
+        json!({"fractional": [["on", 1250], ["off", 8750]]})
+    );
+
+    let (status, body) = app
+        .call("PATCH", path, Some(json!({"state": "DISABLED"})))
+        .await;
+    assert_eq!(
+        (status, body["flag"]["state"].as_str()),
+        (StatusCode::OK, Some("DISABLED")),
+        "{body}"
+    );
+    assert_eq!(
+        body["flag"]["targeting"]["fractional"][0][1], 1250,
+        "a merge patch keeps what it does not mention"
+    );
+
+    let (status, body) = app
+        .call("GET", "/api/v1/environments/default/flags", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["flags"][0]["rolloutPercentage"], 12.5);
+    assert_eq!(body["flags"][0]["state"], "DISABLED");
+
+    let (status, _) = app.call("DELETE", path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.call("GET", path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let (_, audit) = app
+        .call(
+            "GET",
+            "/api/v1/audit?environment=default&flag=new-checkout",
+            None,
+        )
+        .await;
+    let operations: Vec<&str> = audit["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        operations,
+        ["delete", "update", "update", "update", "create"]
+    );
+    let first = &audit["changes"][4];
+    assert_eq!(
+        (first["message"].as_str(), first["actor"].as_str()),
+        (Some("merge unfinished checkout"), Some("alice"))
+    );
+    assert_eq!(audit["changes"][3]["message"], "describe it");
+    assert_eq!(audit["changes"][0]["before"]["state"], "DISABLED");
+    assert_eq!(audit["changes"][0]["after"], Value::Null);
+}
+
+#[tokio::test]
+async fn two_writers_with_the_same_version_exactly_one_wins() {
+    let app = TestApp::new();
+    let path = "/api/v1/environments/default/flags/contended";
+    app.call("PUT", path, Some(boolean_flag())).await;
+    let write = |default: &'static str| {
+        let mut body = boolean_flag();
+        body["defaultVariant"] = json!(default);
+        let mut request = TestApp::request("PUT", path, Some(&app.admin), Some(&body));
+        request
+            .headers_mut()
+            .insert("if-match", "\"1\"".parse().unwrap());
+        app.send(request)
+    };
+    let ((a, _, _), (b, _, body_b)) = tokio::join!(write("on"), write("off"));
+    let mut statuses = [a, b];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::PRECONDITION_FAILED],
+        "{body_b}"
+    );
+    let winner = if a == StatusCode::OK { "on" } else { "off" };
+    let (_, stored) = app.call("GET", path, None).await;
+    assert_eq!(
+        (
+            stored["flag"]["defaultVariant"].as_str(),
+            stored["version"].as_i64()
+        ),
+        (Some(winner), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let app = TestApp::new();
+    app.call(
+        "PUT",
+        "/api/v1/environments/default/flags/existing",
+        Some(boolean_flag()),
+    )
+    .await;
+    let before = app.snapshot("default");
+    let flag_path = "/api/v1/environments/default/flags/f";
+    let existing = "/api/v1/environments/default/flags/existing";
+    let json = "application/json";
+    let patch = "application/merge-patch+json";
+    let big = "x".repeat(BODY_LIMIT + 1);
+    let valid = boolean_flag().to_string();
+    let flag = |value: Value| value.to_string();
+    // (method, path, body, content type, status, error code, fragment of the error)
+    let cases: Vec<(&str, &str, String, &str, StatusCode, &str, &str)> = vec![
+        (
+            "PUT",
+            flag_path,
+            "{\"state\": ".into(),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "malformed JSON",
+        ),
+        (
+            "PUT",
+            flag_path,
+            "[]".into(),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "flags.f",
+        ),
+        (
+            "PUT",
+            flag_path,
+            "{}".into(),
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": 5, "variants": {"on": true}})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "flags.f.state",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": "ENABLED", "variants": {"on": true, "x": "y"}})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "variants mix types",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": "ENABLED", "variants": {}})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "at least one variant",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "of"})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "flags.f.defaultVariant",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": "ENABLED", "variants": {"on": true}, "targeting": {"nope": []}})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "unknown operator",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": "ENABLED", "variants": {"on": true}, "targeting": {"$ref": "x"}})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "$ref",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": "ENABLED", "variants": {"on": true}, "metadata": {"a": []}})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "flags.f.metadata.a",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(
+                json!({"state": "ENABLED", "variants": {"on": true}, "targeting": {"fractional": [["on", 1.5], ["off", 1]]}}),
+            ),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "whole number",
+        ),
+        (
+            "PUT",
+            "/api/v1/environments/default/flags/a%20b",
+            valid.clone(),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "invalid flag key",
+        ),
+        (
+            "PUT",
+            "/api/v1/environments/default/flags/..",
+            valid.clone(),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "invalid flag key",
+        ),
+        (
+            "PUT",
+            "/api/v1/environments/default/flags/%2Fetc%2Fpasswd",
+            valid.clone(),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "invalid flag key",
+        ),
+        (
+            "PUT",
+            "/api/v1/environments/nowhere/flags/f",
+            valid.clone(),
+            json,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "nowhere",
+        ),
+        (
+            "PUT",
+            flag_path,
+            big,
+            json,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "limit",
+        ),
+        (
+            "PATCH",
+            existing,
+            "[1]".into(),
+            patch,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "merge patch",
+        ),
+        (
+            "PATCH",
+            existing,
+            flag(json!({"variants": {"on": "yes"}})),
+            patch,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flag",
+            "variants mix types",
+        ),
+        (
+            "PATCH",
+            "/api/v1/environments/default/flags/missing",
+            "{}".into(),
+            json,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "missing",
+        ),
+        (
+            "POST",
+            "/api/v1/environments/default/flags/existing/rollout",
+            flag(json!({"percentage": 101})),
+            json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_percentage",
+            "between 0 and 100",
+        ),
+        (
+            "POST",
+            "/api/v1/environments/default/flags/existing/rollout",
+            flag(json!({"percentage": "ten"})),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "percentage",
+        ),
+        (
+            "POST",
+            "/api/v1/environments",
+            flag(json!({"name": "bad name"})),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "environment name",
+        ),
+        (
+            "POST",
+            "/api/v1/environments",
+            flag(json!({"name": "default"})),
+            json,
+            StatusCode::CONFLICT,
+            "conflict",
+            "already exists",
+        ),
+        (
+            "POST",
+            "/api/v1/tokens",
+            flag(json!({"name": "x", "role": "root"})),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "role",
+        ),
+        (
+            "POST",
+            "/api/v1/tokens",
+            flag(json!({"name": "x", "role": "sdk"})),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "environment",
+        ),
+        (
+            "POST",
+            "/api/v1/tokens",
+            flag(json!({"name": "x", "role": "sdk", "environment": "nowhere"})),
+            json,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "nowhere",
+        ),
+        (
+            "GET",
+            "/api/v1/audit?limit=0",
+            String::new(),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "limit",
+        ),
+        (
+            "GET",
+            "/api/v1/audit?limit=abc",
+            String::new(),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "query",
+        ),
+        (
+            "DELETE",
+            "/api/v1/environments/default/flags/missing",
+            String::new(),
+            json,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "missing",
+        ),
+    ];
+    for (method, path, body, content_type, status, code, fragment) in cases {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", app.admin))
+            .header("content-type", content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let (actual, _, response) = app.send(request).await;
+        let described = format!("{method} {path}");
+        assert_eq!(actual, status, "{described}: {response}");
+        assert_eq!(
+            response["error"]["code"].as_str(),
+            Some(code),
+            "{described}: {response}"
+        );
+        let error = response["error"].to_string();
+        assert!(
+            error.contains(fragment),
+            "{described}: {error} should mention {fragment:?}"
+        );
+        assert_eq!(
+            app.snapshot("default"),
+            before,
+            "{described} changed something"
+        );
+    }
+    // A bad If-Match is rejected before anything happens.
+    let mut request = TestApp::request("PUT", existing, Some(&app.admin), Some(&boolean_flag()));
+    request
+        .headers_mut()
+        .insert("if-match", "yesterday".parse().unwrap());
+    let (status, _, body) = app.send(request).await;
+    assert_eq!(
+        (status, body["error"]["path"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("If-Match"))
+    );
+    assert_eq!(app.snapshot("default"), before);
+}
+
+#[tokio::test]
+async fn declarative_apply_reports_then_applies_in_one_version() {
+    let app = TestApp::new();
+    app.call(
+        "PUT",
+        "/api/v1/environments/default/flags/old",
+        Some(boolean_flag()),
+    )
+    .await;
+    app.call(
+        "PUT",
+        "/api/v1/environments/default/flags/same",
+        Some(boolean_flag()),
+    )
+    .await;
+    let mut changed = boolean_flag();
+    changed["defaultVariant"] = json!("on");
+    let doc = json!({
+        "$evaluators": {"staff": {"ends_with": [{"var": "email"}, "@example.com"]}},
+        "flags": {
+            "same": boolean_flag(),
+            "new": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                    "targeting": {"if": [{"$ref": "staff"}, "on", "off"]}},
+        }
+    });
+    let path = "/api/v1/environments/default/document";
+    let before = app.snapshot("default");
+    let (status, report) = app
+        .call(
+            "PUT",
+            &format!("{path}?dry_run=true&prune=true"),
+            Some(doc.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report["summary"],
+        json!({"create": 1, "delete": 1, "unchanged": 1})
+    );
+    assert_eq!(
+        (
+            report["dryRun"].as_bool(),
+            report["settingsChanged"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    assert_eq!(app.snapshot("default"), before, "a dry run writes nothing");
+
+    let (status, report) = app
+        .call("PUT", &format!("{path}?prune=false"), Some(doc.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["summary"], json!({"create": 1, "unchanged": 1}));
+    assert_eq!(report["kept"], json!(["old"]));
+    assert_eq!(
+        report["version"].as_i64(),
+        Some(before.0 + 1),
+        "one apply is one version"
+    );
+
+    let (status, report) = app
+        .call("PUT", &format!("{path}?prune=true"), Some(doc.clone()))
+        .await;
+    assert_eq!(
+        (status, report["summary"].clone()),
+        (StatusCode::OK, json!({"delete": 1, "unchanged": 2}))
+    );
+
+    // Applying the same document again changes nothing and keeps the version.
+    let version = app.snapshot("default").0;
+    let (_, report) = app
+        .call("PUT", &format!("{path}?prune=true"), Some(doc.clone()))
+        .await;
+    assert_eq!(
+        (report["changed"].as_bool(), report["version"].as_i64()),
+        (Some(false), Some(version))
+    );
+
+    // The export round-trips.
+    let (status, exported) = app.call("GET", path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        exported["$schema"],
+        "https://flagd.dev/schema/v0/flags.json"
+    );
+    assert_eq!(exported["flags"], doc["flags"]);
+    assert_eq!(exported["$evaluators"], doc["$evaluators"]);
+
+    // Removing an evaluator a kept flag still uses is refused whole.
+    let before = app.snapshot("default");
+    let (status, report) = app
+        .call(
+            "PUT",
+            &format!("{path}?prune=false"),
+            Some(json!({"flags": {"same": boolean_flag()}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{report}");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$ref \"staff\""),
+        "{report}"
+    );
+    assert_eq!(app.snapshot("default"), before);
+
+    // An invalid document is refused whole, with every problem.
+    let bad = json!({"flags": {"a": {"state": "ENABLED", "variants": {}}, "b": {"state": "NOPE", "variants": {"x": 1}}}});
+    let (status, report) = app.call("PUT", path, Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        report["error"]["problems"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert_eq!(app.snapshot("default"), before);
+}
+
+#[tokio::test]
+async fn tokens_are_shown_once_and_revocation_is_immediate() {
+    let app = TestApp::new();
+    let (status, created) = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "ci", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (_, listed) = app.call("GET", "/api/v1/tokens", None).await;
+    assert!(
+        !listed.to_string().contains(&secret),
+        "a listing never shows secrets"
+    );
+    assert!(listed.to_string().contains(&id));
+
+    let (status, _, _) = app
+        .send(TestApp::request(
+            "GET",
+            "/api/v1/environments",
+            Some(&secret),
+            None,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .call("DELETE", &format!("/api/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = app
+        .send(TestApp::request(
+            "GET",
+            "/api/v1/environments",
+            Some(&secret),
+            None,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The last admin token cannot be revoked.
+    let (_, listed) = app.call("GET", "/api/v1/tokens", None).await;
+    let last_admin = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "admin" && t.get("revokedAt").is_none())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = app
+        .call("DELETE", &format!("/api/v1/tokens/{last_admin}"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test]
+async fn environments_are_created_listed_and_deleted_safely() {
+    let app = TestApp::new();
+    let (status, created) = app
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "staging"})),
+        )
+        .await;
+    assert_eq!(
+        (status, created["name"].as_str()),
+        (StatusCode::CREATED, Some("staging"))
+    );
+    app.call(
+        "PUT",
+        "/api/v1/environments/staging/flags/f",
+        Some(boolean_flag()),
+    )
+    .await;
+    let (status, body) = app
+        .call("DELETE", "/api/v1/environments/staging", None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an environment with flags needs force: {body}"
+    );
+    let (status, _) = app
+        .call("DELETE", "/api/v1/environments/staging?force=true", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, listed) = app.call("GET", "/api/v1/environments", None).await;
+    let names: Vec<&str> = listed["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default"]);
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let app = TestApp::new();
+    assert_eq!(
+        app.send(TestApp::request("GET", "/healthz", None, None))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.send(TestApp::request("GET", "/readyz", None, None))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    app.call(
+        "PUT",
+        "/api/v1/environments/default/flags/m",
+        Some(boolean_flag()),
+    )
+    .await;
+    let (status, _, body) = app
+        .send(TestApp::request("GET", "/metrics", None, None))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().unwrap();
+    assert!(text.contains("flagd_http_requests_total{method=\"PUT\",route=\"/api/v1/environments/{env}/flags/{key}\",status=\"201\"}"), "{text}");
+    assert!(
+        text.contains("flagd_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flagd_flag_writes_total{environment=\"default\"}"),
+        "{text}"
+    );
+    assert!(text.contains("flagd_store_errors_total"), "{text}");
+}
+
+/// A real server on port 0 with a data directory: restart keeps data, versions and tokens.
+#[tokio::test]
+async fn data_versions_and_tokens_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServerOptions {
+        data_dir: dir.path().to_owned(),
+        admin_token: Some("test-admin-token-0123456789".to_owned()),
+        body_limit: BODY_LIMIT,
+        max_connections: 64,
+        shutdown_timeout: std::time::Duration::from_secs(2),
+    };
+    let start = |options: ServerOptions| async move {
+        let server = Server::open(options, flagd_server::state::system_clock())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        (format!("http://{address}"), stop, task)
+    };
+    let client = reqwest::Client::new();
+    let admin = "Bearer test-admin-token-0123456789";
+
+    let (base, stop, task) = start(options.clone()).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("admin-token"))
+            .unwrap()
+            .trim(),
+        "test-admin-token-0123456789"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    for i in 0..3 {
+        let response = client
+            .put(format!("{base}/api/v1/environments/default/flags/f{i}"))
+            .header("authorization", admin)
+            .json(&boolean_flag())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let sdk: Value = client
+        .post(format!("{base}/api/v1/tokens"))
+        .header("authorization", admin)
+        .json(&json!({"name": "app", "role": "sdk", "environment": "default"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+
+    let (base, stop, task) = start(options).await;
+    let listed: Value = client
+        .get(format!("{base}/api/v1/environments/default/flags"))
+        .header("authorization", admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["version"], 3);
+    let keys: Vec<&str> = listed["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["f0", "f1", "f2"]);
+    let tokens: Value = client
+        .get(format!("{base}/api/v1/tokens"))
+        .header("authorization", admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tokens.to_string().contains(sdk["id"].as_str().unwrap()));
+    // The sdk token still authenticates (it is an sdk token, so an admin route says 403, not 401).
+    let status = client
+        .get(format!("{base}/api/v1/environments"))
+        .bearer_auth(sdk["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
