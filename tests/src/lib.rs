@@ -1,1 +1,101 @@
-//! End-to-end test helpers (the end-to-end suites arrive with the server).
+//! End-to-end helpers: run the real binaries as child processes.
+//!
+//! Binaries are found next to the test executable (`target/<profile>/`) and built first if
+//! needed, so `cargo test -p tests` works on its own as well as under `cargo test --workspace`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// The path of a workspace binary, built if missing or stale.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_owned))
+        .unwrap_or_else(|| PathBuf::from("target/debug"));
+    BUILD.call_once(|| {
+        // Cheap when up to date; makes sure a `cargo test -p tests` run never uses a stale binary.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", package, "--bin", name])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("warning: building {name} failed ({status:?}); using whatever binary exists");
+        }
+    });
+    profile_dir.join(name)
+}
+
+/// A `flagd-server` child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The data directory it was started with.
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server on port 0 with this data directory and bootstrap admin token, and waits
+    /// for its `listening on` line.
+    pub fn start(data_dir: &Path, admin_token: &str) -> ServerProcess {
+        let mut child = Command::new(binary("flagd-server", "flagd-server"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("FLAGD_ADMIN_TOKEN", admin_token)
+            .env("FLAGD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start flagd-server: {error}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = sender.send(url.to_owned());
+                }
+            }
+        });
+        let base_url = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("flagd-server did not print its address within 30 s"));
+        ServerProcess {
+            child,
+            base_url,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash or power cut would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the process to stop with SIGTERM and waits up to `limit`; returns whether it exited
+    /// successfully in time.
+    #[cfg(unix)]
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
