@@ -135,6 +135,13 @@ impl From<StoreError> for ApiError {
             | StoreError::UnknownFlag { .. }
             | StoreError::UnknownToken(_) => ApiError::not_found(error.to_string()),
             StoreError::EnvironmentExists(_) => ApiError::conflict(error.to_string()),
+            StoreError::VersionConflict {
+                key,
+                expected,
+                actual: 0,
+            } => ApiError::precondition_failed(format!(
+                "flag {key:?} does not exist, but If-Match expected version {expected}"
+            )),
             StoreError::VersionConflict { .. } => ApiError::precondition_failed(error.to_string()),
             StoreError::Database(_) | StoreError::Migration(_) | StoreError::Corrupt { .. } => {
                 crate::metrics::store_error();

@@ -112,13 +112,16 @@ impl Server {
     pub async fn open(options: ServerOptions, clock: Clock) -> Result<Server, StartError> {
         let opened = options.clone();
         let start_clock = clock.clone();
-        let (store, access) =
-            tokio::task::spawn_blocking(move || open_blocking(&opened, &start_clock))
-                .await
-                .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
+        let (store, access, existing_tokens) = tokio::task::spawn_blocking(move || {
+            let (store, access) = open_blocking(&opened, &start_clock)?;
+            let tokens = store.tokens()?;
+            Ok::<_, StartError>((store, access, tokens))
+        })
+        .await
+        .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
         let tokens = TokenCache::default();
+        tokens.load(existing_tokens);
         let store: Arc<dyn FlagStore> = Arc::new(store);
-        tokens.load(store.tokens()?);
         Ok(Server {
             state: AppState {
                 store,

@@ -1074,3 +1074,83 @@ async fn data_versions_and_tokens_survive_a_restart() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// `--max-connections`: a held connection keeps a second one waiting until it closes.
+#[tokio::test]
+async fn the_connection_limit_holds_back_extra_connections() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServerOptions {
+        data_dir: dir.path().to_owned(),
+        admin_token: None,
+        body_limit: BODY_LIMIT,
+        max_connections: 1,
+        shutdown_timeout: std::time::Duration::from_secs(1),
+    };
+    let server = Server::open(options, flagd_server::state::system_clock())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut buffer = [0u8; 256];
+
+    let mut first = tokio::net::TcpStream::connect(address).await.unwrap();
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let read = first.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+
+    // The first connection is still open (keep-alive), so the second is not served...
+    let mut second = tokio::net::TcpStream::connect(address).await.unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        second.read(&mut buffer),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "a second connection was served past the limit"
+    );
+    // ...until the first closes.
+    drop(first);
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), second.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn if_match_on_a_missing_flag_says_so() {
+    let app = TestApp::new();
+    let mut request = TestApp::request(
+        "PUT",
+        "/api/v1/environments/default/flags/ghost",
+        Some(&app.admin),
+        Some(&boolean_flag()),
+    );
+    request
+        .headers_mut()
+        .insert("if-match", "\"3\"".parse().unwrap());
+    let (status, _, body) = app.send(request).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{body}"
+    );
+}
