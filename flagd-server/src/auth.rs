@@ -80,6 +80,11 @@ impl TokenCache {
         bool::from(entry.hash.ct_eq(&hash)).then(|| entry.value().clone())
     }
 
+    /// Whether the token with this id is active.
+    pub fn is_active(&self, id: &str) -> bool {
+        self.by_hash.iter().any(|t| t.id == id)
+    }
+
     /// How many active admin tokens there are.
     pub fn active_admins(&self) -> usize {
         self.by_hash
@@ -111,6 +116,78 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         ));
     }
     Ok(secret.trim())
+}
+
+/// The secret of `Authorization: Bearer` or, for OFREP clients, `X-API-Key`.
+fn sdk_secret(parts: &Parts) -> Result<&str, ApiError> {
+    if parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        return bearer(parts);
+    }
+    match parts.headers.get("x-api-key").map(|v| v.to_str()) {
+        Some(Ok(key)) if !key.trim().is_empty() => Ok(key.trim()),
+        Some(_) => Err(ApiError::unauthorized("malformed X-API-Key header")),
+        None => Err(ApiError::unauthorized(
+            "missing credentials: send `Authorization: Bearer <token>` or `X-API-Key: <token>`",
+        )),
+    }
+}
+
+/// A token allowed to read one environment (evaluation and streaming): an sdk token for its
+/// own environment, or an admin token naming one with `?environment=`.
+#[derive(Debug, Clone)]
+pub struct EnvironmentAccess {
+    /// The token.
+    pub token: TokenRecord,
+    /// The environment it reads.
+    pub environment: String,
+}
+
+impl FromRequestParts<AppState> for EnvironmentAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let secret = sdk_secret(parts)?;
+        let token = state
+            .tokens
+            .authenticate(secret)
+            .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))?;
+        let requested = parts.uri.query().and_then(|query| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("environment="))
+                .map(str::to_owned)
+        });
+        let environment = match (token.role, &token.environment, requested) {
+            (Role::Sdk, Some(own), Some(requested)) if *own != requested => {
+                return Err(ApiError::forbidden(format!(
+                    "this sdk token reads environment {own:?}, not {requested:?}"
+                )));
+            }
+            (Role::Sdk, Some(own), _) => own.clone(),
+            (Role::Sdk, None, _) => {
+                return Err(ApiError::forbidden("this sdk token has no environment"));
+            }
+            (Role::Admin, _, Some(requested)) => requested,
+            (Role::Admin, _, None) => {
+                return Err(ApiError::bad_request(
+                    "an admin token must name the environment: add ?environment=NAME",
+                )
+                .at("environment"));
+            }
+        };
+        if state.hub.snapshot(&environment).is_none() {
+            return Err(ApiError::not_found(format!(
+                "environment {environment:?} does not exist"
+            )));
+        }
+        Ok(EnvironmentAccess { token, environment })
+    }
 }
 
 /// An authenticated admin: the extractor every admin route takes.

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod service;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{TokenCache, generate_id, generate_secret, hash_secret};
 use crate::state::{AppState, Clock};
@@ -112,22 +112,17 @@ impl Server {
     pub async fn open(options: ServerOptions, clock: Clock) -> Result<Server, StartError> {
         let opened = options.clone();
         let start_clock = clock.clone();
-        let (store, access, existing_tokens) = tokio::task::spawn_blocking(move || {
+        let (state, access) = tokio::task::spawn_blocking(move || {
             let (store, access) = open_blocking(&opened, &start_clock)?;
-            let tokens = store.tokens()?;
-            Ok::<_, StartError>((store, access, tokens))
+            let tokens = TokenCache::default();
+            tokens.load(store.tokens()?);
+            let state = AppState::new(Arc::new(store), tokens, start_clock)?;
+            Ok::<_, StartError>((state, access))
         })
         .await
         .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
-        let tokens = TokenCache::default();
-        tokens.load(existing_tokens);
-        let store: Arc<dyn FlagStore> = Arc::new(store);
         Ok(Server {
-            state: AppState {
-                store,
-                tokens,
-                clock,
-            },
+            state,
             options,
             access,
         })
@@ -156,11 +151,13 @@ impl Server {
     ) -> Result<(), StartError> {
         let router = self.router();
         let listener = listener::LimitedListener::new(listener, self.options.max_connections);
-        let stopping = CancellationToken::new();
+        let stopping = self.state.shutdown.clone();
         let signal = stopping.clone();
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutdown requested: finishing in-flight requests");
+            tracing::info!(
+                "shutdown requested: finishing in-flight requests, saying goodbye to streams"
+            );
             signal.cancel();
         });
         let server = axum::serve(listener, router)
@@ -171,6 +168,14 @@ impl Server {
             () = async { stopping.cancelled().await; tokio::time::sleep(drain_limit).await } => {
                 tracing::warn!(?drain_limit, "in-flight requests did not finish in time; closing them");
             }
+        }
+        // Stream sessions were told to say goodbye when `stopping` fired; give them the same bound.
+        self.state.sessions.close();
+        if tokio::time::timeout(drain_limit, self.state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some stream sessions did not close in time");
         }
         tracing::info!("stopped");
         Ok(())

@@ -18,6 +18,11 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Propagation (commit to acknowledgement) bucket bounds, in seconds.
+const PROPAGATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 #[derive(Default)]
 struct Histogram {
     /// Cumulative counts per bucket, then +Inf.
@@ -26,12 +31,47 @@ struct Histogram {
     sum_micros: AtomicU64,
 }
 
+impl Histogram {
+    fn observe(&self, bounds: &[f64; 12], elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(bounds) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.buckets[bounds.len()].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64; 12]) {
+        let separator = if labels.is_empty() { "" } else { "," };
+        for (bucket, bound) in self.buckets.iter().zip(bounds) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{separator}le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.buckets[bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{separator}le=\"+Inf\"}} {count}"
+        );
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
 #[derive(Default)]
 struct Registry {
     requests: DashMap<(String, String, u16), AtomicU64>,
     latency: DashMap<String, Histogram>,
     flag_writes: DashMap<String, AtomicU64>,
     store_errors: AtomicU64,
+    connected_clients: DashMap<String, std::sync::atomic::AtomicI64>,
+    propagation: Histogram,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
@@ -52,16 +92,11 @@ pub async fn track(request: Request, next: Next) -> Response {
         .entry((method, route.clone(), status))
         .or_default()
         .fetch_add(1, Ordering::Relaxed);
-    let histogram = REGISTRY.latency.entry(route).or_default();
-    let seconds = elapsed.as_secs_f64();
-    for (bucket, bound) in histogram.buckets.iter().zip(BUCKETS) {
-        if seconds <= bound {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    histogram.buckets[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
-    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    histogram.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    REGISTRY
+        .latency
+        .entry(route)
+        .or_default()
+        .observe(&BUCKETS, elapsed);
     response
 }
 
@@ -72,6 +107,20 @@ pub fn flag_writes(environment: &str, count: usize) {
         .entry(environment.to_owned())
         .or_default()
         .fetch_add(count as u64, Ordering::Relaxed);
+}
+
+/// Adds `delta` to an environment's connected stream clients.
+pub fn connected_clients(environment: &str, delta: i64) {
+    REGISTRY
+        .connected_clients
+        .entry(environment.to_owned())
+        .or_default()
+        .fetch_add(delta, Ordering::Relaxed);
+}
+
+/// Records how long a change took from commit to a client's acknowledgement.
+pub fn propagation(elapsed: std::time::Duration) {
+    REGISTRY.propagation.observe(&PROPAGATION_BUCKETS, elapsed);
 }
 
 /// Counts a store failure.
@@ -114,27 +163,12 @@ pub fn render() -> String {
         let Some(histogram) = REGISTRY.latency.get(&route) else {
             continue;
         };
-        let route = label(&route);
-        for (bucket, bound) in histogram.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                out,
-                "flagd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = histogram.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "flagd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
-        );
-        let sum = histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "flagd_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "flagd_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+        let labels = format!("route=\"{}\"", label(&route));
+        histogram.render(
+            &mut out,
+            "flagd_http_request_duration_seconds",
+            &labels,
+            &BUCKETS,
         );
     }
     out.push_str("# HELP flagd_flag_writes_total Committed flag writes by environment.\n");
@@ -158,6 +192,29 @@ pub fn render() -> String {
         out,
         "flagd_store_errors_total {}",
         REGISTRY.store_errors.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP flagd_stream_clients Connected stream clients by environment.\n");
+    out.push_str("# TYPE flagd_stream_clients gauge\n");
+    let mut clients: Vec<_> = REGISTRY
+        .connected_clients
+        .iter()
+        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    clients.sort();
+    for (environment, count) in clients {
+        let _ = writeln!(
+            out,
+            "flagd_stream_clients{{environment=\"{}\"}} {count}",
+            label(&environment)
+        );
+    }
+    out.push_str("# HELP flagd_stream_propagation_seconds Time from commit to a stream client's acknowledgement.\n");
+    out.push_str("# TYPE flagd_stream_propagation_seconds histogram\n");
+    REGISTRY.propagation.render(
+        &mut out,
+        "flagd_stream_propagation_seconds",
+        "",
+        &PROPAGATION_BUCKETS,
     );
     out
 }

@@ -2,7 +2,13 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::auth::TokenCache;
+use crate::hub::Hub;
 use crate::store::FlagStore;
 
 /// The current time in unix seconds. Injected so tests control time.
@@ -28,6 +34,54 @@ pub struct AppState {
     pub tokens: TokenCache,
     /// The time.
     pub clock: Clock,
+    /// Live snapshots, patches, the version broadcast and stream clients.
+    pub hub: Arc<Hub>,
+    /// Stream settings.
+    pub stream: StreamSettings,
+    /// Cancelled when the server shuts down: stream sessions say goodbye and close.
+    pub shutdown: CancellationToken,
+    /// Stream sessions, so shutdown can wait for their goodbyes.
+    pub sessions: TaskTracker,
+}
+
+/// Stream settings.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// How often a session sends `ping`.
+    pub ping_interval: Duration,
+    /// A send that takes longer than this means a stalled client: the session closes.
+    pub write_timeout: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            ping_interval: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AppState {
+    /// State over a store, with a fresh hub loaded from it (blocking: reads every environment).
+    pub fn new(
+        store: Arc<dyn FlagStore>,
+        tokens: TokenCache,
+        clock: Clock,
+    ) -> Result<AppState, crate::store::StoreError> {
+        let hub = Arc::new(Hub::new());
+        let store: Arc<dyn FlagStore> =
+            Arc::new(crate::hub::PublishingStore::new(store, hub.clone())?);
+        Ok(AppState {
+            store,
+            tokens,
+            clock,
+            hub,
+            stream: StreamSettings::default(),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        })
+    }
 }
 
 impl std::fmt::Debug for AppState {

@@ -58,11 +58,8 @@ impl TestApp {
             Role::Sdk,
             Some("default"),
         );
-        let state = AppState {
-            store: store.clone(),
-            tokens: tokens.clone(),
-            clock: Arc::new(|| 1_700_000_000),
-        };
+        let state = AppState::new(store, tokens.clone(), Arc::new(|| 1_700_000_000)).unwrap();
+        let store = state.store.clone();
         TestApp {
             router: flagd_server::api::router(state, BODY_LIMIT),
             store,
@@ -233,9 +230,13 @@ async fn auth_matrix() {
         for (case, header) in cases {
             let (status, _, response) = app.send(with(header.as_deref())).await;
             let expected_denial = match (access, case) {
-                (Access::Public, _) | (Access::Admin, "admin token") => None,
+                (Access::Public, _)
+                | (Access::Admin, "admin token")
+                | (Access::Environment, "sdk token") => None,
                 (Access::Admin, "sdk token") => Some(StatusCode::FORBIDDEN),
-                (Access::Admin, _) => Some(StatusCode::UNAUTHORIZED),
+                // An admin token may read an environment, but must name it.
+                (Access::Environment, "admin token") => Some(StatusCode::BAD_REQUEST),
+                (Access::Admin | Access::Environment, _) => Some(StatusCode::UNAUTHORIZED),
             };
             match expected_denial {
                 Some(expected) => {

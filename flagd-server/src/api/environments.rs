@@ -74,3 +74,29 @@ pub async fn delete(
     state.tokens.remove_environment(&env);
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `GET /api/v1/environments/{env}/clients`: connected stream clients and how far behind they are.
+pub async fn clients(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathParams(env): PathParams<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let snapshot = state
+        .hub
+        .snapshot(&env)
+        .ok_or_else(|| ApiError::not_found(format!("environment {env:?} does not exist")))?;
+    let clients: Vec<serde_json::Value> = state
+        .hub
+        .clients(&env)
+        .into_iter()
+        .map(|client| {
+            let lag = snapshot.version - client.acked_version.unwrap_or(0);
+            let mut value = serde_json::to_value(&client).unwrap_or_default();
+            value["lag"] = json!(lag);
+            value
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"environment": env, "version": snapshot.version, "clients": clients}),
+    ))
+}

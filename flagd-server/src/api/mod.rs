@@ -4,7 +4,9 @@ mod audit;
 mod document;
 mod environments;
 mod flags;
+mod ofrep;
 mod ops;
+mod stream;
 mod tokens;
 
 use axum::Router;
@@ -27,6 +29,8 @@ pub enum Access {
     Public,
     /// Admin tokens only.
     Admin,
+    /// One environment's readers: its sdk tokens, or an admin token with `?environment=`.
+    Environment,
 }
 
 /// Every route: method, path template, access. The OpenAPI document and the auth-matrix test
@@ -35,6 +39,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/environments", Access::Admin),
     ("POST", "/api/v1/environments", Access::Admin),
     ("DELETE", "/api/v1/environments/{env}", Access::Admin),
+    ("GET", "/api/v1/environments/{env}/clients", Access::Admin),
     ("GET", "/api/v1/environments/{env}/flags", Access::Admin),
     (
         "GET",
@@ -67,6 +72,14 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/tokens", Access::Admin),
     ("POST", "/api/v1/tokens", Access::Admin),
     ("DELETE", "/api/v1/tokens/{id}", Access::Admin),
+    ("GET", "/api/v1/stream", Access::Environment),
+    (
+        "POST",
+        "/ofrep/v1/evaluate/flags/{key}",
+        Access::Environment,
+    ),
+    ("POST", "/ofrep/v1/evaluate/flags", Access::Environment),
+    ("GET", "/ofrep/v1/configuration", Access::Environment),
     ("GET", "/api/v1/openapi.json", Access::Public),
     ("GET", "/healthz", Access::Public),
     ("GET", "/readyz", Access::Public),
@@ -83,6 +96,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route(
             "/api/v1/environments/{env}",
             axum::routing::delete(environments::delete),
+        )
+        .route(
+            "/api/v1/environments/{env}/clients",
+            get(environments::clients),
         )
         .route("/api/v1/environments/{env}/flags", get(flags::list))
         .route(
@@ -103,6 +120,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/audit", get(audit::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/stream", get(stream::stream))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
+        .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
+        .route("/ofrep/v1/configuration", get(ofrep::configuration))
         .route("/api/v1/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -259,6 +259,14 @@ pub trait FlagStore: Send + Sync + 'static {
     ) -> Result<Commit, StoreError>;
     /// Change records, newest first.
     fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError>;
+    /// The change records of one environment with a version above `after_version`, oldest
+    /// first, at most `limit` (the stream's resume log).
+    fn changes_since(
+        &self,
+        environment: &str,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError>;
     /// All tokens.
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Stores a token.

@@ -263,6 +263,46 @@ fn flag_json(flag: &Flag) -> Value {
     serde_json::to_value(flag).unwrap_or(Value::Null)
 }
 
+fn read_changes(
+    connection: &Connection,
+    filter: &str,
+    parameters: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<ChangeRecord>, StoreError> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT id, environment, version, flag_key, operation, before, after, actor, at, message FROM changes {filter}"
+    ))?;
+    let rows = statement.query_map(parameters, |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, Option<String>>(3)?,
+            row.get::<_, String>(4)?,
+            row.get::<_, String>(5)?,
+            row.get::<_, String>(6)?,
+            row.get::<_, String>(7)?,
+            row.get::<_, i64>(8)?,
+            row.get::<_, Option<String>>(9)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (id, environment, version, flag, operation, before, after, actor, at, message) = row?;
+        Ok(ChangeRecord {
+            before: decode(&before, || format!("change {id}"))?,
+            after: decode(&after, || format!("change {id}"))?,
+            id,
+            environment,
+            version,
+            flag,
+            operation,
+            actor,
+            at,
+            message,
+        })
+    })
+    .collect()
+}
+
 fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let role: String = row.get(2)?;
     let hash: Vec<u8> = row.get(4)?;
@@ -520,47 +560,27 @@ impl FlagStore for SqliteStore {
     }
 
     fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare(
-            "SELECT id, environment, version, flag_key, operation, before, after, actor, at, message FROM changes
-             WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR flag_key = ?2) AND (?3 IS NULL OR id < ?3)
-             ORDER BY id DESC LIMIT ?4",
-        )?;
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(
+        read_changes(
+            &self.lock(),
+            "WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR flag_key = ?2) AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4",
             params![query.environment, query.flag, query.before, limit],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, String>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, String>(7)?,
-                    row.get::<_, i64>(8)?,
-                    row.get::<_, Option<String>>(9)?,
-                ))
-            },
-        )?;
-        rows.map(|row| {
-            let (id, environment, version, flag, operation, before, after, actor, at, message) =
-                row?;
-            Ok(ChangeRecord {
-                before: decode(&before, || format!("change {id}"))?,
-                after: decode(&after, || format!("change {id}"))?,
-                id,
-                environment,
-                version,
-                flag,
-                operation,
-                actor,
-                at,
-                message,
-            })
-        })
-        .collect()
+        )
+    }
+
+    fn changes_since(
+        &self,
+        environment: &str,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        read_changes(
+            &self.lock(),
+            "WHERE environment = ?1 AND version > ?2 ORDER BY version, id LIMIT ?3",
+            params![environment, after_version, limit],
+        )
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

@@ -1,0 +1,182 @@
+//! OFREP, the OpenFeature Remote Evaluation Protocol: any OpenFeature SDK can evaluate flags
+//! here. Evaluation runs through flag-core against the environment's in-memory compiled
+//! snapshot; SQLite is never on this path.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flag_core::{ErrorCode, EvaluationContext, Resolution};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::PathParams;
+use crate::auth::EnvironmentAccess;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Reads `{"context": {...}}`. An empty body, or no `context`, is an empty context.
+fn parse_context(body: &[u8]) -> Result<EvaluationContext, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(EvaluationContext::anonymous());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| format!("request body is not valid JSON: {error}"))?;
+    let Value::Object(mut request) = value else {
+        return Err("request body must be a JSON object: {\"context\": {...}}".to_owned());
+    };
+    match request.remove("context") {
+        None | Some(Value::Null) => Ok(EvaluationContext::anonymous()),
+        Some(Value::Object(context)) => Ok(EvaluationContext::from_json(context)),
+        Some(other) => Err(format!(
+            "context must be an object, found {}",
+            flag_core::json_type_name(&other)
+        )),
+    }
+}
+
+/// One evaluation as OFREP renders it: a success, or a failure with its status.
+fn render(key: &str, resolution: &Resolution<'_>) -> (StatusCode, Value) {
+    if let Some(error) = &resolution.error {
+        let status = if error.code == ErrorCode::FlagNotFound {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return (
+            status,
+            json!({"key": key, "errorCode": error.code.as_str(), "errorDetails": error.message}),
+        );
+    }
+    let mut success =
+        json!({"key": key, "reason": resolution.reason.as_str(), "metadata": resolution.metadata});
+    // DISABLED and code-default results carry no value and no variant: the caller's default applies.
+    if let (Some(value), Some(variant)) = (resolution.value, resolution.variant) {
+        success["value"] = value.clone();
+        success["variant"] = json!(variant);
+    }
+    (StatusCode::OK, success)
+}
+
+fn invalid_context(key: Option<&str>, details: String) -> Response {
+    let mut body =
+        json!({"errorCode": ErrorCode::InvalidContext.as_str(), "errorDetails": details});
+    if let Some(key) = key {
+        body["key"] = json!(key);
+    }
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{key}`.
+pub async fn evaluate_flag(
+    State(state): State<AppState>,
+    access: EnvironmentAccess,
+    PathParams(key): PathParams<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ctx = match parse_context(&body) {
+        Ok(ctx) => ctx,
+        Err(details) => return Ok(invalid_context(Some(&key), details)),
+    };
+    let snapshot = state.hub.snapshot(&access.environment).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "environment {:?} does not exist",
+            access.environment
+        ))
+    })?;
+    let resolution = snapshot.compiled.evaluate(&key, &ctx, (state.clock)());
+    let (status, body) = render(&key, &resolution);
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// `POST /ofrep/v1/evaluate/flags`: every flag, with an `ETag`; `If-None-Match` gives 304.
+pub async fn evaluate_all(
+    State(state): State<AppState>,
+    access: EnvironmentAccess,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ctx = match parse_context(&body) {
+        Ok(ctx) => ctx,
+        Err(details) => return Ok(invalid_context(None, details)),
+    };
+    let snapshot = state.hub.snapshot(&access.environment).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "environment {:?} does not exist",
+            access.environment
+        ))
+    })?;
+    let flags: Vec<Value> = snapshot
+        .compiled
+        .evaluate_all(&ctx, (state.clock)())
+        .map(|(key, resolution)| render(key, &resolution).1)
+        .collect();
+    let body = serde_json::to_vec(&json!({ "flags": flags })).map_err(ApiError::internal)?;
+    // The ETag is a digest of the answer itself: it changes exactly when the answer does.
+    let digest = Sha256::digest(&body);
+    let etag = format!(
+        "\"{}\"",
+        digest[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|list| {
+            list.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::ETAG, etag),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /ofrep/v1/configuration`: what this server supports, for OFREP providers.
+pub async fn configuration(_access: EnvironmentAccess) -> impl IntoResponse {
+    axum::Json(json!({
+        "name": "flagd-rs",
+        "capabilities": {
+            "cacheInvalidation": {"polling": {"enabled": true, "minPollingIntervalMs": 1000}},
+            "flagEvaluation": {"supportedTypes": ["boolean", "string", "int", "float", "object"]}
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts() {
+        assert!(parse_context(b"").unwrap().targeting_key().is_none());
+        assert_eq!(
+            parse_context(br#"{"context":{"targetingKey":"u"}}"#)
+                .unwrap()
+                .targeting_key(),
+            Some("u")
+        );
+        assert!(parse_context(br#"{}"#).unwrap().targeting_key().is_none());
+        assert!(
+            parse_context(br#"{"context": 5}"#)
+                .unwrap_err()
+                .contains("context must be an object")
+        );
+        assert!(
+            parse_context(br#"[1]"#)
+                .unwrap_err()
+                .contains("JSON object")
+        );
+        assert!(parse_context(b"{").unwrap_err().contains("not valid JSON"));
+    }
+}

@@ -1,0 +1,402 @@
+//! `GET /api/v1/stream`: the WebSocket update stream (protocol: `docs/PROTOCOL.md`).
+//!
+//! Each connection is one session task. The hub's broadcast only says "environment E is now at
+//! version V"; the session works out what its client lacks from the last version it sent: the
+//! missing patches from the in-memory ring, or a fresh snapshot when the client is too far
+//! behind. A slow client therefore only ever delays itself, and its session holds at most one
+//! message in flight.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::QueryParams;
+use crate::auth::EnvironmentAccess;
+use crate::error::ApiError;
+use crate::hub::{ClientInfo, HubEvent, patch_message};
+use crate::state::AppState;
+
+/// More patches than this to catch up on, and a snapshot is sent instead.
+const MAX_CATCH_UP_PATCHES: usize = 64;
+/// Largest message a client may send (hello and ack are tiny).
+const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// tungstenite's read buffer (128 KiB by default): idle connections should cost little.
+const READ_BUFFER: usize = 4 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct StreamParams {
+    /// The last version the client applied.
+    since: Option<i64>,
+    /// Used by the access extractor for admin tokens.
+    #[serde(rename = "environment")]
+    _environment: Option<String>,
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    access: EnvironmentAccess,
+    QueryParams(params): QueryParams<StreamParams>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let sessions = state.sessions.clone();
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        // Write each message through at once; a blocked socket makes `send` wait (bounded by
+        // the write timeout) instead of growing a buffer.
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| {
+            sessions.track_future(Session::run(socket, state, access, params.since))
+        }))
+}
+
+/// Why a session ended on the server's initiative.
+struct Goodbye {
+    reason: &'static str,
+    retry_after_ms: u64,
+    code: u16,
+}
+
+struct Session {
+    socket: WebSocket,
+    state: AppState,
+    environment: String,
+    token_id: String,
+    id: u64,
+    last_sent: i64,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+    Goodbye(Goodbye),
+}
+
+impl Session {
+    async fn run(
+        socket: WebSocket,
+        state: AppState,
+        access: EnvironmentAccess,
+        since: Option<i64>,
+    ) {
+        // Subscribe before reading the snapshot: a commit in between is then seen as an event.
+        let mut events = state.hub.subscribe();
+        let id = state.hub.register(ClientInfo {
+            session: 0,
+            environment: access.environment.clone(),
+            token_name: access.token.name.clone(),
+            client_id: None,
+            sdk: None,
+            sdk_version: None,
+            connected_at: (state.clock)(),
+            sent_version: 0,
+            acked_version: None,
+            last_ack_at: None,
+        });
+        let mut session = Session {
+            socket,
+            state,
+            environment: access.environment,
+            token_id: access.token.id,
+            id,
+            last_sent: 0,
+        };
+        let outcome = session.serve(&mut events, since).await;
+        if let Flow::Goodbye(goodbye) = outcome {
+            session.goodbye(goodbye).await;
+        }
+        session.state.hub.unregister(session.id);
+    }
+
+    async fn serve(
+        &mut self,
+        events: &mut tokio::sync::broadcast::Receiver<HubEvent>,
+        since: Option<i64>,
+    ) -> Flow {
+        if let flow @ (Flow::Stop | Flow::Goodbye(_)) = self.initial_sync(since).await {
+            return flow;
+        }
+        let mut pings = tokio::time::interval(self.state.stream.ping_interval);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings.tick().await;
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let flow = tokio::select! {
+                () = shutdown.cancelled() => Flow::Goodbye(Goodbye { reason: "shutdown", retry_after_ms: 1_000, code: close_code::AWAY }),
+                event = events.recv() => self.on_event(event).await,
+                message = self.socket.recv() => self.on_message(message),
+                _ = pings.tick() => {
+                    let ping = json!({"type": "ping", "version": self.last_sent}).to_string();
+                    if self.send(ping.into()).await { Flow::Continue } else { Flow::Stop }
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// The first message(s): patches since the client's version when they can be had, else a
+    /// snapshot.
+    async fn initial_sync(&mut self, since: Option<i64>) -> Flow {
+        let Some(current) = self.state.hub.snapshot(&self.environment) else {
+            return Flow::Goodbye(environment_deleted());
+        };
+        match since {
+            Some(version) if version == current.version => {
+                // Already current: a ping tells the client so.
+                self.last_sent = version;
+                let ping = json!({"type": "ping", "version": version}).to_string();
+                return if self.send(ping.into()).await {
+                    Flow::Continue
+                } else {
+                    Flow::Stop
+                };
+            }
+            Some(version) if version < current.version && version > 0 => {
+                let resumed = Session::resume_patches(
+                    self.state.clone(),
+                    self.environment.clone(),
+                    version,
+                    current.version,
+                )
+                .await;
+                if let Some(patches) = resumed {
+                    self.last_sent = version;
+                    for (patch_version, message) in patches {
+                        if !self.send(message).await {
+                            return Flow::Stop;
+                        }
+                        self.last_sent = patch_version;
+                    }
+                    return Flow::Continue;
+                }
+            }
+            _ => {}
+        }
+        if !self.send(current.message()).await {
+            return Flow::Stop;
+        }
+        self.last_sent = current.version;
+        self.record_sent();
+        Flow::Continue
+    }
+
+    /// The patches after `since` up to `upto`: from the in-memory ring, or else from the change
+    /// log in SQLite (after a server restart). `None` when only a snapshot will do.
+    async fn resume_patches(
+        state: AppState,
+        environment: String,
+        since: i64,
+        upto: i64,
+    ) -> Option<Vec<(i64, Utf8Bytes)>> {
+        let wanted = usize::try_from(upto - since).ok()?;
+        if wanted > crate::hub::PATCH_RING {
+            return None;
+        }
+        if let Some(patches) = state.hub.patches_between(&environment, since, upto) {
+            return Some(
+                patches
+                    .into_iter()
+                    .map(|p| (p.version, p.message))
+                    .collect(),
+            );
+        }
+        let store = state.store.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            store.changes_since(&environment, since, 4 * crate::hub::PATCH_RING)
+        })
+        .await
+        .ok()?
+        .ok()?;
+        let mut patches = Vec::new();
+        let mut expected = since + 1;
+        let mut index = 0;
+        while expected <= upto {
+            let group: Vec<_> = records[index..]
+                .iter()
+                .take_while(|r| r.version == expected)
+                .cloned()
+                .collect();
+            if group.is_empty() {
+                return None;
+            }
+            index += group.len();
+            let message = patch_message(expected, &group)?;
+            patches.push((expected, Utf8Bytes::from(message.to_string())));
+            expected += 1;
+        }
+        Some(patches)
+    }
+
+    async fn on_event(&mut self, event: Result<HubEvent, RecvError>) -> Flow {
+        match event {
+            Ok(HubEvent::Version {
+                environment,
+                version,
+            }) if *environment == *self.environment && version > self.last_sent => {
+                self.catch_up().await
+            }
+            Ok(HubEvent::TokenRevoked { id }) if id == self.token_id => Flow::Goodbye(Goodbye {
+                reason: "token_revoked",
+                retry_after_ms: 0,
+                code: close_code::POLICY,
+            }),
+            Ok(HubEvent::EnvironmentDeleted { environment }) if environment == self.environment => {
+                Flow::Goodbye(environment_deleted())
+            }
+            Ok(_) => Flow::Continue,
+            Err(RecvError::Lagged(_)) => {
+                // Events were dropped; only two facts matter, and both can be re-read.
+                if !self.state.tokens.is_active(&self.token_id) {
+                    return Flow::Goodbye(Goodbye {
+                        reason: "token_revoked",
+                        retry_after_ms: 0,
+                        code: close_code::POLICY,
+                    });
+                }
+                self.catch_up().await
+            }
+            Err(RecvError::Closed) => Flow::Stop,
+        }
+    }
+
+    /// Sends what the client lacks to reach the current version.
+    async fn catch_up(&mut self) -> Flow {
+        let Some(current) = self.state.hub.snapshot(&self.environment) else {
+            return Flow::Goodbye(environment_deleted());
+        };
+        if current.version <= self.last_sent {
+            return Flow::Continue;
+        }
+        match self
+            .state
+            .hub
+            .patches_between(&self.environment, self.last_sent, current.version)
+        {
+            Some(patches) if patches.len() <= MAX_CATCH_UP_PATCHES => {
+                for patch in patches {
+                    if !self.send(patch.message).await {
+                        return Flow::Stop;
+                    }
+                    self.last_sent = patch.version;
+                }
+            }
+            _ => {
+                // Too far behind (a slow client, or the ring moved on): reset with a snapshot.
+                if !self.send(current.message()).await {
+                    return Flow::Stop;
+                }
+                self.last_sent = current.version;
+            }
+        }
+        self.record_sent();
+        Flow::Continue
+    }
+
+    fn on_message(&mut self, message: Option<Result<Message, axum::Error>>) -> Flow {
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Flow::Stop,
+            Some(Ok(_)) => return Flow::Continue,
+        };
+        let Ok(message) = serde_json::from_str::<Value>(&text) else {
+            tracing::debug!(
+                session = self.id,
+                "ignoring a client message that is not JSON"
+            );
+            return Flow::Continue;
+        };
+        let now = (self.state.clock)();
+        match message["type"].as_str() {
+            Some("hello") => {
+                let field = |name: &str| {
+                    message[name]
+                        .as_str()
+                        .map(|s| s.chars().take(200).collect::<String>())
+                };
+                let (client_id, sdk, sdk_version) =
+                    (field("clientId"), field("sdk"), field("sdkVersion"));
+                self.state.hub.update_client(self.id, |info| {
+                    info.client_id = client_id;
+                    info.sdk = sdk;
+                    info.sdk_version = sdk_version;
+                });
+            }
+            Some("ack") => {
+                if let Some(version) = message["version"].as_i64() {
+                    if let Some(committed) = self.state.hub.committed_at(&self.environment, version)
+                    {
+                        crate::metrics::propagation(committed.elapsed());
+                    }
+                    self.state.hub.update_client(self.id, |info| {
+                        info.acked_version = Some(version);
+                        info.last_ack_at = Some(now);
+                    });
+                }
+            }
+            _ => tracing::debug!(session = self.id, "ignoring an unknown client message"),
+        }
+        Flow::Continue
+    }
+
+    fn record_sent(&self) {
+        let version = self.last_sent;
+        self.state
+            .hub
+            .update_client(self.id, |info| info.sent_version = version);
+    }
+
+    /// Sends one message; `false` when the client is gone or too slow to take it in time.
+    async fn send(&mut self, text: Utf8Bytes) -> bool {
+        let timeout = self.state.stream.write_timeout;
+        match tokio::time::timeout(timeout, self.socket.send(Message::Text(text))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::info!(
+                    session = self.id,
+                    ?timeout,
+                    "closing a stream client that stopped reading"
+                );
+                false
+            }
+        }
+    }
+
+    async fn goodbye(&mut self, goodbye: Goodbye) {
+        let message = json!({
+            "type": "goodbye",
+            "version": self.last_sent,
+            "reason": goodbye.reason,
+            "retryAfterMs": goodbye.retry_after_ms,
+        });
+        if self.send(message.to_string().into()).await {
+            let close = CloseFrame {
+                code: goodbye.code,
+                reason: goodbye.reason.into(),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.socket.send(Message::Close(Some(close))),
+            )
+            .await;
+        }
+    }
+}
+
+fn environment_deleted() -> Goodbye {
+    Goodbye {
+        reason: "environment_deleted",
+        retry_after_ms: 0,
+        code: close_code::NORMAL,
+    }
+}

@@ -1,0 +1,482 @@
+//! The live side of the server: per-environment compiled snapshots (what OFREP evaluates and
+//! what a new stream client receives first), a ring of recent patches, the broadcast that says
+//! "environment E is now at version V", and the connected stream clients.
+//!
+//! `PublishingStore` wraps the real store so that every committed change is published here, in
+//! commit order, before the write is acknowledged: no handler can forget to publish.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use flag_core::{CompiledFlagSet, FLAGD_SCHEMA_URL, Flag, FlagSet, Metadata};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use crate::store::{
+    Attribution, AuditQuery, ChangeRecord, Commit, Environment, EnvironmentSettings, FlagChange,
+    FlagStore, StoreError, StoredFlag, TokenRecord,
+};
+
+/// How many recent patches each environment keeps in memory for reconnecting clients.
+pub const PATCH_RING: usize = 256;
+
+/// A compiled, immutable view of one environment at one version.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The environment.
+    pub environment: String,
+    /// The environment version it reflects.
+    pub version: i64,
+    /// The flagd document.
+    pub document: FlagSet,
+    /// The compiled flags (what OFREP evaluates).
+    pub compiled: CompiledFlagSet,
+    message: OnceLock<Utf8Bytes>,
+}
+
+impl Snapshot {
+    fn new(environment: &str, version: i64, document: FlagSet) -> Snapshot {
+        // Documents are validated strictly before they are stored, so lenient compilation
+        // finds nothing to isolate here; it is used so a surprise can never take flags down.
+        let (compiled, problems) = CompiledFlagSet::compile_lenient(&document);
+        for problem in problems {
+            tracing::error!(environment, %problem, "stored flag failed to compile; it evaluates to an error");
+        }
+        Snapshot {
+            environment: environment.to_owned(),
+            version,
+            document,
+            compiled,
+            message: OnceLock::new(),
+        }
+    }
+
+    /// The stream's `snapshot` message, serialised once and shared by every session.
+    pub fn message(&self) -> Utf8Bytes {
+        self.message
+            .get_or_init(|| {
+                let mut document = serde_json::to_value(&self.document).unwrap_or(Value::Null);
+                document["$schema"] = json!(FLAGD_SCHEMA_URL);
+                json!({"type": "snapshot", "environment": self.environment, "version": self.version, "document": document})
+                    .to_string()
+                    .into()
+            })
+            .clone()
+    }
+}
+
+/// One committed change, ready to send.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    /// The environment version it produces.
+    pub version: i64,
+    /// The stream's `patch` message.
+    pub message: Utf8Bytes,
+    /// When it was committed (for the propagation histogram).
+    pub committed_at: Instant,
+}
+
+/// What the broadcast carries.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// An environment moved to a new version.
+    Version {
+        /// The environment.
+        environment: Arc<str>,
+        /// Its new version.
+        version: i64,
+    },
+    /// A token was revoked: its streams must end.
+    TokenRevoked {
+        /// The token id.
+        id: String,
+    },
+    /// An environment was deleted: its streams must end.
+    EnvironmentDeleted {
+        /// The environment.
+        environment: String,
+    },
+}
+
+/// A connected stream client, as `GET .../clients` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientInfo {
+    /// Server-assigned session id.
+    pub session: u64,
+    /// The environment it streams.
+    pub environment: String,
+    /// The token's name.
+    pub token_name: String,
+    /// From `hello`.
+    pub client_id: Option<String>,
+    /// From `hello`.
+    pub sdk: Option<String>,
+    /// From `hello`.
+    pub sdk_version: Option<String>,
+    /// Unix seconds.
+    pub connected_at: i64,
+    /// The last version the server sent.
+    pub sent_version: i64,
+    /// The last version the client acknowledged.
+    pub acked_version: Option<i64>,
+    /// Unix seconds.
+    pub last_ack_at: Option<i64>,
+}
+
+/// The hub.
+#[derive(Debug)]
+pub struct Hub {
+    snapshots: DashMap<String, Arc<Snapshot>>,
+    patches: DashMap<String, Arc<Mutex<VecDeque<Patch>>>>,
+    events: broadcast::Sender<HubEvent>,
+    clients: DashMap<u64, ClientInfo>,
+    next_session: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Hub {
+        // Sessions only need the latest version, so a lagging receiver loses nothing it cannot
+        // recompute; the capacity just bounds memory.
+        let (events, _) = broadcast::channel(1024);
+        Hub {
+            snapshots: DashMap::new(),
+            patches: DashMap::new(),
+            events,
+            clients: DashMap::new(),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// Loads an environment's state (at start, and when an environment is created).
+    pub fn load(&self, environment: &str, version: i64, document: FlagSet) {
+        self.snapshots.insert(
+            environment.to_owned(),
+            Arc::new(Snapshot::new(environment, version, document)),
+        );
+        self.patches.insert(environment.to_owned(), Arc::default());
+        let _ = self.events.send(HubEvent::Version {
+            environment: environment.into(),
+            version,
+        });
+    }
+
+    /// Publishes a commit: new snapshot, patch in the ring, broadcast.
+    pub fn publish(&self, environment: &str, commit: &Commit) {
+        let Some(previous) = self.snapshot(environment) else {
+            tracing::error!(
+                environment,
+                "commit to an environment the hub does not know"
+            );
+            return;
+        };
+        let mut document = previous.document.clone();
+        apply_records(&mut document, &commit.changes);
+        let Some(message) = patch_message(commit.version, &commit.changes) else {
+            return;
+        };
+        let snapshot = Arc::new(Snapshot::new(environment, commit.version, document));
+        let patch = Patch {
+            version: commit.version,
+            message: message.to_string().into(),
+            committed_at: Instant::now(),
+        };
+        if let Some(ring) = self.patches.get(environment) {
+            let mut ring = ring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            ring.push_back(patch);
+            while ring.len() > PATCH_RING {
+                ring.pop_front();
+            }
+        }
+        self.snapshots.insert(environment.to_owned(), snapshot);
+        let _ = self.events.send(HubEvent::Version {
+            environment: environment.into(),
+            version: commit.version,
+        });
+    }
+
+    /// Forgets a deleted environment and ends its streams.
+    pub fn remove(&self, environment: &str) {
+        self.snapshots.remove(environment);
+        self.patches.remove(environment);
+        let _ = self.events.send(HubEvent::EnvironmentDeleted {
+            environment: environment.to_owned(),
+        });
+    }
+
+    /// Ends the streams of a revoked token.
+    pub fn revoke(&self, token_id: &str) {
+        let _ = self.events.send(HubEvent::TokenRevoked {
+            id: token_id.to_owned(),
+        });
+    }
+
+    /// The current snapshot of an environment.
+    pub fn snapshot(&self, environment: &str) -> Option<Arc<Snapshot>> {
+        self.snapshots.get(environment).map(|s| s.value().clone())
+    }
+
+    /// The patches after `after` up to and including `upto`, if the ring still has them all.
+    pub fn patches_between(&self, environment: &str, after: i64, upto: i64) -> Option<Vec<Patch>> {
+        let ring = self.patches.get(environment)?.value().clone();
+        let ring = ring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let patches: Vec<Patch> = ring
+            .iter()
+            .filter(|p| p.version > after && p.version <= upto)
+            .cloned()
+            .collect();
+        // Versions are consecutive: anything else means the ring no longer covers the range.
+        let complete = upto <= after
+            || (patches.first().is_some_and(|p| p.version == after + 1)
+                && patches.windows(2).all(|w| w[1].version == w[0].version + 1)
+                && patches.last().is_some_and(|p| p.version == upto));
+        complete.then_some(patches)
+    }
+
+    /// When a version was committed, if it is still in the ring.
+    pub fn committed_at(&self, environment: &str, version: i64) -> Option<Instant> {
+        let ring = self.patches.get(environment)?.value().clone();
+        let ring = ring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ring.iter()
+            .find(|p| p.version == version)
+            .map(|p| p.committed_at)
+    }
+
+    /// A receiver of hub events. Subscribe *before* reading the snapshot, so nothing committed
+    /// in between is missed.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.events.subscribe()
+    }
+
+    /// Registers a stream client; returns its session id.
+    pub fn register(&self, mut info: ClientInfo) -> u64 {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        info.session = session;
+        crate::metrics::connected_clients(&info.environment, 1);
+        self.clients.insert(session, info);
+        session
+    }
+
+    /// Updates a client's record.
+    pub fn update_client(&self, session: u64, update: impl FnOnce(&mut ClientInfo)) {
+        if let Some(mut info) = self.clients.get_mut(&session) {
+            update(&mut info);
+        }
+    }
+
+    /// Forgets a disconnected client.
+    pub fn unregister(&self, session: u64) {
+        if let Some((_, info)) = self.clients.remove(&session) {
+            crate::metrics::connected_clients(&info.environment, -1);
+        }
+    }
+
+    /// The clients of an environment, by session.
+    pub fn clients(&self, environment: &str) -> Vec<ClientInfo> {
+        let mut clients: Vec<ClientInfo> = self
+            .clients
+            .iter()
+            .filter(|c| c.environment == environment)
+            .map(|c| c.value().clone())
+            .collect();
+        clients.sort_by_key(|c| c.session);
+        clients
+    }
+}
+
+/// Applies change records to a document.
+pub fn apply_records(document: &mut FlagSet, records: &[ChangeRecord]) {
+    for record in records {
+        match (record.operation.as_str(), &record.flag) {
+            ("create" | "update", Some(key)) => {
+                match serde_json::from_value::<Flag>(record.after.clone()) {
+                    Ok(flag) => {
+                        document.flags.insert(key.clone(), flag);
+                    }
+                    Err(error) => tracing::error!(key, %error, "stored change does not decode"),
+                }
+            }
+            ("delete", Some(key)) => {
+                document.flags.remove(key);
+            }
+            ("update_settings", None) => {
+                document.metadata =
+                    serde_json::from_value::<Metadata>(record.after["metadata"].clone())
+                        .unwrap_or_default();
+                document.evaluators = serde_json::from_value::<BTreeMap<String, Value>>(
+                    record.after["$evaluators"].clone(),
+                )
+                .unwrap_or_default();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The stream's `patch` message for one version's records; `None` when the records change the
+/// environment itself (creation, deletion), which only a snapshot can express.
+pub fn patch_message(version: i64, records: &[ChangeRecord]) -> Option<Value> {
+    let mut upserts = Map::new();
+    let mut deletes = Vec::new();
+    let mut message = json!({"type": "patch", "version": version});
+    for record in records {
+        match (record.operation.as_str(), &record.flag) {
+            ("create" | "update", Some(key)) => {
+                upserts.insert(key.clone(), record.after.clone());
+            }
+            ("delete", Some(key)) => deletes.push(json!(key)),
+            ("update_settings", None) => {
+                message["metadata"] = record.after["metadata"].clone();
+                message["$evaluators"] = record.after["$evaluators"].clone();
+            }
+            _ => return None,
+        }
+    }
+    message["upserts"] = Value::Object(upserts);
+    message["deletes"] = Value::Array(deletes);
+    Some(message)
+}
+
+/// A store that publishes every committed change to the hub, in commit order.
+pub struct PublishingStore {
+    inner: Arc<dyn FlagStore>,
+    hub: Arc<Hub>,
+    /// Held across commit and publish, so the hub sees commits in version order.
+    order: Mutex<()>,
+}
+
+impl std::fmt::Debug for PublishingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishingStore").finish_non_exhaustive()
+    }
+}
+
+impl PublishingStore {
+    /// Wraps `inner`, loading every environment into the hub first.
+    pub fn new(inner: Arc<dyn FlagStore>, hub: Arc<Hub>) -> Result<PublishingStore, StoreError> {
+        for environment in inner.environments()? {
+            let flags = inner.flags(&environment.name)?;
+            let document = document_of(&environment, flags);
+            hub.load(&environment.name, environment.version, document);
+        }
+        Ok(PublishingStore {
+            inner,
+            hub,
+            order: Mutex::new(()),
+        })
+    }
+
+    fn ordered(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.order
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An environment's flagd document.
+pub fn document_of(environment: &Environment, flags: Vec<StoredFlag>) -> FlagSet {
+    FlagSet {
+        schema: Some(FLAGD_SCHEMA_URL.to_owned()),
+        metadata: environment.metadata.clone(),
+        evaluators: environment.evaluators.clone(),
+        flags: flags.into_iter().map(|f| (f.key, f.flag)).collect(),
+    }
+}
+
+impl FlagStore for PublishingStore {
+    fn environments(&self) -> Result<Vec<Environment>, StoreError> {
+        self.inner.environments()
+    }
+
+    fn environment(&self, name: &str) -> Result<Option<Environment>, StoreError> {
+        self.inner.environment(name)
+    }
+
+    fn create_environment(&self, name: &str, by: &Attribution) -> Result<Environment, StoreError> {
+        let _order = self.ordered();
+        let environment = self.inner.create_environment(name, by)?;
+        self.hub.load(
+            name,
+            environment.version,
+            document_of(&environment, Vec::new()),
+        );
+        Ok(environment)
+    }
+
+    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError> {
+        let _order = self.ordered();
+        self.inner.delete_environment(name, by)?;
+        self.hub.remove(name);
+        Ok(())
+    }
+
+    fn flags(&self, environment: &str) -> Result<Vec<StoredFlag>, StoreError> {
+        self.inner.flags(environment)
+    }
+
+    fn flag(&self, environment: &str, key: &str) -> Result<Option<StoredFlag>, StoreError> {
+        self.inner.flag(environment, key)
+    }
+
+    fn commit(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        settings: Option<&EnvironmentSettings>,
+        by: &Attribution,
+    ) -> Result<Commit, StoreError> {
+        let _order = self.ordered();
+        let commit = self.inner.commit(environment, changes, settings, by)?;
+        self.hub.publish(environment, &commit);
+        Ok(commit)
+    }
+
+    fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.inner.changes(query)
+    }
+
+    fn changes_since(
+        &self,
+        environment: &str,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.inner.changes_since(environment, after_version, limit)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.inner.tokens()
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.inner.insert_token(token)
+    }
+
+    fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
+        let token = self.inner.revoke_token(id, at)?;
+        self.hub.revoke(id);
+        Ok(token)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping()
+    }
+}
