@@ -161,7 +161,7 @@ impl Session {
                     Flow::Stop
                 };
             }
-            Some(version) if version < current.version && version > 0 => {
+            Some(version) if (0..current.version).contains(&version) => {
                 let resumed = Session::resume_patches(
                     self.state.clone(),
                     self.environment.clone(),
