@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use flag_core::{CompiledFlagSet, FLAGD_SCHEMA_URL, Flag, FlagSet, Metadata};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::{
     Attribution, AuditQuery, ChangeRecord, Commit, Environment, EnvironmentSettings, FlagChange,
@@ -133,7 +133,9 @@ pub struct ClientInfo {
 #[derive(Debug)]
 pub struct Hub {
     snapshots: DashMap<String, Arc<Snapshot>>,
-    patches: DashMap<String, Arc<Mutex<VecDeque<Patch>>>>,
+    /// Recent patches per environment: an immutable ring replaced on every publish, so the
+    /// many sessions reading it never contend on a lock.
+    patches: DashMap<String, Arc<VecDeque<Patch>>>,
     events: broadcast::Sender<HubEvent>,
     clients: DashMap<u64, ClientInfo>,
     next_session: AtomicU64,
@@ -193,15 +195,16 @@ impl Hub {
             message: message.to_string().into(),
             committed_at: Instant::now(),
         };
-        if let Some(ring) = self.patches.get(environment) {
-            let mut ring = ring
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ring.push_back(patch);
-            while ring.len() > PATCH_RING {
-                ring.pop_front();
-            }
+        let mut ring = self
+            .patches
+            .get(environment)
+            .map(|r| VecDeque::clone(&r))
+            .unwrap_or_default();
+        ring.push_back(patch);
+        while ring.len() > PATCH_RING {
+            ring.pop_front();
         }
+        self.patches.insert(environment.to_owned(), Arc::new(ring));
         self.snapshots.insert(environment.to_owned(), snapshot);
         let _ = self.events.send(HubEvent::Version {
             environment: environment.into(),
@@ -232,31 +235,30 @@ impl Hub {
 
     /// The patches after `after` up to and including `upto`, if the ring still has them all.
     pub fn patches_between(&self, environment: &str, after: i64, upto: i64) -> Option<Vec<Patch>> {
+        if upto <= after {
+            return Some(Vec::new());
+        }
         let ring = self.patches.get(environment)?.value().clone();
-        let ring = ring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The ring holds consecutive versions, so the range is a slice found by arithmetic.
+        let first = ring.front()?.version;
+        let start = usize::try_from(after + 1 - first).ok()?;
+        let end = usize::try_from(upto - first).ok()?;
         let patches: Vec<Patch> = ring
-            .iter()
-            .filter(|p| p.version > after && p.version <= upto)
+            .range(start..=end.min(ring.len().checked_sub(1)?))
             .cloned()
             .collect();
-        // Versions are consecutive: anything else means the ring no longer covers the range.
-        let complete = upto <= after
-            || (patches.first().is_some_and(|p| p.version == after + 1)
-                && patches.windows(2).all(|w| w[1].version == w[0].version + 1)
-                && patches.last().is_some_and(|p| p.version == upto));
+        let complete = patches.first().is_some_and(|p| p.version == after + 1)
+            && patches.last().is_some_and(|p| p.version == upto)
+            && patches.len() == usize::try_from(upto - after).ok()?;
         complete.then_some(patches)
     }
 
     /// When a version was committed, if it is still in the ring.
     pub fn committed_at(&self, environment: &str, version: i64) -> Option<Instant> {
         let ring = self.patches.get(environment)?.value().clone();
-        let ring = ring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ring.iter()
-            .find(|p| p.version == version)
+        let index = usize::try_from(version - ring.front()?.version).ok()?;
+        ring.get(index)
+            .filter(|p| p.version == version)
             .map(|p| p.committed_at)
     }
 

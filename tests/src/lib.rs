@@ -19,9 +19,13 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
     BUILD.call_once(|| {
         // Cheap when up to date; makes sure a `cargo test -p tests` run never uses a stale binary.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", package, "--bin", name])
-            .status();
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", package, "--bin", name]);
+        // Benches run from target/release: build the binary they will find there.
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            command.arg("--release");
+        }
+        let status = command.status();
         if !matches!(status, Ok(s) if s.success()) {
             eprintln!("warning: building {name} failed ({status:?}); using whatever binary exists");
         }
@@ -43,9 +47,15 @@ impl ServerProcess {
     /// Starts the server on port 0 with this data directory and bootstrap admin token, and waits
     /// for its `listening on` line.
     pub fn start(data_dir: &Path, admin_token: &str) -> ServerProcess {
+        ServerProcess::start_with(data_dir, admin_token, &[])
+    }
+
+    /// [`start`](Self::start) with extra command-line arguments.
+    pub fn start_with(data_dir: &Path, admin_token: &str, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(binary("flagd-server", "flagd-server"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("FLAGD_ADMIN_TOKEN", admin_token)
             .env("FLAGD_LOG", "warn")
             .stdout(Stdio::piped())
@@ -69,6 +79,11 @@ impl ServerProcess {
             base_url,
             data_dir: data_dir.to_owned(),
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the process with SIGKILL, as a crash or power cut would, and reaps it.

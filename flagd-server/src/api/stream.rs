@@ -8,12 +8,21 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::QueryParams;
 use crate::auth::EnvironmentAccess;
@@ -26,7 +35,13 @@ const MAX_CATCH_UP_PATCHES: usize = 64;
 /// Largest message a client may send (hello and ack are tiny).
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// tungstenite's read buffer (128 KiB by default): idle connections should cost little.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
+/// Larger messages (snapshots) go out as fragments of this size. tungstenite keeps its write
+/// buffer's capacity after a send, so without fragmenting every session would hold a whole
+/// snapshot's worth of memory for as long as it lives.
+const FRAGMENT: usize = 8 * 1024;
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamParams {
@@ -41,31 +56,95 @@ pub async fn stream(
     State(state): State<AppState>,
     access: EnvironmentAccess,
     QueryParams(params): QueryParams<StreamParams>,
-    upgrade: WebSocketUpgrade,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let sessions = state.sessions.clone();
-    Ok(upgrade
+    let (mut parts, _) = request.into_parts();
+    let key = websocket_key(&parts.headers)?;
+    let upgrade = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| {
+            ApiError::bad_request("this connection cannot be upgraded to a WebSocket")
+        })?;
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         // Write each message through at once; a blocked socket makes `send` wait (bounded by
         // the write timeout) instead of growing a buffer.
         .write_buffer_size(0)
         .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| {
-            sessions.track_future(Session::run(socket, state, access, params.since))
-        }))
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+    let sessions = state.sessions.clone();
+    sessions.spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                Session::run(socket, state, access, params.since).await;
+            }
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade".to_owned()),
+            (header::UPGRADE, "websocket".to_owned()),
+            (
+                header::SEC_WEBSOCKET_ACCEPT,
+                derive_accept_key(key.as_bytes()),
+            ),
+        ],
+    )
+        .into_response())
+}
+
+/// Checks the upgrade request (RFC 6455 §4.2.1) and returns its `Sec-WebSocket-Key`.
+fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(ApiError::bad_request(
+            "this endpoint is a WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(ApiError::bad_request(
+            "unsupported WebSocket version: send `Sec-WebSocket-Version: 13`",
+        ));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))
 }
 
 /// Why a session ended on the server's initiative.
 struct Goodbye {
     reason: &'static str,
     retry_after_ms: u64,
-    code: u16,
+    code: CloseCode,
 }
 
 struct Session {
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     environment: String,
     token_id: String,
@@ -81,7 +160,7 @@ enum Flow {
 
 impl Session {
     async fn run(
-        socket: WebSocket,
+        socket: Socket,
         state: AppState,
         access: EnvironmentAccess,
         since: Option<i64>,
@@ -129,9 +208,9 @@ impl Session {
         let shutdown = self.state.shutdown.clone();
         loop {
             let flow = tokio::select! {
-                () = shutdown.cancelled() => Flow::Goodbye(Goodbye { reason: "shutdown", retry_after_ms: 1_000, code: close_code::AWAY }),
+                () = shutdown.cancelled() => Flow::Goodbye(Goodbye { reason: "shutdown", retry_after_ms: 1_000, code: CloseCode::Away }),
                 event = events.recv() => self.on_event(event).await,
-                message = self.socket.recv() => self.on_message(message),
+                message = self.socket.next() => self.on_message(message),
                 _ = pings.tick() => {
                     let ping = json!({"type": "ping", "version": self.last_sent}).to_string();
                     if self.send(ping.into()).await { Flow::Continue } else { Flow::Stop }
@@ -248,7 +327,7 @@ impl Session {
             Ok(HubEvent::TokenRevoked { id }) if id == self.token_id => Flow::Goodbye(Goodbye {
                 reason: "token_revoked",
                 retry_after_ms: 0,
-                code: close_code::POLICY,
+                code: CloseCode::Policy,
             }),
             Ok(HubEvent::EnvironmentDeleted { environment }) if environment == self.environment => {
                 Flow::Goodbye(environment_deleted())
@@ -260,7 +339,7 @@ impl Session {
                     return Flow::Goodbye(Goodbye {
                         reason: "token_revoked",
                         retry_after_ms: 0,
-                        code: close_code::POLICY,
+                        code: CloseCode::Policy,
                     });
                 }
                 self.catch_up().await
@@ -302,7 +381,10 @@ impl Session {
         Flow::Continue
     }
 
-    fn on_message(&mut self, message: Option<Result<Message, axum::Error>>) -> Flow {
+    fn on_message(
+        &mut self,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Flow {
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Flow::Stop,
@@ -358,7 +440,7 @@ impl Session {
     /// Sends one message; `false` when the client is gone or too slow to take it in time.
     async fn send(&mut self, text: Utf8Bytes) -> bool {
         let timeout = self.state.stream.write_timeout;
-        match tokio::time::timeout(timeout, self.socket.send(Message::Text(text))).await {
+        match tokio::time::timeout(timeout, send_fragmented(&mut self.socket, text)).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
@@ -397,6 +479,35 @@ fn environment_deleted() -> Goodbye {
     Goodbye {
         reason: "environment_deleted",
         retry_after_ms: 0,
-        code: close_code::NORMAL,
+        code: CloseCode::Normal,
     }
+}
+
+/// Sends a text message, as one frame when small and as `FRAGMENT`-sized continuation frames
+/// otherwise (the payload slices share the message's buffer; nothing is copied).
+async fn send_fragmented(
+    socket: &mut Socket,
+    text: Utf8Bytes,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    if text.len() <= FRAGMENT {
+        return socket.send(Message::Text(text)).await;
+    }
+    let bytes = Bytes::from(text);
+    let count = bytes.len().div_ceil(FRAGMENT);
+    for index in 0..count {
+        let chunk = bytes.slice(index * FRAGMENT..((index + 1) * FRAGMENT).min(bytes.len()));
+        let opcode = if index == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        socket
+            .send(Message::Frame(Frame::message(
+                chunk,
+                opcode,
+                index + 1 == count,
+            )))
+            .await?;
+    }
+    Ok(())
 }
