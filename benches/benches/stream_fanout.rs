@@ -95,7 +95,7 @@ async fn run(clients: usize, base: &str, ws: &str, sdk: &str, pid: u32, http: &r
                 }
             }));
         }
-        let _ = connected
+        connected
             .acquire_many(wave.len() as u32)
             .await
             .expect("semaphore")

@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "FLAGD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Threads serving requests (default: one per CPU core). Lower it to leave cores to other
+    /// processes on the same machine.
+    #[arg(long, env = "FLAGD_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish, e.g. `10s`, `500ms`.
     #[arg(long, env = "FLAGD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -11,10 +11,11 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let config = Config::parse();
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        builder.worker_threads(threads.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("flagd-server: cannot start the async runtime: {error}");

@@ -25,9 +25,21 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// Shared state: cheap to clone (all handles).
+/// Shared state. Cloned by axum for every request, so it is one `Arc`: a clone is a single
+/// reference-count increment however many handles it holds.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// What `AppState` shares.
+pub struct SharedState {
     /// Flag storage (blocking; use `service::blocking`).
     pub store: Arc<dyn FlagStore>,
     /// Active tokens, for authentication without touching the store.
@@ -72,7 +84,7 @@ impl AppState {
         let hub = Arc::new(Hub::new());
         let store: Arc<dyn FlagStore> =
             Arc::new(crate::hub::PublishingStore::new(store, hub.clone())?);
-        Ok(AppState {
+        Ok(AppState(Arc::new(SharedState {
             store,
             tokens,
             clock,
@@ -80,11 +92,17 @@ impl AppState {
             stream: StreamSettings::default(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-        })
+        })))
     }
 }
 
 impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for SharedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("tokens", &self.tokens)

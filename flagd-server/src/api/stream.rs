@@ -159,12 +159,7 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(
-        socket: Socket,
-        state: AppState,
-        access: EnvironmentAccess,
-        since: Option<i64>,
-    ) {
+    async fn run(socket: Socket, state: AppState, access: EnvironmentAccess, since: Option<i64>) {
         // Subscribe before reading the snapshot: a commit in between is then seen as an event.
         let mut events = state.hub.subscribe();
         let id = state.hub.register(ClientInfo {

@@ -1,0 +1,1 @@
+//! OpenFeature provider (filled in below).
