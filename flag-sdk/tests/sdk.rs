@@ -1,0 +1,552 @@
+//! The SDK against a scripted fake stream server (every recovery path), offline modes, the cache,
+//! and concurrent evaluation during updates.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flag_sdk::{ErrorCode, EvaluationContext, FlagClient, Reason, Status};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One accepted stream connection and the query string it asked with.
+struct Connection {
+    socket: WebSocketStream<tokio::net::TcpStream>,
+    query: String,
+}
+
+impl Connection {
+    async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
+    }
+
+    async fn send_raw(&mut self, text: &str) {
+        self.socket
+            .send(Message::text(text.to_owned()))
+            .await
+            .unwrap();
+    }
+
+    /// The next client message of a type (skipping others), or `None` if the client went away.
+    async fn next_of(&mut self, kind: &str) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            if let Message::Text(text) = message {
+                let value: Value = serde_json::from_str(&text).ok()?;
+                if value["type"] == kind {
+                    return Some(value);
+                }
+            }
+        }
+    }
+
+    fn since(&self) -> Option<i64> {
+        self.query
+            .split('&')
+            .find_map(|p| p.strip_prefix("since="))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// A fake server: every accepted WebSocket arrives on the channel, for the test to script.
+async fn fake_server() -> (String, mpsc::UnboundedReceiver<Connection>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let query = Arc::new(Mutex::new(String::new()));
+            let seen = query.clone();
+            let callback = move |request: &Request, response: Response| {
+                *seen.lock().unwrap() = request.uri().query().unwrap_or_default().to_owned();
+                Ok(response)
+            };
+            if let Ok(socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await {
+                let query = query.lock().unwrap().clone();
+                let _ = sender.send(Connection { socket, query });
+            }
+        }
+    });
+    (url, receiver)
+}
+
+fn client(url: &str) -> FlagClient {
+    FlagClient::builder()
+        .server(url)
+        .token("flg_sdk_test")
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .ping_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
+fn flag(default: &str) -> Value {
+    json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default})
+}
+
+fn snapshot(version: i64, flags: Value) -> Value {
+    json!({"type": "snapshot", "environment": "default", "version": version, "document": {"flags": flags}})
+}
+
+fn patch(version: i64, upserts: Value, deletes: Value) -> Value {
+    json!({"type": "patch", "version": version, "upserts": upserts, "deletes": deletes})
+}
+
+async fn accept(connections: &mut mpsc::UnboundedReceiver<Connection>) -> Connection {
+    tokio::time::timeout(WAIT, connections.recv())
+        .await
+        .expect("the client connects in time")
+        .unwrap()
+}
+
+/// Waits until `check` holds (the client applies messages on its own task).
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_patches_with_acks_hello_and_listeners() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    assert_eq!(client.status(), Status::NotReady);
+    let anyone = EvaluationContext::new("u");
+    let missing = client.bool_details("a", &anyone, true);
+    assert_eq!(
+        (missing.value, missing.error_code),
+        (true, Some(ErrorCode::ProviderNotReady))
+    );
+
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let seen = changes.clone();
+    client.on_change(move |change| seen.lock().unwrap().push(change.clone()));
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let seen = statuses.clone();
+    client.on_status(move |status| seen.lock().unwrap().push(status));
+
+    let mut connection = accept(&mut connections).await;
+    let hello = connection.next_of("hello").await.unwrap();
+    assert_eq!(hello["sdk"], "flag-sdk-rust");
+    assert!(hello["clientId"].is_string());
+    connection
+        .send(snapshot(5, json!({"a": flag("off"), "b": flag("on")})))
+        .await;
+    assert_eq!(connection.next_of("ack").await.unwrap()["version"], 5);
+    client.wait_ready(WAIT).await.unwrap();
+    assert_eq!(client.status(), Status::Ready);
+    assert!(!client.bool_value("a", &anyone, true));
+
+    connection
+        .send(patch(6, json!({"a": flag("on")}), json!(["b"])))
+        .await;
+    assert_eq!(connection.next_of("ack").await.unwrap()["version"], 6);
+    eventually("patch applied", || client.version() == Some(6)).await;
+    assert!(client.bool_value("a", &anyone, false));
+    assert_eq!(
+        client.bool_details("b", &anyone, false).error_code,
+        Some(ErrorCode::FlagNotFound)
+    );
+
+    let changes = changes.lock().unwrap().clone();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0].keys, ["a", "b"]);
+    assert_eq!(
+        (
+            changes[1].keys.clone(),
+            changes[1].old_version,
+            changes[1].new_version
+        ),
+        (vec!["a".to_owned(), "b".to_owned()], Some(5), 6)
+    );
+    assert_eq!(statuses.lock().unwrap().first(), Some(&Status::Ready));
+}
+
+#[tokio::test]
+async fn malformed_json_resyncs_without_since() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let mut first = accept(&mut connections).await;
+    first.send(snapshot(1, json!({"a": flag("on")}))).await;
+    first.next_of("ack").await.unwrap();
+    first.send_raw("{ not json").await;
+    let mut second = accept(&mut connections).await;
+    assert_eq!(
+        second.since(),
+        None,
+        "after a malformed message the client asks for a snapshot"
+    );
+    // Still serving the last good flags meanwhile.
+    assert!(client.bool_value("a", &EvaluationContext::new("u"), false));
+    second.send(snapshot(2, json!({"a": flag("off")}))).await;
+    second.next_of("ack").await.unwrap();
+    eventually("resynced", || client.version() == Some(2)).await;
+}
+
+#[tokio::test]
+async fn a_gap_or_a_duplicate_resyncs_and_never_serves_a_mixed_state() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let anyone = EvaluationContext::new("u");
+    let mut first = accept(&mut connections).await;
+    first.send(snapshot(10, json!({"a": flag("off")}))).await;
+    first.next_of("ack").await.unwrap();
+    // Version 12 after 10: a gap. The patch must not be applied.
+    first
+        .send(patch(12, json!({"a": flag("on")}), json!([])))
+        .await;
+    let mut second = accept(&mut connections).await;
+    assert_eq!(second.since(), None);
+    assert_eq!(client.version(), Some(10));
+    assert!(
+        !client.bool_value("a", &anyone, true),
+        "the gapped patch was not applied"
+    );
+    second.send(snapshot(12, json!({"a": flag("on")}))).await;
+    second.next_of("ack").await.unwrap();
+    // A duplicate of version 12.
+    second
+        .send(patch(12, json!({"a": flag("off")}), json!([])))
+        .await;
+    let mut third = accept(&mut connections).await;
+    assert_eq!(third.since(), None);
+    assert!(
+        client.bool_value("a", &anyone, false),
+        "the duplicate was not applied"
+    );
+    third.send(snapshot(13, json!({"a": flag("on")}))).await;
+    third.next_of("ack").await.unwrap();
+    eventually("resynced", || client.version() == Some(13)).await;
+}
+
+#[tokio::test]
+async fn missed_pings_mean_a_dead_stream_and_a_resume_with_since() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let mut first = accept(&mut connections).await;
+    first.send(snapshot(3, json!({"a": flag("on")}))).await;
+    first.next_of("ack").await.unwrap();
+    // Say nothing for longer than the ping timeout (500 ms): the client gives up on us.
+    let mut second = accept(&mut connections).await;
+    assert_eq!(
+        second.since(),
+        Some(3),
+        "a dead stream resumes from the last version"
+    );
+    eventually("stale while disconnected", || {
+        client.status() != Status::Ready || client.version() == Some(3)
+    })
+    .await;
+    second.send(json!({"type": "ping", "version": 3})).await;
+    eventually("ready again after the ping", || {
+        client.status() == Status::Ready
+    })
+    .await;
+    drop(first);
+}
+
+#[tokio::test]
+async fn an_abrupt_reset_keeps_the_flags_and_resumes() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let anyone = EvaluationContext::new("u");
+    let mut first = accept(&mut connections).await;
+    first.send(snapshot(7, json!({"a": flag("on")}))).await;
+    first.next_of("ack").await.unwrap();
+    drop(first); // TCP closed without a close handshake
+    let mut second = accept(&mut connections).await;
+    assert_eq!(second.since(), Some(7));
+    assert!(
+        client.bool_value("a", &anyone, false),
+        "last known good flags keep serving"
+    );
+    second
+        .send(patch(8, json!({"a": flag("off")}), json!([])))
+        .await;
+    second.next_of("ack").await.unwrap();
+    eventually("patch after resume", || client.version() == Some(8)).await;
+    assert!(!client.bool_value("a", &anyone, true));
+}
+
+#[tokio::test]
+async fn goodbye_is_honoured() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let mut first = accept(&mut connections).await;
+    first.send(snapshot(1, json!({"a": flag("on")}))).await;
+    first.next_of("ack").await.unwrap();
+    let started = std::time::Instant::now();
+    first
+        .send(json!({"type": "goodbye", "version": 1, "reason": "shutdown", "retryAfterMs": 300}))
+        .await;
+    let mut second = accept(&mut connections).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "reconnected before retryAfterMs"
+    );
+    assert_eq!(second.since(), Some(1));
+    // A revoked token: stop for good, keep serving.
+    second
+        .send(
+            json!({"type": "goodbye", "version": 1, "reason": "token_revoked", "retryAfterMs": 0}),
+        )
+        .await;
+    eventually("error status", || client.status() == Status::Error).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), connections.recv())
+            .await
+            .is_err(),
+        "no reconnect after revocation"
+    );
+    assert!(client.bool_value("a", &EvaluationContext::new("u"), false));
+}
+
+#[tokio::test]
+async fn close_sends_the_socket_away() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let mut connection = accept(&mut connections).await;
+    connection.send(snapshot(1, json!({"a": flag("on")}))).await;
+    connection.next_of("ack").await.unwrap();
+    client.close().await;
+    assert!(
+        connection.next_of("anything").await.is_none(),
+        "the connection ends"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), connections.recv())
+            .await
+            .is_err(),
+        "no reconnect after close"
+    );
+    assert!(
+        client.bool_value("a", &EvaluationContext::new("u"), false),
+        "evaluation still works after close"
+    );
+}
+
+#[tokio::test]
+async fn no_torn_reads_while_a_thousand_updates_arrive() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let mut connection = accept(&mut connections).await;
+    // Flag `n` serves 7 × version at every version; `m` mirrors it.
+    let numbers = |v: i64| json!({"state": "ENABLED", "variants": {"value": v * 7}, "defaultVariant": "value"});
+    connection
+        .send(snapshot(1, json!({"n": numbers(1), "m": numbers(1)})))
+        .await;
+    client.wait_ready(WAIT).await.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let evaluations = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for t in 0..3 {
+        let (client, stop, evaluations) = (client.clone(), stop.clone(), evaluations.clone());
+        readers.push(std::thread::spawn(move || {
+            let context = EvaluationContext::new(format!("reader-{t}"));
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let value = client.int_value("n", &context, -1);
+                assert!(
+                    value > 0 && value % 7 == 0,
+                    "value {value} was never published"
+                );
+                assert!(value >= last, "went back in time: {value} after {last}");
+                // One evaluation sees one version: both flags of a result agree.
+                let both = client.evaluate("m", &context, |r| r.value.and_then(Value::as_i64));
+                assert!(both.is_some_and(|m| m % 7 == 0));
+                last = value;
+                evaluations.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for version in 2..=1001 {
+        connection
+            .send(patch(
+                version,
+                json!({"n": numbers(version), "m": numbers(version)}),
+                json!([]),
+            ))
+            .await;
+    }
+    eventually("all updates applied", || client.version() == Some(1001)).await;
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader
+            .join()
+            .expect("a reader saw a torn or unpublished value");
+    }
+    assert!(evaluations.load(Ordering::Relaxed) > 1000);
+    assert_eq!(
+        client.int_value("n", &EvaluationContext::new("u"), -1),
+        7007
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Offline, bootstrap and cache
+
+fn document() -> Value {
+    json!({"flags": {
+        "a": flag("on"),
+        "broken": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "targeting": {"nope": []}},
+        "split": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"fractional": [["on", 50], ["off", 50]]}}
+    }})
+}
+
+#[tokio::test]
+async fn offline_from_a_bootstrap_document_with_a_broken_flag_isolated() {
+    let client = FlagClient::builder()
+        .bootstrap_document(document())
+        .build()
+        .unwrap();
+    assert_eq!(client.status(), Status::Ready);
+    let anyone = EvaluationContext::new("u");
+    assert!(client.bool_value("a", &anyone, false));
+    let broken = client.bool_details("broken", &anyone, false);
+    assert_eq!(
+        (broken.reason, broken.error_code),
+        (Reason::Error, Some(ErrorCode::ParseError))
+    );
+    // The SDK and flag-core agree, user by user.
+    let (compiled, _) = flag_core::CompiledFlagSet::compile_json_lenient(&document());
+    for i in 0..200 {
+        let user = EvaluationContext::new(format!("user-{i}"));
+        let core = compiled
+            .resolve_bool(
+                "split",
+                &flag_core::EvaluationContext::new(format!("user-{i}")),
+                false,
+                0,
+            )
+            .value;
+        assert_eq!(client.bool_value("split", &user, false), core);
+    }
+}
+
+#[tokio::test]
+async fn a_bootstrap_file_that_is_not_a_flag_document_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.json");
+    std::fs::write(&path, "{\"nope\": 1}").unwrap();
+    let error = FlagClient::builder()
+        .bootstrap_file(&path)
+        .build()
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("not a flagd document"),
+        "{error}"
+    );
+    let error = FlagClient::builder()
+        .bootstrap_file(dir.path().join("missing.json"))
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("missing.json"), "{error}");
+}
+
+#[tokio::test]
+async fn the_cache_serves_when_the_server_is_down_and_bad_caches_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let (url, mut connections) = fake_server().await;
+    {
+        let client = FlagClient::builder()
+            .server(&url)
+            .token("t")
+            .cache_file(&cache)
+            .build()
+            .unwrap();
+        let mut connection = accept(&mut connections).await;
+        connection.send(snapshot(9, json!({"a": flag("on")}))).await;
+        connection.next_of("ack").await.unwrap();
+        eventually("cache written", || {
+            std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("\"version\":9"))
+        })
+        .await;
+        client.close().await;
+    }
+    // A cache is only used for the server it came from.
+    let dead = "http://127.0.0.1:9";
+    let from_other_server = FlagClient::builder()
+        .server(dead)
+        .token("t")
+        .cache_file(&cache)
+        .build()
+        .unwrap();
+    assert_eq!(
+        from_other_server.status(),
+        Status::NotReady,
+        "a cache from another server is ignored"
+    );
+    from_other_server.close().await;
+
+    let client = FlagClient::builder()
+        .server(&url)
+        .token("t")
+        .cache_file(&cache)
+        .connect_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(
+        client.status(),
+        Status::Stale,
+        "cached flags are served as stale until the server answers"
+    );
+    assert_eq!(client.version(), Some(9));
+    assert!(client.bool_value("a", &EvaluationContext::new("u"), false));
+    client.close().await;
+
+    std::fs::write(&cache, "{ corrupt").unwrap();
+    let client = FlagClient::builder()
+        .server(dead)
+        .token("t")
+        .cache_file(&cache)
+        .build()
+        .unwrap();
+    assert_eq!(client.status(), Status::NotReady);
+    assert!(client.wait_ready(Duration::from_millis(100)).await.is_err());
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_server_without_a_token_or_with_https_is_a_configuration_error() {
+    assert!(
+        FlagClient::builder()
+            .server("http://127.0.0.1:1")
+            .build()
+            .is_err()
+    );
+    assert!(
+        FlagClient::builder()
+            .server("https://flags.example.com")
+            .token("t")
+            .build()
+            .is_err()
+    );
+    assert!(
+        FlagClient::builder()
+            .server("flags.example.com")
+            .token("t")
+            .build()
+            .is_err()
+    );
+}
