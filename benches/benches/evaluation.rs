@@ -97,8 +97,18 @@ fn evaluation(c: &mut Criterion) {
         );
     }
 
+    // The SDK over the same document, to show what its public API adds to flag-core.
+    let sdk = flag_sdk::FlagClient::builder()
+        .bootstrap_document(flagd_document())
+        .build()
+        .expect("fixture bootstraps");
+    let sdk_context = flag_sdk::EvaluationContext::new(TARGETING_KEY).with("email", EMAIL);
+
     let mut group = c.benchmark_group("eval");
     for (case, key) in CASES {
+        group.bench_function(format!("{case}/flag-sdk"), |b| {
+            b.iter(|| black_box(sdk.bool_value(black_box(key), black_box(&sdk_context), false)));
+        });
         group.bench_function(format!("{case}/flag-core"), |b| {
             b.iter(|| {
                 black_box(ours.resolve_bool(black_box(key), black_box(&ctx), false, 1_700_000_000));

@@ -18,7 +18,7 @@ use crate::problem::{JsonPath, Problem, ValidationError};
 use crate::resolve::{CompiledFlag, CompiledFlagSet};
 use crate::rule::{
     AffixNode, BucketBy, Buckets, Env, FractionalNode, InSet, MAX_TOTAL_WEIGHT, Node, Op, Scope,
-    ScopedOp, VarNode, VarPath, eval, weight_of,
+    ScopedOp, Timestamp, VarNode, VarPath, eval, weight_of,
 };
 use crate::semver::{SEMVER_OPS, SemVerOp, Version};
 
@@ -1055,7 +1055,7 @@ fn fold_constant(node: Node) -> Node {
         ctx: &ctx,
         flag_key: &flag_key,
         flag_key_hash: &flag_key_hash,
-        timestamp: 0,
+        timestamp: Timestamp::At(0),
     };
     let value = eval(&node, Scope::root(&env)).into_owned();
     Node::Const(value)
@@ -1136,7 +1136,7 @@ pub fn evaluate_rule(
         ctx,
         flag_key: &flag_key,
         flag_key_hash: &flag_key_hash,
-        timestamp,
+        timestamp: Timestamp::At(timestamp),
     };
     Ok(eval(&node, Scope::root(&env)).into_owned())
 }

@@ -44,3 +44,4 @@ pub use problem::{Problem, ValidationError};
 pub use resolve::{
     CompiledFlagSet, ErrorCode, EvaluationError, FlagValue, Reason, Resolution, ResolutionDetails,
 };
+pub use rule::Timestamp;

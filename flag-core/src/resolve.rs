@@ -13,7 +13,7 @@ use crate::context::{EvaluationContext, FastHasher};
 use crate::decision::{Decision, Leaf, Outcome};
 use crate::hash::MurmurPrefix;
 use crate::model::{Flag, FlagState, FlagType, Metadata};
-use crate::rule::{Env, Node, Scope};
+use crate::rule::{Env, Node, Scope, Timestamp};
 
 /// Why a value was returned (OpenFeature / flagd reason strings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -326,7 +326,7 @@ impl CompiledFlag {
         }
     }
 
-    fn evaluate(&self, ctx: &EvaluationContext, timestamp: i64) -> Resolution<'_> {
+    fn evaluate(&self, ctx: &EvaluationContext, timestamp: Timestamp) -> Resolution<'_> {
         if let Some(message) = &self.broken {
             return self.caller_default(
                 Reason::Error,
@@ -431,6 +431,17 @@ impl CompiledFlagSet {
 
     /// Evaluates a flag in its own type. `timestamp` (unix seconds) is `$flagd.timestamp`.
     pub fn evaluate(&self, key: &str, ctx: &EvaluationContext, timestamp: i64) -> Resolution<'_> {
+        self.evaluate_at(key, ctx, Timestamp::At(timestamp))
+    }
+
+    /// [`evaluate`](Self::evaluate) with a [`Timestamp`] that may be a clock, read only if a rule
+    /// uses `$flagd.timestamp`.
+    pub fn evaluate_at(
+        &self,
+        key: &str,
+        ctx: &EvaluationContext,
+        timestamp: Timestamp,
+    ) -> Resolution<'_> {
         match self.index.get(key) {
             Some(&index) => self.flags[index].evaluate(ctx, timestamp),
             None => Resolution {
@@ -455,7 +466,7 @@ impl CompiledFlagSet {
     ) -> impl Iterator<Item = (&'a str, Resolution<'a>)> + 'a {
         self.flags
             .iter()
-            .map(move |flag| (flag.key(), flag.evaluate(ctx, timestamp)))
+            .map(move |flag| (flag.key(), flag.evaluate(ctx, Timestamp::At(timestamp))))
     }
 
     /// Evaluates a flag as type `T`, falling back to `default` per the resolution table.
@@ -466,7 +477,18 @@ impl CompiledFlagSet {
         default: T,
         timestamp: i64,
     ) -> ResolutionDetails<'a, T> {
-        let resolution = self.evaluate(key, ctx, timestamp);
+        self.resolve_at(key, ctx, default, Timestamp::At(timestamp))
+    }
+
+    /// [`resolve`](Self::resolve) with a [`Timestamp`] that may be a clock.
+    pub fn resolve_at<'a, T: FlagValue<'a>>(
+        &'a self,
+        key: &str,
+        ctx: &EvaluationContext,
+        default: T,
+        timestamp: Timestamp,
+    ) -> ResolutionDetails<'a, T> {
+        let resolution = self.evaluate_at(key, ctx, timestamp);
         let Some(value) = resolution.value else {
             return ResolutionDetails {
                 value: default,

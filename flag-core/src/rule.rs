@@ -161,7 +161,34 @@ pub(crate) struct Env<'a> {
     pub(crate) flag_key: &'a Value,
     /// The murmur3 state after the flag key, for `fractional`.
     pub(crate) flag_key_hash: &'a MurmurPrefix,
-    pub(crate) timestamp: i64,
+    pub(crate) timestamp: Timestamp,
+}
+
+/// The time of an evaluation, for `$flagd.timestamp`: a fixed time, or a clock that is read only
+/// when a rule actually asks (most rules never do, and reading a clock costs more than
+/// evaluating a static flag).
+#[derive(Debug, Clone, Copy)]
+pub enum Timestamp {
+    /// This many unix seconds.
+    At(i64),
+    /// Call this for the unix seconds when needed.
+    Clock(fn() -> i64),
+}
+
+impl Timestamp {
+    /// The unix seconds.
+    pub fn seconds(self) -> i64 {
+        match self {
+            Timestamp::At(seconds) => seconds,
+            Timestamp::Clock(clock) => clock(),
+        }
+    }
+}
+
+impl From<i64> for Timestamp {
+    fn from(seconds: i64) -> Self {
+        Timestamp::At(seconds)
+    }
 }
 
 /// Where `var` looks: the evaluation context, or the current element inside `map` and friends.
@@ -404,7 +431,7 @@ fn lookup<'a, 's>(
                     Some("timestamp") => segments
                         .next()
                         .is_none()
-                        .then(|| Cow::Owned(Value::from(scope.env.timestamp))),
+                        .then(|| Cow::Owned(Value::from(scope.env.timestamp.seconds()))),
                     Some(_) => None,
                 };
             }
@@ -439,7 +466,7 @@ fn step<'v>(value: &'v Value, segment: &str) -> Option<&'v Value> {
 fn flagd_object(env: &Env<'_>) -> Value {
     let mut object = Map::new();
     object.insert("flagKey".to_owned(), env.flag_key.clone());
-    object.insert("timestamp".to_owned(), Value::from(env.timestamp));
+    object.insert("timestamp".to_owned(), Value::from(env.timestamp.seconds()));
     Value::Object(object)
 }
 

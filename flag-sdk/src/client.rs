@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use flag_core::{CompiledFlagSet, ErrorCode, EvaluationError, Metadata, Reason, Resolution};
+use flag_core::{
+    CompiledFlagSet, ErrorCode, EvaluationError, Metadata, Reason, Resolution, Timestamp,
+};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -134,8 +136,36 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 static EMPTY_METADATA: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::new);
 
+/// The clock flag-core reads only when a rule uses `$flagd.timestamp`.
+const CLOCK: Timestamp = Timestamp::Clock(now);
+
 /// The current time in unix seconds, for `$flagd.timestamp`.
+///
+/// Every evaluation needs it, and only to the second, so on Linux it is read from the coarse
+/// realtime clock (a few nanoseconds, updated every tick) rather than `SystemTime::now()`, which
+/// measured about 25 ns here: more than a whole static-flag evaluation.
+#[cfg(target_os = "linux")]
 fn now() -> i64 {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid, writable timespec; CLOCK_REALTIME_COARSE exists on every Linux
+    // this crate supports, and on failure `time` stays zeroed and we fall back below.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut time) };
+    if result == 0 {
+        time.tv_sec
+    } else {
+        system_now()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn now() -> i64 {
+    system_now()
+}
+
+fn system_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -229,7 +259,7 @@ impl FlagClient {
     ) -> R {
         let guard = self.shared.flags.load();
         match guard.as_ref() {
-            Some(state) => inspect(&state.compiled.evaluate(key, context.inner(), now())),
+            Some(state) => inspect(&state.compiled.evaluate_at(key, context.inner(), CLOCK)),
             None => inspect(&not_ready()),
         }
     }
@@ -241,7 +271,7 @@ impl FlagClient {
             Some(state) => {
                 state
                     .compiled
-                    .resolve_bool(key, context.inner(), default, now())
+                    .resolve_at(key, context.inner(), default, CLOCK)
                     .value
             }
             None => default,
@@ -255,7 +285,7 @@ impl FlagClient {
             Some(state) => {
                 state
                     .compiled
-                    .resolve_int(key, context.inner(), default, now())
+                    .resolve_at(key, context.inner(), default, CLOCK)
                     .value
             }
             None => default,
@@ -269,7 +299,7 @@ impl FlagClient {
             Some(state) => {
                 state
                     .compiled
-                    .resolve_float(key, context.inner(), default, now())
+                    .resolve_at(key, context.inner(), default, CLOCK)
                     .value
             }
             None => default,
@@ -283,7 +313,7 @@ impl FlagClient {
         match guard.as_ref() {
             Some(state) => state
                 .compiled
-                .resolve_string(key, context.inner(), default, now())
+                .resolve_at(key, context.inner(), default, CLOCK)
                 .value
                 .to_owned(),
             None => default.to_owned(),
@@ -297,7 +327,7 @@ impl FlagClient {
             Some(state) => {
                 let details = state
                     .compiled
-                    .resolve_object(key, context.inner(), &default, now());
+                    .resolve_at(key, context.inner(), &default, CLOCK);
                 if details.error.is_some() {
                     default.clone()
                 } else {
@@ -318,7 +348,7 @@ impl FlagClient {
         self.details(default, |state, now| {
             state
                 .compiled
-                .resolve_bool(key, context.inner(), default, now)
+                .resolve_at(key, context.inner(), default, now)
                 .into_owned_with(|v| *v)
         })
     }
@@ -333,7 +363,7 @@ impl FlagClient {
         self.details(default, |state, now| {
             state
                 .compiled
-                .resolve_int(key, context.inner(), default, now)
+                .resolve_at(key, context.inner(), default, now)
                 .into_owned_with(|v| *v)
         })
     }
@@ -348,7 +378,7 @@ impl FlagClient {
         self.details(default, |state, now| {
             state
                 .compiled
-                .resolve_float(key, context.inner(), default, now)
+                .resolve_at(key, context.inner(), default, now)
                 .into_owned_with(|v| *v)
         })
     }
@@ -363,7 +393,7 @@ impl FlagClient {
         self.details(default.to_owned(), |state, now| {
             state
                 .compiled
-                .resolve_string(key, context.inner(), default, now)
+                .resolve_at(key, context.inner(), default, now)
                 .into_owned_with(|v| (*v).to_owned())
         })
     }
@@ -379,7 +409,7 @@ impl FlagClient {
         self.details(fallback, |state, now| {
             state
                 .compiled
-                .resolve_object(key, context.inner(), &default, now)
+                .resolve_at(key, context.inner(), &default, now)
                 .into_owned_with(|v| (*v).clone())
         })
     }
@@ -387,11 +417,11 @@ impl FlagClient {
     fn details<T>(
         &self,
         default: T,
-        resolve: impl FnOnce(&FlagState, i64) -> EvaluationDetails<T>,
+        resolve: impl FnOnce(&FlagState, Timestamp) -> EvaluationDetails<T>,
     ) -> EvaluationDetails<T> {
         let guard = self.shared.flags.load();
         match guard.as_ref() {
-            Some(state) => resolve(state, now()),
+            Some(state) => resolve(state, CLOCK),
             None => EvaluationDetails {
                 value: default,
                 variant: None,
