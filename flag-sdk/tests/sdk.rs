@@ -62,6 +62,8 @@ impl Connection {
 }
 
 /// A fake server: every accepted WebSocket arrives on the channel, for the test to script.
+// tungstenite dictates the handshake callback's error type; its size is not ours to choose.
+#[allow(clippy::result_large_err)]
 async fn fake_server() -> (String, mpsc::UnboundedReceiver<Connection>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
