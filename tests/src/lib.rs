@@ -52,8 +52,18 @@ impl ServerProcess {
 
     /// [`start`](Self::start) with extra command-line arguments.
     pub fn start_with(data_dir: &Path, admin_token: &str, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_on(data_dir, admin_token, "127.0.0.1:0", extra)
+    }
+
+    /// Starts the server on a given address (to restart it where its clients expect it).
+    pub fn start_on(
+        data_dir: &Path,
+        admin_token: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> ServerProcess {
         let mut child = Command::new(binary("flagd-server", "flagd-server"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("FLAGD_ADMIN_TOKEN", admin_token)
@@ -79,6 +89,11 @@ impl ServerProcess {
             base_url,
             data_dir: data_dir.to_owned(),
         }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
     }
 
     /// The process id.
@@ -113,4 +128,12 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A port nothing listens on right now (for a server that should appear later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|error| panic!("no free port: {error}"))
 }
