@@ -1,8 +1,101 @@
-//! flagctl: the command-line client (not yet implemented; see the CLI issue).
+//! flagctl: the command-line client of the flag server.
+
+mod cli;
+mod client;
+mod commands;
+mod config;
+mod error;
+mod output;
 
 use std::process::ExitCode;
 
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+use crate::client::Api;
+use crate::error::{CliError, Result};
+
 fn main() -> ExitCode {
-    eprintln!("flagctl is not implemented yet: see the CLI issue in the tracker");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start: {error}");
+            return ExitCode::from(error::exit::ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("{error}");
+            error.exit_code()
+        }
+    }
+}
+
+/// What a command needs: the API (when it talks to the server), the environment and the format.
+pub struct Context {
+    pub environment: String,
+    pub output: output::Format,
+    server: Option<String>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Context")
+            .field("environment", &self.environment)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The API client, or an error saying how to configure it.
+    pub fn api(&self) -> Result<Api> {
+        let server = self.server.as_deref().ok_or_else(|| {
+            CliError::config("no server configured")
+                .hint("pass --server, set FLAGCTL_SERVER, or run `flagctl login --server URL --token TOKEN`")
+        })?;
+        let token = self.token.as_deref().ok_or_else(|| {
+            CliError::config("no token configured")
+                .hint("pass --token, set FLAGCTL_TOKEN, or run `flagctl login --server URL --token TOKEN`")
+        })?;
+        Api::new(server, token)
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    if let Command::Login = &cli.command {
+        return commands::login::run(cli.global.server.as_deref(), cli.global.token.as_deref())
+            .await;
+    }
+    let file = config::load()?;
+    let context = Context {
+        environment: cli
+            .global
+            .environment
+            .or(file.environment)
+            .unwrap_or_else(|| "default".to_owned()),
+        output: cli.global.output,
+        server: cli.global.server.or(file.server),
+        token: cli.global.token.or(file.token),
+    };
+    match cli.command {
+        Command::Login => Ok(error::exit::OK),
+        Command::Env(command) => commands::env::run(&context, command).await,
+        Command::Flag(command) => commands::flag::run(&context, command).await,
+        Command::Export => commands::code::export(&context).await,
+        Command::Diff(args) => commands::code::diff(&context, &args).await,
+        Command::Apply(args) => commands::code::apply(&context, &args).await,
+        Command::Promote(args) => commands::promote::run(&context, &args).await,
+        Command::Eval(args) => commands::eval::run(&context, &args).await,
+        Command::Watch => commands::watch::run(&context).await,
+        Command::Status => commands::status::run(&context).await,
+        Command::Token(command) => commands::token::run(&context, command).await,
+    }
 }

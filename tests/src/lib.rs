@@ -6,17 +6,20 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, built if missing or stale.
+/// The path of a workspace binary, built if missing or stale (once per binary per test run).
 pub fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILD: Once = Once::new();
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let profile_dir = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_owned))
         .unwrap_or_else(|| PathBuf::from("target/debug"));
-    BUILD.call_once(|| {
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
         // Cheap when up to date; makes sure a `cargo test -p tests` run never uses a stale binary.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut command = Command::new(cargo);
@@ -29,7 +32,8 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
         if !matches!(status, Ok(s) if s.success()) {
             eprintln!("warning: building {name} failed ({status:?}); using whatever binary exists");
         }
-    });
+        built.push(name.to_owned());
+    }
     profile_dir.join(name)
 }
 

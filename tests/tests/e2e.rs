@@ -330,3 +330,490 @@ mod sdk {
         client.close().await;
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// flagctl against the real server
+
+mod cli {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use tests::{ServerProcess, binary};
+
+    use super::ADMIN;
+
+    /// Runs flagctl with the server and token in the environment, from `dir` (so files in it
+    /// can be named plainly), with a config directory of its own.
+    fn flagctl(server: &ServerProcess, dir: &Path, args: &[&str]) -> (i32, String, String) {
+        flagctl_with(server, dir, args, ADMIN)
+    }
+
+    fn flagctl_with(
+        server: &ServerProcess,
+        dir: &Path,
+        args: &[&str],
+        token: &str,
+    ) -> (i32, String, String) {
+        let output = Command::new(binary("flag-cli", "flagctl"))
+            .args(args)
+            .current_dir(dir)
+            .env("FLAGCTL_SERVER", &server.base_url)
+            .env("FLAGCTL_TOKEN", token)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env_remove("FLAGCTL_ENV")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// A transcript of commands for a snapshot: each command, its exit code, stdout, stderr.
+    fn transcript(server: &ServerProcess, dir: &Path, commands: &[&[&str]]) -> String {
+        let mut out = String::new();
+        for args in commands {
+            let (code, stdout, stderr) = flagctl(server, dir, args);
+            out.push_str(&format!(
+                "$ flagctl {}\n[exit {code}]\n{stdout}",
+                args.join(" ")
+            ));
+            if !stderr.is_empty() {
+                out.push_str(&format!("[stderr]\n{stderr}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Redacts what changes from run to run.
+    fn settings() -> insta::Settings {
+        let mut settings = insta::Settings::clone_current();
+        settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z", "[TIME]");
+        settings.add_filter(r"127\.0\.0\.1:\d+", "[ADDR]");
+        settings.add_filter(r"flg_(admin|sdk)_[0-9a-f]{64}", "[SECRET]");
+        settings.add_filter(r"tok_[0-9a-f]{16}", "[TOKEN-ID]");
+        settings.add_filter(
+            r#""(createdAt|updatedAt|at|connectedAt|time)": \d+"#,
+            r#""$1": [UNIX]"#,
+        );
+        settings.add_filter(r"/tmp/[^\s:]+", "[PATH]");
+        settings
+    }
+
+    fn write(dir: &Path, name: &str, value: &Value) {
+        std::fs::write(dir.join(name), serde_json::to_string_pretty(value).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn walkthrough() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        write(
+            dir.path(),
+            "rule.json",
+            &json!({"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "on"]}),
+        );
+        let text = transcript(
+            &server,
+            dir.path(),
+            &[
+                &[
+                    "flag",
+                    "create",
+                    "new-checkout",
+                    "--description",
+                    "the new checkout",
+                    "-m",
+                    "merge unfinished work",
+                ],
+                &[
+                    "flag",
+                    "create",
+                    "banner",
+                    "--type",
+                    "string",
+                    "--variant",
+                    "blue=Welcome",
+                    "--variant",
+                    "red=Sale!",
+                    "--default",
+                    "blue",
+                ],
+                &[
+                    "flag",
+                    "rollout",
+                    "new-checkout",
+                    "10",
+                    "-m",
+                    "start at 10%",
+                ],
+                &["flag", "target", "new-checkout", "--file", "rule.json"],
+                &["flag", "disable", "banner"],
+                &["flag", "list"],
+                &["flag", "get", "new-checkout"],
+                &[
+                    "eval",
+                    "new-checkout",
+                    "--context",
+                    r#"{"targetingKey":"u1","email":"ada@example.com"}"#,
+                ],
+                &["eval", "banner", "--context", r#"{"targetingKey":"u1"}"#],
+                &["flag", "history", "new-checkout"],
+                &["env", "create", "staging"],
+                &[
+                    "promote",
+                    "new-checkout",
+                    "--from",
+                    "default",
+                    "--to",
+                    "staging",
+                    "--yes",
+                ],
+                &["env", "list"],
+                &["flag", "delete", "banner", "-m", "experiment over"],
+            ],
+        );
+        settings().bind(|| insta::assert_snapshot!("walkthrough", text));
+    }
+
+    #[test]
+    fn json_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let text = transcript(
+            &server,
+            dir.path(),
+            &[
+                &["-o", "json", "flag", "create", "dark-mode"],
+                &["-o", "json", "flag", "list"],
+                &[
+                    "-o",
+                    "json",
+                    "eval",
+                    "dark-mode",
+                    "--context",
+                    r#"{"targetingKey":"u1"}"#,
+                ],
+                &["-o", "json", "eval", "nope"],
+                &["-o", "json", "env", "list"],
+            ],
+        );
+        settings().bind(|| insta::assert_snapshot!("json_output", text));
+    }
+
+    #[test]
+    fn errors_and_exit_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        write(
+            dir.path(),
+            "invalid.json",
+            &json!({"flags": {"x": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "of"}}}),
+        );
+        let mut text = transcript(
+            &server,
+            dir.path(),
+            &[
+                &["flag", "create", "f"],
+                &["flag", "create", "f"],
+                &["flag", "get", "missing"],
+                &["flag", "default", "f", "maybe"],
+                &["flag", "rollout", "f", "120"],
+                &["flag", "create", "n", "--type", "number"],
+                &["flag", "create", "bad key"],
+                &["apply", "-f", "invalid.json"],
+                &["apply", "-f", "missing.json"],
+                &["flag", "enable", "f", "--if-match", "99"],
+                &["promote", "f", "--from", "default", "--to", "nowhere"],
+                &["eval", "f", "--context", "not json"],
+                &["flag", "frobnicate"],
+            ],
+        );
+        let (code, _, stderr) =
+            flagctl_with(&server, dir.path(), &["flag", "list"], "flg_admin_wrong");
+        text.push_str(&format!(
+            "$ flagctl flag list  # with a bad token\n[exit {code}]\n[stderr]\n{stderr}\n"
+        ));
+        let (code, _, stderr) = Command::new(binary("flag-cli", "flagctl"))
+            .args([
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "flag",
+                "list",
+            ])
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .output()
+            .map(|o| {
+                (
+                    o.status.code().unwrap_or(-1),
+                    (),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )
+            })
+            .unwrap();
+        text.push_str(&format!("$ flagctl --server http://127.0.0.1:9 flag list  # nothing listens\n[exit {code}]\n[stderr]\n{stderr}\n"));
+        settings().bind(|| insta::assert_snapshot!("errors_and_exit_codes", text));
+    }
+
+    #[test]
+    fn flags_as_code_diff_apply_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        flagctl(&server, dir.path(), &["flag", "create", "old"]);
+        flagctl(&server, dir.path(), &["flag", "create", "kept"]);
+        write(
+            dir.path(),
+            "flags.json",
+            &json!({
+                "$schema": "https://flagd.dev/schema/v0/flags.json",
+                "flags": {
+                    "kept": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+                    "new": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                            "targeting": {"fractional": [["on", 2500], ["off", 7500]]}}
+                }
+            }),
+        );
+        let text = transcript(
+            &server,
+            dir.path(),
+            &[
+                &["diff", "-f", "flags.json"],
+                &["diff", "-f", "flags.json", "--prune"],
+                &["apply", "-f", "flags.json", "--prune", "--dry-run"],
+                &["apply", "-f", "flags.json", "--prune", "-m", "from CI"],
+                &["diff", "-f", "flags.json", "--prune"],
+            ],
+        );
+        settings().bind(|| insta::assert_snapshot!("flags_as_code", text));
+        // The export is the applied document, and applies cleanly again.
+        let (code, exported, _) = flagctl(&server, dir.path(), &["export"]);
+        assert_eq!(code, 0);
+        let exported: Value = serde_json::from_str(&exported).unwrap();
+        let file: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("flags.json")).unwrap())
+                .unwrap();
+        assert_eq!(exported["flags"], file["flags"]);
+    }
+
+    #[test]
+    fn a_concurrent_edit_is_reported_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        flagctl(&server, dir.path(), &["flag", "create", "f"]);
+        let (_, view, _) = flagctl(&server, dir.path(), &["-o", "json", "flag", "get", "f"]);
+        let seen: i64 = serde_json::from_str::<Value>(&view).unwrap()["version"]
+            .as_i64()
+            .unwrap();
+        // Someone else changes it...
+        assert_eq!(
+            flagctl(&server, dir.path(), &["flag", "default", "f", "on"]).0,
+            0
+        );
+        // ...so a write based on what we saw is refused, and nothing is overwritten.
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &["flag", "disable", "f", "--if-match", &seen.to_string()],
+        );
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("changed since you read it"), "{stderr}");
+        assert!(stderr.contains("hint:"), "{stderr}");
+        let (_, view, _) = flagctl(&server, dir.path(), &["-o", "json", "flag", "get", "f"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&view).unwrap()["flag"]["state"],
+            "ENABLED"
+        );
+    }
+
+    #[test]
+    fn watch_prints_each_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let mut watch = Command::new(binary("flag-cli", "flagctl"))
+            .args(["watch"])
+            .env("FLAGCTL_SERVER", &server.base_url)
+            .env("FLAGCTL_TOKEN", ADMIN)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (lines, receiver) = std::sync::mpsc::channel();
+        let stdout = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let next = || {
+            receiver
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a line from watch")
+        };
+        assert!(next().contains("snapshot: 0 flag(s)"));
+        flagctl(&server, dir.path(), &["flag", "create", "live"]);
+        let created = next();
+        assert!(created.contains("v1  live created"), "{created}");
+        flagctl(&server, dir.path(), &["flag", "rollout", "live", "5"]);
+        let updated = next();
+        assert!(
+            updated.contains("v2  live updated: + targeting.fractional"),
+            "{updated}"
+        );
+        flagctl(&server, dir.path(), &["flag", "delete", "live"]);
+        assert!(next().contains("v3  live deleted"));
+        let _ = watch.kill();
+        let _ = watch.wait();
+    }
+
+    #[test]
+    fn status_shows_connected_sdk_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        // A stream client: the SDK, in this process.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (_, secret, _) = flagctl(
+            &server,
+            dir.path(),
+            &["token", "create", "--role", "sdk", "--name", "web"],
+        );
+        let client = runtime.block_on(async {
+            let client = flag_sdk::FlagClient::builder()
+                .server(&server.base_url)
+                .token(secret.trim())
+                .build()
+                .unwrap();
+            client.wait_ready(Duration::from_secs(10)).await.unwrap();
+            client
+        });
+        let (code, stdout, _) = flagctl(&server, dir.path(), &["status"]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains("1 stream client(s)"), "{stdout}");
+        assert!(stdout.contains("flag-sdk-rust"), "{stdout}");
+        runtime.block_on(client.close());
+    }
+
+    #[test]
+    fn login_saves_a_private_config_that_later_commands_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let run = |args: &[&str], with_environment: bool| {
+            let mut command = Command::new(binary("flag-cli", "flagctl"));
+            command
+                .args(args)
+                .env("XDG_CONFIG_HOME", dir.path().join("config"))
+                .env_remove("FLAGCTL_SERVER")
+                .env_remove("FLAGCTL_TOKEN");
+            if with_environment {
+                command.env("FLAGCTL_SERVER", &server.base_url);
+            }
+            command.output().unwrap()
+        };
+        let output = run(
+            &[
+                "login",
+                "--server",
+                &server.base_url,
+                "--token",
+                "flg_admin_wrong",
+            ],
+            false,
+        );
+        assert_eq!(output.status.code(), Some(1), "a bad token is not saved");
+        let output = run(
+            &["login", "--server", &server.base_url, "--token", ADMIN],
+            false,
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let config = dir.path().join("config/flagctl/config.toml");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(
+                std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let output = run(&["env", "list"], false);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("default"));
+    }
+
+    /// `eval --file` (flag-core, locally) and `eval` (OFREP, on the server) agree.
+    #[test]
+    fn local_and_server_evaluation_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let document = json!({"$evaluators": {"staff": {"ends_with": [{"var": "email"}, "@example.com"]}}, "flags": {
+            "staff-only": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                "targeting": {"if": [{"$ref": "staff"}, "on", null]}},
+            "split": {"state": "ENABLED", "variants": {"a": "A", "b": "B", "c": "C"}, "defaultVariant": "a",
+                "targeting": {"fractional": [["a", 1], ["b", 1], ["c", 1]]}},
+            "versions": {"state": "ENABLED", "variants": {"new": 2, "old": 1}, "defaultVariant": "old",
+                "targeting": {"if": [{"sem_ver": [{"var": "app"}, ">=", "2.0.0"]}, "new", "old"]}},
+            "off": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"}
+        }});
+        write(dir.path(), "flags.json", &document);
+        assert_eq!(
+            flagctl(&server, dir.path(), &["apply", "-f", "flags.json"]).0,
+            0
+        );
+        let contexts = [
+            json!({"targetingKey": "u1", "email": "ada@example.com", "app": "2.1.0"}),
+            json!({"targetingKey": "u2", "email": "bob@elsewhere.org", "app": "1.9.9"}),
+            json!({"targetingKey": "u3"}),
+            json!({}),
+        ];
+        for key in ["staff-only", "split", "versions", "off", "missing"] {
+            for context in &contexts {
+                let context = context.to_string();
+                let (local_code, local, _) = flagctl(
+                    &server,
+                    dir.path(),
+                    &[
+                        "-o",
+                        "json",
+                        "eval",
+                        key,
+                        "--file",
+                        "flags.json",
+                        "--context",
+                        &context,
+                    ],
+                );
+                let (remote_code, remote, _) = flagctl(
+                    &server,
+                    dir.path(),
+                    &["-o", "json", "eval", key, "--context", &context],
+                );
+                let (local, remote): (Value, Value) = (
+                    serde_json::from_str(&local).unwrap(),
+                    serde_json::from_str(&remote).unwrap(),
+                );
+                assert_eq!(local_code, remote_code, "{key} {context}");
+                for field in ["value", "variant", "reason", "errorCode"] {
+                    assert_eq!(local[field], remote[field], "{key} {context}: {field}");
+                }
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}

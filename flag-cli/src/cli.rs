@@ -1,0 +1,354 @@
+//! The command line: global options and one subcommand enum per noun.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+/// flagctl: manage feature flags on a flagd-rs server.
+///
+/// Create, toggle, target and roll out flags, promote them between environments, audit their
+/// history, and keep them as code (export, diff, apply).
+///
+/// The server and token come from --server/--token, else FLAGCTL_SERVER/FLAGCTL_TOKEN, else the
+/// config file `flagctl login` writes ($XDG_CONFIG_HOME/flagctl/config.toml).
+///
+/// Exit codes: 0 success; 1 an error from the server, the input or the network (the message
+/// names what and where); 2 a usage error; 3 `flagctl diff` found differences.
+#[derive(Debug, Parser)]
+#[command(name = "flagctl", version, term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The flag server, e.g. http://127.0.0.1:8016.
+    #[arg(long, env = "FLAGCTL_SERVER", hide_env_values = true, global = true)]
+    pub server: Option<String>,
+
+    /// An admin token (prefer the environment variable: arguments are visible to other users).
+    #[arg(long, env = "FLAGCTL_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// The environment to work in.
+    #[arg(
+        short = 'e',
+        long = "env",
+        env = "FLAGCTL_ENV",
+        hide_env_values = true,
+        global = true
+    )]
+    pub environment: Option<String>,
+
+    /// Output: a table for people, or JSON for scripts.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Save --server and --token (checked first) to the config file, readable only by you.
+    Login,
+    /// List, create and delete environments.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Create, inspect, toggle, target, roll out and delete flags.
+    #[command(subcommand)]
+    Flag(FlagCommand),
+    /// Print the environment as one flagd document (flags as code).
+    Export,
+    /// Show what applying a flagd file would change (exit code 3 when anything would).
+    Diff(DiffArgs),
+    /// Make the environment match a flagd file: create, update and (with --prune) delete flags.
+    Apply(ApplyArgs),
+    /// Copy a flag's definition from one environment to another.
+    Promote(PromoteArgs),
+    /// Evaluate a flag for a context: on the server (OFREP), or locally from a file.
+    Eval(EvalArgs),
+    /// Print changes to the environment as they happen, until interrupted.
+    Watch,
+    /// Show the environment's version and its connected SDK clients.
+    Status,
+    /// Create, list and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// List environments with their versions.
+    List,
+    /// Create an environment.
+    Create {
+        /// Its name (letters, digits, '-', '_', '.').
+        name: String,
+    },
+    /// Delete an environment (its history stays in the audit log).
+    Delete {
+        /// Its name.
+        name: String,
+        /// Delete it even if it still has flags.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// A change message for the audit log.
+#[derive(Debug, Args)]
+pub struct Message {
+    /// Why: stored in the audit log with the change.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
+    /// Only change the flag if it is still at this version (as `flag get` showed); otherwise
+    /// fail. Without it, the version read just before writing is used.
+    #[arg(long, value_name = "VERSION")]
+    pub if_match: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlagCommand {
+    /// List flags: key, state, type, default, rollout %, version, last update.
+    List,
+    /// Print a flag's whole definition.
+    Get {
+        /// The flag key.
+        key: String,
+    },
+    /// Create a flag. A boolean flag gets variants on=true and off=false, default off.
+    Create(CreateArgs),
+    /// Turn a flag on (state ENABLED).
+    Enable {
+        /// The flag key.
+        key: String,
+        #[command(flatten)]
+        message: Message,
+    },
+    /// Turn a flag off (state DISABLED: everyone gets their code default).
+    Disable {
+        /// The flag key.
+        key: String,
+        #[command(flatten)]
+        message: Message,
+    },
+    /// Set the variant served when targeting does not decide.
+    Default {
+        /// The flag key.
+        key: String,
+        /// A variant name.
+        variant: String,
+        #[command(flatten)]
+        message: Message,
+    },
+    /// Roll a boolean flag out to a percentage of users (sticky: raising it only adds users).
+    Rollout {
+        /// The flag key.
+        key: String,
+        /// 0 to 100, in steps of 0.01 (e.g. 12.5).
+        percentage: f64,
+        #[command(flatten)]
+        message: Message,
+    },
+    /// Replace a flag's targeting rule (JsonLogic).
+    Target(TargetArgs),
+    /// Delete a flag.
+    Delete {
+        /// The flag key.
+        key: String,
+        #[command(flatten)]
+        message: Message,
+    },
+    /// Show a flag's change history: who, when, why, and what changed.
+    History {
+        /// The flag key.
+        key: String,
+        /// How many changes to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// The type of a new flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlagKind {
+    /// true / false.
+    Bool,
+    /// Text.
+    String,
+    /// Numbers.
+    Number,
+    /// JSON objects.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The flag key (letters, digits, '-', '_', '.').
+    pub key: String,
+    /// The flag's type.
+    #[arg(long = "type", value_enum, default_value_t = FlagKind::Bool)]
+    pub kind: FlagKind,
+    /// A variant, as name=value (repeat for each). Values are parsed as the flag's type.
+    #[arg(long = "variant", value_name = "NAME=VALUE")]
+    pub variants: Vec<String>,
+    /// The default variant (default: `off` for booleans, else the first variant).
+    #[arg(long = "default", value_name = "VARIANT")]
+    pub default: Option<String>,
+    /// A description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Create it disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    #[command(flatten)]
+    pub message: Message,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The flag key.
+    pub key: String,
+    /// A file holding the rule (JSON).
+    #[arg(long, conflicts_with = "json", required_unless_present = "json")]
+    pub file: Option<PathBuf>,
+    /// The rule, inline (JSON); `{}` removes targeting.
+    #[arg(long)]
+    pub json: Option<String>,
+    #[command(flatten)]
+    pub message: Message,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The flagd file to compare with the server.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Also show flags on the server that the file does not have (they would be deleted).
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The flagd file to apply.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Delete flags on the server that the file does not have.
+    #[arg(long)]
+    pub prune: bool,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub message: Message,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The flag key.
+    pub key: String,
+    /// The environment to copy from.
+    #[arg(long)]
+    pub from: String,
+    /// The environment to copy to.
+    #[arg(long)]
+    pub to: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub message: Message,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The flag key.
+    pub key: String,
+    /// The evaluation context as JSON, e.g. '{"targetingKey":"u1","email":"a@b.c"}'.
+    #[arg(long, default_value = "{}")]
+    pub context: String,
+    /// Evaluate locally against this flagd file instead of the server (no server needed).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// The token's role.
+        #[arg(long, value_parser = ["admin", "sdk"])]
+        role: String,
+        /// A name (also the actor recorded for its writes).
+        #[arg(long)]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token; it stops working at once, and its streams end.
+    Revoke {
+        /// The token id (tok_...).
+        id: String,
+    },
+}
+
+/// `docs/CLI.md`: every command's help, generated from these definitions.
+#[cfg(test)]
+fn markdown() -> String {
+    use clap::CommandFactory as _;
+    let mut command = Cli::command();
+    command.build();
+    let mut out = String::from(
+        "# flagctl reference\n\nGenerated from the clap definitions in `flag-cli/src/cli.rs`; a test fails when this file \
+         is stale (`UPDATE_CLI_DOCS=1 cargo test -p flag-cli` rewrites it). Do not edit by hand.\n\n",
+    );
+    render(&mut command, "flagctl", &mut out);
+    out
+}
+
+#[cfg(test)]
+fn render(command: &mut clap::Command, path: &str, out: &mut String) {
+    let help = command.render_long_help().to_string();
+    let lines: Vec<&str> = help.lines().map(str::trim_end).collect();
+    out.push_str(&format!(
+        "## `{path}`\n\n```text\n{}\n```\n\n",
+        lines.join("\n").trim_end()
+    ));
+    for sub in command.get_subcommands_mut() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let name = format!("{path} {}", sub.get_name());
+        render(sub, &name, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CLI.md");
+        let generated = markdown();
+        if std::env::var_os("UPDATE_CLI_DOCS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            current == generated,
+            "docs/CLI.md is stale: run `UPDATE_CLI_DOCS=1 cargo test -p flag-cli`"
+        );
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,122 @@
+//! Flags as code: `flagctl export`, `diff`, `apply`.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::{message_header, read_json};
+use crate::Context;
+use crate::cli::{ApplyArgs, DiffArgs};
+use crate::error::{Result, exit};
+use crate::output::{self, Format};
+
+fn document_path(context: &Context) -> String {
+    format!("/api/v1/environments/{}/document", context.environment)
+}
+
+pub async fn export(context: &Context) -> Result<u8> {
+    let answer = context.api()?.get(&document_path(context)).await?;
+    output::json(&answer.body);
+    Ok(exit::OK)
+}
+
+/// Reads a flagd file and checks it locally first, so a broken file fails fast with every
+/// problem and its path, without a round trip.
+fn read_document(path: &std::path::Path) -> Result<Value> {
+    let document = read_json(path)?;
+    flag_core::FlagSet::from_value(&document).map_err(|error| {
+        let mut cli = crate::error::CliError::from(error);
+        cli.message = format!(
+            "{} is not a valid flagd file: {}",
+            path.display(),
+            cli.message
+        );
+        cli
+    })?;
+    Ok(document)
+}
+
+/// Prints an apply report: one line per changed flag and its readable diff.
+fn report(context: &Context, report: &Value, verb_past: &str) {
+    if context.output == Format::Json {
+        output::json(report);
+        return;
+    }
+    for change in report["changes"].as_array().into_iter().flatten() {
+        let (mark, action) = match change["action"].as_str() {
+            Some("create") => ("+", "create"),
+            Some("update") => ("~", "update"),
+            Some("delete") => ("-", "delete"),
+            _ => continue,
+        };
+        println!("{mark} {} ({action})", output::cell(&change["key"]));
+        let before = change.get("before").cloned().unwrap_or(Value::Null);
+        let after = change.get("after").cloned().unwrap_or(Value::Null);
+        if action == "update" {
+            for line in output::diff(&before, &after) {
+                println!("    {line}");
+            }
+        }
+    }
+    if report["settingsChanged"] == Value::Bool(true) {
+        println!("~ $evaluators / metadata");
+    }
+    let summary = &report["summary"];
+    let count = |name: &str| summary[name].as_u64().unwrap_or(0);
+    let kept = report["kept"].as_array().map_or(0, Vec::len);
+    println!(
+        "{verb_past}: {} created, {} updated, {} deleted, {} unchanged{}",
+        count("create"),
+        count("update"),
+        count("delete"),
+        count("unchanged"),
+        if kept > 0 {
+            format!(", {kept} on the server but not in the file (kept; --prune deletes them)")
+        } else {
+            String::new()
+        }
+    );
+}
+
+pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
+    let document = read_document(&args.file)?;
+    let path = format!(
+        "{}?dry_run=true&prune={}",
+        document_path(context),
+        args.prune
+    );
+    let answer = context
+        .api()?
+        .call(Method::PUT, &path, Some(&document), &[])
+        .await?;
+    report(context, &answer.body, "would be");
+    Ok(if answer.body["changed"] == Value::Bool(true) {
+        exit::DIFFERENCES
+    } else {
+        exit::OK
+    })
+}
+
+pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
+    let document = read_document(&args.file)?;
+    let path = format!(
+        "{}?dry_run={}&prune={}",
+        document_path(context),
+        args.dry_run,
+        args.prune
+    );
+    let headers = message_header(args.message.message.as_ref());
+    let answer = context
+        .api()?
+        .call(Method::PUT, &path, Some(&document), &headers)
+        .await?;
+    report(
+        context,
+        &answer.body,
+        if args.dry_run {
+            "dry run, would be"
+        } else {
+            "applied"
+        },
+    );
+    Ok(exit::OK)
+}

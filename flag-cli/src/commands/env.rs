@@ -1,0 +1,57 @@
+//! `flagctl env`.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::Context;
+use crate::cli::EnvCommand;
+use crate::error::{Result, exit};
+use crate::output::{self, Format};
+
+pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
+    let api = context.api()?;
+    match command {
+        EnvCommand::List => {
+            let answer = api.get("/api/v1/environments").await?;
+            if context.output == Format::Json {
+                output::json(&answer.body["environments"]);
+            } else {
+                let rows: Vec<Vec<String>> = answer.body["environments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| vec![output::cell(&e["name"]), output::cell(&e["version"])])
+                    .collect();
+                output::table(&["NAME", "VERSION"], &rows);
+            }
+        }
+        EnvCommand::Create { name } => {
+            let answer = api
+                .call(
+                    Method::POST,
+                    "/api/v1/environments",
+                    Some(&json!({"name": name})),
+                    &[],
+                )
+                .await?;
+            if context.output == Format::Json {
+                output::json(&answer.body);
+            } else {
+                println!("created environment {name}");
+            }
+        }
+        EnvCommand::Delete { name, force } => {
+            let path = format!(
+                "/api/v1/environments/{name}{}",
+                if force { "?force=true" } else { "" }
+            );
+            api.call(Method::DELETE, &path, None, &[]).await?;
+            if context.output == Format::Json {
+                output::json(&json!({"deleted": name}));
+            } else {
+                println!("deleted environment {name}");
+            }
+        }
+    }
+    Ok(exit::OK)
+}

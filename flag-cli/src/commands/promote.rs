@@ -1,0 +1,97 @@
+//! `flagctl promote KEY --from A --to B`: copy a flag's definition between environments.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::message_header;
+use crate::Context;
+use crate::cli::PromoteArgs;
+use crate::error::{CliError, Kind, Result, exit};
+use crate::output::{self, Format};
+
+pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
+    if args.from == args.to {
+        return Err(CliError::usage("--from and --to name the same environment"));
+    }
+    let api = context.api()?;
+    let source = api
+        .get(&format!(
+            "/api/v1/environments/{}/flags/{}",
+            args.from, args.key
+        ))
+        .await?;
+    let target_path = format!("/api/v1/environments/{}/flags/{}", args.to, args.key);
+    let (current, version) = match api.get(&target_path).await {
+        Ok(answer) => (
+            answer.body["flag"].clone(),
+            answer.body["version"].as_i64().unwrap_or(0),
+        ),
+        Err(error)
+            if error.kind == Kind::Server
+                && error.message.contains("does not exist in environment") =>
+        {
+            (Value::Null, 0)
+        }
+        Err(error) => return Err(error),
+    };
+    let flag = source.body["flag"].clone();
+    let changes = output::diff(&current, &flag);
+    if changes.is_empty() {
+        if context.output == Format::Json {
+            output::json(
+                &json!({"key": args.key, "from": args.from, "to": args.to, "changed": false}),
+            );
+        } else {
+            println!(
+                "{} is already the same in {} and {}",
+                args.key, args.from, args.to
+            );
+        }
+        return Ok(exit::OK);
+    }
+    if context.output != Format::Json {
+        println!("{} {} → {}:", args.key, args.from, args.to);
+        for line in &changes {
+            println!("    {line}");
+        }
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "promote changes another environment: confirm with --yes (stdin is not a terminal, so it cannot ask)",
+            ));
+        }
+        eprint!("apply this to {}? [y/N] ", args.to);
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing changed");
+            return Ok(exit::ERROR);
+        }
+    }
+    let message = args.message.message.clone().unwrap_or_else(|| {
+        format!(
+            "promoted from {} (version {})",
+            args.from, source.body["version"]
+        )
+    });
+    let mut headers = message_header(Some(&message));
+    headers.push(("if-match", format!("\"{version}\"")));
+    let answer = api
+        .call(Method::PUT, &target_path, Some(&flag), &headers)
+        .await?;
+    if context.output == Format::Json {
+        output::json(&answer.body);
+    } else {
+        println!(
+            "promoted {} to {} (version {})",
+            args.key,
+            args.to,
+            output::cell(&answer.body["version"])
+        );
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,66 @@
+//! `flagctl status`: the environment's version and its connected SDK clients.
+
+use serde_json::Value;
+
+use crate::Context;
+use crate::error::{Result, exit};
+use crate::output::{self, Format};
+
+pub async fn run(context: &Context) -> Result<u8> {
+    let api = context.api()?;
+    let answer = api
+        .get(&format!(
+            "/api/v1/environments/{}/clients",
+            context.environment
+        ))
+        .await?;
+    if context.output == Format::Json {
+        output::json(&answer.body);
+        return Ok(exit::OK);
+    }
+    let version = answer.body["version"].as_i64().unwrap_or(0);
+    let clients = answer.body["clients"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "environment {} at version {version}; {} stream client(s)",
+        context.environment,
+        clients.len()
+    );
+    if clients.is_empty() {
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|c| {
+            let lag = c["lag"].as_i64().unwrap_or(0);
+            let state = if c["ackedVersion"].is_null() {
+                "no acks".to_owned()
+            } else if lag > 0 {
+                format!("BEHIND by {lag}")
+            } else {
+                "current".to_owned()
+            };
+            vec![
+                output::cell(c.get("clientId").unwrap_or(&Value::Null)),
+                format!(
+                    "{} {}",
+                    output::cell(&c["sdk"]),
+                    output::cell(&c["sdkVersion"])
+                ),
+                output::cell(&c["tokenName"]),
+                c["connectedAt"]
+                    .as_i64()
+                    .map_or_else(|| "-".to_owned(), output::time),
+                output::cell(&c["ackedVersion"]),
+                state,
+            ]
+        })
+        .collect();
+    output::table(
+        &["CLIENT", "SDK", "TOKEN", "CONNECTED", "ACKED", "STATE"],
+        &rows,
+    );
+    Ok(exit::OK)
+}

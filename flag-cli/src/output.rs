@@ -1,0 +1,161 @@
+//! Output: tables for people, JSON for scripts, readable JSON diffs, and times.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// `-o` / `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for scripts (stable field names).
+    Json,
+}
+
+/// Prints JSON, pretty.
+pub fn json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// Prints a table with a header row; columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, width))| {
+                if i + 1 == cells.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}")
+                }
+            })
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// A JSON scalar for a table cell.
+pub fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+pub fn time(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// Flattens JSON into `path = value` leaves (objects by key, arrays by index).
+fn leaves(value: &Value, prefix: String, out: &mut BTreeMap<String, Value>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaves(child, path, out);
+            }
+        }
+        other => {
+            out.insert(prefix, other.clone());
+        }
+    }
+}
+
+/// A readable diff of two JSON documents: one `path: before → after` line per changed leaf
+/// (`+ path: value` added, `- path: value` removed).
+pub fn diff(before: &Value, after: &Value) -> Vec<String> {
+    let mut old = BTreeMap::new();
+    let mut new = BTreeMap::new();
+    leaves(before, String::new(), &mut old);
+    leaves(after, String::new(), &mut new);
+    let mut lines = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for key in keys {
+        let label = if key.is_empty() {
+            "(value)"
+        } else {
+            key.as_str()
+        };
+        match (old.get(key), new.get(key)) {
+            (Some(a), Some(b)) if a != b => lines.push(format!("~ {label}: {a} → {b}")),
+            (Some(_), Some(_)) => {}
+            (Some(a), None) if !a.is_null() => lines.push(format!("- {label}: {a}")),
+            (None, Some(b)) if !b.is_null() => lines.push(format!("+ {label}: {b}")),
+            _ => {}
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(time(1_700_000_000), "2023-11-14 22:13:20Z");
+        assert_eq!(time(951_782_400), "2000-02-29 00:00:00Z");
+    }
+
+    #[test]
+    fn diffs_are_per_leaf() {
+        let before = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "targeting": {"fractional": [["on", 1000], ["off", 9000]]}});
+        let after = json!({"state": "DISABLED", "variants": {"on": true, "off": false}, "metadata": {"owner": "web"}, "targeting": {"fractional": [["on", 2500], ["off", 7500]]}});
+        assert_eq!(
+            diff(&before, &after),
+            [
+                "+ metadata.owner: \"web\"",
+                "~ state: \"ENABLED\" → \"DISABLED\"",
+                "~ targeting.fractional: [[\"on\",1000],[\"off\",9000]] → [[\"on\",2500],[\"off\",7500]]",
+            ]
+        );
+        assert_eq!(diff(&Value::Null, &json!({"a": 1})), ["+ a: 1"]);
+    }
+}
