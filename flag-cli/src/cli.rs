@@ -78,6 +78,73 @@ pub enum Command {
     /// Create, list and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ramp a flag's rollout up in steps on a schedule (progressive delivery).
+    #[command(subcommand)]
+    Ramp(RampCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RampCommand {
+    /// Start a ramp: the first step applies now, then one step per interval, run by the server.
+    Start(RampStartArgs),
+    /// Show a flag's ramp: current %, next step and when, progress, history.
+    Status {
+        /// The flag key.
+        key: String,
+    },
+    /// Pause a ramp (manual rollout edits are allowed while it is paused).
+    Pause {
+        /// The flag key.
+        key: String,
+        /// Why: recorded in the ramp's history.
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+    },
+    /// Resume a paused ramp; the interval restarts now.
+    Resume {
+        /// The flag key.
+        key: String,
+        /// Why: recorded in the ramp's history.
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+    },
+    /// Abort a ramp and restore the rollout from before it.
+    Abort {
+        /// The flag key.
+        key: String,
+        /// Why: recorded in the ramp's history and the audit log.
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+    },
+    /// List the environment's ramps, newest first.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct RampStartArgs {
+    /// The flag key.
+    pub key: String,
+    /// Percentages, strictly increasing, comma-separated (e.g. 1,5,25,50,100).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub steps: Vec<f64>,
+    /// Time between steps, e.g. 30m, 1h, 90s.
+    #[arg(long, conflicts_with = "durations")]
+    pub every: Option<String>,
+    /// Per-step times instead of --every, comma-separated (one fewer than steps).
+    #[arg(long, value_delimiter = ',')]
+    pub durations: Vec<String>,
+    /// Before each step the server GETs this URL; anything but 2xx counts as unhealthy.
+    #[arg(long)]
+    pub guard_url: Option<String>,
+    /// Consecutive unhealthy checks that abort the ramp (and restore the rollout).
+    #[arg(long, default_value_t = 1, requires = "guard_url")]
+    pub guard_failures: u32,
+    /// How long one guard check may take, e.g. 5s.
+    #[arg(long, default_value = "5s", requires = "guard_url")]
+    pub guard_timeout: String,
+    /// Why: recorded with the ramp and in the audit log.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

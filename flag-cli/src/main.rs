@@ -97,5 +97,6 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Watch => commands::watch::run(&context).await,
         Command::Status => commands::status::run(&context).await,
         Command::Token(command) => commands::token::run(&context, command).await,
+        Command::Ramp(command) => commands::ramp::run(&context, command).await,
     }
 }

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::{
     Attribution, AuditQuery, ChangeRecord, Commit, Environment, EnvironmentSettings, FlagChange,
-    FlagStore, StoreError, StoredFlag, TokenRecord,
+    FlagStore, RampQuery, RampRecord, StoreError, StoredFlag, TokenRecord,
 };
 
 /// How many recent patches each environment keeps in memory for reconnecting clients.
@@ -480,5 +480,13 @@ impl FlagStore for PublishingStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping()
+    }
+
+    fn save_ramp(&self, ramp: &RampRecord) -> Result<i64, StoreError> {
+        self.inner.save_ramp(ramp)
+    }
+
+    fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError> {
+        self.inner.ramps(query)
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
+pub mod ramp;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -160,6 +161,19 @@ impl Server {
             );
             signal.cancel();
         });
+        // The ramp scheduler: once a second, apply the steps that are due.
+        let scheduler_state = self.state.clone();
+        let scheduler_stop = stopping.clone();
+        let scheduler = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = scheduler_stop.cancelled() => break,
+                    _ = ticks.tick() => { ramp::tick(&scheduler_state).await; }
+                }
+            }
+        });
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(stopping.clone().cancelled_owned());
         let drain_limit = self.options.shutdown_timeout;
@@ -169,6 +183,7 @@ impl Server {
                 tracing::warn!(?drain_limit, "in-flight requests did not finish in time; closing them");
             }
         }
+        let _ = tokio::time::timeout(drain_limit, scheduler).await;
         // Stream sessions were told to say goodbye when `stopping` fired; give them the same bound.
         self.state.sessions.close();
         if tokio::time::timeout(drain_limit, self.state.sessions.wait())

@@ -54,6 +54,8 @@ pub struct SharedState {
     pub shutdown: CancellationToken,
     /// Stream sessions, so shutdown can wait for their goodbyes.
     pub sessions: TaskTracker,
+    /// Serialises ramp state changes (API calls and the scheduler).
+    pub ramps: crate::ramp::RampLock,
 }
 
 /// Stream settings.
@@ -92,6 +94,7 @@ impl AppState {
             stream: StreamSettings::default(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            ramps: crate::ramp::RampLock::default(),
         })))
     }
 }

@@ -817,3 +817,184 @@ mod cli {
         let _ = std::io::stdout().flush();
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Ramps
+
+mod ramps {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use flag_sdk::{EvaluationContext, FlagClient};
+    use serde_json::{Value, json};
+    use tests::ServerProcess;
+
+    use super::ADMIN;
+
+    /// A one-second ramp to 100 % while an SDK client watches: every user who was in at a lower
+    /// step is still in at every later one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_ramp_is_sticky_for_ten_thousand_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(dir.path(), ADMIN);
+        let http = reqwest::Client::new();
+        let base = server.base_url.clone();
+        let put = http
+            .put(format!("{base}/api/v1/environments/default/flags/checkout"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success());
+        let token: Value = http
+            .post(format!("{base}/api/v1/tokens"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": "watcher", "role": "sdk", "environment": "default"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let client = FlagClient::builder()
+            .server(&base)
+            .token(token["token"].as_str().unwrap())
+            .build()
+            .unwrap();
+        client.wait_ready(Duration::from_secs(10)).await.unwrap();
+        let users: Vec<EvaluationContext> = (0..10_000)
+            .map(|i| EvaluationContext::new(format!("user-{i}")))
+            .collect();
+
+        let started = http
+            .post(format!(
+                "{base}/api/v1/environments/default/flags/checkout/ramp"
+            ))
+            .bearer_auth(ADMIN)
+            .json(&json!({"steps": [1, 10, 25, 50, 100], "interval": "1s"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), reqwest::StatusCode::CREATED);
+
+        let mut previous: HashSet<usize> = HashSet::new();
+        let mut seen_versions = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let version = client.version();
+            let on: HashSet<usize> = users
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| client.bool_value("checkout", u, false))
+                .map(|(i, _)| i)
+                .collect();
+            let lost: Vec<_> = previous.difference(&on).take(5).collect();
+            assert!(
+                lost.is_empty(),
+                "users {lost:?} were on and are now off (version {version:?})"
+            );
+            if seen_versions.last() != Some(&version) {
+                seen_versions.push(version);
+            }
+            previous = on;
+            if previous.len() == users.len() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the ramp did not reach 100% in time ({} on)",
+                previous.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            seen_versions.len() >= 3,
+            "the client saw the ramp move: {seen_versions:?}"
+        );
+        let ramp: Value = http
+            .get(format!(
+                "{base}/api/v1/environments/default/flags/checkout/ramp"
+            ))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ramp["state"], "completed");
+        client.close().await;
+    }
+}
+
+mod ramp_cli {
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    use tests::{ServerProcess, binary};
+
+    use super::ADMIN;
+
+    fn transcript(server: &ServerProcess, dir: &Path, commands: &[&[&str]]) -> String {
+        let mut out = String::new();
+        for args in commands {
+            let output = Command::new(binary("flag-cli", "flagctl"))
+                .args(*args)
+                .env("FLAGCTL_SERVER", &server.base_url)
+                .env("FLAGCTL_TOKEN", ADMIN)
+                .env("XDG_CONFIG_HOME", dir.join("config"))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            out.push_str(&format!(
+                "$ flagctl {}\n[exit {}]\n{}",
+                args.join(" "),
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stdout)
+            ));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if !stderr.is_empty() {
+                out.push_str(&format!("[stderr]\n{stderr}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn ramp_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let text = transcript(
+            &server,
+            dir.path(),
+            &[
+                &["flag", "create", "checkout"],
+                &[
+                    "ramp",
+                    "start",
+                    "checkout",
+                    "--steps",
+                    "1,5,25,50,100",
+                    "--every",
+                    "1h",
+                    "-m",
+                    "watching the error rate",
+                ],
+                &["flag", "rollout", "checkout", "90"],
+                &["ramp", "pause", "checkout", "-m", "investigating"],
+                &["ramp", "status", "checkout"],
+                &["ramp", "abort", "checkout", "-m", "p99 regressed"],
+                &["ramp", "list"],
+                &[
+                    "ramp", "start", "checkout", "--steps", "50,10", "--every", "1h",
+                ],
+                &["ramp", "start", "checkout", "--steps", "10,50"],
+            ],
+        );
+        let mut settings = insta::Settings::clone_current();
+        settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z", "[TIME]");
+        settings.bind(|| insta::assert_snapshot!("ramp_commands", text));
+    }
+}

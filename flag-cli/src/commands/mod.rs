@@ -6,6 +6,7 @@ pub mod eval;
 pub mod flag;
 pub mod login;
 pub mod promote;
+pub mod ramp;
 pub mod status;
 pub mod token;
 pub mod watch;

@@ -193,6 +193,16 @@ pub async fn rollout(
             ));
         }
     };
+    // A running ramp owns the rollout: a manual edit would be overwritten at its next step.
+    if let Some(ramp) = crate::ramp::open_ramp(&state, &env, &key).await?
+        && ramp.state == crate::ramp::RampState::Active
+    {
+        return Err(ApiError::conflict(format!(
+            "flag {key:?} is being ramped (step {} of {}); pause or abort the ramp first (flagctl ramp pause|abort {key})",
+            ramp.current_step + 1,
+            ramp.steps.len(),
+        )));
+    }
     let by = attribution(
         &state,
         &admin,

@@ -6,6 +6,7 @@ mod environments;
 mod flags;
 mod ofrep;
 mod ops;
+mod ramps;
 mod stream;
 mod tokens;
 
@@ -66,6 +67,32 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/environments/{env}/flags/{key}/rollout",
         Access::Admin,
     ),
+    (
+        "POST",
+        "/api/v1/environments/{env}/flags/{key}/ramp",
+        Access::Admin,
+    ),
+    (
+        "GET",
+        "/api/v1/environments/{env}/flags/{key}/ramp",
+        Access::Admin,
+    ),
+    (
+        "POST",
+        "/api/v1/environments/{env}/flags/{key}/ramp/pause",
+        Access::Admin,
+    ),
+    (
+        "POST",
+        "/api/v1/environments/{env}/flags/{key}/ramp/resume",
+        Access::Admin,
+    ),
+    (
+        "POST",
+        "/api/v1/environments/{env}/flags/{key}/ramp/abort",
+        Access::Admin,
+    ),
+    ("GET", "/api/v1/environments/{env}/ramps", Access::Admin),
     ("GET", "/api/v1/environments/{env}/document", Access::Admin),
     ("PUT", "/api/v1/environments/{env}/document", Access::Admin),
     ("GET", "/api/v1/audit", Access::Admin),
@@ -117,6 +144,23 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/api/v1/environments/{env}/document",
             get(document::export).put(document::apply),
         )
+        .route(
+            "/api/v1/environments/{env}/flags/{key}/ramp",
+            post(ramps::start).get(ramps::status),
+        )
+        .route(
+            "/api/v1/environments/{env}/flags/{key}/ramp/pause",
+            post(ramps::pause),
+        )
+        .route(
+            "/api/v1/environments/{env}/flags/{key}/ramp/resume",
+            post(ramps::resume),
+        )
+        .route(
+            "/api/v1/environments/{env}/flags/{key}/ramp/abort",
+            post(ramps::abort),
+        )
+        .route("/api/v1/environments/{env}/ramps", get(ramps::list))
         .route("/api/v1/audit", get(audit::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

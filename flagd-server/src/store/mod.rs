@@ -233,6 +233,39 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// A stored ramp. `definition` is the ramp's whole state as JSON (see `ramp.rs`); `state` and
+/// `next_at` are also columns so due ramps can be found by index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RampRecord {
+    /// `None` until first saved.
+    pub id: Option<i64>,
+    /// The environment.
+    pub environment: String,
+    /// The flag.
+    pub flag: String,
+    /// `active`, `paused`, `completed` or `aborted`.
+    pub state: String,
+    /// When the next step is due (unix seconds), for active ramps.
+    pub next_at: Option<i64>,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Everything else.
+    pub definition: Value,
+}
+
+/// Filters for ramps, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RampQuery {
+    /// Only this environment.
+    pub environment: Option<String>,
+    /// Only this flag.
+    pub flag: Option<String>,
+    /// Only active or paused ramps.
+    pub open_only: bool,
+    /// Only active ramps due at or before this time.
+    pub due_at: Option<i64>,
+}
+
 /// Flag storage. Implementations must make each `commit` atomic and durable before returning.
 pub trait FlagStore: Send + Sync + 'static {
     /// All environments, by name.
@@ -275,4 +308,8 @@ pub trait FlagStore: Send + Sync + 'static {
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError>;
     /// Whether the store can serve queries (for `/readyz`).
     fn ping(&self) -> Result<(), StoreError>;
+    /// Inserts (no id) or updates a ramp; returns its id.
+    fn save_ramp(&self, ramp: &RampRecord) -> Result<i64, StoreError>;
+    /// Ramps matching the query, newest first.
+    fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError>;
 }

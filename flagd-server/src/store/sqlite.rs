@@ -15,13 +15,15 @@ use serde_json::Value;
 
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
-    EnvironmentSettings, FlagChange, FlagStore, Role, StoreError, StoredFlag, TokenRecord,
+    EnvironmentSettings, FlagChange, FlagStore, RampQuery, RampRecord, Role, StoreError,
+    StoredFlag, TokenRecord,
 };
 
 /// Schema migrations, applied in order at start. Never edit one that has shipped: add another.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        r#"
+    Migrations::new(vec![
+        M::up(
+            r#"
         CREATE TABLE environments (
             name        TEXT PRIMARY KEY,
             version     INTEGER NOT NULL DEFAULT 0,
@@ -65,7 +67,25 @@ fn migrations() -> Migrations<'static> {
             revoked_at  INTEGER
         );
         "#,
-    )])
+        ),
+        M::up(
+            r#"
+        -- Progressive rollouts. The state machine lives in `ramp.rs`; this is its memory.
+        CREATE TABLE ramps (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            environment TEXT NOT NULL,
+            flag_key    TEXT NOT NULL,
+            definition  TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            next_at     INTEGER,
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL
+        );
+        CREATE INDEX ramps_by_flag ON ramps (environment, flag_key, id);
+        CREATE INDEX ramps_due ON ramps (state, next_at);
+        "#,
+        ),
+    ])
 }
 
 /// The SQLite store.
@@ -633,6 +653,71 @@ impl FlagStore for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())
+    }
+
+    fn save_ramp(&self, ramp: &RampRecord) -> Result<i64, StoreError> {
+        let connection = self.lock();
+        let definition = encode(&ramp.definition);
+        match ramp.id {
+            Some(id) => {
+                connection.execute(
+                    "UPDATE ramps SET definition = ?2, state = ?3, next_at = ?4, updated_at = ?5 WHERE id = ?1",
+                    params![id, definition, ramp.state, ramp.next_at, ramp.updated_at],
+                )?;
+                Ok(id)
+            }
+            None => {
+                connection.execute(
+                    "INSERT INTO ramps (environment, flag_key, definition, state, next_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                    params![ramp.environment, ramp.flag, definition, ramp.state, ramp.next_at, ramp.updated_at],
+                )?;
+                Ok(connection.last_insert_rowid())
+            }
+        }
+    }
+
+    fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT id, environment, flag_key, definition, state, next_at, updated_at FROM ramps
+             WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR flag_key = ?2)
+               AND (?3 = 0 OR state IN ('active', 'paused'))
+               AND (?4 IS NULL OR (state = 'active' AND next_at <= ?4))
+             ORDER BY id DESC",
+        )?;
+        let rows = statement.query_map(
+            params![
+                query.environment,
+                query.flag,
+                i64::from(query.open_only),
+                query.due_at
+            ],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, i64>(6)?,
+                ))
+            },
+        )?;
+        rows.map(|row| {
+            let (id, environment, flag, definition, state, next_at, updated_at) = row?;
+            Ok(RampRecord {
+                definition: decode(&definition, || format!("ramp {id}"))?,
+                id: Some(id),
+                environment,
+                flag,
+                state,
+                next_at,
+                updated_at,
+            })
+        })
+        .collect()
     }
 }
 

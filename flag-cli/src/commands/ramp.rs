@@ -1,0 +1,201 @@
+//! `flagctl ramp`: progressive rollouts run by the server.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::Context;
+use crate::cli::{RampCommand, RampStartArgs};
+use crate::error::{CliError, Result, exit};
+use crate::output::{self, Format};
+
+fn ramp_path(context: &Context, key: &str) -> String {
+    format!(
+        "/api/v1/environments/{}/flags/{key}/ramp",
+        context.environment
+    )
+}
+
+pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
+    let api = context.api()?;
+    let (view, verb) = match command {
+        RampCommand::Start(args) => (
+            api.call(
+                Method::POST,
+                &ramp_path(context, &args.key),
+                Some(&start_body(&args)?),
+                &[],
+            )
+            .await?
+            .body,
+            "started",
+        ),
+        RampCommand::Status { key } => (api.get(&ramp_path(context, &key)).await?.body, ""),
+        RampCommand::Pause { key, message } => (
+            control(&api, context, &key, "pause", message).await?,
+            "paused",
+        ),
+        RampCommand::Resume { key, message } => (
+            control(&api, context, &key, "resume", message).await?,
+            "resumed",
+        ),
+        RampCommand::Abort { key, message } => (
+            control(&api, context, &key, "abort", message).await?,
+            "aborted",
+        ),
+        RampCommand::List => {
+            let answer = api
+                .get(&format!(
+                    "/api/v1/environments/{}/ramps",
+                    context.environment
+                ))
+                .await?;
+            if context.output == Format::Json {
+                output::json(&answer.body["ramps"]);
+            } else {
+                let rows: Vec<Vec<String>> = answer.body["ramps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            output::cell(&r["flag"]),
+                            output::cell(&r["state"]),
+                            format!(
+                                "{}/{}",
+                                r["currentStep"].as_u64().unwrap_or(0) + 1,
+                                output::cell(&r["totalSteps"])
+                            ),
+                            percent(&r["currentPercentage"]),
+                            r["nextAt"]
+                                .as_i64()
+                                .map_or_else(|| "-".to_owned(), output::time),
+                        ]
+                    })
+                    .collect();
+                output::table(&["FLAG", "STATE", "STEP", "ROLLOUT", "NEXT STEP AT"], &rows);
+            }
+            return Ok(exit::OK);
+        }
+    };
+    if context.output == Format::Json {
+        output::json(&view);
+    } else {
+        if !verb.is_empty() {
+            println!("{verb} the ramp of {}", output::cell(&view["flag"]));
+        }
+        show(&view);
+    }
+    Ok(exit::OK)
+}
+
+fn start_body(args: &RampStartArgs) -> Result<Value> {
+    let mut body = json!({"steps": args.steps});
+    match (&args.every, args.durations.is_empty()) {
+        (Some(every), _) => body["interval"] = json!(every),
+        (None, false) => body["durations"] = json!(args.durations),
+        (None, true) if args.steps.len() > 1 => {
+            return Err(CliError::usage(
+                "say how long each step lasts: --every 30m (or --durations 1h,1h,2h)",
+            ));
+        }
+        (None, true) => {}
+    }
+    if let Some(url) = &args.guard_url {
+        body["guard"] =
+            json!({"url": url, "failures": args.guard_failures, "timeout": args.guard_timeout});
+    }
+    if let Some(message) = &args.message {
+        body["message"] = json!(message);
+    }
+    Ok(body)
+}
+
+async fn control(
+    api: &crate::client::Api,
+    context: &Context,
+    key: &str,
+    action: &str,
+    message: Option<String>,
+) -> Result<Value> {
+    let body = message.map(|m| json!({"message": m}));
+    Ok(api
+        .call(
+            Method::POST,
+            &format!("{}/{action}", ramp_path(context, key)),
+            body.as_ref(),
+            &[],
+        )
+        .await?
+        .body)
+}
+
+fn percent(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |p| format!("{p}%"))
+}
+
+/// Status for people: the steps as a progress line, what is next, and the history.
+fn show(view: &Value) {
+    let steps = view["steps"].as_array().cloned().unwrap_or_default();
+    let current = view["currentStep"].as_u64().unwrap_or(0) as usize;
+    let state = view["state"].as_str().unwrap_or("?");
+    let progress: Vec<String> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let p = percent(step);
+            match i.cmp(&current) {
+                std::cmp::Ordering::Less => format!("{p} ✓"),
+                std::cmp::Ordering::Equal if state != "aborted" => format!("[{p}]"),
+                _ => p,
+            }
+        })
+        .collect();
+    println!(
+        "{} in {}: {state}, at {} (step {}/{})",
+        output::cell(&view["flag"]),
+        output::cell(&view["environment"]),
+        percent(&view["currentPercentage"]),
+        current + 1,
+        steps.len()
+    );
+    println!("  {}", progress.join(" → "));
+    if let (Some(next), Some(at)) = (view["nextPercentage"].as_f64(), view["nextAt"].as_i64()) {
+        println!("  next: {next}% at {}", output::time(at));
+    } else if state == "paused" {
+        println!(
+            "  paused: `flagctl ramp resume {}` continues",
+            output::cell(&view["flag"])
+        );
+    }
+    if let Some(reason) = view["abortReason"].as_str() {
+        println!(
+            "  aborted: {reason} (rollout restored to {})",
+            percent(&view["previousPercentage"])
+        );
+    }
+    if let Some(guard) = view["guard"]["url"].as_str() {
+        println!(
+            "  guard: {guard} ({} consecutive failure(s) abort)",
+            output::cell(&view["guard"]["failures"])
+        );
+    }
+    for event in view["history"].as_array().into_iter().flatten() {
+        println!(
+            "  {}  {:<12} {:>7}  by {}{}",
+            event["at"]
+                .as_i64()
+                .map_or_else(|| "-".to_owned(), output::time),
+            output::cell(&event["event"]),
+            event["percentage"]
+                .as_f64()
+                .map_or_else(String::new, |p| format!("{p}%")),
+            output::cell(&event["actor"]),
+            event["message"]
+                .as_str()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
+}

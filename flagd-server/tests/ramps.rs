@@ -1,0 +1,554 @@
+//! Ramps with a fake clock: `ramp::tick` is called at chosen times; nothing sleeps.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use flagd_server::auth::{TokenCache, generate_id, generate_secret, hash_secret};
+use flagd_server::ramp;
+use flagd_server::state::AppState;
+use flagd_server::store::{FlagStore, Role, SqliteStore, TokenRecord};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const T0: i64 = 1_800_000_000;
+
+struct Harness {
+    state: AppState,
+    router: axum::Router,
+    clock: Arc<AtomicI64>,
+    admin: String,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::over(Arc::new(SqliteStore::in_memory(T0).unwrap()))
+    }
+
+    fn over(store: Arc<dyn FlagStore>) -> Harness {
+        let clock = Arc::new(AtomicI64::new(T0));
+        let tokens = TokenCache::default();
+        let admin = generate_secret(Role::Admin);
+        let existing = store.tokens().unwrap();
+        let record = TokenRecord {
+            id: generate_id(),
+            name: "alice".into(),
+            role: Role::Admin,
+            environment: None,
+            hash: hash_secret(&admin),
+            created_at: T0,
+            revoked_at: None,
+        };
+        store.insert_token(&record).unwrap();
+        tokens.load(existing.into_iter().chain([record]));
+        let now = clock.clone();
+        let state =
+            AppState::new(store, tokens, Arc::new(move || now.load(Ordering::SeqCst))).unwrap();
+        let router = flagd_server::api::router(state.clone(), 1 << 20);
+        Harness {
+            state,
+            router,
+            clock,
+            admin,
+        }
+    }
+
+    fn at(&self, seconds_after_t0: i64) {
+        self.clock.store(T0 + seconds_after_t0, Ordering::SeqCst);
+    }
+
+    async fn tick_at(&self, seconds_after_t0: i64) -> usize {
+        self.at(seconds_after_t0);
+        ramp::tick(&self.state).await
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.admin));
+        let body = match body {
+            Some(body) => {
+                builder = builder.header("content-type", "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = self
+            .router
+            .clone()
+            .oneshot(builder.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn create_flag(&self, key: &str) {
+        let flag = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"});
+        let (status, body) = self
+            .call(
+                "PUT",
+                &format!("/api/v1/environments/default/flags/{key}"),
+                Some(flag),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    async fn percentage(&self, key: &str) -> f64 {
+        let (_, list) = self
+            .call("GET", "/api/v1/environments/default/flags", None)
+            .await;
+        list["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == key)
+            .unwrap()["rolloutPercentage"]
+            .as_f64()
+            .unwrap()
+    }
+
+    async fn ramp(&self, key: &str) -> Value {
+        self.call(
+            "GET",
+            &format!("/api/v1/environments/default/flags/{key}/ramp"),
+            None,
+        )
+        .await
+        .1
+    }
+
+    async fn start(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            &format!("/api/v1/environments/default/flags/{key}/ramp"),
+            Some(body),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn each_step_is_applied_at_its_time_through_the_audited_rollout_path() {
+    let h = Harness::new();
+    h.create_flag("checkout").await;
+    let (status, started) = h
+        .start(
+            "checkout",
+            json!({"steps": [1, 5, 25, 50, 100], "interval": "30m", "message": "go"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(
+        h.percentage("checkout").await,
+        1.0,
+        "the first step applies at once"
+    );
+    assert_eq!(started["nextAt"], T0 + 1800);
+
+    assert_eq!(
+        h.tick_at(1799).await,
+        0,
+        "nothing is due before the interval"
+    );
+    assert_eq!(h.percentage("checkout").await, 1.0);
+    for (i, expected) in [5.0, 25.0, 50.0, 100.0].into_iter().enumerate() {
+        assert_eq!(h.tick_at(1800 * (i as i64 + 1)).await, 1);
+        assert_eq!(h.percentage("checkout").await, expected);
+    }
+    let ramp = h.ramp("checkout").await;
+    assert_eq!(
+        (ramp["state"].as_str(), ramp["currentPercentage"].as_f64()),
+        (Some("completed"), Some(100.0))
+    );
+    let events: Vec<&str> = ramp["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["started", "step", "step", "step", "step", "completed"]
+    );
+    assert_eq!(h.tick_at(100_000).await, 0, "a completed ramp does nothing");
+
+    let (_, audit) = h
+        .call(
+            "GET",
+            "/api/v1/audit?environment=default&flag=checkout&limit=10",
+            None,
+        )
+        .await;
+    let changes = audit["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 6, "create + 5 steps");
+    assert!(changes[..5].iter().all(|c| c["actor"] == ramp::ACTOR));
+    assert_eq!(changes[0]["message"], "ramp step 5/5 → 100%");
+    assert!(
+        changes[4]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ramp started by alice: go")
+    );
+}
+
+#[tokio::test]
+async fn pause_resume_and_abort() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.call(
+        "POST",
+        "/api/v1/environments/default/flags/f/rollout",
+        Some(json!({"percentage": 3})),
+    )
+    .await;
+    h.start("f", json!({"steps": [10, 20, 30, 40], "interval": "60s"}))
+        .await;
+    h.tick_at(60).await;
+    assert_eq!(h.percentage("f").await, 20.0);
+
+    h.at(70);
+    let (status, paused) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/ramp/pause",
+            Some(json!({"message": "looking at errors"})),
+        )
+        .await;
+    assert_eq!(
+        (status, paused["state"].as_str()),
+        (StatusCode::OK, Some("paused"))
+    );
+    assert_eq!(h.tick_at(10_000).await, 0, "a paused ramp does not move");
+    assert_eq!(h.percentage("f").await, 20.0);
+
+    h.at(10_000);
+    let (_, resumed) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/ramp/resume",
+            None,
+        )
+        .await;
+    assert_eq!(
+        resumed["nextAt"],
+        T0 + 10_060,
+        "the interval restarts at resume"
+    );
+    assert_eq!(h.tick_at(10_059).await, 0);
+    h.tick_at(10_060).await;
+    assert_eq!(h.percentage("f").await, 30.0);
+
+    h.at(10_070);
+    let (status, aborted) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/ramp/abort",
+            Some(json!({"message": "p99 regressed"})),
+        )
+        .await;
+    assert_eq!(
+        (status, aborted["state"].as_str()),
+        (StatusCode::OK, Some("aborted"))
+    );
+    assert_eq!(aborted["abortReason"], "p99 regressed");
+    assert_eq!(
+        h.percentage("f").await,
+        3.0,
+        "abort restores the rollout from before the ramp"
+    );
+    assert_eq!(h.tick_at(20_000).await, 0);
+    let (status, _) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/ramp/resume",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing left to resume");
+}
+
+#[tokio::test]
+async fn after_downtime_only_the_step_due_now_is_applied_and_the_audit_says_so() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.start(
+        "f",
+        json!({"steps": [1, 5, 25, 50, 100], "interval": "60s"}),
+    )
+    .await;
+    // Steps were due at +60 (5%), +120 (25%) and +180 (50%); the server was down until +190.
+    assert_eq!(h.tick_at(190).await, 1);
+    assert_eq!(h.percentage("f").await, 50.0);
+    let (_, audit) = h
+        .call(
+            "GET",
+            "/api/v1/audit?environment=default&flag=f&limit=10",
+            None,
+        )
+        .await;
+    let changes = audit["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 3, "create, start, one catch-up step");
+    assert_eq!(
+        changes[0]["message"],
+        "ramp step 4/5 → 50% (caught up after downtime; skipped 5%, 25%)"
+    );
+    // The schedule stays aligned: the last step is due at +240.
+    assert_eq!(h.ramp("f").await["nextAt"], T0 + 240);
+    h.tick_at(240).await;
+    assert_eq!(h.percentage("f").await, 100.0);
+}
+
+#[tokio::test]
+async fn a_restart_mid_ramp_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.db");
+    {
+        let h = Harness::over(Arc::new(SqliteStore::open(&path, T0).unwrap()));
+        h.create_flag("f").await;
+        h.start("f", json!({"steps": [10, 50, 100], "interval": "60s"}))
+            .await;
+        h.tick_at(60).await;
+        assert_eq!(h.percentage("f").await, 50.0);
+    }
+    let h = Harness::over(Arc::new(SqliteStore::open(&path, T0).unwrap()));
+    assert_eq!(h.ramp("f").await["state"], "active");
+    assert_eq!(h.tick_at(119).await, 0);
+    h.tick_at(120).await;
+    assert_eq!(h.percentage("f").await, 100.0);
+    assert_eq!(h.ramp("f").await["state"], "completed");
+}
+
+#[tokio::test]
+async fn manual_rollout_edits_are_refused_while_a_ramp_runs() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.start("f", json!({"steps": [10, 100], "interval": "1h"}))
+        .await;
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/rollout",
+            Some(json!({"percentage": 90})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("being ramped"),
+        "{body}"
+    );
+    assert_eq!(h.percentage("f").await, 10.0);
+    h.call(
+        "POST",
+        "/api/v1/environments/default/flags/f/ramp/pause",
+        None,
+    )
+    .await;
+    let (status, _) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/rollout",
+            Some(json!({"percentage": 90})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a paused ramp lets people take over"
+    );
+    // One ramp per flag.
+    let (status, body) = h.start("f", json!({"steps": [50], "interval": "1h"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test]
+async fn bad_ramps_are_refused_and_change_nothing() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    let cases = [
+        (
+            json!({"steps": [], "interval": "1m"}),
+            StatusCode::BAD_REQUEST,
+            "steps",
+        ),
+        (
+            json!({"steps": [5, 5], "interval": "1m"}),
+            StatusCode::BAD_REQUEST,
+            "strictly increasing",
+        ),
+        (
+            json!({"steps": [50, 10], "interval": "1m"}),
+            StatusCode::BAD_REQUEST,
+            "strictly increasing",
+        ),
+        (
+            json!({"steps": [10, 101], "interval": "1m"}),
+            StatusCode::BAD_REQUEST,
+            "at most 100",
+        ),
+        (
+            json!({"steps": [0, 10], "interval": "1m"}),
+            StatusCode::BAD_REQUEST,
+            "above 0",
+        ),
+        (
+            json!({"steps": [10, 20]}),
+            StatusCode::BAD_REQUEST,
+            "interval",
+        ),
+        (
+            json!({"steps": [10, 20], "interval": "soon"}),
+            StatusCode::BAD_REQUEST,
+            "duration",
+        ),
+        (
+            json!({"steps": [10, 20, 30], "durations": ["1m"]}),
+            StatusCode::BAD_REQUEST,
+            "durations has 1",
+        ),
+        (
+            json!({"steps": [10, 20], "interval": "1m", "guard": {"url": "https://x"}}),
+            StatusCode::BAD_REQUEST,
+            "http://",
+        ),
+        (
+            json!({"steps": [10, 20], "every": "1m"}),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+    ];
+    for (body, status, fragment) in cases {
+        let (actual, answer) = h.start("f", body.clone()).await;
+        assert_eq!(actual, status, "{body}: {answer}");
+        assert!(answer.to_string().contains(fragment), "{body}: {answer}");
+    }
+    let (status, _) = h
+        .start("nope", json!({"steps": [10], "interval": "1m"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let string_flag =
+        json!({"state": "ENABLED", "variants": {"a": "A", "b": "B"}, "defaultVariant": "a"});
+    h.call(
+        "PUT",
+        "/api/v1/environments/default/flags/s",
+        Some(string_flag),
+    )
+    .await;
+    let (status, answer) = h.start("s", json!({"steps": [10], "interval": "1m"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(h.percentage("f").await, 0.0);
+    assert_eq!(
+        h.call("GET", "/api/v1/environments/default/ramps", None)
+            .await
+            .1["ramps"],
+        json!([])
+    );
+}
+
+/// A health endpoint that can be turned unhealthy.
+async fn guard_server() -> (String, Arc<AtomicBool>) {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let flag = flag.clone();
+            async move {
+                if flag.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "error rate 12%")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, healthy)
+}
+
+#[tokio::test]
+async fn an_unhealthy_guard_aborts_the_ramp_and_restores_the_rollout() {
+    let (url, healthy) = guard_server().await;
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.start("f", json!({"steps": [10, 25, 50, 100], "interval": "60s", "guard": {"url": url, "timeout": "2s"}})).await;
+    h.tick_at(60).await;
+    assert_eq!(h.percentage("f").await, 25.0, "healthy: the step applies");
+
+    healthy.store(false, Ordering::SeqCst);
+    h.tick_at(120).await;
+    assert_eq!(
+        h.percentage("f").await,
+        0.0,
+        "restored to the rollout before the ramp"
+    );
+    let ramp = h.ramp("f").await;
+    assert_eq!(ramp["state"], "aborted");
+    let reason = ramp["abortReason"].as_str().unwrap();
+    assert!(
+        reason.contains("503") && reason.contains("error rate 12%"),
+        "{reason}"
+    );
+    let (_, audit) = h
+        .call(
+            "GET",
+            "/api/v1/audit?environment=default&flag=f&limit=1",
+            None,
+        )
+        .await;
+    assert!(
+        audit["changes"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ramp aborted: guard failed"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_guard_with_a_failure_budget_retries_before_aborting() {
+    let (url, healthy) = guard_server().await;
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.start(
+        "f",
+        json!({"steps": [10, 50], "interval": "10m", "guard": {"url": url, "failures": 2}}),
+    )
+    .await;
+    healthy.store(false, Ordering::SeqCst);
+    h.tick_at(600).await;
+    let ramp = h.ramp("f").await;
+    assert_eq!(
+        (ramp["state"].as_str(), ramp["guardFailures"].as_u64()),
+        (Some("active"), Some(1))
+    );
+    assert_eq!(ramp["nextAt"], T0 + 630, "retried after at most 30 s");
+    healthy.store(true, Ordering::SeqCst);
+    h.tick_at(630).await;
+    assert_eq!(h.percentage("f").await, 50.0, "recovered: the step applies");
+
+    // A guard that is down at the start stops the ramp from starting.
+    healthy.store(false, Ordering::SeqCst);
+    h.create_flag("g").await;
+    let (status, body) = h
+        .start(
+            "g",
+            json!({"steps": [10, 50], "interval": "10m", "guard": {"url": url}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
