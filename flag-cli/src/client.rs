@@ -59,6 +59,36 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> Result<Answer> {
+        let (status, version, body) = self.send(method, path, body, headers).await?;
+        if status.is_success() || status == StatusCode::NOT_MODIFIED {
+            return Ok(Answer {
+                status,
+                body,
+                version,
+            });
+        }
+        Err(server_error(status, &body))
+    }
+
+    /// Sends a request and returns any answer as it is; only the network can fail.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let (status, _, body) = self.send(method, path, body, &[]).await?;
+        Ok((status, body))
+    }
+
+    /// The status, the `ETag` version and the JSON body (null when empty or not JSON).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Result<(StatusCode, Option<i64>, Value)> {
         let url = format!("{}{path}", self.server);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         for (name, value) in headers {
@@ -81,46 +111,12 @@ impl Api {
             .bytes()
             .await
             .map_err(|error| network_error(&self.server, &error))?;
-        let body: Value = if bytes.is_empty() {
+        let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
-        if status.is_success() || status == StatusCode::NOT_MODIFIED {
-            return Ok(Answer {
-                status,
-                body,
-                version,
-            });
-        }
-        Err(server_error(status, &body))
-    }
-
-    /// Sends a request and returns any answer as it is; only the network can fail.
-    pub async fn call_raw(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, Value)> {
-        let url = format!("{}{path}", self.server);
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| network_error(&self.server, &error))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| network_error(&self.server, &error))?;
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+        Ok((status, version, body))
     }
 
     pub async fn get(&self, path: &str) -> Result<Answer> {

@@ -266,44 +266,17 @@ impl FlagClient {
 
     /// A boolean flag's value, or `default`. No lock, no allocation.
     pub fn bool_value(&self, key: &str, context: &EvaluationContext, default: bool) -> bool {
-        let guard = self.shared.flags.load();
-        match guard.as_ref() {
-            Some(state) => {
-                state
-                    .compiled
-                    .resolve_at(key, context.inner(), default, CLOCK)
-                    .value
-            }
-            None => default,
-        }
+        self.copied(key, context, default)
     }
 
     /// An integer flag's value (`1.0` counts as 1), or `default`. No lock, no allocation.
     pub fn int_value(&self, key: &str, context: &EvaluationContext, default: i64) -> i64 {
-        let guard = self.shared.flags.load();
-        match guard.as_ref() {
-            Some(state) => {
-                state
-                    .compiled
-                    .resolve_at(key, context.inner(), default, CLOCK)
-                    .value
-            }
-            None => default,
-        }
+        self.copied(key, context, default)
     }
 
     /// A number flag's value, or `default`. No lock, no allocation.
     pub fn float_value(&self, key: &str, context: &EvaluationContext, default: f64) -> f64 {
-        let guard = self.shared.flags.load();
-        match guard.as_ref() {
-            Some(state) => {
-                state
-                    .compiled
-                    .resolve_at(key, context.inner(), default, CLOCK)
-                    .value
-            }
-            None => default,
-        }
+        self.copied(key, context, default)
     }
 
     /// A string flag's value, or `default` (allocates the returned `String`; use `evaluate` to
@@ -345,12 +318,7 @@ impl FlagClient {
         context: &EvaluationContext,
         default: bool,
     ) -> EvaluationDetails<bool> {
-        self.details(default, |state, now| {
-            state
-                .compiled
-                .resolve_at(key, context.inner(), default, now)
-                .into_owned_with(|v| *v)
-        })
+        self.copied_details(key, context, default)
     }
 
     /// [`int_value`](Self::int_value) with variant, reason, error and metadata.
@@ -360,12 +328,7 @@ impl FlagClient {
         context: &EvaluationContext,
         default: i64,
     ) -> EvaluationDetails<i64> {
-        self.details(default, |state, now| {
-            state
-                .compiled
-                .resolve_at(key, context.inner(), default, now)
-                .into_owned_with(|v| *v)
-        })
+        self.copied_details(key, context, default)
     }
 
     /// [`float_value`](Self::float_value) with variant, reason, error and metadata.
@@ -375,12 +338,7 @@ impl FlagClient {
         context: &EvaluationContext,
         default: f64,
     ) -> EvaluationDetails<f64> {
-        self.details(default, |state, now| {
-            state
-                .compiled
-                .resolve_at(key, context.inner(), default, now)
-                .into_owned_with(|v| *v)
-        })
+        self.copied_details(key, context, default)
     }
 
     /// [`string_value`](Self::string_value) with variant, reason, error and metadata.
@@ -411,6 +369,41 @@ impl FlagClient {
                 .compiled
                 .resolve_at(key, context.inner(), &default, now)
                 .into_owned_with(|v| (*v).clone())
+        })
+    }
+
+    /// A `Copy` type's value: no allocation.
+    fn copied<T>(&self, key: &str, context: &EvaluationContext, default: T) -> T
+    where
+        T: Copy + for<'a> flag_core::FlagValue<'a>,
+    {
+        let guard = self.shared.flags.load();
+        match guard.as_ref() {
+            Some(state) => {
+                state
+                    .compiled
+                    .resolve_at(key, context.inner(), default, CLOCK)
+                    .value
+            }
+            None => default,
+        }
+    }
+
+    /// A `Copy` type's details.
+    fn copied_details<T>(
+        &self,
+        key: &str,
+        context: &EvaluationContext,
+        default: T,
+    ) -> EvaluationDetails<T>
+    where
+        T: Copy + for<'a> flag_core::FlagValue<'a>,
+    {
+        self.details(default, |state, now| {
+            state
+                .compiled
+                .resolve_at(key, context.inner(), default, now)
+                .into_owned_with(|v| *v)
         })
     }
 

@@ -342,24 +342,30 @@ fn by(actor: &str, message: String, at: i64) -> Attribution {
     }
 }
 
+async fn query(state: &AppState, query: RampQuery) -> Result<Vec<Ramp>, ApiError> {
+    let records = blocking(state, move |store| Ok(store.ramps(&query)?)).await?;
+    records.into_iter().map(Ramp::from_record).collect()
+}
+
+fn of_flag(environment: &str, flag: &str, open_only: bool) -> RampQuery {
+    RampQuery {
+        environment: Some(environment.to_owned()),
+        flag: Some(flag.to_owned()),
+        open_only,
+        due_at: None,
+    }
+}
+
 /// The open (active or paused) ramp of a flag.
 pub async fn open_ramp(
     state: &AppState,
     environment: &str,
     flag: &str,
 ) -> Result<Option<Ramp>, ApiError> {
-    let query = RampQuery {
-        environment: Some(environment.to_owned()),
-        flag: Some(flag.to_owned()),
-        open_only: true,
-        due_at: None,
-    };
-    let records = blocking(state, move |store| Ok(store.ramps(&query)?)).await?;
-    records
+    Ok(query(state, of_flag(environment, flag, true))
+        .await?
         .into_iter()
-        .next()
-        .map(Ramp::from_record)
-        .transpose()
+        .next())
 }
 
 /// The latest ramp of a flag, open or finished.
@@ -368,27 +374,22 @@ pub async fn latest(
     environment: &str,
     flag: &str,
 ) -> Result<Option<Ramp>, ApiError> {
-    let query = RampQuery {
-        environment: Some(environment.to_owned()),
-        flag: Some(flag.to_owned()),
-        ..RampQuery::default()
-    };
-    let records = blocking(state, move |store| Ok(store.ramps(&query)?)).await?;
-    records
+    Ok(query(state, of_flag(environment, flag, false))
+        .await?
         .into_iter()
-        .next()
-        .map(Ramp::from_record)
-        .transpose()
+        .next())
 }
 
 /// Every ramp of an environment, newest first (finished ones too).
 pub async fn list(state: &AppState, environment: &str) -> Result<Vec<Ramp>, ApiError> {
-    let query = RampQuery {
-        environment: Some(environment.to_owned()),
-        ..RampQuery::default()
-    };
-    let records = blocking(state, move |store| Ok(store.ramps(&query)?)).await?;
-    records.into_iter().map(Ramp::from_record).collect()
+    query(
+        state,
+        RampQuery {
+            environment: Some(environment.to_owned()),
+            ..RampQuery::default()
+        },
+    )
+    .await
 }
 
 async fn save(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiError> {

@@ -187,6 +187,19 @@ fn read_environment(tx: &Connection, name: &str) -> Result<Option<Environment>, 
 
 type FlagRow = (String, String, String, i64, i64, i64, String);
 
+/// The `FLAG_COLUMNS` of a row, still encoded.
+fn flag_columns(row: &rusqlite::Row<'_>) -> rusqlite::Result<FlagRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
 fn flag_from_row(row: FlagRow) -> Result<StoredFlag, StoreError> {
     let (environment, key, definition, version, created_at, updated_at, updated_by) = row;
     let flag: Flag = decode(&definition, || {
@@ -215,17 +228,7 @@ fn read_flag(
         .query_row(
             &format!("SELECT {FLAG_COLUMNS} FROM flags WHERE environment = ?1 AND key = ?2"),
             params![environment, key],
-            |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                ))
-            },
+            flag_columns,
         )
         .optional()?;
     row.map(flag_from_row).transpose()
@@ -235,17 +238,7 @@ fn read_flags(tx: &Connection, environment: &str) -> Result<Vec<StoredFlag>, Sto
     let mut statement = tx.prepare(&format!(
         "SELECT {FLAG_COLUMNS} FROM flags WHERE environment = ?1 ORDER BY key"
     ))?;
-    let rows = statement.query_map(params![environment], |row| {
-        Ok((
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-        ))
-    })?;
+    let rows = statement.query_map(params![environment], flag_columns)?;
     rows.map(|row| flag_from_row(row?)).collect()
 }
 
