@@ -6,6 +6,7 @@
 //! while every other flag keeps working.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,6 +22,9 @@ use crate::rule::{
     ScopedOp, Timestamp, VarNode, VarPath, eval, weight_of,
 };
 use crate::semver::{SEMVER_OPS, SemVerOp, Version};
+
+/// Compiled `$evaluators` by name; `None` for one that failed to compile.
+pub(crate) type Evaluators = HashMap<String, Option<Node>, FastHasher>;
 
 /// The deepest nesting of objects and arrays a targeting rule may have. Deeper rules are
 /// rejected at write time, which also bounds the evaluator's recursion.
@@ -298,7 +302,7 @@ fn compile_parsed(
     let mut problems = Vec::new();
 
     // Evaluators are compiled once; a flag that references a broken one is broken too.
-    let mut evaluators: HashMap<&str, Option<Node>, FastHasher> = HashMap::default();
+    let mut evaluators = Evaluators::default();
     for (name, rule) in &set.evaluators {
         let mut compiler = Compiler::new(JsonPath::new("$evaluators"), None);
         let mark = compiler.path.push_key(name);
@@ -307,48 +311,102 @@ fn compile_parsed(
         compiler.path.truncate(mark);
         let ok = compiler.problems.is_empty();
         problems.append(&mut compiler.problems);
-        evaluators.insert(name, ok.then_some(node));
+        evaluators.insert(name.clone(), ok.then_some(node));
     }
 
     let mut flags = Vec::with_capacity(set.flags.len() + broken.len());
     for (key, flag) in &set.flags {
-        let mut path = JsonPath::new("flags");
-        path.push_key(key);
-        let mut flag_problems = Vec::new();
-        if mode == Mode::Strict
-            && let Err(message) = check_flag_key(key)
-        {
-            flag_problems.push(path.problem(message));
-        }
-        let compiled = compile_flag(
+        flags.push(Arc::new(compile_one(
             key,
             flag,
             &set.metadata,
             &evaluators,
-            path,
-            &mut flag_problems,
-        );
-        let compiled = if flag_problems.is_empty() {
-            compiled
-        } else {
-            let message = flag_problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            CompiledFlag::broken(key, message, merged_metadata(&set.metadata, &flag.metadata))
-        };
-        problems.append(&mut flag_problems);
-        flags.push(compiled);
+            mode,
+            &mut problems,
+        )));
     }
     for (key, message) in broken {
-        flags.push(CompiledFlag::broken(
+        flags.push(Arc::new(CompiledFlag::broken(
             key,
             message.clone(),
             set.metadata.clone(),
-        ));
+        )));
     }
-    (CompiledFlagSet::new(flags, set.metadata.clone()), problems)
+    (
+        CompiledFlagSet::new(flags, set.metadata.clone(), Arc::new(evaluators)),
+        problems,
+    )
+}
+
+/// Compiles one flag; a flag with problems becomes a broken flag that evaluates to
+/// `PARSE_ERROR` (the problems are also reported).
+fn compile_one(
+    key: &str,
+    flag: &Flag,
+    metadata: &Metadata,
+    evaluators: &Evaluators,
+    mode: Mode,
+    problems: &mut Vec<Problem>,
+) -> CompiledFlag {
+    let mut path = JsonPath::new("flags");
+    path.push_key(key);
+    let mut flag_problems = Vec::new();
+    if mode == Mode::Strict
+        && let Err(message) = check_flag_key(key)
+    {
+        flag_problems.push(path.problem(message));
+    }
+    let compiled = compile_flag(key, flag, metadata, evaluators, path, &mut flag_problems);
+    let compiled = if flag_problems.is_empty() {
+        compiled
+    } else {
+        let message = flag_problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        CompiledFlag::broken(key, message, merged_metadata(metadata, &flag.metadata))
+    };
+    problems.append(&mut flag_problems);
+    compiled
+}
+
+impl CompiledFlagSet {
+    /// This set with some flags replaced, added or removed, compiling only those (leniently,
+    /// against this set's `$evaluators` and metadata) and sharing every other compiled flag.
+    /// A change of `$evaluators` or metadata needs a full compile instead.
+    pub fn with_changes(
+        &self,
+        upserts: &[(&str, &Flag)],
+        deletes: &[&str],
+    ) -> (CompiledFlagSet, Vec<Problem>) {
+        let (current, metadata, evaluators) = self.parts();
+        let replaced: std::collections::HashSet<&str, FastHasher> = upserts
+            .iter()
+            .map(|(key, _)| *key)
+            .chain(deletes.iter().copied())
+            .collect();
+        let mut flags: Vec<Arc<CompiledFlag>> = current
+            .iter()
+            .filter(|flag| !replaced.contains(flag.key()))
+            .cloned()
+            .collect();
+        let mut problems = Vec::new();
+        for (key, flag) in upserts {
+            flags.push(Arc::new(compile_one(
+                key,
+                flag,
+                metadata,
+                evaluators,
+                Mode::Lenient,
+                &mut problems,
+            )));
+        }
+        (
+            CompiledFlagSet::new(flags, metadata.clone(), evaluators.clone()),
+            problems,
+        )
+    }
 }
 
 /// Flag keys appear in URLs, file names and shell commands: keep them to a safe alphabet.
@@ -384,7 +442,7 @@ fn compile_flag(
     key: &str,
     flag: &Flag,
     set_metadata: &Metadata,
-    evaluators: &HashMap<&str, Option<Node>, FastHasher>,
+    evaluators: &Evaluators,
     mut path: JsonPath,
     problems: &mut Vec<Problem>,
 ) -> CompiledFlag {
@@ -546,15 +604,12 @@ struct Compiler<'e> {
     path: JsonPath,
     problems: Vec<Problem>,
     /// `None` while compiling an evaluator itself (evaluators may not reference evaluators).
-    evaluators: Option<&'e HashMap<&'e str, Option<Node>, FastHasher>>,
+    evaluators: Option<&'e Evaluators>,
     inside_evaluator: bool,
 }
 
 impl<'e> Compiler<'e> {
-    fn new(
-        path: JsonPath,
-        evaluators: Option<&'e HashMap<&'e str, Option<Node>, FastHasher>>,
-    ) -> Self {
+    fn new(path: JsonPath, evaluators: Option<&'e Evaluators>) -> Self {
         Compiler {
             path,
             problems: Vec::new(),
@@ -977,7 +1032,7 @@ impl<'e> Compiler<'e> {
                 "$ref {name:?} refers to an evaluator that has errors"
             )),
             None => {
-                let mut known: Vec<&str> = evaluators.keys().copied().collect();
+                let mut known: Vec<&str> = evaluators.keys().map(String::as_str).collect();
                 known.sort_unstable();
                 let known = if known.is_empty() {
                     "none are defined".to_owned()
@@ -1122,7 +1177,7 @@ pub fn evaluate_rule(
     flag_key: &str,
     timestamp: i64,
 ) -> Result<Value, ValidationError> {
-    let evaluators = HashMap::default();
+    let evaluators = Evaluators::default();
     let mut compiler = Compiler::new(JsonPath::default(), Some(&evaluators));
     let node = compiler.compile(rule, 0);
     if !compiler.problems.is_empty() {

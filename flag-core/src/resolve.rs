@@ -4,11 +4,12 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::compile::Evaluators;
 use crate::context::{EvaluationContext, FastHasher};
 use crate::decision::{Decision, Leaf, Outcome};
 use crate::hash::MurmurPrefix;
@@ -281,7 +282,7 @@ impl CompiledFlag {
             .unwrap_or_default()
     }
 
-    fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         self.key.as_str().unwrap_or_default()
     }
 
@@ -383,24 +384,35 @@ impl CompiledFlag {
 /// A compiled flag set: compile once per update, evaluate many times, from many threads.
 #[derive(Debug, Clone, Default)]
 pub struct CompiledFlagSet {
-    /// In key order, so bulk evaluation is deterministic.
-    flags: Box<[CompiledFlag]>,
-    index: HashMap<Box<str>, usize, FastHasher>,
+    /// In key order, so bulk evaluation is deterministic. Shared between versions of a set:
+    /// `with_changes` recompiles only the flags that changed.
+    flags: Box<[Arc<CompiledFlag>]>,
+    /// Key to flag directly (not to a slot in `flags`): one dependent load fewer per evaluation.
+    index: HashMap<Box<str>, Arc<CompiledFlag>, FastHasher>,
     metadata: Metadata,
+    evaluators: Arc<Evaluators>,
 }
 
 impl CompiledFlagSet {
-    pub(crate) fn new(mut flags: Vec<CompiledFlag>, metadata: Metadata) -> Self {
+    pub(crate) fn parts(&self) -> (&[Arc<CompiledFlag>], &Metadata, &Arc<Evaluators>) {
+        (&self.flags, &self.metadata, &self.evaluators)
+    }
+
+    pub(crate) fn new(
+        mut flags: Vec<Arc<CompiledFlag>>,
+        metadata: Metadata,
+        evaluators: Arc<Evaluators>,
+    ) -> Self {
         flags.sort_by(|a, b| a.key().cmp(b.key()));
         let index = flags
             .iter()
-            .enumerate()
-            .map(|(i, flag)| (Box::from(flag.key()), i))
+            .map(|flag| (Box::from(flag.key()), flag.clone()))
             .collect();
         CompiledFlagSet {
             flags: flags.into_boxed_slice(),
             index,
             metadata,
+            evaluators,
         }
     }
 
@@ -421,7 +433,7 @@ impl CompiledFlagSet {
 
     /// The flag keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.flags.iter().map(CompiledFlag::key)
+        self.flags.iter().map(|flag| flag.key())
     }
 
     /// The flag-set metadata.
@@ -443,7 +455,7 @@ impl CompiledFlagSet {
         timestamp: Timestamp,
     ) -> Resolution<'_> {
         match self.index.get(key) {
-            Some(&index) => self.flags[index].evaluate(ctx, timestamp),
+            Some(flag) => flag.evaluate(ctx, timestamp),
             None => Resolution {
                 value: None,
                 variant: None,

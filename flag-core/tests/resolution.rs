@@ -316,3 +316,52 @@ fn a_constant_result_that_names_no_variant_is_a_general_error() {
         );
     }
 }
+
+#[test]
+fn incremental_changes_evaluate_exactly_like_a_full_compile() {
+    let base = json!({"$evaluators": {"staff": {"ends_with": [{"var": "email"}, "@example.com"]}},
+    "metadata": {"flagSetId": "s"},
+    "flags": {
+        "a": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+              "targeting": {"if": [{"$ref": "staff"}, "on", {"fractional": [["on", 30], ["off", 70]]}]}},
+        "b": {"state": "ENABLED", "variants": {"x": "X", "y": "Y"}, "defaultVariant": "x"},
+        "c": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"}
+    }});
+    let (set, compiled) = CompiledFlagSet::from_value(&base).unwrap();
+    let new_a: flag_core::Flag = serde_json::from_value(
+        json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+        "defaultVariant": "on", "targeting": {"if": [{"$ref": "staff"}, "off", null]}}),
+    )
+    .unwrap();
+    let new_d: flag_core::Flag =
+        serde_json::from_value(json!({"state": "ENABLED", "variants": {"n": 1, "m": 2},
+        "defaultVariant": "m", "targeting": {"fractional": [["n", 1], ["m", 1]]}}))
+        .unwrap();
+    let (incremental, problems) = compiled.with_changes(&[("a", &new_a), ("d", &new_d)], &["c"]);
+    assert!(problems.is_empty(), "{problems:?}");
+
+    let mut changed = set;
+    changed.flags.insert("a".into(), new_a);
+    changed.flags.insert("d".into(), new_d);
+    changed.flags.remove("c");
+    let full = CompiledFlagSet::compile(&changed).unwrap();
+    assert_eq!(
+        incremental.keys().collect::<Vec<_>>(),
+        full.keys().collect::<Vec<_>>()
+    );
+    for i in 0..300 {
+        let email = if i % 3 == 0 {
+            format!("u{i}@example.com")
+        } else {
+            format!("u{i}@other.org")
+        };
+        let ctx = EvaluationContext::new(format!("user-{i}")).with("email", email);
+        for key in ["a", "b", "c", "d", "missing"] {
+            assert_eq!(
+                incremental.evaluate(key, &ctx, 0),
+                full.evaluate(key, &ctx, 0),
+                "{key} for user-{i}"
+            );
+        }
+    }
+}

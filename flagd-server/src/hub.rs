@@ -26,33 +26,114 @@ use crate::store::{
 pub const PATCH_RING: usize = 256;
 
 /// A compiled, immutable view of one environment at one version.
+///
+/// Flags are shared (`Arc`) between consecutive snapshots, and `CompiledFlagSet::with_changes`
+/// recompiles only the flags a commit touched: a write to a large environment costs what the
+/// write changed, not the size of the environment.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The environment.
     pub environment: String,
     /// The environment version it reflects.
     pub version: i64,
-    /// The flagd document.
-    pub document: FlagSet,
+    /// Flag-set metadata.
+    pub metadata: Metadata,
+    /// `$evaluators`.
+    pub evaluators: BTreeMap<String, Value>,
+    /// The flags.
+    pub flags: BTreeMap<String, Arc<Flag>>,
     /// The compiled flags (what OFREP evaluates).
     pub compiled: CompiledFlagSet,
     message: OnceLock<Utf8Bytes>,
 }
 
+fn report(environment: &str, problems: Vec<flag_core::Problem>) {
+    // Stored flags were validated strictly, so lenient compilation finds nothing to isolate;
+    // it is used so a surprise can never take the other flags down.
+    for problem in problems {
+        tracing::error!(environment, %problem, "stored flag failed to compile; it evaluates to an error");
+    }
+}
+
 impl Snapshot {
+    /// A snapshot compiled from scratch.
     fn new(environment: &str, version: i64, document: FlagSet) -> Snapshot {
-        // Documents are validated strictly before they are stored, so lenient compilation
-        // finds nothing to isolate here; it is used so a surprise can never take flags down.
         let (compiled, problems) = CompiledFlagSet::compile_lenient(&document);
-        for problem in problems {
-            tracing::error!(environment, %problem, "stored flag failed to compile; it evaluates to an error");
-        }
+        report(environment, problems);
         Snapshot {
             environment: environment.to_owned(),
             version,
-            document,
+            metadata: document.metadata,
+            evaluators: document.evaluators,
+            flags: document
+                .flags
+                .into_iter()
+                .map(|(k, f)| (k, Arc::new(f)))
+                .collect(),
             compiled,
             message: OnceLock::new(),
+        }
+    }
+
+    /// The next snapshot after a commit's records.
+    fn after(&self, version: i64, records: &[ChangeRecord]) -> Snapshot {
+        if records.iter().any(|r| r.operation == "update_settings") {
+            // Shared evaluators or metadata changed: every flag may compile differently.
+            let mut document = self.document();
+            apply_records(&mut document, records);
+            return Snapshot::new(&self.environment, version, document);
+        }
+        let mut flags = self.flags.clone();
+        let mut upserts: Vec<(String, Arc<Flag>)> = Vec::new();
+        let mut deletes: Vec<String> = Vec::new();
+        for record in records {
+            match (record.operation.as_str(), &record.flag) {
+                ("create" | "update", Some(key)) => {
+                    match serde_json::from_value::<Flag>(record.after.clone()) {
+                        Ok(flag) => {
+                            let flag = Arc::new(flag);
+                            flags.insert(key.clone(), flag.clone());
+                            upserts.push((key.clone(), flag));
+                        }
+                        Err(error) => tracing::error!(key, %error, "stored change does not decode"),
+                    }
+                }
+                ("delete", Some(key)) => {
+                    flags.remove(key);
+                    deletes.push(key.clone());
+                }
+                _ => {}
+            }
+        }
+        let upsert_refs: Vec<(&str, &Flag)> = upserts
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.as_ref()))
+            .collect();
+        let delete_refs: Vec<&str> = deletes.iter().map(String::as_str).collect();
+        let (compiled, problems) = self.compiled.with_changes(&upsert_refs, &delete_refs);
+        report(&self.environment, problems);
+        Snapshot {
+            environment: self.environment.clone(),
+            version,
+            metadata: self.metadata.clone(),
+            evaluators: self.evaluators.clone(),
+            flags,
+            compiled,
+            message: OnceLock::new(),
+        }
+    }
+
+    /// The flagd document (a deep copy).
+    pub fn document(&self) -> FlagSet {
+        FlagSet {
+            schema: Some(FLAGD_SCHEMA_URL.to_owned()),
+            metadata: self.metadata.clone(),
+            evaluators: self.evaluators.clone(),
+            flags: self
+                .flags
+                .iter()
+                .map(|(k, f)| (k.clone(), Flag::clone(f)))
+                .collect(),
         }
     }
 
@@ -60,8 +141,18 @@ impl Snapshot {
     pub fn message(&self) -> Utf8Bytes {
         self.message
             .get_or_init(|| {
-                let mut document = serde_json::to_value(&self.document).unwrap_or(Value::Null);
-                document["$schema"] = json!(FLAGD_SCHEMA_URL);
+                let flags: Map<String, Value> = self
+                    .flags
+                    .iter()
+                    .map(|(k, f)| (k.clone(), serde_json::to_value(f.as_ref()).unwrap_or(Value::Null)))
+                    .collect();
+                let mut document = json!({"$schema": FLAGD_SCHEMA_URL, "flags": flags});
+                if !self.metadata.is_empty() {
+                    document["metadata"] = json!(self.metadata);
+                }
+                if !self.evaluators.is_empty() {
+                    document["$evaluators"] = json!(self.evaluators);
+                }
                 json!({"type": "snapshot", "environment": self.environment, "version": self.version, "document": document})
                     .to_string()
                     .into()
@@ -184,12 +275,10 @@ impl Hub {
             );
             return;
         };
-        let mut document = previous.document.clone();
-        apply_records(&mut document, &commit.changes);
         let Some(message) = patch_message(commit.version, &commit.changes) else {
             return;
         };
-        let snapshot = Arc::new(Snapshot::new(environment, commit.version, document));
+        let snapshot = Arc::new(previous.after(commit.version, &commit.changes));
         let patch = Patch {
             version: commit.version,
             message: message.to_string().into(),
