@@ -409,16 +409,22 @@ impl Sync {
                 settings_changed = true;
             }
         }
+        let state = if settings_changed {
+            None
+        } else {
+            incremental(&current, version, document.clone(), patch)
+        };
+        // Shared settings can change any flag's behaviour; and a flag that does not even parse
+        // needs the full (lenient) compile to be isolated as a broken flag.
+        let state = state.unwrap_or_else(|| {
+            FlagState::new(Some(version), current.environment.clone(), document)
+        });
         let changed = if settings_changed {
-            // Shared settings can change any flag's behaviour.
-            flag_keys(&document)
+            flag_keys(&state.document)
         } else {
             changed.into_iter().collect()
         };
-        self.shared.publish(
-            FlagState::new(Some(version), current.environment.clone(), document),
-            changed,
-        );
+        self.shared.publish(state, changed);
         self.persist();
         true
     }
@@ -438,6 +444,38 @@ impl Sync {
             }
         });
     }
+}
+
+/// The next state compiling only the patched flags, sharing the others with `current`;
+/// `None` when an upsert is not a well-formed flag.
+fn incremental(
+    current: &FlagState,
+    version: i64,
+    document: Value,
+    patch: &Value,
+) -> Option<FlagState> {
+    let mut upserts: Vec<(String, flag_core::Flag)> = Vec::new();
+    for (key, flag) in patch["upserts"].as_object().into_iter().flatten() {
+        upserts.push((key.clone(), serde_json::from_value(flag.clone()).ok()?));
+    }
+    let deletes: Vec<&str> = patch["deletes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let refs: Vec<(&str, &flag_core::Flag)> =
+        upserts.iter().map(|(k, f)| (k.as_str(), f)).collect();
+    let (compiled, problems) = current.compiled.with_changes(&refs, &deletes);
+    for problem in problems {
+        tracing::warn!(%problem, "flag failed to compile");
+    }
+    Some(FlagState {
+        version: Some(version),
+        environment: current.environment.clone(),
+        document,
+        compiled,
+    })
 }
 
 fn flags_of(document: &Value) -> Option<&Map<String, Value>> {

@@ -552,3 +552,38 @@ async fn a_server_without_a_token_or_with_https_is_a_configuration_error() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_malformed_flag_in_a_patch_is_isolated_and_the_rest_keep_working() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let anyone = EvaluationContext::new("u");
+    let mut connection = accept(&mut connections).await;
+    connection
+        .send(snapshot(1, json!({"a": flag("on"), "b": flag("on")})))
+        .await;
+    connection.next_of("ack").await.unwrap();
+    // `b` arrives broken (an unknown state), `a` changes: the patch still applies.
+    connection
+        .send(patch(
+            2,
+            json!({"a": flag("off"), "b": {"state": "SOMETIMES", "variants": {"on": true}}}),
+            json!([]),
+        ))
+        .await;
+    connection.next_of("ack").await.unwrap();
+    eventually("patch applied", || client.version() == Some(2)).await;
+    assert!(!client.bool_value("a", &anyone, true));
+    let broken = client.bool_details("b", &anyone, true);
+    assert_eq!(
+        (broken.value, broken.error_code),
+        (true, Some(ErrorCode::ParseError))
+    );
+    // And a well-formed fix heals it incrementally.
+    connection
+        .send(patch(3, json!({"b": flag("off")}), json!([])))
+        .await;
+    connection.next_of("ack").await.unwrap();
+    eventually("fixed", || client.version() == Some(3)).await;
+    assert!(!client.bool_value("b", &anyone, true));
+}
