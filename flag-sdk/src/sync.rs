@@ -150,10 +150,8 @@ async fn run(sync: Sync, mut stop: watch::Receiver<bool>) {
         } else {
             sync.shared.flags.load().as_ref().and_then(|s| s.version)
         };
-        let ended = tokio::select! {
-            ended = sync.connection(since) => ended,
-            _ = stop.changed() => Ended::Stopped,
-        };
+        // The connection watches `stop` itself, so it can say goodbye with a Close frame.
+        let ended = sync.connection(since, &stop).await;
         let (synced, retry_after) = match ended {
             Ended::Stopped => break,
             Ended::Final(reason) => {
@@ -194,6 +192,12 @@ async fn run(sync: Sync, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Completes once `close()` has been called.
+async fn stopped(stop: &watch::Receiver<bool>) {
+    let mut stop = stop.clone();
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
 /// Exponential backoff with full jitter: uniform in `0..=min(cap, base * 2^attempt)`.
 fn backoff(settings: &SyncSettings, attempt: u32) -> Duration {
     let ceiling = settings
@@ -205,7 +209,7 @@ fn backoff(settings: &SyncSettings, attempt: u32) -> Duration {
 }
 
 impl Sync {
-    async fn connection(&self, since: Option<i64>) -> Ended {
+    async fn connection(&self, since: Option<i64>, stop: &watch::Receiver<bool>) -> Ended {
         let lost = |synced| Ended::Disconnected {
             synced,
             resync: false,
@@ -223,12 +227,15 @@ impl Sync {
             return Ended::Final("the token contains characters an HTTP header cannot".to_owned());
         };
         request.headers_mut().insert("authorization", authorization);
-        let mut socket = match tokio::time::timeout(
+        let connecting = tokio::time::timeout(
             self.settings.connect_timeout,
             tokio_tungstenite::connect_async(request),
-        )
-        .await
-        {
+        );
+        let connected = tokio::select! {
+            connected = connecting => connected,
+            () = stopped(stop) => return Ended::Stopped,
+        };
+        let mut socket = match connected {
             Err(_) => {
                 tracing::warn!(server = %self.server, "connecting to the flag server timed out");
                 return lost(false);
@@ -261,9 +268,15 @@ impl Sync {
 
         let mut synced = false;
         loop {
-            let message = match tokio::time::timeout(self.settings.ping_timeout, socket.next())
-                .await
-            {
+            let next = tokio::select! {
+                next = tokio::time::timeout(self.settings.ping_timeout, socket.next()) => next,
+                () = stopped(stop) => {
+                    // `close()`: say so with a Close frame rather than just dropping the socket.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
+                    return Ended::Stopped;
+                }
+            };
+            let message = match next {
                 Err(_) => {
                     tracing::warn!(timeout = ?self.settings.ping_timeout, "no message from the flag server; the stream is dead");
                     return lost(synced);
