@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use flag_core::rollout::{RolloutError, RolloutVariants, set_rollout};
-use flag_core::{CompiledFlagSet, FLAGD_SCHEMA_URL, Flag, FlagSet};
+use flag_core::{CompiledFlagSet, Flag, FlagSet};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -194,13 +194,7 @@ pub fn rollout(
 pub fn document(store: &dyn FlagStore, environment: &str) -> Result<(FlagSet, i64), ApiError> {
     let env = environment_or_404(store, environment)?;
     let flags = store.flags(environment)?;
-    let set = FlagSet {
-        schema: Some(FLAGD_SCHEMA_URL.to_owned()),
-        metadata: env.metadata,
-        evaluators: env.evaluators,
-        flags: flags.into_iter().map(|f| (f.key, f.flag)).collect(),
-    };
-    Ok((set, env.version))
+    Ok((crate::hub::document_of(&env, flags), env.version))
 }
 
 /// What a declarative apply did (or, in a dry run, would do) to one flag.
