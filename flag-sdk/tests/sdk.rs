@@ -588,3 +588,19 @@ async fn a_malformed_flag_in_a_patch_is_isolated_and_the_rest_keep_working() {
     eventually("fixed", || client.version() == Some(3)).await;
     assert!(!client.bool_value("b", &anyone, true));
 }
+
+#[tokio::test]
+async fn two_clients_on_one_thread_never_see_each_others_flags() {
+    let with_default = |default: &str| {
+        FlagClient::builder()
+            .bootstrap_document(json!({"flags": {"f": flag(default)}}))
+            .build()
+            .unwrap()
+    };
+    let (on, off) = (with_default("on"), with_default("off"));
+    let user = EvaluationContext::new("u");
+    for _ in 0..100 {
+        assert!(on.bool_value("f", &user, false));
+        assert!(!off.bool_value("f", &user, true));
+    }
+}
