@@ -404,77 +404,30 @@ async fn ofrep_bad_bodies_and_auth() {
         assert_eq!(answer["errorCode"], "INVALID_CONTEXT", "{answer}");
     }
     let url = format!("{}/ofrep/v1/evaluate/flags/static", live.base);
-    let status = live
-        .client
-        .post(&url)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
-    let status = live
-        .client
-        .post(&url)
-        .bearer_auth("flg_sdk_nope")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
-    // X-API-Key works like Bearer.
-    let response = live
-        .client
-        .post(&url)
-        .header("x-api-key", &live.sdk)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::OK);
-    // An sdk token cannot read another environment.
-    let status = live
-        .client
-        .post(format!("{url}?environment=staging"))
-        .bearer_auth(&live.sdk)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
-    // An admin token must name the environment.
-    let status = live
-        .client
-        .post(&url)
-        .bearer_auth(ADMIN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
-    let status = live
-        .client
-        .post(format!("{url}?environment=default"))
-        .bearer_auth(ADMIN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, reqwest::StatusCode::OK);
-    let status = live
-        .client
-        .post(format!("{url}?environment=nowhere"))
-        .bearer_auth(ADMIN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+    // (query, header, token, expected status)
+    let sdk = live.sdk.as_str();
+    let cases: [(&str, &str, Option<&str>, u16); 7] = [
+        ("", "authorization", None, 401),
+        ("", "authorization", Some("flg_sdk_nope"), 401),
+        // X-API-Key works like Bearer.
+        ("", "x-api-key", Some(sdk), 200),
+        // An sdk token cannot read another environment.
+        ("?environment=staging", "authorization", Some(sdk), 403),
+        // An admin token must name the environment, and it must exist.
+        ("", "authorization", Some(ADMIN), 400),
+        ("?environment=default", "authorization", Some(ADMIN), 200),
+        ("?environment=nowhere", "authorization", Some(ADMIN), 404),
+    ];
+    for (query, header, token, expected) in cases {
+        let mut request = live.client.post(format!("{url}{query}")).json(&json!({}));
+        request = match (header, token) {
+            (_, None) => request,
+            ("x-api-key", Some(token)) => request.header("x-api-key", token),
+            (_, Some(token)) => request.bearer_auth(token),
+        };
+        let status = request.send().await.unwrap().status();
+        assert_eq!(status.as_u16(), expected, "{query} {header} {token:?}");
+    }
 }
 
 // ------------------------------------------------------------------------------------------
