@@ -127,7 +127,10 @@ pub struct RampStartArgs {
     /// Percentages, strictly increasing, comma-separated (e.g. 1,5,25,50,100).
     #[arg(long, value_delimiter = ',', required = true)]
     pub steps: Vec<f64>,
-    /// Time between steps, e.g. 30m, 1h, 90s.
+    /// The variant to roll out (required unless the flag is boolean: then its `true` variant).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Time between steps, e.g. 30m, 1h30m, 90s (1s to 366 days).
     #[arg(long, conflicts_with = "durations")]
     pub every: Option<String>,
     /// Per-step times instead of --every, comma-separated (one fewer than steps).
@@ -139,7 +142,7 @@ pub struct RampStartArgs {
     /// Consecutive unhealthy checks that abort the ramp (and restore the rollout).
     #[arg(long, default_value_t = 1, requires = "guard_url")]
     pub guard_failures: u32,
-    /// How long one guard check may take, e.g. 5s.
+    /// How long one guard check may take, e.g. 5s (at most 60s).
     #[arg(long, default_value = "5s", requires = "guard_url")]
     pub guard_timeout: String,
     /// Why: recorded with the ramp and in the audit log.
@@ -212,12 +215,23 @@ pub enum FlagCommand {
         #[command(flatten)]
         message: Message,
     },
-    /// Roll a boolean flag out to a percentage of users (sticky: raising it only adds users).
+    /// Roll a variant out to a percentage of users (sticky: raising it only adds users,
+    /// lowering it only removes users; 0 and 100 are exact for everyone).
+    ///
+    /// A boolean flag rolls out its `true` variant; other flags name the variant with
+    /// --variant. Existing buckets may be in any order: the rollout is found by variant.
     Rollout {
         /// The flag key.
         key: String,
         /// 0 to 100, in steps of 0.01 (e.g. 12.5).
         percentage: f64,
+        /// The variant to roll out (required unless the flag is boolean).
+        #[arg(long)]
+        variant: Option<String>,
+        /// The variant everyone else gets when the flag has no bucket list yet (default: what
+        /// they get now).
+        #[arg(long, value_name = "VARIANT")]
+        others: Option<String>,
         #[command(flatten)]
         message: Message,
     },

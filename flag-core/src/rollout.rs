@@ -1,21 +1,53 @@
 //! Reading and setting a flag's percentage rollout.
 //!
-//! A rollout written here is always `{"fractional": [["on", w], ["off", 10000 - w]]}`: the "on"
-//! bucket first and weights out of 10,000 (0.01 % steps). Because `fractional` maps a hash to
-//! `hash * total >> 32` and walks buckets in order, "on" holds exactly the users whose hash is
-//! below a threshold proportional to `w`; raising the percentage only raises the threshold, so a
-//! user who is in at 10 % is still in at 20 %.
+//! A rollout is the share of users reaching the targeting's *fallthrough* who get one variant,
+//! the **rolled-out variant**. That variant is found by value, never by bucket position: for a
+//! boolean flag it is the variant whose value is `true`; for other flags the caller names it.
+//! The fallthrough is the whole rule when it is empty, a variant name or a `fractional`, or the
+//! final `else` of an `if` chain (so targeting rules still win); a `$ref` on the way is inlined
+//! into the flag, so editing one flag's rollout never changes another flag sharing the evaluator.
 //!
-//! The rollout replaces the *fallthrough* of the targeting: the whole rule when it is empty or a
-//! top-level `fractional`, or the final `else` of an `if` chain (so targeting rules still win).
-//! Anything else is refused rather than guessed at.
+//! # Stickiness
+//!
+//! `fractional` maps each user to a point of the bucket space `[0, total)` (`hash * total >> 32`)
+//! and walks the buckets in order, so every bucket owns one interval. The rolled-out variant's
+//! users form an arc of that space with one fixed end (the *anchor*); a new percentage only moves
+//! the other end. So raising the percentage only adds users, lowering it only removes users, and
+//! the users at a given percentage are always the same ones, whatever happened in between
+//! (1 → 50 → 100 → 50 % gives the same users at both 50 %). The arc's orientation is read from
+//! the buckets' order:
+//! - the variant's bucket is last (and not first): the anchor is the end of the space and the
+//!   arc grows backwards, taking users from the bucket before it (`[["off", 70], ["on", 30]]`);
+//! - otherwise the anchor is the start of its bucket and the arc grows forwards, taking users
+//!   from the buckets after it; past the end of the space it continues from the start, as a
+//!   second bucket of the same variant at the front (`[["on", 10], ["a", 20], ["on", 70]]`).
+//!
+//! Buckets are never reordered and never dropped when they empty (a zero-weight bucket keeps its
+//! place, which is what keeps the orientation), and weights are rescaled exactly (to the least
+//! common multiple of the old total and 10,000) so no boundary moves. With three or more
+//! variants, users outside the rolled-out variant stay outside it, but which of the other
+//! variants they get can change when the percentage goes down again.
+//!
+//! # 0 % and 100 %
+//!
+//! A `fractional` answers null, hence the default variant, for a context with nothing to bucket
+//! by (no targeting key). At 100 % the rule becomes `{"or": [{"fractional": …}, "on"]}` so such
+//! contexts get the rolled-out variant too, and at 0 %, when the default variant is the rolled-out
+//! one, the other variant is the fallback. Plain JsonLogic, so flagd evaluates it the same way.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::model::Flag;
+use crate::rule::{MAX_TOTAL_WEIGHT, weight_of};
 
-/// Rollout weights add up to this: 0.01 % steps.
-pub const ROLLOUT_TOTAL_WEIGHT: u32 = 10_000;
+/// Percentages are set in 0.01 % steps: weights out of this.
+pub const ROLLOUT_TOTAL_WEIGHT: u64 = 10_000;
+
+/// How deep `$ref`s may be followed on the way to the fallthrough (flagd allows none nested).
+const MAX_REF_DEPTH: usize = 8;
 
 /// Why a rollout could not be read or set.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,7 +59,7 @@ pub enum RolloutError {
     /// The percentage has more precision than 0.01 %.
     #[error("rollout percentage {0} is finer than the 0.01 % steps a rollout can express")]
     TooFine(f64),
-    /// The flag lacks a variant the rollout needs.
+    /// The rolled-out variant (or the one other users get) is unknown or ambiguous.
     #[error("{0}")]
     Variants(String),
     /// The targeting cannot be edited without risking a change in meaning.
@@ -35,51 +67,363 @@ pub enum RolloutError {
     TooComplex(String),
 }
 
-/// Which variant is "on" (rolled out) and which is "off".
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An exact share of users: `weight` out of `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The rolled-out variant's weight.
+    pub weight: u64,
+    /// The weight of all buckets (more than 0).
+    pub total: u64,
+}
+
+impl Share {
+    /// Everyone.
+    pub const ALL: Share = Share {
+        weight: ROLLOUT_TOTAL_WEIGHT,
+        total: ROLLOUT_TOTAL_WEIGHT,
+    };
+
+    /// A percentage from 0 to 100 in 0.01 steps.
+    pub fn from_percentage(percentage: f64) -> Result<Share, RolloutError> {
+        if !percentage.is_finite() || !(0.0..=100.0).contains(&percentage) {
+            return Err(RolloutError::OutOfRange(percentage));
+        }
+        let scaled = percentage * 100.0;
+        let hundredths = scaled.round();
+        if (scaled - hundredths).abs() > 1e-6 {
+            return Err(RolloutError::TooFine(percentage));
+        }
+        // 0 <= hundredths <= 10,000, checked above.
+        Ok(Share {
+            weight: hundredths as u64,
+            total: ROLLOUT_TOTAL_WEIGHT,
+        })
+    }
+
+    /// The share in percent, rounded to 0.01.
+    pub fn percentage(self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        // Both fit f64 exactly (total <= i32::MAX).
+        (self.weight as f64 * 10_000.0 / self.total as f64).round() / 100.0
+    }
+
+    fn is_none(self) -> bool {
+        self.weight == 0
+    }
+
+    fn is_all(self) -> bool {
+        self.weight == self.total
+    }
+}
+
+/// Which variant to roll out, and which one other users get when a bucket list is made anew.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RolloutVariants {
-    /// The variant users in the rollout get.
-    pub on: String,
-    /// The variant everyone else gets.
-    pub off: String,
+    /// The rolled-out variant. Default: a boolean flag's `true` variant.
+    pub variant: Option<String>,
+    /// What users outside the rollout get when the flag has no bucket list yet and nothing else
+    /// says (default: what the fallthrough serves now, else a boolean flag's `false` variant).
+    pub others: Option<String>,
+}
+
+impl RolloutVariants {
+    /// Rolls out `variant`.
+    pub fn of(variant: impl Into<String>) -> RolloutVariants {
+        RolloutVariants {
+            variant: Some(variant.into()),
+            others: None,
+        }
+    }
 }
 
 /// A flag's current rollout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
-    /// The share of users reaching the fallthrough who get `variants.on`, in percent.
+    /// The share of users reaching the fallthrough who get `variant`, in percent (rounded to
+    /// 0.01).
     pub percentage: f64,
-    /// The two variants.
-    pub variants: RolloutVariants,
+    /// The exact share (restoring it restores exactly these users).
+    pub share: Share,
+    /// The rolled-out variant.
+    pub variant: String,
 }
 
-/// Where in the targeting the rollout lives.
-enum Slot<'a> {
-    /// Nothing there yet (no targeting, or an `if` chain without an `else`).
-    Empty,
-    /// A constant variant name (or null, the default variant).
-    Constant(&'a Value),
-    /// A `fractional` rule.
-    Fractional(&'a [Value]),
+/// The rolled-out variant: `requested` if given (it must exist), else a boolean flag's only
+/// `true` variant.
+pub fn rolled_out_variant(flag: &Flag, requested: Option<&str>) -> Result<String, RolloutError> {
+    if let Some(name) = requested {
+        if !flag.variants.contains_key(name) {
+            return Err(RolloutError::Variants(format!(
+                "the flag has no variant {name:?} (variants: {})",
+                variant_list(flag)
+            )));
+        }
+        return Ok(name.to_owned());
+    }
+    let on: Vec<&String> = flag
+        .variants
+        .iter()
+        .filter(|(_, value)| value.as_bool() == Some(true))
+        .map(|(name, _)| name)
+        .collect();
+    match on.as_slice() {
+        [only] => Ok((*only).clone()),
+        [] if flag.variants.values().all(Value::is_boolean) => Err(RolloutError::Variants(
+            "the flag has no variant whose value is true: name the variant to roll out".to_owned(),
+        )),
+        [] => Err(RolloutError::Variants(format!(
+            "the flag's variants are not booleans: name the variant to roll out (one of: {})",
+            variant_list(flag)
+        ))),
+        several => Err(RolloutError::Variants(format!(
+            "several variants are true ({}): name the variant to roll out",
+            several
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
-fn find_slot(rule: Option<&Value>) -> Result<Slot<'_>, RolloutError> {
-    let Some(rule) = rule else {
-        return Ok(Slot::Empty);
+fn variant_list(flag: &Flag) -> String {
+    flag.variants
+        .keys()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The flag's current rollout of `variants.variant` (or the boolean default).
+pub fn current_rollout(
+    flag: &Flag,
+    evaluators: &BTreeMap<String, Value>,
+    variants: &RolloutVariants,
+) -> Result<Rollout, RolloutError> {
+    let variant = rolled_out_variant(flag, variants.variant.as_deref())?;
+    let mut targeting = root_of(flag);
+    let slot = classify(locate(&mut targeting, evaluators)?)?;
+    let share = match slot {
+        Slot::Served(served) => {
+            let all =
+                served.as_deref().or(flag.default_variant.as_deref()) == Some(variant.as_str());
+            Share {
+                weight: if all { ROLLOUT_TOTAL_WEIGHT } else { 0 },
+                total: ROLLOUT_TOTAL_WEIGHT,
+            }
+        }
+        Slot::Buckets(layout) => layout.share_of(&variant)?,
     };
-    match rule {
-        Value::String(_) | Value::Null => Ok(Slot::Constant(rule)),
-        Value::Object(object) if object.len() == 1 => {
-            if let Some(Value::Array(args)) = object.get("fractional") {
-                return Ok(Slot::Fractional(args));
+    Ok(Rollout {
+        percentage: share.percentage(),
+        share,
+        variant,
+    })
+}
+
+/// Sets the flag's rollout to `percentage` (0 to 100, in 0.01 steps).
+pub fn set_rollout(
+    flag: &mut Flag,
+    evaluators: &BTreeMap<String, Value>,
+    percentage: f64,
+    variants: &RolloutVariants,
+) -> Result<(), RolloutError> {
+    set_rollout_share(
+        flag,
+        evaluators,
+        Share::from_percentage(percentage)?,
+        variants,
+    )
+}
+
+/// Sets the flag's rollout to an exact share (used to restore one read by [`current_rollout`]).
+/// Changes nothing when it fails.
+pub fn set_rollout_share(
+    flag: &mut Flag,
+    evaluators: &BTreeMap<String, Value>,
+    share: Share,
+    variants: &RolloutVariants,
+) -> Result<(), RolloutError> {
+    if share.total == 0 || share.total > MAX_TOTAL_WEIGHT || share.weight > share.total {
+        return Err(RolloutError::TooComplex(format!(
+            "a share of {} out of {} is not a valid rollout",
+            share.weight, share.total
+        )));
+    }
+    let variant = rolled_out_variant(flag, variants.variant.as_deref())?;
+    let mut targeting = root_of(flag);
+    let slot = locate(&mut targeting, evaluators)?;
+    let layout = match classify(slot)? {
+        Slot::Served(served) => {
+            let served = served.or_else(|| flag.default_variant.clone());
+            let serving_variant = served.as_deref() == Some(variant.as_str());
+            if (serving_variant && share.is_all()) || (!serving_variant && share.is_none()) {
+                // Already exact for everyone: nothing to write.
+                return Ok(());
             }
-            if let Some(Value::Array(args)) = object.get("if").or_else(|| object.get("?:")) {
-                if args.len() % 2 == 0 {
-                    return Ok(Slot::Empty);
-                }
-                return find_slot(args.last());
+            let others = match served.filter(|s| *s != variant) {
+                Some(served) => served,
+                None => other_variant(flag, &variant, variants)?,
+            };
+            let total = scale_total(ROLLOUT_TOTAL_WEIGHT, share.total)?;
+            let mut layout = Layout {
+                bucket_by: None,
+                buckets: vec![
+                    Bucket {
+                        name: variant.clone(),
+                        weight: if serving_variant { total } else { 0 },
+                    },
+                    Bucket {
+                        name: others,
+                        weight: if serving_variant { 0 } else { total },
+                    },
+                ],
+            };
+            layout.resize(&variant, share, || other_variant(flag, &variant, variants))?;
+            layout
+        }
+        Slot::Buckets(mut layout) => {
+            layout.resize(&variant, share, || other_variant(flag, &variant, variants))?;
+            layout
+        }
+    };
+    let default_is_variant = flag.default_variant.as_deref() == Some(variant.as_str());
+    let fallback = if share.is_none() && default_is_variant {
+        Some(other_variant(flag, &variant, variants).or_else(|_| layout.first_other(&variant))?)
+    } else if share.is_all() && !default_is_variant {
+        Some(variant)
+    } else {
+        None
+    };
+    *locate(&mut targeting, evaluators)? = layout.to_rule(fallback);
+    flag.targeting = Some(targeting);
+    Ok(())
+}
+
+/// The targeting as one value: `Null` when there is none.
+fn root_of(flag: &Flag) -> Value {
+    flag.effective_targeting().cloned().unwrap_or(Value::Null)
+}
+
+/// The variant users outside the rollout get when a bucket must be made for them.
+fn other_variant(
+    flag: &Flag,
+    variant: &str,
+    variants: &RolloutVariants,
+) -> Result<String, RolloutError> {
+    if let Some(name) = &variants.others {
+        if name == variant || !flag.variants.contains_key(name) {
+            return Err(RolloutError::Variants(format!(
+                "{name:?} cannot be the variant other users get (variants: {})",
+                variant_list(flag)
+            )));
+        }
+        return Ok(name.clone());
+    }
+    let rolled_out_value = flag.variants.get(variant);
+    if let Some(Value::Bool(on)) = rolled_out_value {
+        let opposite = flag
+            .variants
+            .iter()
+            .filter(|(_, value)| value.as_bool() == Some(!on))
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>();
+        if let [only] = opposite.as_slice() {
+            return Ok(only.clone());
+        }
+    }
+    match &flag.default_variant {
+        Some(default) if default != variant => Ok(default.clone()),
+        _ => Err(RolloutError::Variants(format!(
+            "name the variant users outside the rollout of {variant:?} get (variants: {})",
+            variant_list(flag)
+        ))),
+    }
+}
+
+/// Walks to the fallthrough, inlining `$ref`s and giving an `if` chain without an `else` an
+/// explicit `null` one (the same meaning: the default variant).
+fn locate<'a>(
+    mut node: &'a mut Value,
+    evaluators: &BTreeMap<String, Value>,
+) -> Result<&'a mut Value, RolloutError> {
+    let mut refs = 0;
+    loop {
+        if let Some(name) = single_key(node, "$ref").map(|r| r.as_str().map(str::to_owned)) {
+            let name = name.ok_or_else(|| {
+                RolloutError::TooComplex("the fallthrough is a $ref that is not a name".to_owned())
+            })?;
+            refs += 1;
+            let evaluator = evaluators.get(&name).filter(|_| refs <= MAX_REF_DEPTH);
+            let Some(evaluator) = evaluator else {
+                return Err(RolloutError::TooComplex(format!(
+                    "the fallthrough is {{\"$ref\": {name:?}}}, which names no evaluator"
+                )));
+            };
+            *node = evaluator.clone();
+            continue;
+        }
+        let is_chain = node.as_object().is_some_and(|object| {
+            object.len() == 1
+                && object
+                    .get("if")
+                    .or_else(|| object.get("?:"))
+                    .is_some_and(Value::is_array)
+        });
+        if !is_chain {
+            return Ok(node);
+        }
+        let Some(Value::Array(args)) = node.as_object_mut().and_then(|o| o.values_mut().next())
+        else {
+            return Err(RolloutError::TooComplex(
+                "an if without arguments".to_owned(),
+            ));
+        };
+        if args.len() % 2 == 0 {
+            args.push(Value::Null);
+        }
+        node = match args.last_mut() {
+            Some(last) => last,
+            None => return Err(RolloutError::TooComplex("an empty if".to_owned())),
+        };
+    }
+}
+
+/// `object[key]` when `node` is an object with that one key.
+fn single_key<'a>(node: &'a Value, key: &str) -> Option<&'a Value> {
+    node.as_object()
+        .filter(|object| object.len() == 1)
+        .and_then(|object| object.get(key))
+}
+
+/// What the fallthrough is.
+enum Slot {
+    /// A constant: a variant name, or null (the default variant).
+    Served(Option<String>),
+    /// A `fractional` with constant buckets (possibly behind our `or` fallback).
+    Buckets(Layout),
+}
+
+fn classify(node: &Value) -> Result<Slot, RolloutError> {
+    match node {
+        Value::Null => Ok(Slot::Served(None)),
+        Value::String(name) => Ok(Slot::Served(Some(name.clone()))),
+        Value::Object(_) => {
+            if let Some(args) = single_key(node, "fractional") {
+                return Layout::parse(args).map(Slot::Buckets);
             }
-            let op = object.keys().next().map(String::as_str).unwrap_or_default();
+            if let Some(Value::Array(args)) = single_key(node, "or")
+                && let [fractional, Value::String(_)] = args.as_slice()
+                && let Some(inner) = single_key(fractional, "fractional")
+            {
+                return Layout::parse(inner).map(Slot::Buckets);
+            }
+            let op = node
+                .as_object()
+                .and_then(|o| o.keys().next())
+                .map_or("", String::as_str);
             Err(RolloutError::TooComplex(format!(
                 "the fallthrough is a {op:?} rule, not a variant or a fractional"
             )))
@@ -90,181 +434,286 @@ fn find_slot(rule: Option<&Value>) -> Result<Slot<'_>, RolloutError> {
     }
 }
 
-/// A two-bucket fractional: an optional bucketBy and `[(name, weight); 2]`.
-type TwoBuckets<'a> = (Option<&'a Value>, [(&'a str, u64); 2]);
-
-/// Reads a two-bucket fractional.
-fn parse_two_buckets(args: &[Value]) -> Result<TwoBuckets<'_>, RolloutError> {
-    let (bucket_by, buckets) = match args.first() {
-        Some(Value::Array(_)) => (None, args),
-        Some(first) => (Some(first), &args[1..]),
-        None => return Err(RolloutError::TooComplex("empty fractional".to_owned())),
-    };
-    fn parse(bucket: &Value) -> Option<(&str, u64)> {
-        let parts = bucket.as_array()?;
-        let name = parts.first()?.as_str()?;
-        let weight = match parts.get(1) {
-            None => 1,
-            Some(w) => w.as_u64()?,
-        };
-        (parts.len() <= 2).then_some((name, weight))
-    }
-    match buckets {
-        [a, b] => match (parse(a), parse(b)) {
-            (Some(a), Some(b)) => Ok((bucket_by, [a, b])),
-            _ => Err(RolloutError::TooComplex(
-                "the fractional's buckets are computed by rules".to_owned(),
-            )),
-        },
-        _ => Err(RolloutError::TooComplex(format!(
-            "the fractional has {} buckets, not 2",
-            buckets.len()
-        ))),
-    }
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bucket {
+    name: String,
+    weight: u64,
 }
 
-/// The variants a boolean flag rolls out: the one whose value is `true` is "on".
-fn boolean_variants(flag: &Flag) -> Result<RolloutVariants, RolloutError> {
-    let find = |wanted: bool| {
-        flag.variants
+/// A `fractional` with constant buckets.
+#[derive(Debug, Clone)]
+struct Layout {
+    bucket_by: Option<Value>,
+    buckets: Vec<Bucket>,
+}
+
+/// How the rolled-out variant's arc lies in the bucket list (see the module docs).
+enum Orientation {
+    /// Its one bucket is last: the anchor is the end, the arc grows backwards.
+    Backward { main: usize },
+    /// The anchor is the start of `main`; the arc grows forwards, and past the end continues
+    /// in `head`, the first bucket.
+    Forward { main: usize, head: Option<usize> },
+}
+
+impl Layout {
+    fn parse(args: &Value) -> Result<Layout, RolloutError> {
+        let Value::Array(items) = args else {
+            return Err(RolloutError::TooComplex(
+                "the fractional's arguments are not an array".to_owned(),
+            ));
+        };
+        let (bucket_by, buckets) = match items.first() {
+            Some(Value::Array(_)) => (None, items.as_slice()),
+            Some(first) => (Some(first.clone()), &items[1..]),
+            None => return Err(RolloutError::TooComplex("an empty fractional".to_owned())),
+        };
+        let buckets = buckets
             .iter()
-            .find(|(_, v)| v.as_bool() == Some(wanted))
-            .map(|(k, _)| k.clone())
-    };
-    match (find(true), find(false)) {
-        (Some(on), Some(off)) => Ok(RolloutVariants { on, off }),
-        _ => Err(RolloutError::Variants(
-            "a rollout needs an \"on\" and an \"off\" variant: this flag has no true and false variants, so name them".to_owned(),
-        )),
-    }
-}
-
-/// The flag's current rollout: the share of users reaching the fallthrough who get "on".
-///
-/// `variants` names "on" and "off" for non-boolean flags; otherwise they come from an existing
-/// two-bucket rollout or, for boolean flags, from the `true` and `false` variants.
-pub fn current_rollout(
-    flag: &Flag,
-    variants: Option<&RolloutVariants>,
-) -> Result<Rollout, RolloutError> {
-    let slot = find_slot(flag.effective_targeting())?;
-    if let Slot::Fractional(args) = slot {
-        let (_, [(on, on_weight), (off, off_weight)]) = parse_two_buckets(args)?;
-        let total = on_weight + off_weight;
-        let percentage = if total == 0 {
-            0.0
-        } else {
-            (on_weight as f64 * 100.0 / total as f64 * 100.0).round() / 100.0
-        };
-        let variants = variants.cloned().unwrap_or(RolloutVariants {
-            on: on.to_owned(),
-            off: off.to_owned(),
-        });
-        return Ok(Rollout {
-            percentage,
-            variants,
-        });
-    }
-    let variants = match variants {
-        Some(v) => v.clone(),
-        None => boolean_variants(flag)?,
-    };
-    let served = match slot {
-        Slot::Constant(Value::String(name)) => Some(name.as_str()),
-        _ => flag.default_variant.as_deref(),
-    };
-    let percentage = if served == Some(variants.on.as_str()) {
-        100.0
-    } else {
-        0.0
-    };
-    Ok(Rollout {
-        percentage,
-        variants,
-    })
-}
-
-/// Sets the flag's rollout to `percentage` (0 to 100, in 0.01 steps), editing the targeting's
-/// fallthrough in place.
-pub fn set_rollout(
-    flag: &mut Flag,
-    percentage: f64,
-    variants: Option<&RolloutVariants>,
-) -> Result<(), RolloutError> {
-    if !percentage.is_finite() || !(0.0..=100.0).contains(&percentage) {
-        return Err(RolloutError::OutOfRange(percentage));
-    }
-    let scaled = percentage * 100.0;
-    if (scaled - scaled.round()).abs() > 1e-6 {
-        return Err(RolloutError::TooFine(percentage));
-    }
-    let on_weight = scaled.round() as u32;
-    let (bucket_by, existing) = match find_slot(flag.effective_targeting())? {
-        Slot::Fractional(args) => {
-            let (bucket_by, [(on, _), (off, _)]) = parse_two_buckets(args)?;
-            (
-                bucket_by.cloned(),
-                Some(RolloutVariants {
-                    on: on.to_owned(),
-                    off: off.to_owned(),
-                }),
-            )
-        }
-        Slot::Empty | Slot::Constant(_) => (None, None),
-    };
-    let variants = match (variants, existing) {
-        (Some(v), _) => v.clone(),
-        (None, Some(v)) => v,
-        (None, None) => boolean_variants(flag)?,
-    };
-    for name in [&variants.on, &variants.off] {
-        if !flag.variants.contains_key(name) {
-            return Err(RolloutError::Variants(format!(
-                "the flag has no variant {name:?}"
+            .map(|bucket| {
+                let parts = bucket.as_array()?;
+                let name = parts.first()?.as_str()?.to_owned();
+                let weight = match parts.get(1) {
+                    None | Some(Value::Null) => 1,
+                    Some(weight) => weight_of(weight.as_f64()?)?,
+                };
+                (parts.len() <= 2).then_some(Bucket { name, weight })
+            })
+            .collect::<Option<Vec<Bucket>>>()
+            .ok_or_else(|| {
+                RolloutError::TooComplex(
+                    "the fractional's buckets are computed by rules, not constant".to_owned(),
+                )
+            })?;
+        let layout = Layout { bucket_by, buckets };
+        let total = layout.total();
+        if total == 0 || total > MAX_TOTAL_WEIGHT {
+            return Err(RolloutError::TooComplex(format!(
+                "the fractional's weights add up to {total}, so it serves no bucket"
             )));
         }
+        Ok(layout)
     }
-    let mut args = Vec::with_capacity(3);
-    args.extend(bucket_by);
-    args.push(json!([variants.on, on_weight]));
-    args.push(json!([variants.off, ROLLOUT_TOTAL_WEIGHT - on_weight]));
-    let rollout = json!({ "fractional": args });
-    replace_slot(&mut flag.targeting, rollout);
-    Ok(())
-}
 
-/// Puts `rollout` where [`find_slot`] found the fallthrough (which it checked is editable).
-fn replace_slot(targeting: &mut Option<Value>, rollout: Value) {
-    let is_chain = |rule: &Value| {
-        rule.as_object()
-            .filter(|o| o.len() == 1)
-            .and_then(|o| o.get("if").or_else(|| o.get("?:")))
-            .is_some_and(Value::is_array)
-    };
-    match targeting {
-        Some(rule) if is_chain(rule) => {
-            let mut current = rule;
-            loop {
-                let Some(Value::Array(args)) =
-                    current.as_object_mut().and_then(|o| o.values_mut().next())
-                else {
-                    return;
-                };
-                if args.len() % 2 == 0 {
-                    args.push(rollout);
-                    return;
-                }
-                let Some(last) = args.last_mut() else { return };
-                if is_chain(last) {
-                    current = last;
+    fn total(&self) -> u64 {
+        self.buckets.iter().map(|b| b.weight).sum()
+    }
+
+    fn share_of(&self, variant: &str) -> Result<Share, RolloutError> {
+        let weight = self
+            .buckets
+            .iter()
+            .filter(|b| b.name == variant)
+            .map(|b| b.weight)
+            .sum();
+        Ok(Share {
+            weight,
+            total: self.total(),
+        })
+    }
+
+    fn first_other(&self, variant: &str) -> Result<String, RolloutError> {
+        self.buckets
+            .iter()
+            .find(|b| b.name != variant)
+            .map(|b| b.name.clone())
+            .ok_or_else(|| {
+                RolloutError::Variants(format!(
+                    "name the variant users outside the rollout of {variant:?} get"
+                ))
+            })
+    }
+
+    /// Rescales every weight by `factor` (exact: no boundary moves).
+    fn scale(&mut self, factor: u64) {
+        for bucket in &mut self.buckets {
+            bucket.weight *= factor;
+        }
+    }
+
+    /// Merges touching buckets of `variant` and drops its empty extra buckets: neither moves a
+    /// user.
+    fn tidy(&mut self, variant: &str) {
+        self.buckets.dedup_by(|next, previous| {
+            let same = next.name == variant && previous.name == variant;
+            if same {
+                previous.weight += next.weight;
+            }
+            same
+        });
+        let of_variant = self.buckets.iter().filter(|b| b.name == variant).count();
+        let positive = self
+            .buckets
+            .iter()
+            .filter(|b| b.name == variant && b.weight > 0)
+            .count();
+        if of_variant > 1 {
+            if positive > 0 {
+                self.buckets.retain(|b| b.name != variant || b.weight > 0);
+            } else {
+                // Keep only the last empty one: it says where the arc starts.
+                let last = self.buckets.iter().rposition(|b| b.name == variant);
+                let mut index = 0;
+                self.buckets.retain(|b| {
+                    let keep = b.name != variant || Some(index) == last;
+                    index += 1;
+                    keep
+                });
+            }
+        }
+    }
+
+    fn orientation(&self, variant: &str) -> Result<Orientation, RolloutError> {
+        let at: Vec<usize> = (0..self.buckets.len())
+            .filter(|&i| self.buckets[i].name == variant)
+            .collect();
+        let last = self.buckets.len() - 1;
+        match at.as_slice() {
+            [main] if *main == last && *main > 0 => Ok(Orientation::Backward { main: *main }),
+            [main] => Ok(Orientation::Forward {
+                main: *main,
+                head: None,
+            }),
+            [0, main] if self.buckets[main + 1..].iter().all(|b| b.weight == 0) => {
+                Ok(Orientation::Forward {
+                    main: *main,
+                    head: Some(0),
+                })
+            }
+            _ => Err(RolloutError::TooComplex(format!(
+                "variant {variant:?} holds {} separate ranges of the bucket space, so no percentage change can keep every user sticky",
+                at.len()
+            ))),
+        }
+    }
+
+    /// Gives `variant` exactly `share` of the users, moving only the arc's free end.
+    fn resize(
+        &mut self,
+        variant: &str,
+        share: Share,
+        others: impl Fn() -> Result<String, RolloutError>,
+    ) -> Result<(), RolloutError> {
+        let total = scale_total(self.total(), share.total)?;
+        self.scale(total / self.total());
+        let target = share.weight * (total / share.total);
+        if !self.buckets.iter().any(|b| b.name == variant) {
+            // A new variant starts empty at the end: it grows backwards from there.
+            self.buckets.push(Bucket {
+                name: variant.to_owned(),
+                weight: 0,
+            });
+        }
+        self.tidy(variant);
+        let current: u64 = self
+            .buckets
+            .iter()
+            .filter(|b| b.name == variant)
+            .map(|b| b.weight)
+            .sum();
+        match self.orientation(variant)? {
+            Orientation::Backward { main } => {
+                if target >= current {
+                    let mut needed = target - current;
+                    for index in (0..main).rev() {
+                        needed -= self.take(index, main, needed);
+                    }
                 } else {
-                    *last = rollout;
-                    return;
+                    self.buckets[main].weight -= current - target;
+                    self.buckets[main - 1].weight += current - target;
+                }
+            }
+            Orientation::Forward { mut main, head } => {
+                if target >= current {
+                    let mut needed = target - current;
+                    for index in main + 1..self.buckets.len() {
+                        needed -= self.take(index, main, needed);
+                    }
+                    if needed > 0 {
+                        let head = match head {
+                            Some(head) => head,
+                            None => {
+                                self.buckets.insert(
+                                    0,
+                                    Bucket {
+                                        name: variant.to_owned(),
+                                        weight: 0,
+                                    },
+                                );
+                                main += 1;
+                                0
+                            }
+                        };
+                        for index in head + 1..main {
+                            needed -= self.take(index, head, needed);
+                        }
+                    }
+                } else {
+                    let mut excess = current - target;
+                    if let Some(index) = head {
+                        let given = excess.min(self.buckets[index].weight);
+                        self.buckets[index].weight -= given;
+                        self.buckets[index + 1].weight += given;
+                        excess -= given;
+                        if self.buckets[index].weight == 0 {
+                            self.buckets.remove(index);
+                            main -= 1;
+                        }
+                    }
+                    if excess > 0 {
+                        if main + 1 == self.buckets.len() {
+                            self.buckets.push(Bucket {
+                                name: others()?,
+                                weight: 0,
+                            });
+                        }
+                        self.buckets[main].weight -= excess;
+                        self.buckets[main + 1].weight += excess;
+                    }
                 }
             }
         }
-        _ => *targeting = Some(rollout),
+        Ok(())
     }
+
+    /// Moves up to `wanted` weight from bucket `from` to bucket `to`; returns how much moved.
+    fn take(&mut self, from: usize, to: usize, wanted: u64) -> u64 {
+        let moved = wanted.min(self.buckets[from].weight);
+        self.buckets[from].weight -= moved;
+        self.buckets[to].weight += moved;
+        moved
+    }
+
+    fn to_rule(&self, fallback: Option<String>) -> Value {
+        let mut args = Vec::with_capacity(self.buckets.len() + 1);
+        args.extend(self.bucket_by.clone());
+        args.extend(self.buckets.iter().map(|b| json!([b.name, b.weight])));
+        let fractional = json!({ "fractional": args });
+        match fallback {
+            Some(variant) => json!({ "or": [fractional, variant] }),
+            None => fractional,
+        }
+    }
+}
+
+/// The least common multiple of the current total and the share's: weights in it express both
+/// the current boundaries and the new share exactly.
+fn scale_total(current: u64, share_total: u64) -> Result<u64, RolloutError> {
+    let gcd = {
+        let (mut a, mut b) = (current, share_total);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    (current / gcd.max(1))
+        .checked_mul(share_total)
+        .filter(|total| *total <= MAX_TOTAL_WEIGHT)
+        .ok_or_else(|| {
+            RolloutError::TooComplex(format!(
+                "the fractional's weights add up to {current}, which cannot express this share exactly; rewrite them out of {ROLLOUT_TOTAL_WEIGHT}"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -281,22 +730,48 @@ mod tests {
         .unwrap()
     }
 
+    fn none() -> BTreeMap<String, Value> {
+        BTreeMap::new()
+    }
+
+    fn set(f: &mut Flag, percentage: f64) {
+        set_rollout(f, &none(), percentage, &RolloutVariants::default()).unwrap();
+    }
+
+    fn read(f: &Flag) -> f64 {
+        current_rollout(f, &none(), &RolloutVariants::default())
+            .unwrap()
+            .percentage
+    }
+
     #[test]
     fn sets_a_rollout_on_an_empty_targeting() {
         let mut f = flag(json!({}));
-        set_rollout(&mut f, 12.5, None).unwrap();
+        set(&mut f, 12.5);
         assert_eq!(
             f.targeting,
             Some(json!({"fractional": [["on", 1250], ["off", 8750]]}))
         );
-        assert_eq!(current_rollout(&f, None).unwrap().percentage, 12.5);
+        assert_eq!(read(&f), 12.5);
+    }
+
+    #[test]
+    fn off_first_buckets_are_read_and_raised_by_the_on_variant() {
+        let mut f = flag(json!({"fractional": [["off", 75], ["on", 25]]}));
+        assert_eq!(read(&f), 25.0);
+        set(&mut f, 30.0);
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["off", 7000], ["on", 3000]]}))
+        );
+        assert_eq!(read(&f), 30.0);
     }
 
     #[test]
     fn replaces_only_the_fallthrough_of_an_if_chain() {
         let rule = json!({"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "on", "off"]});
         let mut f = flag(rule);
-        set_rollout(&mut f, 25.0, None).unwrap();
+        set(&mut f, 25.0);
         assert_eq!(
             f.targeting,
             Some(
@@ -304,14 +779,14 @@ mod tests {
                 {"fractional": [["on", 2500], ["off", 7500]]}]})
             )
         );
-        set_rollout(&mut f, 50.0, None).unwrap();
-        assert_eq!(current_rollout(&f, None).unwrap().percentage, 50.0);
+        set(&mut f, 50.0);
+        assert_eq!(read(&f), 50.0);
     }
 
     #[test]
     fn appends_an_else_to_a_chain_without_one() {
         let mut f = flag(json!({"if": [{"==": [{"var": "plan"}, "pro"]}, "on"]}));
-        set_rollout(&mut f, 1.0, None).unwrap();
+        set(&mut f, 1.0);
         assert_eq!(
             f.targeting,
             Some(
@@ -323,8 +798,8 @@ mod tests {
     #[test]
     fn keeps_a_bucket_by_expression() {
         let mut f = flag(json!({"fractional": [{"var": "org"}, ["on", 1], ["off", 1]]}));
-        assert_eq!(current_rollout(&f, None).unwrap().percentage, 50.0);
-        set_rollout(&mut f, 5.0, None).unwrap();
+        assert_eq!(read(&f), 50.0);
+        set(&mut f, 5.0);
         assert_eq!(
             f.targeting,
             Some(json!({"fractional": [{"var": "org"}, ["on", 500], ["off", 9500]]}))
@@ -332,29 +807,111 @@ mod tests {
     }
 
     #[test]
+    fn hundred_percent_covers_contexts_without_a_key_and_going_back_keeps_the_buckets() {
+        let mut f = flag(json!({"fractional": [["off", 75], ["on", 25]]}));
+        set(&mut f, 100.0);
+        assert_eq!(
+            f.targeting,
+            Some(json!({"or": [{"fractional": [["off", 0], ["on", 10000]]}, "on"]}))
+        );
+        assert_eq!(read(&f), 100.0);
+        set(&mut f, 25.0);
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["off", 7500], ["on", 2500]]}))
+        );
+    }
+
+    #[test]
+    fn zero_percent_falls_back_to_the_other_variant_when_the_default_is_rolled_out() {
+        let mut f = flag(json!({"fractional": [["on", 1], ["off", 1]]}));
+        f.default_variant = Some("on".to_owned());
+        set(&mut f, 0.0);
+        assert_eq!(
+            f.targeting,
+            Some(json!({"or": [{"fractional": [["on", 0], ["off", 10000]]}, "off"]}))
+        );
+    }
+
+    #[test]
+    fn a_middle_bucket_wraps_around_and_comes_back_to_the_same_layout() {
+        let mut f: Flag = serde_json::from_value(json!({
+            "state": "ENABLED", "variants": {"a": "a", "b": "b", "c": "c"}, "defaultVariant": "a",
+            "targeting": {"fractional": [["a", 30], ["b", 30], ["c", 40]]}
+        }))
+        .unwrap();
+        let b = RolloutVariants::of("b");
+        set_rollout(&mut f, &none(), 80.0, &b).unwrap();
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["b", 1000], ["a", 2000], ["b", 7000], ["c", 0]]}))
+        );
+        set_rollout(&mut f, &none(), 50.0, &b).unwrap();
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["a", 3000], ["b", 5000], ["c", 2000]]}))
+        );
+    }
+
+    #[test]
+    fn a_ref_is_inlined_into_the_flag() {
+        let evaluators = BTreeMap::from([(
+            "split".to_owned(),
+            json!({"fractional": [["off", 1], ["on", 1]]}),
+        )]);
+        let mut f = flag(json!({"if": [{"var": "beta"}, "on", {"$ref": "split"}]}));
+        let rollout = current_rollout(&f, &evaluators, &RolloutVariants::default()).unwrap();
+        assert_eq!(rollout.percentage, 50.0);
+        set_rollout(&mut f, &evaluators, 60.0, &RolloutVariants::default()).unwrap();
+        assert_eq!(
+            f.targeting,
+            Some(
+                json!({"if": [{"var": "beta"}, "on", {"fractional": [["off", 4000], ["on", 6000]]}]})
+            )
+        );
+    }
+
+    #[test]
+    fn totals_that_are_not_divisors_of_ten_thousand_are_rescaled_exactly() {
+        let mut f = flag(json!({"fractional": [["on", 1], ["off", 2]]}));
+        let rollout = current_rollout(&f, &none(), &RolloutVariants::default()).unwrap();
+        assert_eq!(
+            rollout.share,
+            Share {
+                weight: 1,
+                total: 3
+            }
+        );
+        set(&mut f, 50.0);
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["on", 15000], ["off", 15000]]}))
+        );
+        set_rollout_share(&mut f, &none(), rollout.share, &RolloutVariants::default()).unwrap();
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["on", 10000], ["off", 20000]]}))
+        );
+    }
+
+    #[test]
     fn reads_constant_fallthroughs() {
-        assert_eq!(
-            current_rollout(&flag(json!({})), None).unwrap().percentage,
-            0.0
-        );
-        assert_eq!(
-            current_rollout(&flag(json!({"if": [true, "off", "on"]})), None)
-                .unwrap()
-                .percentage,
-            100.0
-        );
+        assert_eq!(read(&flag(json!({}))), 0.0);
+        assert_eq!(read(&flag(json!({"if": [true, "off", "on"]}))), 100.0);
     }
 
     #[test]
     fn refuses_what_it_cannot_edit_safely() {
         let cases = [
             json!({"and": [true, "on"]}),
-            json!({"fractional": [["a", 1], ["b", 1], ["c", 1]]}),
+            json!({"fractional": [["on", 1], ["off", 1], ["on", 1], ["off", 1]]}),
+            json!({"fractional": [[{"var": "x"}, 1], ["off", 1]]}),
             json!({"if": [true, "on", {"in": ["a", "abc"]}]}),
+            json!({"$ref": "missing"}),
         ];
         for rule in cases {
             let mut f = flag(rule.clone());
-            let err = set_rollout(&mut f, 10.0, None).unwrap_err();
+            let err = set_rollout(&mut f, &none(), 10.0, &RolloutVariants::default()).unwrap_err();
             assert!(matches!(err, RolloutError::TooComplex(_)), "{rule}: {err}");
             assert_eq!(f.targeting, Some(rule), "a refused edit changes nothing");
         }
@@ -363,50 +920,40 @@ mod tests {
     #[test]
     fn rejects_bad_percentages() {
         let mut f = flag(json!({}));
-        assert_eq!(
-            set_rollout(&mut f, 100.5, None),
-            Err(RolloutError::OutOfRange(100.5))
-        );
-        assert_eq!(
-            set_rollout(&mut f, -1.0, None),
-            Err(RolloutError::OutOfRange(-1.0))
-        );
-        assert!(matches!(
-            set_rollout(&mut f, f64::NAN, None),
-            Err(RolloutError::OutOfRange(_))
-        ));
-        assert_eq!(
-            set_rollout(&mut f, 0.001, None),
-            Err(RolloutError::TooFine(0.001))
-        );
+        let mut check = |p: f64| set_rollout(&mut f, &none(), p, &RolloutVariants::default());
+        assert_eq!(check(100.5), Err(RolloutError::OutOfRange(100.5)));
+        assert_eq!(check(-1.0), Err(RolloutError::OutOfRange(-1.0)));
+        assert!(matches!(check(f64::NAN), Err(RolloutError::OutOfRange(_))));
+        assert_eq!(check(0.001), Err(RolloutError::TooFine(0.001)));
+        assert_eq!(check(1e-300), Ok(()), "1e-300 is 0.00 %");
         assert_eq!(f.targeting, Some(json!({})));
     }
 
     #[test]
-    fn non_boolean_flags_need_named_variants() {
+    fn the_rolled_out_variant_is_found_by_value_or_named() {
         let mut f: Flag = serde_json::from_value(json!({
             "state": "ENABLED", "variants": { "blue": "b", "red": "r" }, "defaultVariant": "red"
         }))
         .unwrap();
         assert!(matches!(
-            set_rollout(&mut f, 10.0, None),
+            set_rollout(&mut f, &none(), 10.0, &RolloutVariants::default()),
             Err(RolloutError::Variants(_))
         ));
-        let variants = RolloutVariants {
-            on: "blue".into(),
-            off: "red".into(),
-        };
-        set_rollout(&mut f, 10.0, Some(&variants)).unwrap();
+        set_rollout(&mut f, &none(), 10.0, &RolloutVariants::of("blue")).unwrap();
         assert_eq!(
             f.targeting,
             Some(json!({"fractional": [["blue", 1000], ["red", 9000]]}))
         );
-        let unknown = RolloutVariants {
-            on: "green".into(),
-            off: "red".into(),
-        };
         assert!(matches!(
-            set_rollout(&mut f, 10.0, Some(&unknown)),
+            set_rollout(&mut f, &none(), 10.0, &RolloutVariants::of("green")),
+            Err(RolloutError::Variants(_))
+        ));
+        let ambiguous: Flag = serde_json::from_value(json!({
+            "state": "ENABLED", "variants": { "on": true, "yes": true, "off": false }, "defaultVariant": "off"
+        }))
+        .unwrap();
+        assert!(matches!(
+            rolled_out_variant(&ambiguous, None),
             Err(RolloutError::Variants(_))
         ));
     }

@@ -1,7 +1,9 @@
 //! Properties: fractional distribution, rollout monotonicity (stickiness), and robustness
 //! against arbitrary JSON as targeting or context.
 
-use flag_core::rollout::{current_rollout, set_rollout};
+use std::collections::BTreeMap;
+
+use flag_core::rollout::{RolloutVariants, current_rollout, set_rollout};
 use flag_core::{CompiledFlagSet, EvaluationContext, Flag, FlagSet, evaluate_rule};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -18,7 +20,13 @@ fn boolean_flag() -> Flag {
 /// Which of `keys` get "on" at `percentage`.
 fn on_set(flag_key: &str, percentage: f64, keys: &[String]) -> Vec<bool> {
     let mut flag = boolean_flag();
-    set_rollout(&mut flag, percentage, None).unwrap();
+    set_rollout(
+        &mut flag,
+        &BTreeMap::new(),
+        percentage,
+        &RolloutVariants::default(),
+    )
+    .unwrap();
     let flags = compile(json!({ flag_key: flag }));
     keys.iter()
         .map(|k| {
@@ -112,8 +120,8 @@ proptest! {
     fn set_then_read_rollout_round_trips(hundredths in 0u32..=10_000) {
         let percentage = f64::from(hundredths) / 100.0;
         let mut flag = boolean_flag();
-        set_rollout(&mut flag, percentage, None).unwrap();
-        prop_assert_eq!(current_rollout(&flag, None).unwrap().percentage, percentage);
+        set_rollout(&mut flag, &BTreeMap::new(), percentage, &RolloutVariants::default()).unwrap();
+        prop_assert_eq!(current_rollout(&flag, &BTreeMap::new(), &RolloutVariants::default()).unwrap().percentage, percentage);
     }
 }
 

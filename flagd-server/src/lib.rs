@@ -161,19 +161,12 @@ impl Server {
             );
             signal.cancel();
         });
-        // The ramp scheduler: once a second, apply the steps that are due.
-        let scheduler_state = self.state.clone();
-        let scheduler_stop = stopping.clone();
-        let scheduler = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(1));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = scheduler_stop.cancelled() => break,
-                    _ = ticks.tick() => { ramp::tick(&scheduler_state).await; }
-                }
-            }
-        });
+        // The ramp scheduler: once a second, apply the steps that are due (restarted on failure).
+        let scheduler = tokio::spawn(ramp::run_scheduler(
+            self.state.clone(),
+            stopping.clone(),
+            ramp::SchedulerSettings::default(),
+        ));
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(stopping.clone().cancelled_owned());
         let drain_limit = self.options.shutdown_timeout;

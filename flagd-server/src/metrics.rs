@@ -70,6 +70,8 @@ struct Registry {
     latency: DashMap<String, Histogram>,
     flag_writes: DashMap<String, AtomicU64>,
     store_errors: AtomicU64,
+    scheduler_restarts: AtomicU64,
+    invalid_ramps: AtomicU64,
     connected_clients: DashMap<String, std::sync::atomic::AtomicI64>,
     propagation: Histogram,
 }
@@ -126,6 +128,16 @@ pub fn propagation(elapsed: std::time::Duration) {
 /// Counts a store failure.
 pub fn store_error() {
     REGISTRY.store_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a ramp scheduler failure (an error or a panic) after which it is restarted.
+pub fn ramp_scheduler_restart() {
+    REGISTRY.scheduler_restarts.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a stored ramp that was unreadable or invalid and was marked failed.
+pub fn invalid_ramp() {
+    REGISTRY.invalid_ramps.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Escapes a label value for the text exposition format.
@@ -192,6 +204,20 @@ pub fn render() -> String {
         out,
         "flagd_store_errors_total {}",
         REGISTRY.store_errors.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP flagd_ramp_scheduler_restarts_total Times the ramp scheduler failed (an error or a panic) and was restarted.\n");
+    out.push_str("# TYPE flagd_ramp_scheduler_restarts_total counter\n");
+    let _ = writeln!(
+        out,
+        "flagd_ramp_scheduler_restarts_total {}",
+        REGISTRY.scheduler_restarts.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP flagd_ramps_invalid_total Stored ramps that could not be read or were invalid, and were marked failed.\n");
+    out.push_str("# TYPE flagd_ramps_invalid_total counter\n");
+    let _ = writeln!(
+        out,
+        "flagd_ramps_invalid_total {}",
+        REGISTRY.invalid_ramps.load(Ordering::Relaxed)
     );
     out.push_str("# HELP flagd_stream_clients Connected stream clients by environment.\n");
     out.push_str("# TYPE flagd_stream_clients gauge\n");

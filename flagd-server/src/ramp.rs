@@ -3,16 +3,24 @@
 //!
 //! Every step goes through `service::rollout`, the code path of the rollout endpoint, so it is an
 //! ordinary change: validated, audited (actor `ramp`), versioned and streamed. The scheduler is
-//! `tick`: it applies what is due at `state.clock()`. The server calls it every second; tests
-//! call it with a clock of their own and never sleep.
+//! `tick`: it applies what is due at `state.clock()`. The server runs it every second under
+//! `run_scheduler`, which restarts it after an error or a panic; tests call `tick` with a clock of
+//! their own and never sleep.
+//!
+//! The ramp lock serialises state changes (API calls and the scheduler) but is never held across
+//! network I/O: guard checks run before it is taken, and what they found is applied to the ramp
+//! as it is once the lock is held, so `abort` never waits for a slow guard.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use flag_core::rollout::current_rollout;
+use flag_core::rollout::{RolloutVariants, Share, current_rollout};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
+use crate::config::DurationError;
 use crate::error::ApiError;
 use crate::service::{self, blocking};
 use crate::state::AppState;
@@ -24,6 +32,12 @@ pub const ACTOR: &str = "ramp";
 const MAX_STEPS: usize = 50;
 /// After a failed guard check that does not yet abort, retry after at most this long.
 const GUARD_RETRY_SECONDS: i64 = 30;
+/// The longest time between two steps: pause a ramp to hold a step longer.
+pub const MAX_STEP_SECONDS: i64 = 366 * 24 * 3600;
+/// The longest a guard check may take.
+pub const MAX_GUARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most consecutive guard failures a ramp may tolerate before it aborts.
+const MAX_GUARD_FAILURES: u32 = 1_000;
 
 /// Serialises ramp state changes (API calls and the scheduler).
 pub type RampLock = Mutex<()>;
@@ -40,6 +54,9 @@ pub enum RampState {
     Completed,
     /// Stopped; the rollout was restored to its value before the ramp.
     Aborted,
+    /// Its stored state was unreadable or invalid: the scheduler stopped it without touching
+    /// the flag (see `abortReason`).
+    Failed,
 }
 
 impl RampState {
@@ -49,6 +66,7 @@ impl RampState {
             RampState::Paused => "paused",
             RampState::Completed => "completed",
             RampState::Aborted => "aborted",
+            RampState::Failed => "failed",
         }
     }
 }
@@ -92,6 +110,9 @@ pub struct Ramp {
     pub id: Option<i64>,
     pub environment: String,
     pub flag: String,
+    /// The rolled-out variant, when named (default: a boolean flag's `true` variant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// Percentages, strictly increasing.
     pub steps: Vec<f64>,
     /// Seconds from step `i` to step `i + 1`.
@@ -102,6 +123,10 @@ pub struct Ramp {
     pub current_step: usize,
     /// The rollout before the ramp, restored by `abort`.
     pub previous_percentage: f64,
+    /// The exact share before the ramp (restored exactly; absent in ramps stored by older
+    /// versions, which restore `previous_percentage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_share: Option<Share>,
     /// When the next step is due (active ramps).
     pub next_at: Option<i64>,
     pub started_at: i64,
@@ -109,6 +134,9 @@ pub struct Ramp {
     pub guard_failures: u32,
     pub abort_reason: Option<String>,
     pub history: Vec<RampEvent>,
+    /// A stored definition that could not be read, kept for whoever investigates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_definition: Option<Value>,
 }
 
 impl Ramp {
@@ -124,11 +152,101 @@ impl Ramp {
         })
     }
 
-    fn from_record(record: RampRecord) -> Result<Ramp, ApiError> {
-        let mut ramp: Ramp =
-            serde_json::from_value(record.definition).map_err(ApiError::internal)?;
-        ramp.id = record.id;
-        Ok(ramp)
+    /// Reads a stored ramp. One that does not decode or breaks an invariant comes back
+    /// `Failed`, with the reason, so one bad row never hides the others.
+    fn from_record(record: RampRecord) -> Ramp {
+        let checked = serde_json::from_value::<Ramp>(record.definition.clone())
+            .map_err(|error| format!("it does not decode: {error}"))
+            .and_then(|ramp| ramp.check(&record).map(|()| ramp));
+        match checked {
+            Ok(mut ramp) => {
+                ramp.id = record.id;
+                ramp
+            }
+            Err(problem) => Ramp {
+                id: record.id,
+                environment: record.environment,
+                flag: record.flag,
+                variant: None,
+                steps: Vec::new(),
+                durations: Vec::new(),
+                guard: None,
+                state: RampState::Failed,
+                current_step: 0,
+                previous_percentage: 0.0,
+                previous_share: None,
+                next_at: None,
+                started_at: record.updated_at,
+                started_by: String::new(),
+                guard_failures: 0,
+                abort_reason: Some(format!("the stored ramp is invalid: {problem}")),
+                history: Vec::new(),
+                invalid_definition: Some(record.definition),
+            },
+        }
+    }
+
+    /// The invariants `validate` and the state machine keep; checked again on every read,
+    /// because the store may hold what an older version, a bug or a hand edit left.
+    fn check(&self, record: &RampRecord) -> Result<(), String> {
+        if self.environment != record.environment || self.flag != record.flag {
+            return Err("its definition names another flag than its row".to_owned());
+        }
+        if record.state != self.state.as_str() {
+            return Err(format!(
+                "its row says {:?} but its definition {:?}",
+                record.state,
+                self.state.as_str()
+            ));
+        }
+        if self.state == RampState::Failed {
+            // What failed is kept as it was found; nothing runs it.
+            return Ok(());
+        }
+        check_steps(&self.steps).map_err(|(message, path)| format!("{path}: {message}"))?;
+        if self.durations.len() + 1 != self.steps.len() {
+            return Err(format!(
+                "{} steps but {} durations",
+                self.steps.len(),
+                self.durations.len()
+            ));
+        }
+        if let Some(index) = self
+            .durations
+            .iter()
+            .position(|d| !(1..=MAX_STEP_SECONDS).contains(d))
+        {
+            return Err(format!("durations[{index}] is out of range"));
+        }
+        if self.current_step >= self.steps.len() {
+            return Err(format!("current step {} does not exist", self.current_step));
+        }
+        if let Some(guard) = &self.guard
+            && (guard.failures == 0
+                || guard.failures > MAX_GUARD_FAILURES
+                || guard.timeout_ms == 0
+                || u128::from(guard.timeout_ms) > MAX_GUARD_TIMEOUT.as_millis())
+        {
+            return Err("its guard is out of range".to_owned());
+        }
+        if !(0.0..=100.0).contains(&self.previous_percentage) {
+            return Err("its previous percentage is out of range".to_owned());
+        }
+        let open = matches!(self.state, RampState::Active | RampState::Paused);
+        if open && self.current_step + 1 >= self.steps.len() {
+            return Err("it is open but has no step left".to_owned());
+        }
+        if (self.state == RampState::Active) != self.next_at.is_some() {
+            return Err("only an active ramp has a next step time".to_owned());
+        }
+        Ok(())
+    }
+
+    fn variants(&self) -> RolloutVariants {
+        RolloutVariants {
+            variant: self.variant.clone(),
+            others: None,
+        }
     }
 
     fn event(
@@ -170,6 +288,9 @@ impl Ramp {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StartRequest {
     steps: Vec<f64>,
+    /// The variant to roll out (default: a boolean flag's `true` variant).
+    #[serde(default)]
+    variant: Option<String>,
     #[serde(default)]
     interval: Option<String>,
     #[serde(default)]
@@ -190,16 +311,57 @@ pub struct GuardRequest {
     timeout: Option<String>,
 }
 
+/// A value outside its range: 422, naming the field.
+fn out_of_range(message: impl Into<String>, field: impl Into<String>) -> ApiError {
+    ApiError::unprocessable("out_of_range", message).at(field)
+}
+
+/// Parses the time between two steps: 1 s to `MAX_STEP_SECONDS`.
 fn seconds(text: &str, field: &str) -> Result<i64, ApiError> {
-    let duration = crate::config::parse_duration(text)
-        .map_err(|message| ApiError::bad_request(message).at(field.to_owned()))?;
-    let seconds = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
-    if seconds < 1 {
-        return Err(
-            ApiError::bad_request(format!("{field} must be at least 1s")).at(field.to_owned()),
-        );
+    let duration = match crate::config::parse_duration(text) {
+        Ok(duration) => Some(duration),
+        Err(DurationError::TooLarge(_)) => None,
+        Err(error) => return Err(ApiError::bad_request(error.to_string()).at(field.to_owned())),
+    };
+    match duration.map(|d| i64::try_from(d.as_secs())) {
+        Some(Ok(seconds)) if (1..=MAX_STEP_SECONDS).contains(&seconds) => Ok(seconds),
+        _ => Err(out_of_range(
+            format!(
+                "{field} {text:?} must be between 1s and {}; pause the ramp to hold a step longer",
+                humantime::format_duration(Duration::from_secs(MAX_STEP_SECONDS.unsigned_abs()))
+            ),
+            field,
+        )),
     }
-    Ok(seconds)
+}
+
+/// Checks a ramp's steps: 1 to `MAX_STEPS` percentages above 0 and at most 100, in 0.01 steps,
+/// strictly increasing. `Err` is a message and the field.
+fn check_steps(steps: &[f64]) -> Result<(), (String, String)> {
+    if steps.is_empty() || steps.len() > MAX_STEPS {
+        return Err((
+            format!("a ramp needs 1 to {MAX_STEPS} steps, found {}", steps.len()),
+            "steps".to_owned(),
+        ));
+    }
+    let mut previous = 0;
+    for (index, step) in steps.iter().enumerate() {
+        let share = Share::from_percentage(*step).ok().filter(|s| s.weight > 0);
+        let Some(share) = share else {
+            return Err((
+                format!("step {step} must be at least 0.01 and at most 100, in steps of 0.01"),
+                format!("steps[{index}]"),
+            ));
+        };
+        if share.weight <= previous {
+            return Err((
+                "steps must be strictly increasing (a ramp only ever adds users)".to_owned(),
+                format!("steps[{index}]"),
+            ));
+        }
+        previous = share.weight;
+    }
+    Ok(())
 }
 
 /// A checked start request.
@@ -209,7 +371,7 @@ struct Plan {
     guard: Option<Guard>,
 }
 
-/// Checks a start request.
+/// Checks a start request: shape errors are 400, values out of range 422.
 fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
     let steps = request.steps.clone();
     if steps.is_empty() || steps.len() > MAX_STEPS {
@@ -217,25 +379,7 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
             ApiError::bad_request(format!("a ramp needs 1 to {MAX_STEPS} steps")).at("steps"),
         );
     }
-    for (index, step) in steps.iter().enumerate() {
-        let scaled = step * 100.0;
-        if !step.is_finite()
-            || *step <= 0.0
-            || *step > 100.0
-            || (scaled - scaled.round()).abs() > 1e-6
-        {
-            return Err(ApiError::bad_request(format!(
-                "step {step} must be above 0 and at most 100, in steps of 0.01"
-            ))
-            .at(format!("steps[{index}]")));
-        }
-        if index > 0 && *step <= steps[index - 1] {
-            return Err(ApiError::bad_request(
-                "steps must be strictly increasing (a ramp only ever adds users)",
-            )
-            .at(format!("steps[{index}]")));
-        }
-    }
+    check_steps(&steps).map_err(|(message, field)| out_of_range(message, field))?;
     let durations = match (&request.interval, &request.durations) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -276,17 +420,35 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
                 )
                 .at("guard.url"));
             }
-            let timeout = match &guard.timeout {
-                Some(text) => crate::config::parse_duration(text)
-                    .map_err(|m| ApiError::bad_request(m).at("guard.timeout"))?,
+            let timeout = match guard.timeout.as_deref().map(crate::config::parse_duration) {
                 None => Duration::from_secs(5),
+                Some(Ok(timeout)) => timeout,
+                Some(Err(DurationError::TooLarge(_))) => Duration::MAX,
+                Some(Err(error)) => {
+                    return Err(ApiError::bad_request(error.to_string()).at("guard.timeout"));
+                }
             };
+            if timeout < Duration::from_millis(1) || timeout > MAX_GUARD_TIMEOUT {
+                return Err(out_of_range(
+                    format!(
+                        "guard.timeout must be between 1ms and {}s",
+                        MAX_GUARD_TIMEOUT.as_secs()
+                    ),
+                    "guard.timeout",
+                ));
+            }
+            let failures = guard.failures.unwrap_or(1);
+            if !(1..=MAX_GUARD_FAILURES).contains(&failures) {
+                return Err(out_of_range(
+                    format!("guard.failures must be between 1 and {MAX_GUARD_FAILURES}"),
+                    "guard.failures",
+                ));
+            }
             Some(Guard {
                 url: guard.url.clone(),
-                failures: guard.failures.unwrap_or(1).max(1),
-                timeout_ms: u64::try_from(timeout.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
+                failures,
+                // At most 60,000 (checked above).
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             })
         }
     };
@@ -295,6 +457,12 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
         durations,
         guard,
     })
+}
+
+/// `now + seconds`, or a 422 when the sum does not fit (only a clock gone wrong can do that).
+fn later(now: i64, seconds: i64) -> Result<i64, ApiError> {
+    now.checked_add(seconds)
+        .ok_or_else(|| out_of_range("the next step's time is out of range", "interval"))
 }
 
 /// Runs the guard check: `Err` carries what failed (the status, or the error).
@@ -344,7 +512,7 @@ fn by(actor: &str, message: String, at: i64) -> Attribution {
 
 async fn query(state: &AppState, query: RampQuery) -> Result<Vec<Ramp>, ApiError> {
     let records = blocking(state, move |store| Ok(store.ramps(&query)?)).await?;
-    records.into_iter().map(Ramp::from_record).collect()
+    Ok(records.into_iter().map(Ramp::from_record).collect())
 }
 
 fn of_flag(environment: &str, flag: &str, open_only: bool) -> RampQuery {
@@ -365,7 +533,7 @@ pub async fn open_ramp(
     Ok(query(state, of_flag(environment, flag, true))
         .await?
         .into_iter()
-        .next())
+        .find(|ramp| matches!(ramp.state, RampState::Active | RampState::Paused)))
 }
 
 /// The latest ramp of a flag, open or finished.
@@ -400,20 +568,21 @@ async fn save(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiErro
 }
 
 /// Sets the flag's rollout through the rollout endpoint's code path.
-async fn set_percentage(
+async fn set_share(
     state: &AppState,
     ramp: &Ramp,
-    percentage: f64,
+    share: Share,
     attribution: Attribution,
 ) -> Result<(), ApiError> {
     let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
+    let variants = ramp.variants();
     blocking(state, move |store| {
         service::rollout(
             store,
             &environment,
             &flag,
-            percentage,
-            None,
+            share,
+            &variants,
             None,
             &attribution,
         )
@@ -422,7 +591,13 @@ async fn set_percentage(
     .await
 }
 
-/// Starts a ramp: the first step is applied at once.
+/// A step's share (steps were checked when the ramp was started or read).
+fn step_share(percentage: f64) -> Result<Share, ApiError> {
+    Share::from_percentage(percentage).map_err(service::rollout_error)
+}
+
+/// Starts a ramp: the first step is applied at once. The guard is checked before the ramp lock
+/// is taken.
 pub async fn start(
     state: &AppState,
     environment: &str,
@@ -435,6 +610,14 @@ pub async fn start(
         durations,
         guard,
     } = validate(&request)?;
+    if let Some(guard) = &guard
+        && let Err(failure) = check_guard(guard).await
+    {
+        return Err(ApiError::conflict(format!(
+            "the guard is unhealthy, so the ramp did not start: {failure}"
+        ))
+        .at("guard.url"));
+    }
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
     if let Some(open) = open_ramp(state, environment, flag).await? {
@@ -446,52 +629,51 @@ pub async fn start(
         )));
     }
     let (env, key) = (environment.to_owned(), flag.to_owned());
-    let current = blocking(state, move |store| {
-        service::environment_or_404(store, &env)?;
-        store.flag(&env, &key)?.ok_or_else(|| {
+    let (environment_record, current) = blocking(state, move |store| {
+        let environment = service::environment_or_404(store, &env)?;
+        let flag = store.flag(&env, &key)?.ok_or_else(|| {
             ApiError::not_found(format!(
                 "flag {key:?} does not exist in environment {env:?}"
             ))
-        })
+        })?;
+        Ok((environment, flag))
     })
     .await?;
-    let previous = current_rollout(&current.flag, None)
-        .map_err(|error| ApiError::unprocessable("rollout", error.to_string()))?
-        .percentage;
-    if let Some(guard) = &guard
-        && let Err(failure) = check_guard(guard).await
-    {
-        return Err(ApiError::conflict(format!(
-            "the guard is unhealthy, so the ramp did not start: {failure}"
-        ))
-        .at("guard.url"));
-    }
+    let variants = RolloutVariants {
+        variant: request.variant.clone(),
+        others: None,
+    };
+    let previous = current_rollout(&current.flag, &environment_record.evaluators, &variants)
+        .map_err(service::rollout_error)?;
     let mut ramp = Ramp {
         id: None,
         environment: environment.to_owned(),
         flag: flag.to_owned(),
+        variant: request.variant,
         steps,
         durations,
         guard,
         state: RampState::Active,
         current_step: 0,
-        previous_percentage: previous,
+        previous_percentage: previous.percentage,
+        previous_share: Some(previous.share),
         next_at: None,
         started_at: now,
         started_by: actor.to_owned(),
         guard_failures: 0,
         abort_reason: None,
         history: Vec::new(),
+        invalid_definition: None,
     };
     let first = ramp.steps[0];
     let note = request
         .message
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
-    set_percentage(
+    set_share(
         state,
         &ramp,
-        first,
+        step_share(first)?,
         by(
             ACTOR,
             format!(
@@ -507,13 +689,13 @@ pub async fn start(
         "started",
         Some(first),
         actor,
-        Some(format!("from {previous}%{note}")),
+        Some(format!("from {}%{note}", previous.percentage)),
     );
     if ramp.steps.len() == 1 {
         ramp.state = RampState::Completed;
         ramp.event(now, "completed", Some(first), ACTOR, None);
     } else {
-        ramp.next_at = Some(now + ramp.durations[0]);
+        ramp.next_at = Some(later(now, ramp.durations[0])?);
     }
     save(state, &mut ramp, now).await?;
     Ok(ramp)
@@ -527,7 +709,7 @@ pub enum Control {
     Abort,
 }
 
-/// Pauses, resumes or aborts a flag's open ramp.
+/// Pauses, resumes or aborts a flag's open ramp. Never waits for a guard check.
 pub async fn control(
     state: &AppState,
     environment: &str,
@@ -548,9 +730,9 @@ pub async fn control(
             ramp.event(now, "paused", None, actor, message);
         }
         (Control::Resume, RampState::Paused) => {
-            ramp.state = RampState::Active;
             // The interval restarts from now.
-            ramp.next_at = Some(now + ramp.durations[ramp.current_step]);
+            ramp.next_at = Some(later(now, ramp.durations[ramp.current_step])?);
+            ramp.state = RampState::Active;
             ramp.event(now, "resumed", None, actor, message);
         }
         (Control::Abort, _) => {
@@ -572,7 +754,7 @@ pub async fn control(
     Ok(ramp)
 }
 
-/// Restores the pre-ramp percentage and marks the ramp aborted (not saved).
+/// Restores the pre-ramp rollout and marks the ramp aborted (not saved).
 async fn abort(
     state: &AppState,
     ramp: &mut Ramp,
@@ -581,23 +763,21 @@ async fn abort(
     reason: &str,
 ) -> Result<(), ApiError> {
     let previous = ramp.previous_percentage;
-    let restored = set_percentage(
-        state,
-        ramp,
-        previous,
-        by(
-            actor,
-            format!("ramp aborted: {reason}; restored to {previous}%"),
-            now,
-        ),
-    )
-    .await;
+    let share = match ramp.previous_share {
+        Some(share) => Ok(share),
+        None => step_share(previous),
+    };
+    let message = format!("ramp aborted: {reason}; restored to {previous}%");
+    let restored = match share {
+        Ok(share) => set_share(state, ramp, share, by(actor, message, now)).await,
+        Err(error) => Err(error),
+    };
     ramp.state = RampState::Aborted;
     ramp.next_at = None;
     ramp.abort_reason = Some(reason.to_owned());
     let note = match &restored {
         Ok(()) => format!("{reason}; restored to {previous}%"),
-        Err(error) => format!("{reason}; could not restore {previous}%: {error:?}"),
+        Err(error) => format!("{reason}; could not restore {previous}%: {error}"),
     };
     ramp.event(
         now,
@@ -611,50 +791,95 @@ async fn abort(
 
 /// Applies every step due at `state.clock()`; returns how many ramps moved. A step that fell due
 /// while the server was down is applied once, jumping to the step due now.
-pub async fn tick(state: &AppState) -> usize {
+///
+/// Guards are checked first, concurrently and without the ramp lock; then, under the lock, each
+/// ramp is read again and the result applied only if the ramp is still active and due (a ramp
+/// paused or aborted meanwhile is left alone). A stored ramp that is invalid is marked `failed`
+/// and the others go on. `Err` only when the due ramps cannot be read at all.
+pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
+    let now = (state.clock)();
+    let due = query(
+        state,
+        RampQuery {
+            due_at: Some(now),
+            open_only: true,
+            ..RampQuery::default()
+        },
+    )
+    .await?;
+    let checks = due.iter().map(|ramp| async move {
+        match &ramp.guard {
+            Some(guard) if ramp.state == RampState::Active => Some(check_guard(guard).await),
+            _ => None,
+        }
+    });
+    let guard_results = futures_util::future::join_all(checks).await;
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
-    let query = RampQuery {
-        due_at: Some(now),
-        open_only: true,
-        ..RampQuery::default()
-    };
-    let due = match blocking(state, move |store| Ok(store.ramps(&query)?)).await {
-        Ok(due) => due,
-        Err(error) => {
-            tracing::error!(?error, "cannot read due ramps");
-            return 0;
-        }
-    };
     let mut moved = 0;
-    for record in due {
-        let mut ramp = match Ramp::from_record(record) {
-            Ok(ramp) => ramp,
+    for (checked, guard_result) in due.into_iter().zip(guard_results) {
+        if checked.state == RampState::Failed {
+            fail(state, checked, now).await;
+            continue;
+        }
+        // Read it again under the lock: it may have been paused, aborted or resumed while its
+        // guard was checked.
+        let current = match open_ramp(state, &checked.environment, &checked.flag).await {
+            Ok(current) => current,
             Err(error) => {
-                tracing::error!(?error, "cannot read a ramp");
+                tracing::error!(flag = checked.flag, %error, "cannot read a ramp");
                 continue;
             }
         };
-        if let Err(error) = advance(state, &mut ramp, now).await {
-            tracing::error!(flag = ramp.flag, ?error, "ramp step failed");
+        let Some(mut ramp) = current.filter(|r| {
+            r.id == checked.id
+                && r.state == RampState::Active
+                && r.next_at == checked.next_at
+                && r.current_step == checked.current_step
+        }) else {
+            continue;
+        };
+        if let Err(error) = advance(state, &mut ramp, now, guard_result).await {
+            tracing::error!(flag = ramp.flag, %error, "ramp step failed");
         }
         if let Err(error) = save(state, &mut ramp, now).await {
-            tracing::error!(flag = ramp.flag, ?error, "cannot save a ramp");
+            tracing::error!(flag = ramp.flag, %error, "cannot save a ramp");
         }
         moved += 1;
     }
-    moved
+    Ok(moved)
 }
 
-async fn advance(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiError> {
+/// Marks an invalid stored ramp `failed` (the flag is left as it is).
+async fn fail(state: &AppState, mut ramp: Ramp, now: i64) {
+    let reason = ramp.abort_reason.clone().unwrap_or_default();
+    tracing::error!(
+        environment = ramp.environment,
+        flag = ramp.flag,
+        reason,
+        "stored ramp is invalid; marked failed"
+    );
+    crate::metrics::invalid_ramp();
+    ramp.event(now, "failed", None, ACTOR, Some(reason));
+    if let Err(error) = save(state, &mut ramp, now).await {
+        tracing::error!(flag = ramp.flag, %error, "cannot mark a ramp failed");
+    }
+}
+
+async fn advance(
+    state: &AppState,
+    ramp: &mut Ramp,
+    now: i64,
+    guard_result: Option<Result<(), String>>,
+) -> Result<(), ApiError> {
     let Some(mut due_at) = ramp.next_at else {
         return Ok(());
     };
-    if let Some(guard) = ramp.guard.clone() {
-        match check_guard(&guard).await {
+    if let (Some(guard), Some(result)) = (ramp.guard.clone(), guard_result) {
+        match result {
             Ok(()) => ramp.guard_failures = 0,
             Err(failure) => {
-                ramp.guard_failures += 1;
+                ramp.guard_failures = ramp.guard_failures.saturating_add(1);
                 ramp.event(now, "guard_failed", None, ACTOR, Some(failure.clone()));
                 if ramp.guard_failures >= guard.failures {
                     let reason = format!(
@@ -664,7 +889,7 @@ async fn advance(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiE
                     return abort(state, ramp, now, ACTOR, &reason).await;
                 }
                 let retry = ramp.durations[ramp.current_step].min(GUARD_RETRY_SECONDS);
-                ramp.next_at = Some(now + retry);
+                ramp.next_at = Some(later(now, retry)?);
                 return Ok(());
             }
         }
@@ -672,9 +897,14 @@ async fn advance(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiE
     // Jump to the step due now: after downtime, skip the steps whose time has passed.
     let last = ramp.steps.len() - 1;
     let mut step = ramp.current_step + 1;
-    while step < last && due_at + ramp.durations[step] <= now {
-        due_at += ramp.durations[step];
-        step += 1;
+    while step < last {
+        match due_at.checked_add(ramp.durations[step]) {
+            Some(next) if next <= now => {
+                due_at = next;
+                step += 1;
+            }
+            _ => break,
+        }
     }
     let skipped: Vec<String> = ramp.steps[ramp.current_step + 1..step]
         .iter()
@@ -692,11 +922,13 @@ async fn advance(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiE
             skipped.join(", ")
         ));
     }
-    if let Err(error) =
-        set_percentage(state, ramp, percentage, by(ACTOR, message.clone(), now)).await
-    {
+    let applied = match step_share(percentage) {
+        Ok(share) => set_share(state, ramp, share, by(ACTOR, message.clone(), now)).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = applied {
         // The flag was deleted or edited beyond what a rollout can change: stop safely.
-        let reason = format!("could not apply step {}: {error:?}", step + 1);
+        let reason = format!("could not apply step {}: {error}", step + 1);
         return abort(state, ramp, now, ACTOR, &reason).await;
     }
     ramp.current_step = step;
@@ -706,7 +938,89 @@ async fn advance(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiE
         ramp.next_at = None;
         ramp.event(now, "completed", Some(percentage), ACTOR, None);
     } else {
-        ramp.next_at = Some(due_at + ramp.durations[step]);
+        ramp.next_at = Some(later(due_at, ramp.durations[step])?);
     }
     Ok(())
+}
+
+/// Whether the scheduler is running, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct SchedulerHealth(AtomicU8);
+
+const NOT_STARTED: u8 = 0;
+const RUNNING: u8 = 1;
+const RESTARTING: u8 = 2;
+
+impl SchedulerHealth {
+    /// `Err` with why when the scheduler was started and is not running now. A state that never
+    /// started one (a router under test) is not reported.
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self.0.load(Ordering::Acquire) {
+            RESTARTING => Err("the ramp scheduler failed and is restarting"),
+            _ => Ok(()),
+        }
+    }
+
+    fn set(&self, value: u8) {
+        self.0.store(value, Ordering::Release);
+    }
+}
+
+/// How the scheduler runs.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerSettings {
+    /// How often `tick` runs.
+    pub tick: Duration,
+    /// How long to wait before restarting a scheduler that failed.
+    pub restart_after: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            tick: Duration::from_secs(1),
+            restart_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs the scheduler until `stop`, supervised: when `tick` fails or panics, the failure is
+/// logged and counted (`flagd_ramp_scheduler_restarts_total`), `/readyz` reports it, and the
+/// scheduler starts again after `settings.restart_after`.
+pub async fn run_scheduler(state: AppState, stop: CancellationToken, settings: SchedulerSettings) {
+    loop {
+        state.scheduler.set(RUNNING);
+        let worker = tokio::spawn(schedule(state.clone(), stop.clone(), settings.tick));
+        let outcome = tokio::select! {
+            outcome = worker => outcome,
+            () = stop.cancelled() => break,
+        };
+        match outcome {
+            Ok(Ok(())) => break,
+            Ok(Err(error)) => tracing::error!(%error, "ramp scheduler failed; restarting it"),
+            Err(panic) => tracing::error!(%panic, "ramp scheduler panicked; restarting it"),
+        }
+        state.scheduler.set(RESTARTING);
+        crate::metrics::ramp_scheduler_restart();
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(settings.restart_after) => {}
+        }
+    }
+    state.scheduler.set(NOT_STARTED);
+}
+
+async fn schedule(
+    state: AppState,
+    stop: CancellationToken,
+    every: Duration,
+) -> Result<(), ApiError> {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = ticks.tick() => { tick(&state).await?; }
+        }
+    }
 }

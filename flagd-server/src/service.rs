@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use flag_core::rollout::{RolloutError, RolloutVariants, set_rollout};
+use flag_core::rollout::{RolloutError, RolloutVariants, Share, set_rollout_share};
 use flag_core::{CompiledFlagSet, Flag, FlagSet};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -97,7 +97,7 @@ pub fn modify_flag(
     key: &str,
     if_match: Option<i64>,
     by: &Attribution,
-    transform: impl Fn(&mut Value) -> Result<(), ApiError>,
+    transform: impl Fn(&Environment, &mut Value) -> Result<(), ApiError>,
 ) -> Result<StoredFlag, ApiError> {
     for _ in 0..RETRIES {
         let env = environment_or_404(store, environment)?;
@@ -117,7 +117,7 @@ pub fn modify_flag(
             .into());
         }
         let mut definition = serde_json::to_value(&current.flag).map_err(ApiError::internal)?;
-        transform(&mut definition)?;
+        transform(&env, &mut definition)?;
         let flag = validate_flag(&env, key, &definition)?;
         let change = FlagChange::Upsert {
             key: key.to_owned(),
@@ -160,34 +160,40 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Sets a flag's rollout percentage through flag-core's rollout editing.
+/// Sets a flag's rollout through flag-core's rollout editing: `share` of the users reaching the
+/// fallthrough get the rolled-out variant (see `flag_core::rollout`).
 pub fn rollout(
     store: &dyn FlagStore,
     environment: &str,
     key: &str,
-    percentage: f64,
-    variants: Option<RolloutVariants>,
+    share: Share,
+    variants: &RolloutVariants,
     if_match: Option<i64>,
     by: &Attribution,
 ) -> Result<StoredFlag, ApiError> {
-    modify_flag(store, environment, key, if_match, by, |definition| {
+    modify_flag(store, environment, key, if_match, by, |env, definition| {
         let mut flag: Flag =
             serde_json::from_value(definition.clone()).map_err(ApiError::internal)?;
-        set_rollout(&mut flag, percentage, variants.as_ref()).map_err(|error| match error {
-            RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => {
-                ApiError::unprocessable("invalid_percentage", error.to_string()).at("percentage")
-            }
-            RolloutError::Variants(_) => {
-                ApiError::unprocessable("rollout_variants", error.to_string())
-            }
-            RolloutError::TooComplex(_) => {
-                ApiError::unprocessable("targeting_too_complex", error.to_string()).at("targeting")
-            }
-            _ => ApiError::unprocessable("rollout", error.to_string()),
-        })?;
+        set_rollout_share(&mut flag, &env.evaluators, share, variants).map_err(rollout_error)?;
         *definition = serde_json::to_value(&flag).map_err(ApiError::internal)?;
         Ok(())
     })
+}
+
+/// A rollout that cannot be read or set, as the API answers it (422).
+pub fn rollout_error(error: RolloutError) -> ApiError {
+    match error {
+        RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => {
+            ApiError::unprocessable("invalid_percentage", error.to_string()).at("percentage")
+        }
+        RolloutError::Variants(_) => {
+            ApiError::unprocessable("rollout_variants", error.to_string()).at("variant")
+        }
+        RolloutError::TooComplex(_) => {
+            ApiError::unprocessable("targeting_too_complex", error.to_string()).at("targeting")
+        }
+        _ => ApiError::unprocessable("rollout", error.to_string()),
+    }
 }
 
 /// The environment as one flagd document, and its version.

@@ -56,6 +56,8 @@ pub struct SharedState {
     pub sessions: TaskTracker,
     /// Serialises ramp state changes (API calls and the scheduler).
     pub ramps: crate::ramp::RampLock,
+    /// Whether the ramp scheduler runs (for `/readyz`).
+    pub scheduler: crate::ramp::SchedulerHealth,
 }
 
 /// Stream settings.
@@ -95,6 +97,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             ramps: crate::ramp::RampLock::default(),
+            scheduler: crate::ramp::SchedulerHealth::default(),
         })))
     }
 }

@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode};
 use flagd_server::auth::{TokenCache, generate_id, generate_secret, hash_secret};
 use flagd_server::ramp;
 use flagd_server::state::AppState;
-use flagd_server::store::{FlagStore, Role, SqliteStore, TokenRecord};
+use flagd_server::store::{Attribution, FlagStore, Role, SqliteStore, StoreError, TokenRecord};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -60,7 +60,7 @@ impl Harness {
 
     async fn tick_at(&self, seconds_after_t0: i64) -> usize {
         self.at(seconds_after_t0);
-        ramp::tick(&self.state).await
+        ramp::tick(&self.state).await.unwrap()
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -385,23 +385,56 @@ async fn bad_ramps_are_refused_and_change_nothing() {
         ),
         (
             json!({"steps": [5, 5], "interval": "1m"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "strictly increasing",
         ),
         (
             json!({"steps": [50, 10], "interval": "1m"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "strictly increasing",
         ),
         (
             json!({"steps": [10, 101], "interval": "1m"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "at most 100",
         ),
         (
             json!({"steps": [0, 10], "interval": "1m"}),
-            StatusCode::BAD_REQUEST,
-            "above 0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "at least 0.01",
+        ),
+        // Used to be stored as such.
+        (
+            json!({"steps": [1e-300, 10], "interval": "1m"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "steps[0]",
+        ),
+        // Used to wrap to a negative nextAt and reach 100 % within a second.
+        (
+            json!({"steps": [1, 50, 100], "interval": "9223372036854775807s"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "between 1s and",
+        ),
+        // Used to wrap to 44 s in the duration parser.
+        (
+            json!({"steps": [1, 50], "interval": "307445734561825861m"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "between 1s and",
+        ),
+        (
+            json!({"steps": [1, 50], "durations": ["367d"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "durations[0]",
+        ),
+        (
+            json!({"steps": [1, 50], "interval": "1m", "guard": {"url": "http://127.0.0.1:9/", "timeout": "61s"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guard.timeout",
+        ),
+        (
+            json!({"steps": [1, 50], "interval": "1m", "guard": {"url": "http://127.0.0.1:9/", "failures": 0}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guard.failures",
         ),
         (
             json!({"steps": [10, 20]}),
@@ -551,4 +584,396 @@ async fn a_guard_with_a_failure_budget_retries_before_aborting() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+/// The regression that started issue 11: `[off 75, on 25]` is 25 % on; 30 % means 30 % of users,
+/// and everyone on at 25 % stays on.
+#[tokio::test]
+async fn an_off_first_rollout_is_listed_and_raised_by_the_true_variant() {
+    let h = Harness::new();
+    let flag = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+        "targeting": {"fractional": [["off", 75], ["on", 25]]}});
+    let (status, before) = h
+        .call("PUT", "/api/v1/environments/default/flags/f", Some(flag))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{before}");
+    assert_eq!(h.percentage("f").await, 25.0);
+    let (status, after) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/rollout",
+            Some(json!({"percentage": 30})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(h.percentage("f").await, 30.0);
+    assert_eq!(
+        after["flag"]["targeting"],
+        json!({"fractional": [["off", 7000], ["on", 3000]]})
+    );
+    let on = |definition: &Value| {
+        let document = json!({"flags": {"f": definition}});
+        let (_, flags) = flag_core::CompiledFlagSet::from_value(&document).unwrap();
+        (0..100_000)
+            .map(|i| {
+                let ctx = flag_core::EvaluationContext::new(format!("user-{i}"));
+                flags.resolve_bool("f", &ctx, false, 0).value
+            })
+            .collect::<Vec<bool>>()
+    };
+    let (was, is) = (on(&before["flag"]), on(&after["flag"]));
+    let share = is.iter().filter(|x| **x).count() as f64 / 1_000.0;
+    assert!((share - 30.0).abs() < 1.0, "30 % served {share} %");
+    assert!(
+        was.iter().zip(&is).all(|(was, is)| !was || *is),
+        "a user on at 25 % is off at 30 %"
+    );
+}
+
+#[tokio::test]
+async fn other_flag_types_name_the_variant_they_roll_out() {
+    let h = Harness::new();
+    let flag = json!({"state": "ENABLED", "variants": {"blue": "#00f", "red": "#f00"}, "defaultVariant": "red"});
+    h.call(
+        "PUT",
+        "/api/v1/environments/default/flags/color",
+        Some(flag),
+    )
+    .await;
+    let rollout = |body: Value| {
+        h.call(
+            "POST",
+            "/api/v1/environments/default/flags/color/rollout",
+            Some(body),
+        )
+    };
+    let (status, body) = rollout(json!({"percentage": 10})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "rollout_variants", "{body}");
+    let (status, body) = rollout(json!({"percentage": 10, "variant": "green"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = rollout(json!({"percentage": 10, "variant": "blue"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["flag"]["targeting"],
+        json!({"fractional": [["blue", 1000], ["red", 9000]]})
+    );
+    // A ramp of a string flag carries its variant to every step and to the abort.
+    let (status, ramp) = h
+        .start(
+            "color",
+            json!({"steps": [20, 40], "interval": "1m", "variant": "blue"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ramp}");
+    h.tick_at(60).await;
+    let (_, flag) = h
+        .call("GET", "/api/v1/environments/default/flags/color", None)
+        .await;
+    assert_eq!(
+        flag["flag"]["targeting"],
+        json!({"fractional": [["blue", 4000], ["red", 6000]]})
+    );
+}
+
+/// A guard endpoint that hangs until released, then answers healthy; `asked` fires on each
+/// check.
+async fn hanging_guard() -> (String, Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>) {
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (notify, wait) = (asked.clone(), release.clone());
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let (notify, wait) = (notify.clone(), wait.clone());
+            async move {
+                notify.notify_one();
+                wait.notified().await;
+                (StatusCode::OK, "ok")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, asked, release)
+}
+
+#[tokio::test]
+async fn abort_does_not_wait_for_a_guard_that_never_answers() {
+    let (hanging, asked, release) = hanging_guard().await;
+    let (healthy, _) = guard_server().await;
+    let h = Arc::new(Harness::new());
+    h.create_flag("f").await;
+    // Start with a healthy guard, then point the stored ramp's guard at the hanging one (the
+    // start itself checks the guard).
+    let (status, _) = h
+        .start(
+            "f",
+            json!({"steps": [10, 50, 100], "interval": "1m", "guard": {"url": healthy, "timeout": "60s"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let store = h.state.store.clone();
+    let mut record = store
+        .ramps(&flagd_server::store::RampQuery::default())
+        .unwrap()
+        .remove(0);
+    record.definition["guard"]["url"] = json!(hanging);
+    store.save_ramp(&record).unwrap();
+
+    h.at(60);
+    let ticking = tokio::spawn({
+        let h = h.clone();
+        async move { ramp::tick(&h.state).await }
+    });
+    asked.notified().await;
+    let started = std::time::Instant::now();
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/f/ramp/abort",
+            Some(json!({"message": "stop"})),
+        )
+        .await;
+    let latency = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        latency < std::time::Duration::from_millis(100),
+        "abort took {latency:?} while a guard check hung"
+    );
+    assert!(!ticking.is_finished(), "the guard check is still hanging");
+    // The guard now answers healthy: the tick reads the ramp again under the lock, finds it
+    // aborted, and applies nothing.
+    release.notify_one();
+    assert_eq!(ticking.await.unwrap().unwrap(), 0);
+    assert_eq!(
+        h.percentage("f").await,
+        0.0,
+        "restored, and no step after the abort"
+    );
+    assert_eq!(h.ramp("f").await["state"], "aborted");
+}
+
+#[tokio::test]
+async fn a_corrupt_ramp_row_fails_alone_and_the_others_go_on() {
+    let h = Harness::new();
+    h.create_flag("good").await;
+    h.create_flag("bad").await;
+    h.start("good", json!({"steps": [10, 50], "interval": "1m"}))
+        .await;
+    h.start("bad", json!({"steps": [10, 50], "interval": "1m"}))
+        .await;
+    let store = h.state.store.clone();
+    let mut record = store
+        .ramps(&flagd_server::store::RampQuery {
+            flag: Some("bad".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    // A step index past the end: reading it used to index out of bounds.
+    record.definition["currentStep"] = json!(7);
+    store.save_ramp(&record).unwrap();
+
+    assert_eq!(h.tick_at(60).await, 1, "only the good ramp moved");
+    assert_eq!(h.percentage("good").await, 50.0);
+    assert_eq!(h.percentage("bad").await, 10.0, "the flag is left alone");
+    let bad = h.ramp("bad").await;
+    assert_eq!(bad["state"], "failed", "{bad}");
+    assert!(
+        bad["abortReason"]
+            .as_str()
+            .unwrap()
+            .contains("current step 7 does not exist"),
+        "{bad}"
+    );
+    assert_eq!(bad["invalidDefinition"]["currentStep"], 7);
+    let (status, list) = h
+        .call("GET", "/api/v1/environments/default/ramps", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["ramps"].as_array().unwrap().len(), 2);
+    // A row that is not even a ramp is reported, not a 500.
+    let mut record = store
+        .ramps(&flagd_server::store::RampQuery {
+            flag: Some("bad".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    record.definition = json!("garbage");
+    store.save_ramp(&record).unwrap();
+    let (status, bad) = h
+        .call("GET", "/api/v1/environments/default/flags/bad/ramp", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{bad}");
+    assert!(
+        bad["abortReason"]
+            .as_str()
+            .unwrap()
+            .contains("does not decode"),
+        "{bad}"
+    );
+}
+
+/// A store whose ramp queries fail or panic on demand (0: fine, 1: error, 2: panic).
+struct FlakyStore {
+    inner: SqliteStore,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl FlagStore for FlakyStore {
+    fn environments(&self) -> Result<Vec<flagd_server::store::Environment>, StoreError> {
+        self.inner.environments()
+    }
+    fn environment(
+        &self,
+        name: &str,
+    ) -> Result<Option<flagd_server::store::Environment>, StoreError> {
+        self.inner.environment(name)
+    }
+    fn create_environment(
+        &self,
+        name: &str,
+        by: &Attribution,
+    ) -> Result<flagd_server::store::Environment, StoreError> {
+        self.inner.create_environment(name, by)
+    }
+    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError> {
+        self.inner.delete_environment(name, by)
+    }
+    fn flags(&self, environment: &str) -> Result<Vec<flagd_server::store::StoredFlag>, StoreError> {
+        self.inner.flags(environment)
+    }
+    fn flag(
+        &self,
+        environment: &str,
+        key: &str,
+    ) -> Result<Option<flagd_server::store::StoredFlag>, StoreError> {
+        self.inner.flag(environment, key)
+    }
+    fn commit(
+        &self,
+        environment: &str,
+        changes: &[flagd_server::store::FlagChange],
+        settings: Option<&flagd_server::store::EnvironmentSettings>,
+        by: &Attribution,
+    ) -> Result<flagd_server::store::Commit, StoreError> {
+        self.inner.commit(environment, changes, settings, by)
+    }
+    fn changes(
+        &self,
+        query: &flagd_server::store::AuditQuery,
+    ) -> Result<Vec<flagd_server::store::ChangeRecord>, StoreError> {
+        self.inner.changes(query)
+    }
+    fn changes_since(
+        &self,
+        environment: &str,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<flagd_server::store::ChangeRecord>, StoreError> {
+        self.inner.changes_since(environment, after_version, limit)
+    }
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.inner.tokens()
+    }
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.inner.insert_token(token)
+    }
+    fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
+        self.inner.revoke_token(id, at)
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping()
+    }
+    fn save_ramp(&self, ramp: &flagd_server::store::RampRecord) -> Result<i64, StoreError> {
+        self.inner.save_ramp(ramp)
+    }
+    fn ramps(
+        &self,
+        query: &flagd_server::store::RampQuery,
+    ) -> Result<Vec<flagd_server::store::RampRecord>, StoreError> {
+        match self.mode.load(Ordering::SeqCst) {
+            1 if query.due_at.is_some() => Err(StoreError::UnknownToken("injected failure".into())),
+            2 if query.due_at.is_some() => panic!("injected panic"),
+            _ => self.inner.ramps(query),
+        }
+    }
+}
+
+fn restarts() -> u64 {
+    flagd_server::metrics::render()
+        .lines()
+        .find_map(|line| line.strip_prefix("flagd_ramp_scheduler_restarts_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_scheduler_restarts_after_an_error_or_a_panic_and_readyz_says_so() {
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let store = FlakyStore {
+        inner: SqliteStore::in_memory(T0).unwrap(),
+        mode: mode.clone(),
+    };
+    let h = Harness::over(Arc::new(store));
+    h.create_flag("f").await;
+    h.start("f", json!({"steps": [10, 50, 100], "interval": "1m"}))
+        .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let settings = ramp::SchedulerSettings {
+        tick: std::time::Duration::from_millis(5),
+        restart_after: std::time::Duration::from_millis(5),
+    };
+    let scheduler = tokio::spawn(ramp::run_scheduler(h.state.clone(), stop.clone(), settings));
+    let readyz = || async {
+        let response = h
+            .router
+            .clone()
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        response.status()
+    };
+    for failure in [1u8, 2] {
+        let before = restarts();
+        mode.store(failure, Ordering::SeqCst);
+        let mut saw_unready = false;
+        for _ in 0..500 {
+            if readyz().await == StatusCode::SERVICE_UNAVAILABLE {
+                saw_unready = true;
+            }
+            if restarts() > before && saw_unready {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(restarts() > before, "failure mode {failure} was counted");
+        assert!(saw_unready, "/readyz reported the failing scheduler");
+        mode.store(0, Ordering::SeqCst);
+        let mut ready = false;
+        for _ in 0..500 {
+            if readyz().await == StatusCode::OK {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(ready, "ready again once the scheduler runs");
+    }
+    // Restarted, it still applies due steps.
+    h.at(60);
+    let mut stepped = false;
+    for _ in 0..500 {
+        if h.percentage("f").await == 50.0 {
+            stepped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(stepped, "the restarted scheduler applied the due step");
+    stop.cancel();
+    scheduler.await.unwrap();
 }

@@ -108,22 +108,32 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
         FlagCommand::Rollout {
             key,
             percentage,
+            variant,
+            others,
             message,
         } => {
             let (_, version) = read(&api, context, &key).await?;
             let mut headers = message_header(message.message.as_ref());
             headers.push(if_match(version));
+            let mut body = json!({"percentage": percentage});
+            if let Some(variant) = &variant {
+                body["variant"] = json!(variant);
+            }
+            if let Some(others) = &others {
+                body["otherVariant"] = json!(others);
+            }
             let answer = api
                 .call(
                     Method::POST,
                     &format!("{}/rollout", flag_path(context, &key)),
-                    Some(&json!({"percentage": percentage})),
+                    Some(&body),
                     &headers,
                 )
                 .await?;
+            let what = variant.map_or_else(String::new, |v| format!("{v:?} "));
             written(
                 context,
-                &format!("rolled out to {percentage}%:"),
+                &format!("rolled {what}out to {percentage}%:"),
                 &answer.body,
             );
         }

@@ -90,6 +90,9 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
 
 fn start_body(args: &RampStartArgs) -> Result<Value> {
     let mut body = json!({"steps": args.steps});
+    if let Some(variant) = &args.variant {
+        body["variant"] = json!(variant);
+    }
     match (&args.every, args.durations.is_empty()) {
         (Some(every), _) => body["interval"] = json!(every),
         (None, false) => body["durations"] = json!(args.durations),

@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use flag_core::rollout::{RolloutVariants, current_rollout};
+use std::collections::BTreeMap;
+
+use flag_core::rollout::{RolloutVariants, Share, current_rollout};
 use flag_core::{FlagState, FlagType};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -33,11 +35,11 @@ fn view(stored: &StoredFlag) -> Value {
     })
 }
 
-/// The summary row of `list`.
-fn summary(stored: &StoredFlag) -> Value {
-    let rollout = current_rollout(&stored.flag, None)
-        .ok()
-        .map(|r| r.percentage);
+/// The summary row of `list`. `rolloutPercentage` is the true share of the rolled-out variant
+/// (a boolean flag's `true` variant; null for other flags and for targeting a rollout cannot
+/// describe).
+fn summary(stored: &StoredFlag, evaluators: &BTreeMap<String, Value>) -> Value {
+    let rollout = current_rollout(&stored.flag, evaluators, &RolloutVariants::default()).ok();
     json!({
         "key": stored.key,
         "version": stored.version,
@@ -45,7 +47,8 @@ fn summary(stored: &StoredFlag) -> Value {
         "enabled": stored.flag.state == FlagState::Enabled,
         "type": flag_type(&stored.flag),
         "defaultVariant": stored.flag.default_variant,
-        "rolloutPercentage": rollout,
+        "rolloutPercentage": rollout.as_ref().map(|r| r.percentage),
+        "rolloutVariant": rollout.map(|r| r.variant),
         "description": stored.flag.description,
         "updatedAt": stored.updated_at,
         "updatedBy": stored.updated_by,
@@ -73,7 +76,10 @@ pub async fn list(
     Ok(axum::Json(json!({
         "environment": environment.name,
         "version": environment.version,
-        "flags": flags.iter().map(summary).collect::<Vec<_>>(),
+        "flags": flags
+            .iter()
+            .map(|flag| summary(flag, &environment.evaluators))
+            .collect::<Vec<_>>(),
     })))
 }
 
@@ -130,7 +136,7 @@ pub async fn patch(
     }
     let by = attribution(&state, &admin, change_message(&headers, Some(&mut patch)));
     let stored = blocking(&state, move |store| {
-        service::modify_flag(store, &env, &key, if_match, &by, |definition| {
+        service::modify_flag(store, &env, &key, if_match, &by, |_, definition| {
             service::merge_patch(definition, &patch);
             Ok(())
         })
@@ -166,12 +172,15 @@ pub async fn delete(
 pub struct RolloutRequest {
     /// 0 to 100, in steps of 0.01.
     percentage: f64,
-    /// For non-boolean flags: the variant users in the rollout get.
-    #[serde(default)]
-    on_variant: Option<String>,
-    /// For non-boolean flags: the variant everyone else gets.
-    #[serde(default)]
-    off_variant: Option<String>,
+    /// The variant being rolled out. Default: a boolean flag's `true` variant. (`onVariant` is
+    /// the older name.)
+    #[serde(default, alias = "onVariant")]
+    variant: Option<String>,
+    /// The variant users outside the rollout get when the flag has no bucket list yet. Default:
+    /// what the fallthrough serves now, else a boolean flag's other variant. (`offVariant` is the
+    /// older name.)
+    #[serde(default, alias = "offVariant")]
+    other_variant: Option<String>,
     #[serde(default)]
     message: Option<String>,
 }
@@ -184,14 +193,10 @@ pub async fn rollout(
     PathParams((env, key)): PathParams<(String, String)>,
     JsonBody(request): JsonBody<RolloutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let variants = match (request.on_variant, request.off_variant) {
-        (Some(on), Some(off)) => Some(RolloutVariants { on, off }),
-        (None, None) => None,
-        _ => {
-            return Err(ApiError::bad_request(
-                "give both onVariant and offVariant, or neither",
-            ));
-        }
+    let share = Share::from_percentage(request.percentage).map_err(service::rollout_error)?;
+    let variants = RolloutVariants {
+        variant: request.variant,
+        others: request.other_variant,
     };
     // A running ramp owns the rollout: a manual edit would be overwritten at its next step.
     if let Some(ramp) = crate::ramp::open_ramp(&state, &env, &key).await?
@@ -208,9 +213,8 @@ pub async fn rollout(
         &admin,
         change_message(&headers, None).or(request.message),
     );
-    let percentage = request.percentage;
     let stored = blocking(&state, move |store| {
-        service::rollout(store, &env, &key, percentage, variants, if_match, &by)
+        service::rollout(store, &env, &key, share, &variants, if_match, &by)
     })
     .await?;
     Ok(with_etag(&stored, StatusCode::OK))

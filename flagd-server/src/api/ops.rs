@@ -17,6 +17,7 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    state.scheduler.check().map_err(ApiError::unavailable)?;
     service::blocking(&state, |store| {
         store
             .ping()
