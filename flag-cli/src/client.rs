@@ -177,6 +177,9 @@ pub fn server_error(status: StatusCode, body: &Value) -> CliError {
         StatusCode::UNAUTHORIZED => cli.hint("check the token: --token / FLAGCTL_TOKEN (or `flagctl login`)"),
         StatusCode::FORBIDDEN => cli.hint("this needs an admin token"),
         StatusCode::PRECONDITION_FAILED => cli.hint("someone else changed it since it was read; look at `flagctl flag get`, then run the command again"),
+        _ if error["code"] == "rollout_variants" => {
+            cli.hint("name the variant to roll out with --variant NAME")
+        }
         _ => cli,
     };
     cli

@@ -327,8 +327,8 @@ fn seconds(text: &str, field: &str) -> Result<i64, ApiError> {
         Some(Ok(seconds)) if (1..=MAX_STEP_SECONDS).contains(&seconds) => Ok(seconds),
         _ => Err(out_of_range(
             format!(
-                "{field} {text:?} must be between 1s and {}; pause the ramp to hold a step longer",
-                humantime::format_duration(Duration::from_secs(MAX_STEP_SECONDS.unsigned_abs()))
+                "{field} {text:?} must be between 1s and {}d; pause the ramp to hold a step longer",
+                MAX_STEP_SECONDS / 86_400
             ),
             field,
         )),
@@ -349,7 +349,7 @@ fn check_steps(steps: &[f64]) -> Result<(), (String, String)> {
         let share = Share::from_percentage(*step).ok().filter(|s| s.weight > 0);
         let Some(share) = share else {
             return Err((
-                format!("step {step} must be at least 0.01 and at most 100, in steps of 0.01"),
+                format!("step {step:?} must be at least 0.01 and at most 100, in steps of 0.01"),
                 format!("steps[{index}]"),
             ));
         };

@@ -603,6 +603,68 @@ mod cli {
         assert_eq!(exported["flags"], file["flags"]);
     }
 
+    /// Issue 11's regression through the CLI: an off-first rollout is listed as its true share,
+    /// and `flag rollout 30` gives 30 % to the `true` variant, keeping everyone already in.
+    #[test]
+    fn rollout_acts_on_the_variant_not_the_first_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let run = |args: &[&str]| {
+            let (code, stdout, stderr) = flagctl(&server, dir.path(), args);
+            assert_eq!(code, 0, "flagctl {args:?}: {stderr}");
+            stdout
+        };
+        run(&["flag", "create", "checkout"]);
+        run(&[
+            "flag",
+            "target",
+            "checkout",
+            "--json",
+            r#"{"fractional": [["off", 75], ["on", 25]]}"#,
+        ]);
+        let listed = |run: &dyn Fn(&[&str]) -> String| {
+            let list: Value = serde_json::from_str(&run(&["-o", "json", "flag", "list"])).unwrap();
+            list[0]["rolloutPercentage"].as_f64().unwrap()
+        };
+        assert_eq!(listed(&run), 25.0);
+        let human = run(&["flag", "list"]);
+        assert!(human.contains("25%"), "{human}");
+        run(&["flag", "rollout", "checkout", "30"]);
+        assert_eq!(listed(&run), 30.0);
+        let view: Value =
+            serde_json::from_str(&run(&["-o", "json", "flag", "get", "checkout"])).unwrap();
+        assert_eq!(
+            view["flag"]["targeting"],
+            json!({"fractional": [["off", 7000], ["on", 3000]]})
+        );
+
+        // A string flag names the variant it rolls out; without it, a clear error.
+        run(&[
+            "flag",
+            "create",
+            "theme",
+            "--type",
+            "string",
+            "--variant",
+            "light=l",
+            "--variant",
+            "dark=d",
+            "--default",
+            "light",
+        ]);
+        let (code, _, stderr) = flagctl(&server, dir.path(), &["flag", "rollout", "theme", "10"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("name the variant to roll out"), "{stderr}");
+        assert!(stderr.contains("--variant NAME"), "{stderr}");
+        run(&["flag", "rollout", "theme", "10", "--variant", "dark"]);
+        let view: Value =
+            serde_json::from_str(&run(&["-o", "json", "flag", "get", "theme"])).unwrap();
+        assert_eq!(
+            view["flag"]["targeting"],
+            json!({"fractional": [["dark", 1000], ["light", 9000]]})
+        );
+    }
+
     #[test]
     fn a_concurrent_edit_is_reported_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();

@@ -172,7 +172,9 @@ fn show(view: &Value) {
             output::cell(&view["flag"])
         );
     }
-    if let Some(reason) = view["abortReason"].as_str() {
+    if let (Some(reason), "failed") = (view["abortReason"].as_str(), state) {
+        println!("  failed: {reason} (the flag was left as it is)");
+    } else if let Some(reason) = view["abortReason"].as_str() {
         println!(
             "  aborted: {reason} (rollout restored to {})",
             percent(&view["previousPercentage"])
