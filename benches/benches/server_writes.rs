@@ -41,6 +41,7 @@ fn main() {
             body_limit: 8 << 20,
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(5),
+            strict: false,
         };
         let server = Server::open(options, flagd_server::state::system_clock()).await.expect("server opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

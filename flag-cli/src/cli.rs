@@ -49,6 +49,12 @@ pub struct Global {
     /// Output: a table for people, or JSON for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
+
+    /// Treat warnings as errors: writes send `?strict=true` (the server refuses them with 422),
+    /// and `validate`, `diff`, `apply` and `eval --file` fail (exit 1) on a file with warnings.
+    /// Warnings are what flagd loads but handles at evaluation time (docs/COMPATIBILITY.md).
+    #[arg(long, env = "FLAGCTL_STRICT", global = true)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +69,9 @@ pub enum Command {
     Flag(FlagCommand),
     /// Print the environment as one flagd document (flags as code).
     Export,
+    /// Check a flagd file as the server would, offline (exit 0 valid, 1 not): every error and
+    /// warning with its path and code.
+    Validate(ValidateArgs),
     /// Show what applying a flagd file would change (exit code 3 when anything would).
     Diff(DiffArgs),
     /// Make the environment match a flagd file: create, update and (with --prune) delete flags.
@@ -302,6 +311,13 @@ pub struct TargetArgs {
     pub json: Option<String>,
     #[command(flatten)]
     pub message: Message,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The flagd file to check.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

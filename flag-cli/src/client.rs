@@ -12,6 +12,8 @@ pub struct Api {
     http: reqwest::Client,
     pub server: String,
     token: String,
+    /// Send `strict=true` with every write.
+    strict: bool,
 }
 
 /// A successful answer: status, body and the `ETag` version, if any.
@@ -23,7 +25,7 @@ pub struct Answer {
 }
 
 impl Api {
-    pub fn new(server: &str, token: &str) -> Result<Api> {
+    pub fn new(server: &str, token: &str, strict: bool) -> Result<Api> {
         let server = server.trim_end_matches('/').to_owned();
         if !(server.starts_with("http://") || server.starts_with("https://")) {
             return Err(CliError::config(format!(
@@ -44,6 +46,7 @@ impl Api {
             http,
             server,
             token: token.to_owned(),
+            strict,
         })
     }
 
@@ -89,7 +92,12 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> Result<(StatusCode, Option<i64>, Value)> {
-        let url = format!("{}{path}", self.server);
+        let mut url = format!("{}{path}", self.server);
+        if self.strict && method != Method::GET {
+            // Writes that check flags honour it; the others ignore unknown query parameters.
+            url.push(if path.contains('?') { '&' } else { '?' });
+            url.push_str("strict=true");
+        }
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         for (name, value) in headers {
             request = request.header(*name, value);

@@ -40,6 +40,8 @@ fn main() -> ExitCode {
 pub struct Context {
     pub environment: String,
     pub output: output::Format,
+    /// Warnings fail like errors (`--strict`).
+    pub strict: bool,
     server: Option<String>,
     token: Option<String>,
 }
@@ -65,7 +67,7 @@ impl Context {
             CliError::config("no token configured")
                 .hint("pass --token, set FLAGCTL_TOKEN, or run `flagctl login --server URL --token TOKEN`")
         })?;
-        Api::new(server, token)
+        Api::new(server, token, self.strict)
     }
 }
 
@@ -82,6 +84,7 @@ async fn run(cli: Cli) -> Result<u8> {
             .or(file.environment)
             .unwrap_or_else(|| "default".to_owned()),
         output: cli.global.output,
+        strict: cli.global.strict,
         server: cli.global.server.or(file.server),
         token: cli.global.token.or(file.token),
     };
@@ -90,6 +93,7 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Env(command) => commands::env::run(&context, command).await,
         Command::Flag(command) => commands::flag::run(&context, command).await,
         Command::Export => commands::code::export(&context).await,
+        Command::Validate(args) => commands::validate::run(&context, &args),
         Command::Diff(args) => commands::code::diff(&context, &args).await,
         Command::Apply(args) => commands::code::apply(&context, &args).await,
         Command::Promote(args) => commands::promote::run(&context, &args).await,

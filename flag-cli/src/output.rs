@@ -132,6 +132,19 @@ pub fn diff(before: &Value, after: &Value) -> Vec<String> {
     lines
 }
 
+/// One problem (`{path, code, severity, message}`) as a line: `warning: PATH: MESSAGE [code]`.
+pub fn problem(problem: &Value) -> String {
+    let severity = problem["severity"].as_str().unwrap_or("error");
+    let path = problem["path"].as_str().unwrap_or_default();
+    let message = problem["message"].as_str().unwrap_or_default();
+    let code = problem["code"].as_str().unwrap_or("invalid");
+    if path.is_empty() {
+        format!("{severity}: {message} [{code}]")
+    } else {
+        format!("{severity}: {path}: {message} [{code}]")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

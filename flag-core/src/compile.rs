@@ -15,7 +15,7 @@ use crate::EvaluationContext;
 use crate::context::FastHasher;
 use crate::hash::MurmurPrefix;
 use crate::model::{Flag, FlagSet, FlagType, Metadata, json_type_name};
-use crate::problem::{JsonPath, Problem, ValidationError};
+use crate::problem::{JsonPath, Problem, ProblemCode, Severity, ValidationError};
 use crate::resolve::{CompiledFlag, CompiledFlagSet};
 use crate::rule::{
     AffixNode, BucketBy, Buckets, Env, FractionalNode, InSet, MAX_TOTAL_WEIGHT, Node, Op, Scope,
@@ -30,8 +30,9 @@ pub(crate) type Evaluators = HashMap<String, Option<Node>, FastHasher>;
 /// rejected at write time, which also bounds the evaluator's recursion.
 pub const MAX_RULE_DEPTH: usize = 64;
 
-/// The longest flag key accepted in strict mode.
-pub const MAX_FLAG_KEY_LEN: usize = 128;
+/// The longest flag key accepted (flagd accepts any non-empty key; the cap keeps URLs, logs and
+/// metrics labels sane).
+pub const MAX_FLAG_KEY_LEN: usize = 256;
 
 /// A `in` against a constant list of strings at least this long is compiled into a hash set.
 const IN_SET_THRESHOLD: usize = 8;
@@ -82,10 +83,37 @@ const OPERATORS: &[&str] = &[
 /// How strictly a document is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Any problem rejects the whole document (server writes, `flagctl apply`).
+    /// Errors refuse the whole document; warnings are reported and handled at evaluation as
+    /// flagd does (server writes, `flagctl apply`; turn warnings into errors with
+    /// [`Loaded::strict`]).
     Strict,
-    /// A flag with a problem is isolated and evaluates to an error (SDK, foreign flag files).
+    /// Nothing is refused: a flag with an error is isolated and evaluates to `PARSE_ERROR`
+    /// (SDK, documents received from the server).
     Lenient,
+}
+
+/// A document that loaded: what to store, what to evaluate, and what flagd would warn about.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The typed document (to store, export, stream).
+    pub set: FlagSet,
+    /// Its compiled form (to evaluate).
+    pub compiled: CompiledFlagSet,
+    /// Warnings: each affected flag evaluates exactly as flagd would (see [`ProblemCode`]).
+    pub warnings: Vec<Problem>,
+}
+
+impl Loaded {
+    /// Strict mode: any warning refuses the document too.
+    pub fn strict(self) -> Result<Loaded, ValidationError> {
+        if self.warnings.is_empty() {
+            Ok(self)
+        } else {
+            Err(ValidationError {
+                problems: self.warnings,
+            })
+        }
+    }
 }
 
 impl FlagSet {
@@ -106,39 +134,68 @@ impl FlagSet {
 }
 
 impl CompiledFlagSet {
-    /// Parses, validates and compiles a JSON document strictly, in one pass: the typed document
-    /// (to store or serve) and its compiled form (to evaluate).
+    /// Loads a document as flagd does: errors (what flagd refuses) fail the whole document;
+    /// warnings (what flagd loads and handles at evaluation time) are returned, and each
+    /// affected flag evaluates as flagd would.
+    pub fn load(value: &Value) -> Result<Loaded, ValidationError> {
+        let (set, compiled, problems) = load_all(value);
+        let (warnings, errors): (Vec<Problem>, Vec<Problem>) =
+            problems.into_iter().partition(Problem::is_warning);
+        if errors.is_empty() {
+            Ok(Loaded {
+                set,
+                compiled,
+                warnings,
+            })
+        } else {
+            Err(ValidationError { problems: errors })
+        }
+    }
+
+    /// [`load`](Self::load) for JSON text.
+    pub fn load_str(text: &str) -> Result<Loaded, ValidationError> {
+        CompiledFlagSet::load(&parse_json(text)?)
+    }
+
+    /// Parses, validates and compiles a JSON document strictly (warnings are errors too, and
+    /// all are reported), in one pass: the typed document (to store or serve) and its compiled
+    /// form (to evaluate).
     pub fn from_json_str(text: &str) -> Result<(FlagSet, CompiledFlagSet), ValidationError> {
-        let value: Value = serde_json::from_str(text).map_err(|err| ValidationError {
-            problems: vec![Problem {
-                path: String::new(),
-                message: format!("not valid JSON: {err}"),
-            }],
-        })?;
-        CompiledFlagSet::from_value(&value)
+        CompiledFlagSet::from_value(&parse_json(text)?)
     }
 
     /// [`from_json_str`](Self::from_json_str) for a parsed JSON value.
     pub fn from_value(value: &Value) -> Result<(FlagSet, CompiledFlagSet), ValidationError> {
-        let parsed = parse_document(value);
-        let mut problems = parsed.problems;
-        let (compiled, compile_problems) =
-            compile_parsed(&parsed.set, &parsed.broken, Mode::Strict);
-        problems.extend(compile_problems);
+        let (set, compiled, problems) = load_all(value);
         if problems.is_empty() {
-            Ok((parsed.set, compiled))
+            Ok((set, compiled))
         } else {
             Err(ValidationError { problems })
         }
     }
 
-    /// Compiles a typed document strictly: any problem is an error.
+    /// Compiles a typed document strictly: any problem, warnings included, is an error.
     pub fn compile(set: &FlagSet) -> Result<CompiledFlagSet, ValidationError> {
         let (compiled, problems) = compile_parsed(set, &BTreeMap::new(), Mode::Strict);
         if problems.is_empty() {
             Ok(compiled)
         } else {
             Err(ValidationError { problems })
+        }
+    }
+
+    /// Compiles a typed document as [`load`](Self::load) does: `Err` with the errors, or the
+    /// compiled set and its warnings.
+    pub fn compile_with_warnings(
+        set: &FlagSet,
+    ) -> Result<(CompiledFlagSet, Vec<Problem>), ValidationError> {
+        let (compiled, problems) = compile_parsed(set, &BTreeMap::new(), Mode::Strict);
+        let (warnings, errors): (Vec<Problem>, Vec<Problem>) =
+            problems.into_iter().partition(Problem::is_warning);
+        if errors.is_empty() {
+            Ok((compiled, warnings))
+        } else {
+            Err(ValidationError { problems: errors })
         }
     }
 
@@ -158,6 +215,24 @@ impl CompiledFlagSet {
     }
 }
 
+fn parse_json(text: &str) -> Result<Value, ValidationError> {
+    serde_json::from_str(text).map_err(|err| ValidationError {
+        problems: vec![Problem::root(
+            ProblemCode::InvalidJson,
+            format!("not valid JSON: {err}"),
+        )],
+    })
+}
+
+/// Parses and compiles a document, collecting every problem of either severity.
+fn load_all(value: &Value) -> (FlagSet, CompiledFlagSet, Vec<Problem>) {
+    let parsed = parse_document(value);
+    let mut problems = parsed.problems;
+    let (compiled, compile_problems) = compile_parsed(&parsed.set, &parsed.broken, Mode::Strict);
+    problems.extend(compile_problems);
+    (parsed.set, compiled, problems)
+}
+
 /// A document split into what parsed and what did not.
 struct ParsedDocument {
     set: FlagSet,
@@ -174,13 +249,13 @@ fn parse_document(value: &Value) -> ParsedDocument {
         problems: Vec::new(),
     };
     let Value::Object(root) = value else {
-        doc.problems.push(Problem {
-            path: String::new(),
-            message: format!(
+        doc.problems.push(Problem::root(
+            ProblemCode::WrongType,
+            format!(
                 "a flag set must be a JSON object, found {}",
                 json_type_name(value)
             ),
-        });
+        ));
         return doc;
     };
     for (name, member) in root {
@@ -189,11 +264,12 @@ fn parse_document(value: &Value) -> ParsedDocument {
         match name.as_str() {
             "$schema" => match member {
                 Value::String(s) => doc.set.schema = Some(s.clone()),
-                other => doc.problems.push(
-                    path.problem(format!("must be a string, found {}", json_type_name(other))),
-                ),
+                other => doc.problems.push(path.error(
+                    ProblemCode::WrongType,
+                    format!("must be a string, found {}", json_type_name(other)),
+                )),
             },
-            "metadata" => match deserialize_at::<Metadata>(member, &path) {
+            "metadata" => match deserialize_at::<Metadata>(member, &path, ProblemCode::InvalidMetadata) {
                 Ok(metadata) => doc.set.metadata = metadata,
                 Err(problem) => doc.problems.push(problem),
             },
@@ -204,18 +280,18 @@ fn parse_document(value: &Value) -> ParsedDocument {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                 }
-                other => doc.problems.push(path.problem(format!(
-                    "must be an object, found {}",
-                    json_type_name(other)
-                ))),
+                other => doc.problems.push(path.error(
+                    ProblemCode::WrongType,
+                    format!("must be an object, found {}", json_type_name(other)),
+                )),
             },
             "flags" => parse_flags(member, &mut path, &mut doc),
-            other => doc.problems.push(Problem {
-                path: String::new(),
-                message: format!(
-                    "unknown field {other:?} (expected $schema, metadata, $evaluators or flags)"
+            other => doc.problems.push(path.warning(
+                ProblemCode::UnknownField,
+                format!(
+                    "unknown field {other:?} is ignored and not kept (flag sets have $schema, metadata, $evaluators and flags)"
                 ),
-            }),
+            )),
         }
     }
     doc
@@ -225,9 +301,26 @@ fn parse_flags(value: &Value, path: &mut JsonPath, doc: &mut ParsedDocument) {
     let parse_one = |key: &str, flag: &Value, path: &mut JsonPath, doc: &mut ParsedDocument| {
         let mark = path.push_key(key);
         if doc.set.flags.contains_key(key) || doc.broken.contains_key(key) {
-            doc.problems.push(path.problem("flag key appears twice"));
+            doc.problems
+                .push(path.error(ProblemCode::DuplicateKey, "flag key appears twice"));
         } else {
-            match deserialize_at::<Flag>(flag, path) {
+            if let Value::Object(members) = flag {
+                for name in members
+                    .keys()
+                    .filter(|name| !FLAG_FIELDS.contains(&name.as_str()))
+                {
+                    let mark = path.push_key(name);
+                    doc.problems.push(path.warning(
+                        ProblemCode::UnknownField,
+                        format!(
+                            "unknown field {name:?} is ignored and not kept (a flag has {})",
+                            FLAG_FIELDS.join(", ")
+                        ),
+                    ));
+                    path.truncate(mark);
+                }
+            }
+            match deserialize_at::<Flag>(flag, path, ProblemCode::InvalidField) {
                 Ok(flag) => {
                     doc.set.flags.insert(key.to_owned(), flag);
                 }
@@ -256,17 +349,22 @@ fn parse_flags(value: &Value, path: &mut JsonPath, doc: &mut ParsedDocument) {
                     }
                     _ => {
                         let mark = path.push_index(index);
-                        doc.problems
-                            .push(path.problem("a flag in the array form needs a string \"key\""));
+                        doc.problems.push(path.error(
+                            ProblemCode::InvalidFlagKey,
+                            "a flag in the array form needs a string \"key\"",
+                        ));
                         path.truncate(mark);
                     }
                 }
             }
         }
-        other => doc.problems.push(path.problem(format!(
-            "must be an object of flags by key (or an array of flags), found {}",
-            json_type_name(other)
-        ))),
+        other => doc.problems.push(path.error(
+            ProblemCode::WrongType,
+            format!(
+                "must be an object of flags by key (or an array of flags), found {}",
+                json_type_name(other)
+            ),
+        )),
     }
 }
 
@@ -274,6 +372,7 @@ fn parse_flags(value: &Value, path: &mut JsonPath, doc: &mut ParsedDocument) {
 fn deserialize_at<T: for<'de> Deserialize<'de>>(
     value: &Value,
     path: &JsonPath,
+    code: ProblemCode,
 ) -> Result<T, Problem> {
     serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
         let mut full = path.clone();
@@ -289,7 +388,14 @@ fn deserialize_at<T: for<'de> Deserialize<'de>>(
                 serde_path_to_error::Segment::Unknown => {}
             }
         }
-        full.problem(err.into_inner().to_string())
+        let message = err.into_inner().to_string();
+        // A metadata value of the wrong type is a metadata problem wherever it is.
+        let code = if message.starts_with("metadata values") {
+            ProblemCode::InvalidMetadata
+        } else {
+            code
+        };
+        full.error(code, message)
     })
 }
 
@@ -309,7 +415,8 @@ fn compile_parsed(
         compiler.inside_evaluator = true;
         let node = compiler.compile(rule, 0);
         compiler.path.truncate(mark);
-        let ok = compiler.problems.is_empty();
+        // Problems that evaluate to null keep the evaluator usable, as in flagd.
+        let ok = !compiler.problems.iter().any(breaks_targeting);
         problems.append(&mut compiler.problems);
         evaluators.insert(name.clone(), ok.then_some(node));
     }
@@ -338,8 +445,15 @@ fn compile_parsed(
     )
 }
 
-/// Compiles one flag; a flag with problems becomes a broken flag that evaluates to
-/// `PARSE_ERROR` (the problems are also reported).
+/// Whether a problem makes a flag's targeting unusable: an error, or a warning flagd meets as a
+/// failure of the whole rule.
+fn breaks_targeting(problem: &Problem) -> bool {
+    problem.severity == Severity::Error || problem.code.breaks_targeting()
+}
+
+/// Compiles one flag. A flag with errors becomes a broken flag (lenient mode keeps it, as
+/// `PARSE_ERROR`); a flag whose targeting flagd could not run evaluates to `PARSE_ERROR` unless
+/// disabled; other warnings evaluate as flagd does. Every problem is reported.
 fn compile_one(
     key: &str,
     flag: &Flag,
@@ -354,18 +468,23 @@ fn compile_one(
     if mode == Mode::Strict
         && let Err(message) = check_flag_key(key)
     {
-        flag_problems.push(path.problem(message));
+        flag_problems.push(path.error(ProblemCode::InvalidFlagKey, message));
     }
     let compiled = compile_flag(key, flag, metadata, evaluators, path, &mut flag_problems);
-    let compiled = if flag_problems.is_empty() {
-        compiled
-    } else {
-        let message = flag_problems
-            .iter()
+    let summary = |problems: &mut dyn Iterator<Item = &Problem>| {
+        problems
             .map(ToString::to_string)
             .collect::<Vec<_>>()
-            .join("; ");
+            .join("; ")
+    };
+    let compiled = if flag_problems.iter().any(|p| p.severity == Severity::Error) {
+        let message = summary(&mut flag_problems.iter());
         CompiledFlag::broken(key, message, merged_metadata(metadata, &flag.metadata))
+    } else if flag_problems.iter().any(breaks_targeting) {
+        let message = summary(&mut flag_problems.iter().filter(|p| breaks_targeting(p)));
+        compiled.with_targeting_error(message)
+    } else {
+        compiled
     };
     problems.append(&mut flag_problems);
     compiled
@@ -409,7 +528,18 @@ impl CompiledFlagSet {
     }
 }
 
-/// Flag keys appear in URLs, file names and shell commands: keep them to a safe alphabet.
+/// The fields of a flag (flagd's, and our `description`).
+const FLAG_FIELDS: &[&str] = &[
+    "state",
+    "variants",
+    "defaultVariant",
+    "targeting",
+    "metadata",
+    "description",
+];
+
+/// A flag key: any non-empty string, as in flagd's schema, up to [`MAX_FLAG_KEY_LEN`] bytes.
+/// Keys are percent-encoded wherever they appear in a URL.
 pub fn check_flag_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("a flag key may not be empty".to_owned());
@@ -420,13 +550,11 @@ pub fn check_flag_key(key: &str) -> Result<(), String> {
             key.len()
         ));
     }
-    let valid_start = key.starts_with(|c: char| c.is_ascii_alphanumeric());
-    let valid_chars = key
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid_start || !valid_chars {
+    if key == "." || key == ".." {
+        // URL libraries resolve these dot segments (RFC 3986 §5.2.4) even percent-encoded, so
+        // no OFREP client could address the flag.
         return Err(format!(
-            "invalid flag key {key:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit"
+            "the flag key {key:?} is a URL dot segment, which no client could address"
         ));
     }
     Ok(())
@@ -453,10 +581,13 @@ fn compile_flag(
             let index = flag.variants.keys().position(|k| k == name);
             if index.is_none() {
                 let mark = path.push_key("defaultVariant");
-                problems.push(path.problem(format!(
-                    "{name:?} is not a variant (expected one of: {})",
-                    variant_list(flag)
-                )));
+                problems.push(path.error(
+                    ProblemCode::UnknownDefaultVariant,
+                    format!(
+                        "{name:?} is not a variant (expected one of: {})",
+                        variant_list(flag)
+                    ),
+                ));
                 path.truncate(mark);
             }
             index
@@ -466,7 +597,7 @@ fn compile_flag(
         let mark = path.push_key("targeting");
         let mut compiler = Compiler::new(path.clone(), Some(evaluators));
         let node = compiler.compile(rule, 0);
-        if compiler.problems.is_empty() {
+        if !compiler.problems.iter().any(breaks_targeting) {
             check_results(rule, flag, &mut compiler.path, &mut compiler.problems);
         }
         problems.append(&mut compiler.problems);
@@ -481,11 +612,13 @@ fn compile_flag(
         targeting,
         merged_metadata(set_metadata, &flag.metadata),
     );
-    if problems.is_empty() {
+    let uses_ref = flag.effective_targeting().is_some_and(contains_ref);
+    let reported = |p: &Problem| breaks_targeting(p) || p.code == ProblemCode::NotAVariant;
+    if uses_ref && !problems.iter().any(reported) {
         // Results the JSON check could not see (reached through `$ref`).
         let mark = path.push_key("targeting");
         for value in compiled.invalid_results() {
-            problems.push(path.problem(format!(
+            problems.push(path.warning(ProblemCode::NotAVariant, format!(
                 "targeting can return {value} (through $ref), which is not a variant (expected one of: {})",
                 variant_list(flag)
             )));
@@ -493,6 +626,17 @@ fn compile_flag(
         path.truncate(mark);
     }
     compiled
+}
+
+/// Whether a rule uses `$ref` anywhere.
+fn contains_ref(rule: &Value) -> bool {
+    match rule {
+        Value::Object(object) => object
+            .iter()
+            .any(|(key, value)| key == "$ref" || contains_ref(value)),
+        Value::Array(items) => items.iter().any(contains_ref),
+        _ => false,
+    }
 }
 
 fn variant_list(flag: &Flag) -> String {
@@ -511,11 +655,17 @@ fn check_variants(
 ) -> Option<FlagType> {
     let mark = path.push_key("variants");
     if flag.variants.is_empty() {
-        problems.push(path.problem("a flag needs at least one variant"));
+        problems.push(path.error(ProblemCode::NoVariants, "a flag needs at least one variant"));
     }
     let mut first: Option<(&str, FlagType)> = None;
     let mut mixed = false;
     for (name, value) in &flag.variants {
+        if name.is_empty() {
+            problems.push(path.error(
+                ProblemCode::InvalidVariant,
+                "a variant name may not be empty",
+            ));
+        }
         let Some(ty) = FlagType::of(value) else {
             let inner = path.push_key(name);
             let hint = if value.is_array() {
@@ -523,10 +673,13 @@ fn check_variants(
             } else {
                 ""
             };
-            problems.push(path.problem(format!(
-                "a variant value must be a boolean, string, number or object, found {}{hint}",
-                json_type_name(value)
-            )));
+            problems.push(path.error(
+                ProblemCode::InvalidVariant,
+                format!(
+                    "a variant value must be a boolean, string, number or object, found {}{hint}",
+                    json_type_name(value)
+                ),
+            ));
             path.truncate(inner);
             continue;
         };
@@ -534,7 +687,7 @@ fn check_variants(
             None => first = Some((name, ty)),
             Some((first_name, first_ty)) if first_ty != ty && !mixed => {
                 mixed = true;
-                problems.push(path.problem(format!(
+                problems.push(path.error(ProblemCode::MixedVariants, format!(
                     "variants mix types ({first_name:?} is {first_ty}, {name:?} is {ty}); all variants of a flag must have one type"
                 )));
             }
@@ -550,18 +703,23 @@ fn check_variants(
 fn check_results(rule: &Value, flag: &Flag, path: &mut JsonPath, problems: &mut Vec<Problem>) {
     let is_variant = |name: &str| flag.variants.contains_key(name);
     match rule {
-        Value::String(name) if !is_variant(name) => problems.push(path.problem(format!(
-            "targeting can return {name:?}, which is not a variant (expected one of: {})",
-            variant_list(flag)
-        ))),
+        Value::String(name) if !is_variant(name) => problems.push(path.warning(
+            ProblemCode::NotAVariant,
+            format!(
+                "targeting can return {name:?}, which is not a variant (expected one of: {})",
+                variant_list(flag)
+            ),
+        )),
         Value::Bool(b) if !is_variant(if *b { "true" } else { "false" }) => {
-            problems.push(path.problem(format!(
-                "targeting can return {b}, but the flag has no variant named \"{b}\""
-            )));
+            problems.push(path.warning(
+                ProblemCode::NotAVariant,
+                format!("targeting can return {b}, but the flag has no variant named \"{b}\""),
+            ));
         }
-        Value::Number(n) => problems.push(path.problem(format!(
-            "targeting can return the number {n}, which cannot name a variant"
-        ))),
+        Value::Number(n) => problems.push(path.warning(
+            ProblemCode::NotAVariant,
+            format!("targeting can return the number {n}, which cannot name a variant"),
+        )),
         Value::Object(object) if object.len() == 1 => {
             let Some((op, args)) = object.iter().next() else {
                 return;
@@ -618,16 +776,19 @@ impl<'e> Compiler<'e> {
         }
     }
 
-    fn problem(&mut self, message: impl Into<String>) -> Node {
-        self.problems.push(self.path.problem(message));
+    /// Records a warning here; the rule in question evaluates to null.
+    fn warn(&mut self, code: ProblemCode, message: impl Into<String>) -> Node {
+        self.problems.push(self.path.warning(code, message));
         Node::Const(Value::Null)
     }
 
     fn compile(&mut self, value: &Value, depth: usize) -> Node {
         if depth > MAX_RULE_DEPTH {
-            return self.problem(format!(
-                "rule is nested more than {MAX_RULE_DEPTH} levels deep"
+            self.problems.push(self.path.error(
+                ProblemCode::TooDeep,
+                format!("rule is nested more than {MAX_RULE_DEPTH} levels deep"),
             ));
+            return Node::Const(Value::Null);
         }
         match value {
             Value::Array(items) => {
@@ -654,11 +815,14 @@ impl<'e> Compiler<'e> {
                 let mut entries = object.iter();
                 let (Some((op, args)), None) = (entries.next(), entries.next()) else {
                     let keys: Vec<&str> = object.keys().map(String::as_str).collect();
-                    return self.problem(format!(
-                        "a rule object must have exactly one operator, found {} keys ({})",
-                        keys.len(),
-                        keys.join(", ")
-                    ));
+                    return self.warn(
+                        ProblemCode::InvalidRule,
+                        format!(
+                            "a rule object must have exactly one operator, found {} keys ({})",
+                            keys.len(),
+                            keys.join(", ")
+                        ),
+                    );
                 };
                 let mark = self.path.push_key(op);
                 let node = self.compile_operator(op, args, depth);
@@ -730,7 +894,10 @@ impl<'e> Compiler<'e> {
             "missing" => Node::Missing(self.compile_args(args, depth).into_boxed_slice()),
             "missing_some" => {
                 if Self::arg_count(args) != 2 {
-                    return self.problem("missing_some takes 2 arguments: [minimum, [keys...]]");
+                    return self.warn(
+                        ProblemCode::Arity,
+                        "missing_some takes 2 arguments: [minimum, [keys...]]",
+                    );
                 }
                 Node::MissingSome(self.compile_args(args, depth).into_boxed_slice())
             }
@@ -758,22 +925,34 @@ impl<'e> Compiler<'e> {
                     _ => ScopedOp::Some,
                 };
                 if Self::arg_count(args) != 2 {
-                    return self.problem(format!("{op} takes 2 arguments: [array, rule]"));
+                    return self.warn(
+                        ProblemCode::Arity,
+                        format!("{op} takes 2 arguments: [array, rule]"),
+                    );
                 }
                 let mut nodes = self.compile_args(args, depth).into_iter();
                 let (Some(array), Some(logic)) = (nodes.next(), nodes.next()) else {
-                    return self.problem(format!("{op} takes 2 arguments: [array, rule]"));
+                    return self.warn(
+                        ProblemCode::Arity,
+                        format!("{op} takes 2 arguments: [array, rule]"),
+                    );
                 };
                 Node::Scoped(scoped, Box::new([array, logic]))
             }
             "reduce" => {
                 let count = Self::arg_count(args);
                 if !(2..=3).contains(&count) {
-                    return self.problem("reduce takes 2 or 3 arguments: [array, rule, initial]");
+                    return self.warn(
+                        ProblemCode::Arity,
+                        "reduce takes 2 or 3 arguments: [array, rule, initial]",
+                    );
                 }
                 let mut nodes = self.compile_args(args, depth).into_iter();
                 let (Some(array), Some(logic)) = (nodes.next(), nodes.next()) else {
-                    return self.problem("reduce takes 2 or 3 arguments: [array, rule, initial]");
+                    return self.warn(
+                        ProblemCode::Arity,
+                        "reduce takes 2 or 3 arguments: [array, rule, initial]",
+                    );
                 };
                 let initial = nodes.next().unwrap_or(Node::Const(Value::Null));
                 Node::Reduce(Box::new([array, logic, initial]))
@@ -784,7 +963,10 @@ impl<'e> Compiler<'e> {
                 let hint = closest_operator(unknown)
                     .map(|near| format!(" (did you mean {near:?}?)"))
                     .unwrap_or_default();
-                self.problem(format!("unknown operator {unknown:?}{hint}"))
+                self.warn(
+                    ProblemCode::UnknownOperator,
+                    format!("unknown operator {unknown:?}{hint}"),
+                )
             }
         }
     }
@@ -820,7 +1002,10 @@ impl<'e> Compiler<'e> {
             _ => None,
         };
         if let Some(message) = arity_problem {
-            return self.problem(format!("{} {message}, found {count}", op_name(op)));
+            return self.warn(
+                ProblemCode::Arity,
+                format!("{} {message}, found {count}", op_name(op)),
+            );
         }
         let nodes = self.compile_args(args, depth);
         if op == Op::SemVer {
@@ -861,18 +1046,25 @@ impl<'e> Compiler<'e> {
             let mark = self.path.push_index(index);
             match (index, value) {
                 (1, Value::String(op)) if SemVerOp::parse(op).is_none() => {
-                    self.problem(format!(
-                        "{op:?} is not a sem_ver operator (expected one of: {SEMVER_OPS})"
-                    ));
+                    self.warn(
+                        ProblemCode::InvalidSemver,
+                        format!("{op:?} is not a sem_ver operator (expected one of: {SEMVER_OPS})"),
+                    );
                 }
                 (1, other) if !other.is_string() => {
-                    self.problem(format!(
-                        "the sem_ver operator must be a string, found {}",
-                        json_type_name(other)
-                    ));
+                    self.warn(
+                        ProblemCode::InvalidSemver,
+                        format!(
+                            "the sem_ver operator must be a string, found {}",
+                            json_type_name(other)
+                        ),
+                    );
                 }
                 (0 | 2, Value::String(text)) if Version::parse(text).is_none() => {
-                    self.problem(format!("{text:?} is not a semantic version"));
+                    self.warn(
+                        ProblemCode::InvalidSemver,
+                        format!("{text:?} is not a semantic version"),
+                    );
                 }
                 _ => {}
             }
@@ -887,10 +1079,13 @@ impl<'e> Compiler<'e> {
                 [path] => (path, None),
                 [path, default] => (path, Some(default)),
                 _ => {
-                    return self.problem(format!(
-                        "var takes 1 or 2 arguments: [path, default], found {}",
-                        items.len()
-                    ));
+                    return self.warn(
+                        ProblemCode::Arity,
+                        format!(
+                            "var takes 1 or 2 arguments: [path, default], found {}",
+                            items.len()
+                        ),
+                    );
                 }
             },
             single => (single, None),
@@ -902,10 +1097,13 @@ impl<'e> Compiler<'e> {
             Value::Number(n) => VarPath::Static(Box::new([Box::from(n.to_string())])),
             Value::Object(_) => VarPath::Dynamic(self.compile(path_arg, depth + 1)),
             other => {
-                return self.problem(format!(
-                    "a var path must be a string or number, found {}",
-                    json_type_name(other)
-                ));
+                return self.warn(
+                    ProblemCode::InvalidRule,
+                    format!(
+                        "a var path must be a string or number, found {}",
+                        json_type_name(other)
+                    ),
+                );
             }
         };
         let default = default.map(|value| self.compile(value, depth + 1));
@@ -923,13 +1121,16 @@ impl<'e> Compiler<'e> {
 
     fn compile_fractional(&mut self, args: &Value, depth: usize) -> Node {
         let Value::Array(items) = args else {
-            return self.problem("fractional takes an array: [bucketBy?, [variant, weight], ...]");
+            return self.warn(
+                ProblemCode::Weights,
+                "fractional takes an array: [bucketBy?, [variant, weight], ...]",
+            );
         };
-        if items.len() < 2 {
-            return self.problem(format!(
-                "fractional needs at least 2 arguments (a bucketBy and a bucket, or two buckets), found {}",
-                items.len()
-            ));
+        if items.is_empty() {
+            return self.warn(
+                ProblemCode::Arity,
+                "fractional needs at least one bucket [variant, weight]",
+            );
         }
         let nodes = self.compile_args(args, depth);
         let mut buckets: &[Node] = &nodes;
@@ -949,46 +1150,64 @@ impl<'e> Compiler<'e> {
             }
             (other, _) => {
                 let mark = self.path.push_index(0);
-                self.problem(format!(
-                    "the first fractional argument must be a bucketBy string or rule, or a bucket, found {}",
-                    json_type_name(other)
-                ));
+                self.warn(
+                    ProblemCode::Weights,
+                    format!(
+                        "the first fractional argument must be a bucketBy string or rule, or a bucket, found {}",
+                        json_type_name(other)
+                    ),
+                );
                 self.path.truncate(mark);
                 return Node::Const(Value::Null);
             }
         };
         let offset = nodes.len() - buckets.len();
         if buckets.is_empty() {
-            return self.problem("fractional needs at least one bucket [variant, weight]");
+            return self.warn(
+                ProblemCode::Arity,
+                "fractional needs at least one bucket [variant, weight]",
+            );
         }
-        // Check constant buckets now, so a bad weight is a write-time error.
+        // Check constant buckets now, so a bad weight is reported at write time.
         let mut constant: Vec<(Value, u64)> = Vec::new();
         let mut all_constant = true;
+        let mut usable = true;
         for (index, node) in buckets.iter().enumerate() {
             let mark = self.path.push_index(index + offset);
             match (&items[index + offset], node) {
                 (Value::Array(_), Node::Const(value)) => match check_bucket(value) {
                     Ok(bucket) => constant.push(bucket),
                     Err(message) => {
-                        self.problem(message);
+                        usable = false;
+                        self.warn(ProblemCode::Weights, message);
                     }
                 },
                 (Value::Array(_), _) => all_constant = false,
                 (Value::Object(_), _) => all_constant = false,
                 (other, _) => {
-                    self.problem(format!(
-                        "a bucket must be an array [variant, weight], found {}",
-                        json_type_name(other)
-                    ));
+                    usable = false;
+                    self.warn(
+                        ProblemCode::Weights,
+                        format!(
+                            "a bucket must be an array [variant, weight], found {}",
+                            json_type_name(other)
+                        ),
+                    );
                 }
             }
             self.path.truncate(mark);
         }
+        if !usable {
+            return Node::Const(Value::Null);
+        }
         let total: u64 = constant.iter().map(|(_, w)| w).sum();
         if total > MAX_TOTAL_WEIGHT {
-            return self.problem(format!(
-                "fractional weights add up to {total}, more than the maximum {MAX_TOTAL_WEIGHT}"
-            ));
+            return self.warn(
+                ProblemCode::Weights,
+                format!(
+                    "fractional weights add up to {total}, more than the maximum {MAX_TOTAL_WEIGHT}"
+                ),
+            );
         }
         let buckets = if all_constant {
             let mut end = 0u32;
@@ -1013,24 +1232,29 @@ impl<'e> Compiler<'e> {
 
     fn compile_ref(&mut self, args: &Value) -> Node {
         let Value::String(name) = args else {
-            return self.problem(format!(
-                "$ref takes the name of an evaluator, found {}",
-                json_type_name(args)
-            ));
+            return self.warn(
+                ProblemCode::UnresolvedRef,
+                format!(
+                    "$ref takes the name of an evaluator, found {}",
+                    json_type_name(args)
+                ),
+            );
         };
         if self.inside_evaluator {
-            return self.problem(format!(
-                "an evaluator may not reference another evaluator ($ref {name:?})"
-            ));
+            return self.warn(
+                ProblemCode::UnresolvedRef,
+                format!("an evaluator may not reference another evaluator ($ref {name:?})"),
+            );
         }
         let Some(evaluators) = self.evaluators else {
-            return self.problem("$ref is not allowed here");
+            return self.warn(ProblemCode::UnresolvedRef, "$ref is not allowed here");
         };
         match evaluators.get(name.as_str()) {
             Some(Some(node)) => node.clone(),
-            Some(None) => self.problem(format!(
-                "$ref {name:?} refers to an evaluator that has errors"
-            )),
+            Some(None) => self.warn(
+                ProblemCode::UnresolvedRef,
+                format!("$ref {name:?} refers to an evaluator that has errors"),
+            ),
             None => {
                 let mut known: Vec<&str> = evaluators.keys().map(String::as_str).collect();
                 known.sort_unstable();
@@ -1039,9 +1263,10 @@ impl<'e> Compiler<'e> {
                 } else {
                     format!("defined: {}", known.join(", "))
                 };
-                self.problem(format!(
-                    "$ref {name:?} does not name an evaluator in $evaluators ({known})"
-                ))
+                self.warn(
+                    ProblemCode::UnresolvedRef,
+                    format!("$ref {name:?} does not name an evaluator in $evaluators ({known})"),
+                )
             }
         }
     }
@@ -1180,7 +1405,7 @@ pub fn evaluate_rule(
     let evaluators = Evaluators::default();
     let mut compiler = Compiler::new(JsonPath::default(), Some(&evaluators));
     let node = compiler.compile(rule, 0);
-    if !compiler.problems.is_empty() {
+    if compiler.problems.iter().any(breaks_targeting) {
         return Err(ValidationError {
             problems: compiler.problems,
         });

@@ -28,6 +28,7 @@ mod context;
 mod decision;
 pub mod hash;
 mod model;
+pub mod ofrep;
 mod problem;
 mod resolve;
 pub mod rollout;
@@ -35,12 +36,12 @@ mod rule;
 mod semver;
 mod value;
 
-pub use compile::{MAX_FLAG_KEY_LEN, MAX_RULE_DEPTH, Mode, check_flag_key, evaluate_rule};
+pub use compile::{Loaded, MAX_FLAG_KEY_LEN, MAX_RULE_DEPTH, Mode, check_flag_key, evaluate_rule};
 pub use context::{EvaluationContext, TARGETING_KEY};
 pub use model::{
     FLAGD_SCHEMA_URL, Flag, FlagSet, FlagState, FlagType, Metadata, MetadataValue, json_type_name,
 };
-pub use problem::{Problem, ValidationError};
+pub use problem::{Problem, ProblemCode, Severity, ValidationError};
 pub use resolve::{
     CompiledFlagSet, ErrorCode, EvaluationError, FlagValue, Reason, Resolution, ResolutionDetails,
 };

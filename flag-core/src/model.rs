@@ -40,7 +40,8 @@ pub struct FlagSet {
 
 /// One flag definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Unknown fields are ignored, as flagd does; the loader reports them as warnings.
+#[serde(rename_all = "camelCase")]
 pub struct Flag {
     /// Whether the flag is evaluated at all.
     pub state: FlagState,

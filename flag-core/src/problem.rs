@@ -1,14 +1,154 @@
-//! Validation problems: what is wrong and where, as a JSON path.
+//! Validation problems: what is wrong, where (as a JSON path), how serious, and a stable code.
 
 use std::fmt;
+
+/// How serious a problem is. The line between the two is what flagd itself does: see
+/// `docs/COMPATIBILITY.md`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// flagd will not load such a document: it is refused whole and nothing is stored.
+    #[default]
+    Error,
+    /// flagd loads the document and deals with this at evaluation time; so do we, exactly as
+    /// flagd does. Strict mode turns warnings into errors.
+    Warning,
+}
+
+/// A stable, machine-readable name for a kind of problem.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProblemCode {
+    /// Not JSON at all (error).
+    InvalidJson,
+    /// A value of the wrong JSON type where the format fixes one: the document, `flags`, a
+    /// flag, `$evaluators`, `$schema` (error).
+    WrongType,
+    /// A flag field flagd does not accept: `state` other than `ENABLED`/`DISABLED`, a missing
+    /// `state` or `variants`, `defaultVariant` of the wrong type (error).
+    InvalidField,
+    /// An empty flag key, or one longer than the limit (error).
+    InvalidFlagKey,
+    /// The same flag key twice (error).
+    DuplicateKey,
+    /// A flag without variants (error).
+    NoVariants,
+    /// A variant value that is not a boolean, string, number or object, or an empty variant
+    /// name (error).
+    InvalidVariant,
+    /// Variants of different types in one flag (error).
+    MixedVariants,
+    /// `defaultVariant` names no variant (error).
+    UnknownDefaultVariant,
+    /// A metadata value that is not a string, number or boolean (error).
+    InvalidMetadata,
+    /// A rule nested deeper than [`crate::MAX_RULE_DEPTH`] (error: a safety limit of ours).
+    TooDeep,
+    /// A field flagd ignores; it is not kept (warning).
+    UnknownField,
+    /// An operator JsonLogic and flagd do not define: the flag evaluates to `PARSE_ERROR`
+    /// (warning).
+    UnknownOperator,
+    /// A `$ref` to no evaluator, to an evaluator with errors, or inside an evaluator: the flag
+    /// evaluates to `PARSE_ERROR` (warning).
+    UnresolvedRef,
+    /// A rule that is not a JsonLogic expression (an object with several keys, a `var` path of
+    /// the wrong type): the flag evaluates to `PARSE_ERROR` (warning).
+    InvalidRule,
+    /// An operator with the wrong number of arguments: it evaluates to null (warning).
+    Arity,
+    /// A constant `sem_ver` operator or version that is not valid: it evaluates to null
+    /// (warning).
+    InvalidSemver,
+    /// A `fractional` bucket or weight flagd cannot use: the `fractional` evaluates to null
+    /// (warning).
+    Weights,
+    /// A constant targeting result that names no variant: `GENERAL` error for the contexts
+    /// that reach it (warning).
+    NotAVariant,
+    /// Anything else.
+    #[default]
+    Invalid,
+}
+
+impl ProblemCode {
+    /// The code as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemCode::InvalidJson => "invalid_json",
+            ProblemCode::WrongType => "wrong_type",
+            ProblemCode::InvalidField => "invalid_field",
+            ProblemCode::InvalidFlagKey => "invalid_flag_key",
+            ProblemCode::DuplicateKey => "duplicate_key",
+            ProblemCode::NoVariants => "no_variants",
+            ProblemCode::InvalidVariant => "invalid_variant",
+            ProblemCode::MixedVariants => "mixed_variants",
+            ProblemCode::UnknownDefaultVariant => "unknown_default_variant",
+            ProblemCode::InvalidMetadata => "invalid_metadata",
+            ProblemCode::TooDeep => "too_deep",
+            ProblemCode::UnknownField => "unknown_field",
+            ProblemCode::UnknownOperator => "unknown_operator",
+            ProblemCode::UnresolvedRef => "unresolved_ref",
+            ProblemCode::InvalidRule => "invalid_rule",
+            ProblemCode::Arity => "arity",
+            ProblemCode::InvalidSemver => "invalid_semver",
+            ProblemCode::Weights => "weights",
+            ProblemCode::NotAVariant => "not_a_variant",
+            ProblemCode::Invalid => "invalid",
+        }
+    }
+
+    /// Whether a warning of this kind makes the flag's targeting fail as a whole
+    /// (`PARSE_ERROR`), as flagd's evaluator does when it meets it.
+    pub fn breaks_targeting(self) -> bool {
+        matches!(
+            self,
+            ProblemCode::UnknownOperator | ProblemCode::UnresolvedRef | ProblemCode::InvalidRule
+        )
+    }
+}
+
+impl fmt::Display for ProblemCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One problem found in a flag-set document.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     /// Where, as a JSON path such as `flags.new-checkout.defaultVariant` (empty for the root).
     pub path: String,
+    /// What kind of problem, for programs.
+    #[serde(default)]
+    pub code: ProblemCode,
+    /// Error (refused) or warning (loaded, handled at evaluation as flagd does).
+    #[serde(default)]
+    pub severity: Severity,
     /// What is wrong, in plain words.
     pub message: String,
+}
+
+impl Problem {
+    /// An error at the document root.
+    pub(crate) fn root(code: ProblemCode, message: impl Into<String>) -> Problem {
+        Problem {
+            path: String::new(),
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+        }
+    }
+
+    /// Whether this is a warning.
+    pub fn is_warning(&self) -> bool {
+        self.severity == Severity::Warning
+    }
 }
 
 impl fmt::Display for Problem {
@@ -97,9 +237,22 @@ impl JsonPath {
         &self.text
     }
 
-    pub(crate) fn problem(&self, message: impl Into<String>) -> Problem {
+    /// An error here.
+    pub(crate) fn error(&self, code: ProblemCode, message: impl Into<String>) -> Problem {
         Problem {
             path: self.text.clone(),
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+        }
+    }
+
+    /// A warning here.
+    pub(crate) fn warning(&self, code: ProblemCode, message: impl Into<String>) -> Problem {
+        Problem {
+            path: self.text.clone(),
+            code,
+            severity: Severity::Warning,
             message: message.into(),
         }
     }
@@ -127,14 +280,8 @@ mod tests {
     fn error_lists_every_problem() {
         let err = ValidationError {
             problems: vec![
-                Problem {
-                    path: "flags.a".into(),
-                    message: "x".into(),
-                },
-                Problem {
-                    path: "flags.b".into(),
-                    message: "y".into(),
-                },
+                JsonPath::new("flags.a").error(ProblemCode::Invalid, "x"),
+                JsonPath::new("flags.b").warning(ProblemCode::Arity, "y"),
             ],
         };
         assert_eq!(

@@ -217,6 +217,9 @@ pub(crate) struct CompiledFlag {
     metadata: Metadata,
     /// Set in lenient mode for a flag that failed to compile: it evaluates to this error.
     broken: Option<String>,
+    /// Set for targeting flagd could not run (an unknown operator, an unresolved `$ref`): an
+    /// enabled flag evaluates to `PARSE_ERROR` with this message.
+    targeting_error: Option<String>,
 }
 
 impl CompiledFlag {
@@ -257,7 +260,15 @@ impl CompiledFlag {
             targeting,
             metadata,
             broken: None,
+            targeting_error: None,
         }
+    }
+
+    /// This flag with targeting that fails as a whole (`PARSE_ERROR`, after the state check).
+    pub(crate) fn with_targeting_error(mut self, message: String) -> Self {
+        self.targeting = None;
+        self.targeting_error = Some(message);
+        self
     }
 
     pub(crate) fn broken(key: &str, message: String, metadata: Metadata) -> Self {
@@ -271,6 +282,7 @@ impl CompiledFlag {
             targeting: None,
             metadata,
             broken: Some(message),
+            targeting_error: None,
         }
     }
 
@@ -336,6 +348,12 @@ impl CompiledFlag {
         }
         if self.state == FlagState::Disabled {
             return self.caller_default(Reason::Disabled, None);
+        }
+        if let Some(message) = &self.targeting_error {
+            return self.caller_default(
+                Reason::Error,
+                Some(EvaluationError::new(ErrorCode::ParseError, message.clone())),
+            );
         }
         let Some(targeting) = &self.targeting else {
             return self.default_result(Reason::Static);

@@ -292,7 +292,8 @@ fn bulk_evaluation_is_in_key_order() {
 
 #[test]
 fn a_constant_result_that_names_no_variant_is_a_general_error() {
-    // Strict mode rejects these at write time; a client compiling leniently must still answer.
+    // A warning (flagd loads it): strict mode rejects it, default and lenient modes keep the flag
+    // and only the contexts that reach the bad result get GENERAL, as in flagd.
     let doc = json!({"flags": {
         "typo": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
             "targeting": {"if": [{"var": "beta"}, "onn", "off"]}},
@@ -300,20 +301,21 @@ fn a_constant_result_that_names_no_variant_is_a_general_error() {
             "targeting": {"fractional": [["onn", 1], ["off", 0]]}}
     }});
     assert!(FlagSet::from_value(&doc).is_err());
+    let loaded = CompiledFlagSet::load(&doc).unwrap();
+    assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
     let (flags, problems) = CompiledFlagSet::compile_json_lenient(&doc);
     assert_eq!(problems.len(), 2, "{problems:?}");
-    // Lenient compilation reports the problem but keeps the flag: only the bad branch errors.
     let beta = EvaluationContext::new("u").with("beta", true);
-    for (key, ctx) in [("typo", &beta), ("bucket-typo", &beta)] {
-        let resolution = flags.evaluate(key, ctx, 0);
-        assert_eq!(resolution.reason, Reason::Error, "{key}");
-        let error = resolution.error.unwrap();
-        assert_eq!(
-            error.code,
-            ErrorCode::ParseError,
-            "{key}: {}",
-            error.message
-        );
+    for compiled in [&loaded.compiled, &flags] {
+        for (key, ctx) in [("typo", &beta), ("bucket-typo", &beta)] {
+            let resolution = compiled.evaluate(key, ctx, 0);
+            assert_eq!(resolution.reason, Reason::Error, "{key}");
+            let error = resolution.error.unwrap();
+            assert_eq!(error.code, ErrorCode::General, "{key}: {}", error.message);
+        }
+        // A context that does not reach the bad branch is served normally.
+        let other = compiled.resolve_bool("typo", &EvaluationContext::new("u"), true, 0);
+        assert_eq!((other.value, other.reason), (false, Reason::TargetingMatch));
     }
 }
 

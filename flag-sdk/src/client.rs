@@ -39,7 +39,11 @@ impl FlagState {
         let (compiled, problems) = CompiledFlagSet::compile_json_lenient(&document);
         for problem in problems {
             // A broken flag evaluates to PARSE_ERROR; every other flag keeps working.
-            tracing::warn!(%problem, "flag failed to compile");
+            if problem.is_warning() {
+                tracing::debug!(%problem, "flag has a warning; it evaluates as flagd would");
+            } else {
+                tracing::warn!(%problem, "flag failed to compile; it evaluates to PARSE_ERROR");
+            }
         }
         FlagState {
             version,

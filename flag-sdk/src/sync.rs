@@ -481,7 +481,11 @@ fn incremental(
         upserts.iter().map(|(k, f)| (k.as_str(), f)).collect();
     let (compiled, problems) = current.compiled.with_changes(&refs, &deletes);
     for problem in problems {
-        tracing::warn!(%problem, "flag failed to compile");
+        if problem.is_warning() {
+            tracing::debug!(%problem, "flag has a warning; it evaluates as flagd would");
+        } else {
+            tracing::warn!(%problem, "flag failed to compile; it evaluates to PARSE_ERROR");
+        }
     }
     Some(FlagState {
         version: Some(version),

@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, env = "FLAGD_WORKER_THREADS")]
     pub worker_threads: Option<std::num::NonZeroUsize>,
 
+    /// Refuse every write that has warnings (what flagd loads but handles at evaluation time,
+    /// such as an unknown operator), not only errors. A request can override it with
+    /// `?strict=false` (or turn it on with `?strict=true`).
+    #[arg(long, env = "FLAGD_STRICT")]
+    pub strict: bool,
+
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish, e.g. `10s`, `500ms`.
     #[arg(long, env = "FLAGD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -48,10 +48,15 @@ pub struct Snapshot {
 }
 
 fn report(environment: &str, problems: Vec<flag_core::Problem>) {
-    // Stored flags were validated strictly, so lenient compilation finds nothing to isolate;
-    // it is used so a surprise can never take the other flags down.
+    // Stored flags were checked when written: warnings were accepted then (and returned to the
+    // writer), and errors cannot be stored. Lenient compilation is used so a surprise can never
+    // take the other flags down.
     for problem in problems {
-        tracing::error!(environment, %problem, "stored flag failed to compile; it evaluates to an error");
+        if problem.is_warning() {
+            tracing::debug!(environment, %problem, "stored flag has a warning; it evaluates as flagd would");
+        } else {
+            tracing::error!(environment, %problem, "stored flag failed to compile; it evaluates to an error");
+        }
     }
 }
 

@@ -76,6 +76,8 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// How long in-flight requests get after shutdown is signalled.
     pub shutdown_timeout: Duration,
+    /// Writes refuse warnings by default.
+    pub strict: bool,
 }
 
 impl From<&config::Config> for ServerOptions {
@@ -86,6 +88,7 @@ impl From<&config::Config> for ServerOptions {
             body_limit: config.body_limit,
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
+            strict: config.strict,
         }
     }
 }
@@ -118,6 +121,9 @@ impl Server {
             let tokens = TokenCache::default();
             tokens.load(store.tokens()?);
             let state = AppState::new(Arc::new(store), tokens, start_clock)?;
+            state
+                .strict_writes
+                .store(opened.strict, std::sync::atomic::Ordering::Relaxed);
             Ok::<_, StartError>((state, access))
         })
         .await

@@ -575,15 +575,20 @@ async fn set_share(
     attribution: Attribution,
 ) -> Result<(), ApiError> {
     let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
-    let variants = ramp.variants();
+    let change = service::RolloutChange {
+        share,
+        variants: ramp.variants(),
+    };
     blocking(state, move |store| {
+        // Ramp steps only move the rollout: the flag's warnings (if any) were accepted when it
+        // was written.
         service::rollout(
             store,
             &environment,
             &flag,
-            share,
-            &variants,
+            &change,
             None,
+            service::WriteMode::default(),
             &attribution,
         )
         .map(|_| ())

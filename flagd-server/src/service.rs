@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use flag_core::rollout::{RolloutError, RolloutVariants, Share, set_rollout_share};
-use flag_core::{CompiledFlagSet, Flag, FlagSet};
+use flag_core::{CompiledFlagSet, Flag, FlagSet, Problem, ValidationError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -29,11 +29,40 @@ where
         .map_err(ApiError::internal)?
 }
 
-/// Environment names share the flag-key alphabet: they appear in URLs and file names.
+/// The longest environment name.
+const MAX_ENVIRONMENT_NAME_LEN: usize = 128;
+
+/// Environment names keep to a plain alphabet: they appear in URLs, metrics labels, logs and
+/// file names, and unlike flag keys they are ours, not flagd's.
 pub fn check_environment_name(name: &str) -> Result<(), ApiError> {
-    flag_core::check_flag_key(name).map_err(|message| {
-        ApiError::bad_request(message.replace("flag key", "environment name")).at("name")
-    })
+    let plain = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if name.is_empty() || name.len() > MAX_ENVIRONMENT_NAME_LEN || !plain {
+        return Err(ApiError::bad_request(format!(
+            "invalid environment name {name:?}: use 1 to {MAX_ENVIRONMENT_NAME_LEN} letters, digits, '-', '_' and '.', starting with a letter or digit"
+        ))
+        .at("name"));
+    }
+    Ok(())
+}
+
+/// How a write treats warnings (what flagd loads and handles at evaluation time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteMode {
+    /// Refuse (422) any write with a warning, as well as errors.
+    pub strict: bool,
+}
+
+impl WriteMode {
+    /// `Err(422)` listing the warnings in strict mode; the warnings otherwise.
+    fn check(self, warnings: Vec<Problem>) -> Result<Vec<Problem>, ApiError> {
+        if self.strict && !warnings.is_empty() {
+            return Err(ApiError::invalid(ValidationError { problems: warnings }));
+        }
+        Ok(warnings)
+    }
 }
 
 pub(crate) fn environment_or_404(
@@ -46,34 +75,55 @@ pub(crate) fn environment_or_404(
 }
 
 /// Validates one flag definition (raw JSON from a request) against its environment's
-/// `$evaluators` and metadata, strictly; returns the typed flag.
+/// `$evaluators` and metadata: errors refuse it; returns the typed flag and its warnings (only
+/// the flag's own: an evaluator's are reported when the evaluators are written).
 pub fn validate_flag(
     environment: &Environment,
     key: &str,
     definition: &Value,
-) -> Result<Flag, ApiError> {
+    mode: WriteMode,
+) -> Result<(Flag, Vec<Problem>), ApiError> {
     let document = json!({
         "metadata": environment.metadata,
         "$evaluators": environment.evaluators,
         "flags": { key: definition },
     });
-    let (mut set, _) = CompiledFlagSet::from_value(&document).map_err(ApiError::invalid)?;
-    set.flags
+    let mut loaded = CompiledFlagSet::load(&document).map_err(ApiError::invalid)?;
+    let warnings = loaded
+        .warnings
+        .into_iter()
+        .filter(|p| p.path.starts_with("flags"))
+        .collect();
+    let warnings = mode.check(warnings)?;
+    let flag = loaded
+        .set
+        .flags
         .remove(key)
-        .ok_or_else(|| ApiError::internal(format!("validated flag {key:?} vanished")))
+        .ok_or_else(|| ApiError::internal(format!("validated flag {key:?} vanished")))?;
+    Ok((flag, warnings))
 }
 
-/// Creates or replaces a flag. Returns the stored flag and whether it was created.
+/// A flag as written, with the warnings the write produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The flag as stored.
+    pub stored: StoredFlag,
+    /// What flagd would warn about (empty in strict mode: warnings refuse the write there).
+    pub warnings: Vec<Problem>,
+}
+
+/// Creates or replaces a flag. Returns the written flag and whether it was created.
 pub fn put_flag(
     store: &dyn FlagStore,
     environment: &str,
     key: &str,
     definition: &Value,
     if_match: Option<i64>,
+    mode: WriteMode,
     by: &Attribution,
-) -> Result<(StoredFlag, bool), ApiError> {
+) -> Result<(Written, bool), ApiError> {
     let env = environment_or_404(store, environment)?;
-    let flag = validate_flag(&env, key, definition)?;
+    let (flag, warnings) = validate_flag(&env, key, definition, mode)?;
     let change = FlagChange::Upsert {
         key: key.to_owned(),
         flag,
@@ -85,7 +135,7 @@ pub fn put_flag(
     let stored = store
         .flag(environment, key)?
         .ok_or_else(|| ApiError::internal(format!("flag {key:?} missing after commit")))?;
-    Ok((stored, created))
+    Ok((Written { stored, warnings }, created))
 }
 
 /// Read, transform, validate, commit: the shape of PATCH and of the rollout endpoint. Without
@@ -96,9 +146,10 @@ pub fn modify_flag(
     environment: &str,
     key: &str,
     if_match: Option<i64>,
+    mode: WriteMode,
     by: &Attribution,
     transform: impl Fn(&Environment, &mut Value) -> Result<(), ApiError>,
-) -> Result<StoredFlag, ApiError> {
+) -> Result<Written, ApiError> {
     for _ in 0..RETRIES {
         let env = environment_or_404(store, environment)?;
         let current = store.flag(environment, key)?.ok_or_else(|| {
@@ -118,7 +169,7 @@ pub fn modify_flag(
         }
         let mut definition = serde_json::to_value(&current.flag).map_err(ApiError::internal)?;
         transform(&env, &mut definition)?;
-        let flag = validate_flag(&env, key, &definition)?;
+        let (flag, warnings) = validate_flag(&env, key, &definition, mode)?;
         let change = FlagChange::Upsert {
             key: key.to_owned(),
             flag,
@@ -127,9 +178,10 @@ pub fn modify_flag(
         match store.commit(environment, &[change], None, by) {
             Ok(_) => {
                 crate::metrics::flag_writes(environment, 1);
-                return store.flag(environment, key)?.ok_or_else(|| {
+                let stored = store.flag(environment, key)?.ok_or_else(|| {
                     ApiError::internal(format!("flag {key:?} missing after commit"))
-                });
+                })?;
+                return Ok(Written { stored, warnings });
             }
             Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
             Err(error) => return Err(error.into()),
@@ -160,24 +212,41 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Sets a flag's rollout through flag-core's rollout editing: `share` of the users reaching the
-/// fallthrough get the rolled-out variant (see `flag_core::rollout`).
+/// A rollout to set: `share` of the users reaching the fallthrough get `variants.variant`.
+#[derive(Debug, Clone)]
+pub struct RolloutChange {
+    /// The share.
+    pub share: Share,
+    /// The rolled-out variant (and who gets what when a bucket list is made).
+    pub variants: RolloutVariants,
+}
+
+/// Sets a flag's rollout through flag-core's rollout editing (see `flag_core::rollout`).
 pub fn rollout(
     store: &dyn FlagStore,
     environment: &str,
     key: &str,
-    share: Share,
-    variants: &RolloutVariants,
+    change: &RolloutChange,
     if_match: Option<i64>,
+    mode: WriteMode,
     by: &Attribution,
-) -> Result<StoredFlag, ApiError> {
-    modify_flag(store, environment, key, if_match, by, |env, definition| {
-        let mut flag: Flag =
-            serde_json::from_value(definition.clone()).map_err(ApiError::internal)?;
-        set_rollout_share(&mut flag, &env.evaluators, share, variants).map_err(rollout_error)?;
-        *definition = serde_json::to_value(&flag).map_err(ApiError::internal)?;
-        Ok(())
-    })
+) -> Result<Written, ApiError> {
+    modify_flag(
+        store,
+        environment,
+        key,
+        if_match,
+        mode,
+        by,
+        |env, definition| {
+            let mut flag: Flag =
+                serde_json::from_value(definition.clone()).map_err(ApiError::internal)?;
+            set_rollout_share(&mut flag, &env.evaluators, change.share, &change.variants)
+                .map_err(rollout_error)?;
+            *definition = serde_json::to_value(&flag).map_err(ApiError::internal)?;
+            Ok(())
+        },
+    )
 }
 
 /// A rollout that cannot be read or set, as the API answers it (422).
@@ -239,6 +308,9 @@ pub struct ApplyReport {
     pub changes: Vec<PlannedChange>,
     /// Stored flags the document does not mention and that stay because `prune` is off.
     pub kept: Vec<String>,
+    /// What flagd would warn about, in the document and in the environment it produces (a kept
+    /// flag may reference an evaluator the document removes). Empty in strict mode.
+    pub warnings: Vec<Problem>,
 }
 
 /// Applies a whole flagd document to an environment: validate everything, then create, update
@@ -249,10 +321,12 @@ pub fn apply_document(
     document: &Value,
     dry_run: bool,
     prune: bool,
+    mode: WriteMode,
     by: &Attribution,
 ) -> Result<ApplyReport, ApiError> {
     let env = environment_or_404(store, environment)?;
-    let (desired, _) = CompiledFlagSet::from_value(document).map_err(ApiError::invalid)?;
+    let loaded = CompiledFlagSet::load(document).map_err(ApiError::invalid)?;
+    let (desired, mut warnings) = (loaded.set, loaded.warnings);
     let current: BTreeMap<String, StoredFlag> = store
         .flags(environment)?
         .into_iter()
@@ -312,9 +386,16 @@ pub fn apply_document(
     }
     planned.sort_by(|a, b| a.key.cmp(&b.key));
 
-    // The environment that would result must be valid as a whole: a kept flag may reference an
-    // evaluator the document removes.
-    CompiledFlagSet::compile(&result).map_err(ApiError::invalid)?;
+    // The environment that would result is checked as a whole: a kept flag may reference an
+    // evaluator the document removes (a warning: that flag would evaluate to PARSE_ERROR).
+    let (_, result_warnings) =
+        CompiledFlagSet::compile_with_warnings(&result).map_err(ApiError::invalid)?;
+    for warning in result_warnings {
+        if !warnings.contains(&warning) {
+            warnings.push(warning);
+        }
+    }
+    let warnings = mode.check(warnings)?;
 
     let settings_changed = desired.metadata != env.metadata || desired.evaluators != env.evaluators;
     let changed = settings_changed || !changes.is_empty();
@@ -346,6 +427,7 @@ pub fn apply_document(
         summary,
         changes: planned,
         kept,
+        warnings,
     })
 }
 

@@ -58,6 +58,8 @@ pub struct SharedState {
     pub ramps: crate::ramp::RampLock,
     /// Whether the ramp scheduler runs (for `/readyz`).
     pub scheduler: crate::ramp::SchedulerHealth,
+    /// Whether writes refuse warnings by default (`--strict`; `?strict=` overrides per request).
+    pub strict_writes: std::sync::atomic::AtomicBool,
 }
 
 /// Stream settings.
@@ -98,6 +100,7 @@ impl AppState {
             sessions: TaskTracker::new(),
             ramps: crate::ramp::RampLock::default(),
             scheduler: crate::ramp::SchedulerHealth::default(),
+            strict_writes: std::sync::atomic::AtomicBool::new(false),
         })))
     }
 }

@@ -40,6 +40,7 @@ impl Live {
             body_limit: 16 << 20,
             max_connections: 256,
             shutdown_timeout: Duration::from_secs(3),
+            strict: false,
         };
         let server = Server::open(options, flagd_server::state::system_clock())
             .await

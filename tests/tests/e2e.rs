@@ -526,7 +526,7 @@ mod cli {
                 &["flag", "default", "f", "maybe"],
                 &["flag", "rollout", "f", "120"],
                 &["flag", "create", "n", "--type", "number"],
-                &["flag", "create", "bad key"],
+                &["flag", "create", ".."],
                 &["apply", "-f", "invalid.json"],
                 &["apply", "-f", "missing.json"],
                 &["flag", "enable", "f", "--if-match", "99"],

@@ -10,7 +10,7 @@ use crate::error::{Result, exit};
 use crate::output::{self, Format};
 
 fn document_path(context: &Context) -> String {
-    format!("/api/v1/environments/{}/document", context.environment)
+    format!("{}/document", super::environment_path(&context.environment))
 }
 
 pub async fn export(context: &Context) -> Result<u8> {
@@ -20,18 +20,11 @@ pub async fn export(context: &Context) -> Result<u8> {
 }
 
 /// Reads a flagd file and checks it locally first, so a broken file fails fast with every
-/// problem and its path, without a round trip.
-fn read_document(path: &std::path::Path) -> Result<Value> {
+/// problem and its path, without a round trip. Warnings are left to the server's answer (they
+/// are printed from it), except with `--strict`, where they fail here too.
+fn read_document(context: &Context, path: &std::path::Path) -> Result<Value> {
     let document = read_json(path)?;
-    flag_core::FlagSet::from_value(&document).map_err(|error| {
-        let mut cli = crate::error::CliError::from(error);
-        cli.message = format!(
-            "{} is not a valid flagd file: {}",
-            path.display(),
-            cli.message
-        );
-        cli
-    })?;
+    super::validate::check(path, &document, context.strict)?;
     Ok(document)
 }
 
@@ -78,7 +71,7 @@ fn report(context: &Context, report: &Value, verb_past: &str) {
 }
 
 pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
-    let document = read_document(&args.file)?;
+    let document = read_document(context, &args.file)?;
     let path = format!(
         "{}?dry_run=true&prune={}",
         document_path(context),
@@ -88,6 +81,7 @@ pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
         .api()?
         .call(Method::PUT, &path, Some(&document), &[])
         .await?;
+    super::print_warnings(&answer.body);
     report(context, &answer.body, "would be");
     Ok(if answer.body["changed"] == Value::Bool(true) {
         exit::DIFFERENCES
@@ -97,7 +91,7 @@ pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
 }
 
 pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
-    let document = read_document(&args.file)?;
+    let document = read_document(context, &args.file)?;
     let path = format!(
         "{}?dry_run={}&prune={}",
         document_path(context),
@@ -109,6 +103,7 @@ pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
         .api()?
         .call(Method::PUT, &path, Some(&document), &headers)
         .await?;
+    super::print_warnings(&answer.body);
     report(
         context,
         &answer.body,

@@ -42,7 +42,8 @@ pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
         }
         EnvCommand::Delete { name, force } => {
             let path = format!(
-                "/api/v1/environments/{name}{}",
+                "{}{}",
+                super::environment_path(&name),
                 if force { "?force=true" } else { "" }
             );
             api.call(Method::DELETE, &path, None, &[]).await?;

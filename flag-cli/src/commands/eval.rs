@@ -1,5 +1,6 @@
 //! `flagctl eval`: evaluate a flag on the server (OFREP) or locally from a flagd file.
 
+use flag_core::ofrep::OfrepEvaluation;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -18,65 +19,55 @@ pub async fn run(context: &Context, args: &EvalArgs) -> Result<u8> {
         ));
     };
     let result = match &args.file {
-        Some(path) => local(path, &args.key, context_json)?,
+        Some(path) => local(context, path, &args.key, context_json)?,
         None => remote(context, &args.key, context_json).await?,
     };
     if context.output == Format::Json {
-        output::json(&result);
+        output::json(&json!(result));
     } else {
+        let cell = |value: Option<&str>| value.unwrap_or("-").to_owned();
         println!(
             "{}: {}",
             args.key,
-            output::cell(result.get("value").unwrap_or(&Value::Null))
+            output::cell(result.value.as_ref().unwrap_or(&Value::Null))
         );
-        println!("  variant  {}", output::cell(&result["variant"]));
-        println!("  reason   {}", output::cell(&result["reason"]));
-        if !result["errorCode"].is_null() {
-            println!(
-                "  error    {}: {}",
-                output::cell(&result["errorCode"]),
-                output::cell(&result["errorMessage"])
-            );
+        println!("  variant  {}", cell(result.variant.as_deref()));
+        match &result.error_code {
+            Some(code) => println!(
+                "  error    {code}: {}",
+                cell(result.error_details.as_deref())
+            ),
+            None => println!("  reason   {}", cell(result.reason.as_deref())),
+        }
+        if let Some(metadata) = result.metadata.as_ref().filter(|m| !m.is_empty()) {
+            println!("  metadata {}", json!(metadata));
         }
     }
     // A result with an error code (FLAG_NOT_FOUND, TYPE_MISMATCH...) is printed, and exits 1 so a
     // CI check of a flag file fails.
-    Ok(if result["errorCode"].is_null() {
-        exit::OK
-    } else {
+    Ok(if result.is_error() {
         exit::ERROR
+    } else {
+        exit::OK
     })
 }
 
-/// With flag-core, against a file: the same code the server and the SDK run.
+/// With flag-core, against a file: the same code the server and the SDK run, loading the file
+/// as the server would (warnings on stderr; `--strict` refuses them).
 fn local(
+    context: &Context,
     path: &std::path::Path,
     key: &str,
     context_json: serde_json::Map<String, Value>,
-) -> Result<Value> {
+) -> Result<OfrepEvaluation> {
     let document = read_json(path)?;
-    let (_, compiled) = flag_core::CompiledFlagSet::from_value(&document).map_err(|error| {
-        let mut cli = CliError::from(error);
-        cli.message = format!(
-            "{} is not a valid flagd file: {}",
-            path.display(),
-            cli.message
-        );
-        cli
-    })?;
+    let loaded = super::validate::check(path, &document, context.strict)?;
     let ctx = flag_core::EvaluationContext::from_json(context_json);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let resolution = compiled.evaluate(key, &ctx, now);
-    Ok(json!({
-        "key": key,
-        "value": resolution.value,
-        "variant": resolution.variant,
-        "reason": resolution.reason.as_str(),
-        "errorCode": resolution.error.as_ref().map(|e| e.code.as_str()),
-        "errorMessage": resolution.error.as_ref().map(|e| e.message.to_string()),
-    }))
+    let resolution = loaded.compiled.evaluate(key, &ctx, now);
+    Ok(OfrepEvaluation::from_resolution(key, &resolution))
 }
 
 /// On the server, through OFREP.
@@ -84,11 +75,12 @@ async fn remote(
     context: &Context,
     key: &str,
     context_json: serde_json::Map<String, Value>,
-) -> Result<Value> {
+) -> Result<OfrepEvaluation> {
     let api = context.api()?;
     let path = format!(
-        "/ofrep/v1/evaluate/flags/{key}?environment={}",
-        context.environment
+        "/ofrep/v1/evaluate/flags/{}?environment={}",
+        super::encode(key),
+        super::encode(&context.environment)
     );
     let (status, answer) = api
         .call_raw(Method::POST, &path, Some(&json!({"context": context_json})))
@@ -98,18 +90,10 @@ async fn remote(
     if !status.is_success() && answer.get("errorCode").is_none() {
         return Err(crate::client::server_error(status, &answer));
     }
-    let field = |name: &str| answer.get(name).cloned().unwrap_or(Value::Null);
-    let reason = if answer.get("errorCode").is_some() {
-        json!("ERROR")
-    } else {
-        field("reason")
-    };
-    Ok(json!({
-        "key": key,
-        "value": field("value"),
-        "variant": field("variant"),
-        "reason": reason,
-        "errorCode": field("errorCode"),
-        "errorMessage": field("errorDetails"),
-    }))
+    serde_json::from_value(answer).map_err(|error| {
+        CliError::new(
+            crate::error::Kind::Server,
+            format!("the server's OFREP answer does not decode: {error}"),
+        )
+    })
 }

@@ -13,13 +13,13 @@ use crate::client::Api;
 use crate::error::{CliError, Result, exit};
 use crate::output::{self, Format};
 
-fn flag_path(context: &Context, key: &str) -> String {
-    format!("/api/v1/environments/{}/flags/{key}", context.environment)
+fn flag_path(context: &Context, key: &str) -> Result<String> {
+    super::flag_path(&context.environment, key)
 }
 
 /// The flag's view and its version.
 async fn read(api: &Api, context: &Context, key: &str) -> Result<(Value, i64)> {
-    let answer = api.get(&flag_path(context, key)).await?;
+    let answer = api.get(&flag_path(context, key)?).await?;
     let version = answer.body["version"]
         .as_i64()
         .or(answer.version)
@@ -31,8 +31,10 @@ fn if_match(version: i64) -> (&'static str, String) {
     ("if-match", format!("\"{version}\""))
 }
 
-/// Prints the result of a write: a line for people, the flag view for scripts.
+/// Prints the result of a write: a line for people, the flag view for scripts. Warnings go to
+/// stderr either way.
 fn written(context: &Context, what: &str, view: &Value) {
+    super::print_warnings(view);
     if context.output == Format::Json {
         output::json(view);
     } else {
@@ -125,7 +127,7 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
             let answer = api
                 .call(
                     Method::POST,
-                    &format!("{}/rollout", flag_path(context, &key)),
+                    &format!("{}/rollout", flag_path(context, &key)?),
                     Some(&body),
                     &headers,
                 )
@@ -142,7 +144,7 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
             let version = expected_version(&api, context, &key, &message).await?;
             let mut headers = message_header(message.message.as_ref());
             headers.push(if_match(version));
-            api.call(Method::DELETE, &flag_path(context, &key), None, &headers)
+            api.call(Method::DELETE, &flag_path(context, &key)?, None, &headers)
                 .await?;
             if context.output == Format::Json {
                 output::json(&json!({"deleted": key, "environment": context.environment}));
@@ -158,8 +160,8 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
 async fn list(api: &Api, context: &Context) -> Result<()> {
     let answer = api
         .get(&format!(
-            "/api/v1/environments/{}/flags",
-            context.environment
+            "{}/flags",
+            super::environment_path(&context.environment)
         ))
         .await?;
     if context.output == Format::Json {
@@ -267,7 +269,7 @@ async fn create(api: &Api, context: &Context, args: &CreateArgs) -> Result<()> {
     let answer = api
         .call(
             Method::PUT,
-            &flag_path(context, &args.key),
+            &flag_path(context, &args.key)?,
             Some(&flag),
             &headers,
         )
@@ -316,7 +318,7 @@ async fn patch(
     let answer = api
         .call(
             Method::PATCH,
-            &flag_path(context, key),
+            &flag_path(context, key)?,
             Some(&change),
             &headers,
         )
@@ -348,7 +350,7 @@ async fn target(api: &Api, context: &Context, args: &TargetArgs) -> Result<()> {
     let answer = api
         .call(
             Method::PUT,
-            &flag_path(context, &args.key),
+            &flag_path(context, &args.key)?,
             Some(&flag),
             &headers,
         )
@@ -360,8 +362,9 @@ async fn target(api: &Api, context: &Context, args: &TargetArgs) -> Result<()> {
 async fn history(api: &Api, context: &Context, key: &str, limit: usize) -> Result<()> {
     let answer = api
         .get(&format!(
-            "/api/v1/audit?environment={}&flag={key}&limit={}",
-            context.environment,
+            "/api/v1/audit?environment={}&flag={}&limit={}",
+            super::encode(&context.environment),
+            super::encode(key),
             limit.clamp(1, 1000)
         ))
         .await?;

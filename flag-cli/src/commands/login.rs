@@ -11,7 +11,7 @@ pub async fn run(server: Option<&str>, token: Option<&str>) -> Result<u8> {
         ));
     };
     // Check both before saving: a typo should fail now, not on the next command.
-    let api = Api::new(server, token)?;
+    let api = Api::new(server, token, false)?;
     api.get("/api/v1/environments").await?;
     let file = ConfigFile {
         server: Some(api.server.clone()),

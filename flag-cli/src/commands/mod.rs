@@ -9,7 +9,47 @@ pub mod promote;
 pub mod ramp;
 pub mod status;
 pub mod token;
+pub mod validate;
 pub mod watch;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// Everything but RFC 3986's unreserved characters is encoded, so a flag key such as
+/// `checkout/v2` or `new checkout` stays one path segment (`checkout%2Fv2`).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A path segment or query value, percent-encoded.
+pub fn encode(text: &str) -> String {
+    utf8_percent_encode(text, COMPONENT).to_string()
+}
+
+/// `/api/v1/environments/{env}`.
+pub fn environment_path(environment: &str) -> String {
+    format!("/api/v1/environments/{}", encode(environment))
+}
+
+/// `/api/v1/environments/{env}/flags/{key}`, after checking the key as the server would (so a
+/// key such as `..`, which URL libraries would resolve away, is refused with a clear message).
+pub fn flag_path(environment: &str, key: &str) -> crate::error::Result<String> {
+    flag_core::check_flag_key(key)
+        .map_err(|message| crate::error::CliError::input(format!("invalid flag key: {message}")))?;
+    Ok(format!(
+        "{}/flags/{}",
+        environment_path(environment),
+        encode(key)
+    ))
+}
+
+/// Prints a write's warnings (what flagd loads but handles at evaluation time) on stderr.
+pub fn print_warnings(body: &serde_json::Value) {
+    for warning in body["warnings"].as_array().into_iter().flatten() {
+        eprintln!("{}", crate::output::problem(warning));
+    }
+}
 
 /// The `X-Change-Message` header, when there is a message.
 pub fn message_header(message: Option<&String>) -> Vec<(&'static str, String)> {

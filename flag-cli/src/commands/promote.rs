@@ -16,13 +16,8 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         return Err(CliError::usage("--from and --to name the same environment"));
     }
     let api = context.api()?;
-    let source = api
-        .get(&format!(
-            "/api/v1/environments/{}/flags/{}",
-            args.from, args.key
-        ))
-        .await?;
-    let target_path = format!("/api/v1/environments/{}/flags/{}", args.to, args.key);
+    let source = api.get(&super::flag_path(&args.from, &args.key)?).await?;
+    let target_path = super::flag_path(&args.to, &args.key)?;
     let (current, version) = match api.get(&target_path).await {
         Ok(answer) => (
             answer.body["flag"].clone(),

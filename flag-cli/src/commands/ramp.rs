@@ -8,11 +8,11 @@ use crate::cli::{RampCommand, RampStartArgs};
 use crate::error::{CliError, Result, exit};
 use crate::output::{self, Format};
 
-fn ramp_path(context: &Context, key: &str) -> String {
-    format!(
-        "/api/v1/environments/{}/flags/{key}/ramp",
-        context.environment
-    )
+fn ramp_path(context: &Context, key: &str) -> Result<String> {
+    Ok(format!(
+        "{}/ramp",
+        super::flag_path(&context.environment, key)?
+    ))
 }
 
 pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
@@ -21,7 +21,7 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
         RampCommand::Start(args) => (
             api.call(
                 Method::POST,
-                &ramp_path(context, &args.key),
+                &ramp_path(context, &args.key)?,
                 Some(&start_body(&args)?),
                 &[],
             )
@@ -29,7 +29,7 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
             .body,
             "started",
         ),
-        RampCommand::Status { key } => (api.get(&ramp_path(context, &key)).await?.body, ""),
+        RampCommand::Status { key } => (api.get(&ramp_path(context, &key)?).await?.body, ""),
         RampCommand::Pause { key, message } => (
             control(&api, context, &key, "pause", message).await?,
             "paused",
@@ -45,8 +45,8 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
         RampCommand::List => {
             let answer = api
                 .get(&format!(
-                    "/api/v1/environments/{}/ramps",
-                    context.environment
+                    "{}/ramps",
+                    super::environment_path(&context.environment)
                 ))
                 .await?;
             if context.output == Format::Json {
@@ -124,7 +124,7 @@ async fn control(
     Ok(api
         .call(
             Method::POST,
-            &format!("{}/{action}", ramp_path(context, key)),
+            &format!("{}/{action}", ramp_path(context, key)?),
             body.as_ref(),
             &[],
         )

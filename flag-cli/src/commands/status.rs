@@ -10,8 +10,8 @@ pub async fn run(context: &Context) -> Result<u8> {
     let api = context.api()?;
     let answer = api
         .get(&format!(
-            "/api/v1/environments/{}/clients",
-            context.environment
+            "{}/clients",
+            super::environment_path(&context.environment)
         ))
         .await?;
     if context.output == Format::Json {

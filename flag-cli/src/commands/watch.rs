@@ -24,7 +24,7 @@ pub async fn run(context: &Context) -> Result<u8> {
         api.server
             .replacen("http://", "ws://", 1)
             .replacen("https://", "wss://", 1),
-        context.environment
+        super::encode(&context.environment)
     );
     let mut request = url
         .as_str()

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{JsonBody, PathParams, QueryParams, attribution, change_message, etag};
+use super::{JsonBody, PathParams, QueryParams, Strict, attribution, change_message, etag};
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::service::{self, blocking};
@@ -36,12 +36,21 @@ pub async fn apply(
     admin: Admin,
     headers: HeaderMap,
     PathParams(env): PathParams<String>,
+    Strict(mode): Strict,
     QueryParams(options): QueryParams<ApplyOptions>,
     JsonBody(document): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, None));
     let report = blocking(&state, move |store| {
-        service::apply_document(store, &env, &document, options.dry_run, options.prune, &by)
+        service::apply_document(
+            store,
+            &env,
+            &document,
+            options.dry_run,
+            options.prune,
+            mode,
+            &by,
+        )
     })
     .await?;
     Ok(([(header::ETAG, etag(report.version))], axum::Json(report)))

@@ -10,10 +10,10 @@ use flag_core::{FlagState, FlagType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{IfMatch, JsonBody, PathParams, attribution, change_message, etag};
+use super::{IfMatch, JsonBody, PathParams, Strict, attribution, change_message, etag};
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::service::{self, blocking};
+use crate::service::{self, Written, blocking};
 use crate::state::AppState;
 use crate::store::StoredFlag;
 
@@ -63,6 +63,18 @@ fn with_etag(stored: &StoredFlag, status: StatusCode) -> impl IntoResponse + use
     )
 }
 
+/// A write's answer: the flag view plus `warnings` (what flagd would warn about; the flag
+/// evaluates as flagd does).
+fn written(written: &Written, status: StatusCode) -> impl IntoResponse + use<> {
+    let mut body = view(&written.stored);
+    body["warnings"] = json!(written.warnings);
+    (
+        status,
+        [(header::ETAG, etag(written.stored.version))],
+        axum::Json(body),
+    )
+}
+
 pub async fn list(
     State(state): State<AppState>,
     _admin: Admin,
@@ -105,12 +117,13 @@ pub async fn put(
     admin: Admin,
     headers: HeaderMap,
     IfMatch(if_match): IfMatch,
+    Strict(mode): Strict,
     PathParams((env, key)): PathParams<(String, String)>,
     JsonBody(mut body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, Some(&mut body)));
-    let (stored, created) = blocking(&state, move |store| {
-        service::put_flag(store, &env, &key, &body, if_match, &by)
+    let (write, created) = blocking(&state, move |store| {
+        service::put_flag(store, &env, &key, &body, if_match, mode, &by)
     })
     .await?;
     let status = if created {
@@ -118,7 +131,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok(with_etag(&stored, status))
+    Ok(written(&write, status))
 }
 
 pub async fn patch(
@@ -126,6 +139,7 @@ pub async fn patch(
     admin: Admin,
     headers: HeaderMap,
     IfMatch(if_match): IfMatch,
+    Strict(mode): Strict,
     PathParams((env, key)): PathParams<(String, String)>,
     JsonBody(mut patch): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -135,14 +149,14 @@ pub async fn patch(
         ));
     }
     let by = attribution(&state, &admin, change_message(&headers, Some(&mut patch)));
-    let stored = blocking(&state, move |store| {
-        service::modify_flag(store, &env, &key, if_match, &by, |_, definition| {
+    let write = blocking(&state, move |store| {
+        service::modify_flag(store, &env, &key, if_match, mode, &by, |_, definition| {
             service::merge_patch(definition, &patch);
             Ok(())
         })
     })
     .await?;
-    Ok(with_etag(&stored, StatusCode::OK))
+    Ok(written(&write, StatusCode::OK))
 }
 
 pub async fn delete(
@@ -190,13 +204,17 @@ pub async fn rollout(
     admin: Admin,
     headers: HeaderMap,
     IfMatch(if_match): IfMatch,
+    Strict(mode): Strict,
     PathParams((env, key)): PathParams<(String, String)>,
     JsonBody(request): JsonBody<RolloutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let share = Share::from_percentage(request.percentage).map_err(service::rollout_error)?;
-    let variants = RolloutVariants {
-        variant: request.variant,
-        others: request.other_variant,
+    let change = service::RolloutChange {
+        share,
+        variants: RolloutVariants {
+            variant: request.variant,
+            others: request.other_variant,
+        },
     };
     // A running ramp owns the rollout: a manual edit would be overwritten at its next step.
     if let Some(ramp) = crate::ramp::open_ramp(&state, &env, &key).await?
@@ -213,9 +231,9 @@ pub async fn rollout(
         &admin,
         change_message(&headers, None).or(request.message),
     );
-    let stored = blocking(&state, move |store| {
-        service::rollout(store, &env, &key, share, &variants, if_match, &by)
+    let write = blocking(&state, move |store| {
+        service::rollout(store, &env, &key, &change, if_match, mode, &by)
     })
     .await?;
-    Ok(with_etag(&stored, StatusCode::OK))
+    Ok(written(&write, StatusCode::OK))
 }

@@ -194,6 +194,41 @@ pub struct PathParams<T>(pub T);
 #[from_request(via(Query), rejection(ApiError))]
 pub struct QueryParams<T>(pub T);
 
+/// `?strict=true|false` on a write: whether warnings refuse it (default: the server's
+/// `--strict`).
+#[derive(Debug, Clone, Copy)]
+pub struct Strict(pub crate::service::WriteMode);
+
+impl FromRequestParts<AppState> for Strict {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        #[derive(serde::Deserialize)]
+        struct Query {
+            strict: Option<String>,
+        }
+        let default = state
+            .strict_writes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let query = axum::extract::Query::<Query>::try_from_uri(&parts.uri)?;
+        let strict = match query.0.strict.as_deref() {
+            None => default,
+            Some("true" | "1" | "") => true,
+            Some("false" | "0") => false,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "strict must be true or false, got {other:?}"
+                ))
+                .at("strict"));
+            }
+        };
+        Ok(Strict(crate::service::WriteMode { strict }))
+    }
+}
+
 /// The `If-Match` header as a flag version: `3`, `"3"` or `W/"3"`.
 #[derive(Debug, Clone, Copy)]
 pub struct IfMatch(pub Option<i64>);

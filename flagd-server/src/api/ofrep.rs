@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flag_core::ofrep::OfrepEvaluation;
 use flag_core::{ErrorCode, EvaluationContext, Resolution};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -37,25 +38,9 @@ fn parse_context(body: &[u8]) -> Result<EvaluationContext, String> {
 
 /// One evaluation as OFREP renders it: a success, or a failure with its status.
 fn render(key: &str, resolution: &Resolution<'_>) -> (StatusCode, Value) {
-    if let Some(error) = &resolution.error {
-        let status = if error.code == ErrorCode::FlagNotFound {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        return (
-            status,
-            json!({"key": key, "errorCode": error.code.as_str(), "errorDetails": error.message}),
-        );
-    }
-    let mut success =
-        json!({"key": key, "reason": resolution.reason.as_str(), "metadata": resolution.metadata});
-    // DISABLED and code-default results carry no value and no variant: the caller's default applies.
-    if let (Some(value), Some(variant)) = (resolution.value, resolution.variant) {
-        success["value"] = value.clone();
-        success["variant"] = json!(variant);
-    }
-    (StatusCode::OK, success)
+    let evaluation = OfrepEvaluation::from_resolution(key, resolution);
+    let status = StatusCode::from_u16(evaluation.http_status()).unwrap_or(StatusCode::OK);
+    (status, json!(evaluation))
 }
 
 fn invalid_context(key: Option<&str>, details: String) -> Response {
@@ -122,12 +107,10 @@ pub async fn evaluate_all(
             .collect::<String>()
     );
     let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|list| {
-            list.split(',')
-                .any(|tag| tag.trim() == etag || tag.trim() == "*")
-        });
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|list| if_none_match(list, &etag));
     if matches {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
@@ -140,6 +123,18 @@ pub async fn evaluate_all(
         body,
     )
         .into_response())
+}
+
+/// Whether an `If-None-Match` list matches `etag`: `*`, or any entity tag equal to it under the
+/// weak comparison of RFC 9110 §13.1.2 (`W/"x"` matches `"x"`), which §13.1.2 prescribes for
+/// `If-None-Match`.
+fn if_none_match(list: &str, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    let ours = opaque(etag);
+    list.split(',').any(|tag| {
+        let tag = tag.trim();
+        tag == "*" || opaque(tag) == ours
+    })
 }
 
 /// `GET /ofrep/v1/configuration`: what this server supports, for OFREP providers.
@@ -178,5 +173,16 @@ mod tests {
                 .contains("JSON object")
         );
         assert!(parse_context(b"{").unwrap_err().contains("not valid JSON"));
+    }
+
+    #[test]
+    fn if_none_match_uses_the_weak_comparison() {
+        let etag = "\"abc\"";
+        for list in ["\"abc\"", "W/\"abc\"", "\"x\", W/\"abc\"", "*", " \"abc\" "] {
+            assert!(if_none_match(list, etag), "{list}");
+        }
+        for list in ["\"abd\"", "abc", "W/\"ab\"", ""] {
+            assert!(!if_none_match(list, etag), "{list}");
+        }
     }
 }

@@ -1,0 +1,80 @@
+//! `flagctl validate -f FILE`: check a flagd file as the server would, for CI.
+//!
+//! Errors are what flagd itself refuses; warnings are what flagd loads and handles at evaluation
+//! time (see docs/COMPATIBILITY.md). `--strict` makes warnings fail too.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::read_json;
+use crate::Context;
+use crate::cli::ValidateArgs;
+use crate::error::{CliError, Result, exit};
+use crate::output::{self, Format};
+
+/// Loads a document as the server would: `Err` on errors (or, when `strict`, on warnings too),
+/// listing every problem with its path and code; prints warnings on stderr otherwise.
+pub fn check(path: &Path, document: &Value, strict: bool) -> Result<flag_core::Loaded> {
+    let refused = |problems: Vec<flag_core::Problem>, what: &str| {
+        let mut cli = CliError::input(format!(
+            "{} is not a valid flagd file: {} {what}",
+            path.display(),
+            problems.len()
+        ));
+        cli.details = problems.iter().map(detail).collect();
+        cli
+    };
+    let loaded = flag_core::CompiledFlagSet::load(document)
+        .map_err(|error| refused(error.problems, "error(s)"))?;
+    if strict && !loaded.warnings.is_empty() {
+        return Err(refused(loaded.warnings, "warning(s), and --strict is on")
+            .hint("each warned flag evaluates as flagd would; drop --strict to accept them"));
+    }
+    for warning in &loaded.warnings {
+        eprintln!("{}", output::problem(&json!(warning)));
+    }
+    Ok(loaded)
+}
+
+/// A problem as a detail line: `PATH: MESSAGE [code]` (or `[code, warning]`).
+fn detail(problem: &flag_core::Problem) -> String {
+    let kind = if problem.is_warning() {
+        format!("{}, warning", problem.code)
+    } else {
+        problem.code.to_string()
+    };
+    format!("{problem} [{kind}]")
+}
+
+pub fn run(context: &Context, args: &ValidateArgs) -> Result<u8> {
+    let document = read_json(&args.file)?;
+    let (errors, warnings, flags) = match flag_core::CompiledFlagSet::load(&document) {
+        Ok(loaded) => (Vec::new(), loaded.warnings, loaded.set.flags.len()),
+        Err(error) => (error.problems, Vec::new(), 0),
+    };
+    let valid = errors.is_empty() && (warnings.is_empty() || !context.strict);
+    if context.output == Format::Json {
+        output::json(&json!({
+            "file": args.file.display().to_string(),
+            "valid": valid,
+            "strict": context.strict,
+            "flags": flags,
+            "errors": errors,
+            "warnings": warnings,
+        }));
+    } else {
+        for problem in errors.iter().chain(&warnings) {
+            println!("{}", output::problem(&json!(problem)));
+        }
+        let verdict = if valid { "valid" } else { "not valid" };
+        println!(
+            "{}: {verdict} ({flags} flag(s), {} error(s), {} warning(s){})",
+            args.file.display(),
+            errors.len(),
+            warnings.len(),
+            if context.strict { ", strict" } else { "" }
+        );
+    }
+    Ok(if valid { exit::OK } else { exit::ERROR })
+}

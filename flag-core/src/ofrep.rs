@@ -1,0 +1,80 @@
+//! One evaluation in the shape of OFREP, the OpenFeature Remote Evaluation Protocol
+//! (<https://github.com/open-feature/protocol>, `service/openapi.yaml`: `evaluationSuccess` and
+//! `evaluationFailure`). The server answers with it, and `flagctl eval` prints it for an
+//! evaluation on the server and for one of a local file alike.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::Metadata;
+use crate::resolve::{ErrorCode, Resolution};
+
+/// An OFREP evaluation result: a success (`value`, `variant`, `reason`, `metadata`) or a failure
+/// (`errorCode`, `errorDetails`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfrepEvaluation {
+    /// The flag key.
+    pub key: String,
+    /// The variant's value; absent for DISABLED and code-default results (the caller's default
+    /// applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// The variant's name; absent when `value` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// Why (`STATIC`, `TARGETING_MATCH`, `DEFAULT`, `DISABLED`); absent on failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `FLAG_NOT_FOUND`, `PARSE_ERROR`, `TYPE_MISMATCH`, `GENERAL`...; absent on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// What went wrong, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_details: Option<String>,
+    /// Flag-set metadata merged with the flag's own (the flag's winning); on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+impl OfrepEvaluation {
+    /// Renders a resolution of `key`.
+    pub fn from_resolution(key: &str, resolution: &Resolution<'_>) -> OfrepEvaluation {
+        let mut evaluation = OfrepEvaluation {
+            key: key.to_owned(),
+            value: None,
+            variant: None,
+            reason: None,
+            error_code: None,
+            error_details: None,
+            metadata: None,
+        };
+        if let Some(error) = &resolution.error {
+            evaluation.error_code = Some(error.code.as_str().to_owned());
+            evaluation.error_details = Some(error.message.to_string());
+            return evaluation;
+        }
+        evaluation.reason = Some(resolution.reason.as_str().to_owned());
+        evaluation.metadata = Some(resolution.metadata.clone());
+        // DISABLED and code-default results carry no value and no variant.
+        if let (Some(value), Some(variant)) = (resolution.value, resolution.variant) {
+            evaluation.value = Some(value.clone());
+            evaluation.variant = Some(variant.to_owned());
+        }
+        evaluation
+    }
+
+    /// Whether this is a failure.
+    pub fn is_error(&self) -> bool {
+        self.error_code.is_some()
+    }
+
+    /// The HTTP status OFREP gives it: 404 for `FLAG_NOT_FOUND`, 400 for other failures, 200.
+    pub fn http_status(&self) -> u16 {
+        match self.error_code.as_deref() {
+            None => 200,
+            Some(code) if code == ErrorCode::FlagNotFound.as_str() => 404,
+            Some(_) => 400,
+        }
+    }
+}
