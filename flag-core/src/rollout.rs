@@ -59,9 +59,12 @@ pub enum RolloutError {
     /// The percentage has more precision than 0.01 %.
     #[error("rollout percentage {0} is finer than the 0.01 % steps a rollout can express")]
     TooFine(f64),
-    /// The rolled-out variant (or the one other users get) is unknown or ambiguous.
+    /// The rolled-out variant is unknown or ambiguous.
     #[error("{0}")]
     Variants(String),
+    /// The variant named for the users outside the rollout is unknown or is the rolled-out one.
+    #[error("{0}")]
+    Others(String),
     /// The targeting cannot be edited without risking a change in meaning.
     #[error("targeting is too complex to edit safely ({0}); edit the targeting rule directly")]
     TooComplex(String),
@@ -214,7 +217,11 @@ pub fn current_rollout(
                 total: ROLLOUT_TOTAL_WEIGHT,
             }
         }
-        Slot::Buckets(layout) => layout.share_of(&variant)?,
+        Slot::Buckets(layout, fallback) => {
+            let share = layout.share_of(&variant)?;
+            check_fallback(fallback.as_deref(), share, &variant)?;
+            share
+        }
     };
     Ok(Rollout {
         percentage: share.percentage(),
@@ -263,9 +270,10 @@ pub fn set_rollout_share(
                 // Already exact for everyone: nothing to write.
                 return Ok(());
             }
-            let others = match served.filter(|s| *s != variant) {
-                Some(served) => served,
-                None => other_variant(flag, &variant, variants)?,
+            // An explicitly named variant for the others wins over what they are served now.
+            let others = match (&variants.others, served.filter(|s| *s != variant)) {
+                (Some(_), _) | (None, None) => other_variant(flag, &variant, variants)?,
+                (None, Some(served)) => served,
             };
             let total = scale_total(ROLLOUT_TOTAL_WEIGHT, share.total)?;
             let mut layout = Layout {
@@ -284,7 +292,11 @@ pub fn set_rollout_share(
             layout.resize(&variant, share, || other_variant(flag, &variant, variants))?;
             layout
         }
-        Slot::Buckets(mut layout) => {
+        Slot::Buckets(mut layout, fallback) => {
+            check_fallback(fallback.as_deref(), layout.share_of(&variant)?, &variant)?;
+            if let Some(name) = &variants.others {
+                check_others(flag, &variant, name)?;
+            }
             layout.resize(&variant, share, || other_variant(flag, &variant, variants))?;
             layout
         }
@@ -314,12 +326,7 @@ fn other_variant(
     variants: &RolloutVariants,
 ) -> Result<String, RolloutError> {
     if let Some(name) = &variants.others {
-        if name == variant || !flag.variants.contains_key(name) {
-            return Err(RolloutError::Variants(format!(
-                "{name:?} cannot be the variant other users get (variants: {})",
-                variant_list(flag)
-            )));
-        }
+        check_others(flag, variant, name)?;
         return Ok(name.clone());
     }
     let rolled_out_value = flag.variants.get(variant);
@@ -340,6 +347,36 @@ fn other_variant(
             "name the variant users outside the rollout of {variant:?} get (variants: {})",
             variant_list(flag)
         ))),
+    }
+}
+
+/// The variant named for the users outside the rollout must exist and not be the rolled-out one.
+fn check_others(flag: &Flag, variant: &str, name: &str) -> Result<(), RolloutError> {
+    if name == variant || !flag.variants.contains_key(name) {
+        return Err(RolloutError::Others(format!(
+            "{name:?} cannot be the variant users outside the rollout of {variant:?} get (variants: {})",
+            variant_list(flag)
+        )));
+    }
+    Ok(())
+}
+
+/// An `or` fallback (what contexts without a targeting key get) is only one this module would
+/// write: the rolled-out variant at 100 %, another variant at 0 %. Any other fallback serves
+/// those contexts something a percentage cannot describe, so editing it could move them.
+fn check_fallback(fallback: Option<&str>, share: Share, variant: &str) -> Result<(), RolloutError> {
+    let consistent = match fallback {
+        None => true,
+        Some(name) if name == variant => share.is_all(),
+        Some(_) => share.is_none(),
+    };
+    if consistent {
+        Ok(())
+    } else {
+        Err(RolloutError::TooComplex(format!(
+            "the fallthrough's \"or\" serves {:?} to contexts without a targeting key, which a percentage cannot describe",
+            fallback.unwrap_or_default()
+        )))
     }
 }
 
@@ -402,8 +439,8 @@ fn single_key<'a>(node: &'a Value, key: &str) -> Option<&'a Value> {
 enum Slot {
     /// A constant: a variant name, or null (the default variant).
     Served(Option<String>),
-    /// A `fractional` with constant buckets (possibly behind our `or` fallback).
-    Buckets(Layout),
+    /// A `fractional` with constant buckets, and the fallback of our `or` wrapper, if any.
+    Buckets(Layout, Option<String>),
 }
 
 fn classify(node: &Value) -> Result<Slot, RolloutError> {
@@ -412,13 +449,14 @@ fn classify(node: &Value) -> Result<Slot, RolloutError> {
         Value::String(name) => Ok(Slot::Served(Some(name.clone()))),
         Value::Object(_) => {
             if let Some(args) = single_key(node, "fractional") {
-                return Layout::parse(args).map(Slot::Buckets);
+                return Layout::parse(args).map(|layout| Slot::Buckets(layout, None));
             }
             if let Some(Value::Array(args)) = single_key(node, "or")
-                && let [fractional, Value::String(_)] = args.as_slice()
+                && let [fractional, Value::String(fallback)] = args.as_slice()
                 && let Some(inner) = single_key(fractional, "fractional")
             {
-                return Layout::parse(inner).map(Slot::Buckets);
+                return Layout::parse(inner)
+                    .map(|layout| Slot::Buckets(layout, Some(fallback.clone())));
             }
             let op = node
                 .as_object()
@@ -468,6 +506,18 @@ impl Layout {
             Some(first) => (Some(first.clone()), &items[1..]),
             None => return Err(RolloutError::TooComplex("an empty fractional".to_owned())),
         };
+        // A bucketBy is kept as it is: it must be one whose value is the text hashed (a string,
+        // null, `var` or `cat`), not a rule that could evaluate to something else (an array
+        // would be read as one more bucket).
+        let plain_bucket_by = match &bucket_by {
+            None | Some(Value::Null | Value::String(_)) => true,
+            Some(rule) => single_key(rule, "var").is_some() || single_key(rule, "cat").is_some(),
+        };
+        if !plain_bucket_by {
+            return Err(RolloutError::TooComplex(
+                "the fractional's bucketBy is a computed rule; use a var or cat".to_owned(),
+            ));
+        }
         let buckets = buckets
             .iter()
             .map(|bucket| {
@@ -915,6 +965,48 @@ mod tests {
             assert!(matches!(err, RolloutError::TooComplex(_)), "{rule}: {err}");
             assert_eq!(f.targeting, Some(rule), "a refused edit changes nothing");
         }
+    }
+
+    #[test]
+    fn a_hand_written_fallback_or_a_computed_bucket_by_is_refused() {
+        for rule in [
+            // Keyless contexts get "on" while only half the others do: no percentage says that.
+            json!({"or": [{"fractional": [["on", 50], ["off", 50]]}, "on"]}),
+            json!({"or": [{"fractional": [["on", 0], ["off", 10]]}, "on"]}),
+            json!({"fractional": [{"merge": [["on", 50]]}, ["on", 0], ["off", 50]]}),
+        ] {
+            let mut f = flag(rule.clone());
+            let err = set_rollout(&mut f, &none(), 60.0, &RolloutVariants::default()).unwrap_err();
+            assert!(matches!(err, RolloutError::TooComplex(_)), "{rule}: {err}");
+            assert!(current_rollout(&f, &none(), &RolloutVariants::default()).is_err());
+            assert_eq!(f.targeting, Some(rule));
+        }
+        // Ours is read back.
+        let mut f = flag(json!({"or": [{"fractional": [["on", 10000], ["off", 0]]}, "on"]}));
+        assert_eq!(read(&f), 100.0);
+        set(&mut f, 20.0);
+        assert_eq!(read(&f), 20.0);
+    }
+
+    #[test]
+    fn the_variant_for_the_others_is_honoured_and_checked() {
+        let mut f: Flag = serde_json::from_value(json!({
+            "state": "ENABLED", "variants": {"on": true, "off": false, "x": false}, "defaultVariant": "off"
+        }))
+        .unwrap();
+        let to = |others: &str| RolloutVariants {
+            variant: Some("on".into()),
+            others: Some(others.into()),
+        };
+        for bad in ["nope", "on"] {
+            let err = set_rollout(&mut f, &none(), 10.0, &to(bad)).unwrap_err();
+            assert!(matches!(err, RolloutError::Others(_)), "{bad}: {err}");
+        }
+        set_rollout(&mut f, &none(), 10.0, &to("x")).unwrap();
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["on", 1000], ["x", 9000]]}))
+        );
     }
 
     #[test]

@@ -137,6 +137,10 @@ pub struct Ramp {
     /// A stored definition that could not be read, kept for whoever investigates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_definition: Option<Value>,
+    /// When the ramped flag was created: a flag deleted and created again under the same key is
+    /// another flag, which this ramp must not touch (absent in ramps stored by older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag_created_at: Option<i64>,
 }
 
 impl Ramp {
@@ -182,6 +186,7 @@ impl Ramp {
                 abort_reason: Some(format!("the stored ramp is invalid: {problem}")),
                 history: Vec::new(),
                 invalid_definition: Some(record.definition),
+                flag_created_at: None,
             },
         }
     }
@@ -305,8 +310,9 @@ pub struct StartRequest {
 #[serde(deny_unknown_fields)]
 pub struct GuardRequest {
     url: String,
+    /// Wider than the stored `u32` so an out-of-range number is a 422 naming the field.
     #[serde(default)]
-    failures: Option<u32>,
+    failures: Option<i64>,
     #[serde(default)]
     timeout: Option<String>,
 }
@@ -374,11 +380,6 @@ struct Plan {
 /// Checks a start request: shape errors are 400, values out of range 422.
 fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
     let steps = request.steps.clone();
-    if steps.is_empty() || steps.len() > MAX_STEPS {
-        return Err(
-            ApiError::bad_request(format!("a ramp needs 1 to {MAX_STEPS} steps")).at("steps"),
-        );
-    }
     check_steps(&steps).map_err(|(message, field)| out_of_range(message, field))?;
     let durations = match (&request.interval, &request.durations) {
         (Some(_), Some(_)) => {
@@ -420,6 +421,14 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
                 )
                 .at("guard.url"));
             }
+            let parsed = reqwest::Url::parse(&guard.url);
+            if !parsed.is_ok_and(|url| url.host_str().is_some_and(|host| !host.is_empty())) {
+                return Err(ApiError::bad_request(format!(
+                    "the guard URL {:?} is not a URL with a host, e.g. http://127.0.0.1:9090/health",
+                    guard.url
+                ))
+                .at("guard.url"));
+            }
             let timeout = match guard.timeout.as_deref().map(crate::config::parse_duration) {
                 None => Duration::from_secs(5),
                 Some(Ok(timeout)) => timeout,
@@ -438,12 +447,15 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
                 ));
             }
             let failures = guard.failures.unwrap_or(1);
-            if !(1..=MAX_GUARD_FAILURES).contains(&failures) {
+            let Some(failures) = u32::try_from(failures)
+                .ok()
+                .filter(|f| (1..=MAX_GUARD_FAILURES).contains(f))
+            else {
                 return Err(out_of_range(
                     format!("guard.failures must be between 1 and {MAX_GUARD_FAILURES}"),
                     "guard.failures",
                 ));
-            }
+            };
             Some(Guard {
                 url: guard.url.clone(),
                 failures,
@@ -550,6 +562,11 @@ pub async fn latest(
 
 /// Every ramp of an environment, newest first (finished ones too).
 pub async fn list(state: &AppState, environment: &str) -> Result<Vec<Ramp>, ApiError> {
+    let env = environment.to_owned();
+    blocking(state, move |store| {
+        service::environment_or_404(store, &env).map(drop)
+    })
+    .await?;
     query(
         state,
         RampQuery {
@@ -579,7 +596,16 @@ async fn set_share(
         share,
         variants: ramp.variants(),
     };
+    let created_at = ramp.flag_created_at;
     blocking(state, move |store| {
+        // The key may now name another flag (deleted and created again): leave that one alone.
+        if let (Some(expected), Some(current)) = (created_at, store.flag(&environment, &flag)?)
+            && current.created_at != expected
+        {
+            return Err(ApiError::conflict(format!(
+                "flag {flag:?} was deleted and created again since the ramp started; the ramp does not apply to the new flag"
+            )));
+        }
         // Ramp steps only move the rollout: the flag's warnings (if any) were accepted when it
         // was written.
         service::rollout(
@@ -650,6 +676,19 @@ pub async fn start(
     };
     let previous = current_rollout(&current.flag, &environment_record.evaluators, &variants)
         .map_err(service::rollout_error)?;
+    // A ramp only adds users: its first step may not be below where the flag is now.
+    let first = step_share(steps[0])?;
+    if u128::from(first.weight) * u128::from(previous.share.total)
+        < u128::from(previous.share.weight) * u128::from(first.total)
+    {
+        return Err(out_of_range(
+            format!(
+                "the flag is rolled out to {}% now, so a ramp starting at {}% would remove users; start at {}% or above (or lower the rollout first)",
+                previous.percentage, steps[0], previous.percentage
+            ),
+            "steps[0]",
+        ));
+    }
     let mut ramp = Ramp {
         id: None,
         environment: environment.to_owned(),
@@ -669,6 +708,7 @@ pub async fn start(
         abort_reason: None,
         history: Vec::new(),
         invalid_definition: None,
+        flag_created_at: Some(current.created_at),
     };
     let first = ramp.steps[0];
     let note = request
@@ -797,10 +837,12 @@ async fn abort(
 /// Applies every step due at `state.clock()`; returns how many ramps moved. A step that fell due
 /// while the server was down is applied once, jumping to the step due now.
 ///
-/// Guards are checked first, concurrently and without the ramp lock; then, under the lock, each
-/// ramp is read again and the result applied only if the ramp is still active and due (a ramp
-/// paused or aborted meanwhile is left alone). A stored ramp that is invalid is marked `failed`
-/// and the others go on. `Err` only when the due ramps cannot be read at all.
+/// Ramps without a guard are applied first. Each guarded ramp is then checked on its own,
+/// concurrently and without the ramp lock, and applies its result as soon as it has it, so a
+/// slow guard delays only its own ramp; a ramp whose check is still running (from an earlier
+/// tick) is skipped. Under the lock every ramp is read again and moved only if it is still
+/// active and due (one paused or aborted meanwhile is left alone). A stored ramp that is invalid
+/// is marked `failed` and the others go on. `Err` only when the due ramps cannot be read.
 pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
     let now = (state.clock)();
     let due = query(
@@ -812,47 +854,100 @@ pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
         },
     )
     .await?;
-    let checks = due.iter().map(|ramp| async move {
-        match &ramp.guard {
-            Some(guard) if ramp.state == RampState::Active => Some(check_guard(guard).await),
-            _ => None,
-        }
+    let (guarded, plain): (Vec<Ramp>, Vec<Ramp>) = due
+        .into_iter()
+        .partition(|ramp| ramp.guard.is_some() && ramp.state == RampState::Active);
+    let mut moved = 0;
+    for ramp in plain {
+        moved += apply_due(state, ramp, None).await;
+    }
+    let checks = guarded.into_iter().filter_map(|ramp| {
+        let claim = state.guard_checks.claim(ramp.id?)?;
+        Some(async move {
+            let _claim = claim;
+            let result = match &ramp.guard {
+                Some(guard) => check_guard(guard).await,
+                None => Ok(()),
+            };
+            apply_due(state, ramp, Some(result)).await
+        })
     });
-    let guard_results = futures_util::future::join_all(checks).await;
+    moved += futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .sum::<usize>();
+    Ok(moved)
+}
+
+/// Under the ramp lock: moves a due ramp, as it is now, with its guard's result (1 if it moved).
+async fn apply_due(
+    state: &AppState,
+    checked: Ramp,
+    guard_result: Option<Result<(), String>>,
+) -> usize {
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
-    let mut moved = 0;
-    for (checked, guard_result) in due.into_iter().zip(guard_results) {
-        if checked.state == RampState::Failed {
-            fail(state, checked, now).await;
-            continue;
-        }
-        // Read it again under the lock: it may have been paused, aborted or resumed while its
-        // guard was checked.
-        let current = match open_ramp(state, &checked.environment, &checked.flag).await {
-            Ok(current) => current,
-            Err(error) => {
-                tracing::error!(flag = checked.flag, %error, "cannot read a ramp");
-                continue;
-            }
-        };
-        let Some(mut ramp) = current.filter(|r| {
-            r.id == checked.id
-                && r.state == RampState::Active
-                && r.next_at == checked.next_at
-                && r.current_step == checked.current_step
-        }) else {
-            continue;
-        };
-        if let Err(error) = advance(state, &mut ramp, now, guard_result).await {
-            tracing::error!(flag = ramp.flag, %error, "ramp step failed");
-        }
-        if let Err(error) = save(state, &mut ramp, now).await {
-            tracing::error!(flag = ramp.flag, %error, "cannot save a ramp");
-        }
-        moved += 1;
+    if checked.state == RampState::Failed {
+        fail(state, checked, now).await;
+        return 0;
     }
-    Ok(moved)
+    // Read it again: it may have been paused, aborted or resumed while its guard was checked.
+    let current = match open_ramp(state, &checked.environment, &checked.flag).await {
+        Ok(current) => current,
+        Err(error) => {
+            tracing::error!(flag = checked.flag, %error, "cannot read a ramp");
+            return 0;
+        }
+    };
+    let Some(mut ramp) = current.filter(|r| {
+        r.id == checked.id
+            && r.state == RampState::Active
+            && r.next_at == checked.next_at
+            && r.current_step == checked.current_step
+    }) else {
+        return 0;
+    };
+    if let Err(error) = advance(state, &mut ramp, now, guard_result).await {
+        tracing::error!(flag = ramp.flag, %error, "ramp step failed");
+    }
+    if let Err(error) = save(state, &mut ramp, now).await {
+        tracing::error!(flag = ramp.flag, %error, "cannot save a ramp");
+    }
+    1
+}
+
+/// The ramps whose guard is being checked, so overlapping ticks never check one twice.
+#[derive(Debug, Default)]
+pub struct GuardChecks(std::sync::Mutex<std::collections::HashSet<i64>>);
+
+/// A ramp's claim on its guard check; released when dropped.
+#[derive(Debug)]
+struct GuardClaim<'a> {
+    checks: &'a GuardChecks,
+    id: i64,
+}
+
+impl GuardChecks {
+    fn ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        // The set stays consistent whatever panicked while holding it (insert and remove only).
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims ramp `id`, unless its check is already running.
+    fn claim(&self, id: i64) -> Option<GuardClaim<'_>> {
+        // `then`, not `then_some`: a claim built eagerly and dropped would release the check
+        // that is running (and relock the set while it is locked).
+        let claimed = self.ids().insert(id);
+        claimed.then(|| GuardClaim { checks: self, id })
+    }
+}
+
+impl Drop for GuardClaim<'_> {
+    fn drop(&mut self) {
+        self.checks.ids().remove(&self.id);
+    }
 }
 
 /// Marks an invalid stored ramp `failed` (the flag is left as it is).
@@ -1020,12 +1115,29 @@ async fn schedule(
     stop: CancellationToken,
     every: Duration,
 ) -> Result<(), ApiError> {
+    // Each tick runs as a task of its own, so a tick waiting on a slow guard never holds up the
+    // next one (which skips that ramp: its check is claimed). A failed or panicked tick ends the
+    // loop, and the supervisor restarts it.
+    const MAX_RUNNING_TICKS: usize = 8;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut running = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            _ = ticks.tick() => { tick(&state).await?; }
+            _ = ticks.tick() => {
+                if running.len() < MAX_RUNNING_TICKS {
+                    let state = state.clone();
+                    running.spawn(async move { tick(&state).await });
+                }
+            }
+            Some(done) = running.join_next() => match done {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(panic) => {
+                    return Err(ApiError::internal(format!("a ramp tick panicked: {panic}")));
+                }
+            },
         }
     }
 }

@@ -170,6 +170,13 @@ pub fn modify_flag(
         let mut definition = serde_json::to_value(&current.flag).map_err(ApiError::internal)?;
         transform(&env, &mut definition)?;
         let (flag, warnings) = validate_flag(&env, key, &definition, mode)?;
+        if flag == current.flag {
+            // Nothing changes: no new version, no audit record, no stream patch.
+            return Ok(Written {
+                stored: current,
+                warnings,
+            });
+        }
         let change = FlagChange::Upsert {
             key: key.to_owned(),
             flag,
@@ -257,6 +264,9 @@ pub fn rollout_error(error: RolloutError) -> ApiError {
         }
         RolloutError::Variants(_) => {
             ApiError::unprocessable("rollout_variants", error.to_string()).at("variant")
+        }
+        RolloutError::Others(_) => {
+            ApiError::unprocessable("rollout_variants", error.to_string()).at("otherVariant")
         }
         RolloutError::TooComplex(_) => {
             ApiError::unprocessable("targeting_too_complex", error.to_string()).at("targeting")

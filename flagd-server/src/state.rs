@@ -56,6 +56,8 @@ pub struct SharedState {
     pub sessions: TaskTracker,
     /// Serialises ramp state changes (API calls and the scheduler).
     pub ramps: crate::ramp::RampLock,
+    /// The ramps whose guard is being checked.
+    pub guard_checks: crate::ramp::GuardChecks,
     /// Whether the ramp scheduler runs (for `/readyz`).
     pub scheduler: crate::ramp::SchedulerHealth,
     /// Whether writes refuse warnings by default (`--strict`; `?strict=` overrides per request).
@@ -99,6 +101,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             ramps: crate::ramp::RampLock::default(),
+            guard_checks: crate::ramp::GuardChecks::default(),
             scheduler: crate::ramp::SchedulerHealth::default(),
             strict_writes: std::sync::atomic::AtomicBool::new(false),
         })))

@@ -380,8 +380,18 @@ async fn bad_ramps_are_refused_and_change_nothing() {
     let cases = [
         (
             json!({"steps": [], "interval": "1m"}),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "steps",
+        ),
+        (
+            json!({"steps": [1, 50], "interval": "1m", "guard": {"url": "http://127.0.0.1:9/", "failures": 4_294_967_296_i64}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guard.failures",
+        ),
+        (
+            json!({"steps": [1, 50], "interval": "1m", "guard": {"url": "http://"}}),
+            StatusCode::BAD_REQUEST,
+            "guard.url",
         ),
         (
             json!({"steps": [5, 5], "interval": "1m"}),
@@ -976,4 +986,167 @@ async fn the_scheduler_restarts_after_an_error_or_a_panic_and_readyz_says_so() {
     assert!(stepped, "the restarted scheduler applied the due step");
     stop.cancel();
     scheduler.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_guard_delays_only_its_own_ramp() {
+    let (hanging, asked, release) = hanging_guard().await;
+    let (healthy, _) = guard_server().await;
+    let h = Arc::new(Harness::new());
+    h.create_flag("plain").await;
+    h.create_flag("guarded").await;
+    h.start("plain", json!({"steps": [10, 20, 30], "interval": "1m"}))
+        .await;
+    h.start(
+        "guarded",
+        json!({"steps": [10, 20], "interval": "1m", "guard": {"url": healthy, "timeout": "60s"}}),
+    )
+    .await;
+    let store = h.state.store.clone();
+    let mut record = store
+        .ramps(&flagd_server::store::RampQuery {
+            flag: Some("guarded".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    record.definition["guard"]["url"] = json!(hanging);
+    store.save_ramp(&record).unwrap();
+
+    h.at(60);
+    let first = tokio::spawn({
+        let h = h.clone();
+        async move { ramp::tick(&h.state).await }
+    });
+    asked.notified().await;
+    assert_eq!(
+        h.percentage("plain").await,
+        20.0,
+        "not held up by the guard"
+    );
+    // The next tick, while the first still waits on the guard: the plain ramp moves again and
+    // the guarded one is not checked twice.
+    h.at(120);
+    assert_eq!(ramp::tick(&h.state).await.unwrap(), 1);
+    assert_eq!(h.percentage("plain").await, 30.0);
+    assert!(!first.is_finished());
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap(), 2, "plain, then guarded");
+    assert_eq!(h.percentage("guarded").await, 20.0);
+}
+
+#[tokio::test]
+async fn a_manual_rollout_never_lands_inside_a_starting_ramp() {
+    for trial in 0..20 {
+        let h = Harness::new();
+        let key = format!("race-{trial}");
+        h.create_flag(&key).await;
+        let rollout_path = format!("/api/v1/environments/default/flags/{key}/rollout");
+        let rollout = h.call("POST", &rollout_path, Some(json!({"percentage": 77})));
+        let start = h.start(&key, json!({"steps": [80, 90], "interval": "1h"}));
+        let ((rolled, _), (started, ramp)) = tokio::join!(rollout, start);
+        let now = h.percentage(&key).await;
+        if started == StatusCode::CREATED {
+            // The ramp owns the rollout from its first step on.
+            assert_eq!(now, 80.0, "trial {trial}: {ramp}");
+            let previous = ramp["previousPercentage"].as_f64().unwrap();
+            assert_eq!(
+                previous,
+                if rolled == StatusCode::OK { 77.0 } else { 0.0 },
+                "trial {trial}: {ramp}"
+            );
+        } else {
+            assert_eq!(now, 77.0, "trial {trial}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flag_deleted_and_created_again_is_not_ramped() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.start("f", json!({"steps": [10, 50, 100], "interval": "1m"}))
+        .await;
+    h.call("DELETE", "/api/v1/environments/default/flags/f", None)
+        .await;
+    h.at(30);
+    let fresh =
+        json!({"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no"});
+    let (status, _) = h
+        .call(
+            "PUT",
+            "/api/v1/environments/default/flags/f",
+            Some(fresh.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h.tick_at(60).await;
+    let (_, flag) = h
+        .call("GET", "/api/v1/environments/default/flags/f", None)
+        .await;
+    assert_eq!(flag["flag"], fresh, "the new flag is left alone");
+    let ramp = h.ramp("f").await;
+    assert_eq!(ramp["state"], "aborted", "{ramp}");
+    assert!(
+        ramp["abortReason"]
+            .as_str()
+            .unwrap()
+            .contains("deleted and created again"),
+        "{ramp}"
+    );
+}
+
+#[tokio::test]
+async fn a_ramp_may_not_start_below_the_current_rollout() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.call(
+        "POST",
+        "/api/v1/environments/default/flags/f/rollout",
+        Some(json!({"percentage": 80})),
+    )
+    .await;
+    let (status, body) = h
+        .start("f", json!({"steps": [5, 10], "interval": "1h"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["path"], "steps[0]", "{body}");
+    assert_eq!(h.percentage("f").await, 80.0);
+    let (status, body) = h
+        .start("f", json!({"steps": [80, 90], "interval": "1h"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_ramp_row_that_is_not_json_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.db");
+    let h = Harness::over(Arc::new(SqliteStore::open(&path, T0).unwrap()));
+    h.create_flag("good").await;
+    h.create_flag("bad").await;
+    h.start("good", json!({"steps": [10, 50], "interval": "1m"}))
+        .await;
+    h.start("bad", json!({"steps": [10, 50], "interval": "1m"}))
+        .await;
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute(
+        "UPDATE ramps SET definition = 'not json' WHERE flag_key = 'bad'",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    assert_eq!(h.tick_at(60).await, 1);
+    assert_eq!(h.percentage("good").await, 50.0);
+    let (status, list) = h
+        .call("GET", "/api/v1/environments/default/ramps", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let bad = h.ramp("bad").await;
+    assert_eq!(bad["state"], "failed", "{bad}");
+    assert_eq!(bad["invalidDefinition"], "not json");
+    let (status, _) = h
+        .call("GET", "/api/v1/environments/nowhere/ramps", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

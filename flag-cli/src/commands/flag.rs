@@ -114,6 +114,12 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
             others,
             message,
         } => {
+            // JSON has no NaN or infinity: say so here rather than send a null.
+            if !percentage.is_finite() {
+                return Err(CliError::usage(format!(
+                    "the percentage must be a number from 0 to 100, got {percentage}"
+                )));
+            }
             let (_, version) = read(&api, context, &key).await?;
             let mut headers = message_header(message.message.as_ref());
             headers.push(if_match(version));

@@ -89,6 +89,12 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
 }
 
 fn start_body(args: &RampStartArgs) -> Result<Value> {
+    // JSON has no NaN or infinity: say so here rather than send a null.
+    if let Some(bad) = args.steps.iter().find(|p| !p.is_finite()) {
+        return Err(CliError::usage(format!(
+            "--steps: {bad} is not a percentage between 0 and 100"
+        )));
+    }
     let mut body = json!({"steps": args.steps});
     if let Some(variant) = &args.variant {
         body["variant"] = json!(variant);

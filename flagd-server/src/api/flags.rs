@@ -216,7 +216,9 @@ pub async fn rollout(
             others: request.other_variant,
         },
     };
-    // A running ramp owns the rollout: a manual edit would be overwritten at its next step.
+    // A running ramp owns the rollout: a manual edit would be overwritten at its next step. The
+    // ramp lock makes the check and the write one step, so a ramp cannot start in between.
+    let _ramps = state.ramps.lock().await;
     if let Some(ramp) = crate::ramp::open_ramp(&state, &env, &key).await?
         && ramp.state == crate::ramp::RampState::Active
     {

@@ -700,8 +700,14 @@ impl FlagStore for SqliteStore {
         )?;
         rows.map(|row| {
             let (id, environment, flag, definition, state, next_at, updated_at) = row?;
+            // A definition that is not JSON comes back as a JSON string: the ramp layer marks
+            // that one ramp failed instead of every ramp query failing.
+            let definition = serde_json::from_str(&definition).unwrap_or_else(|error| {
+                tracing::error!(id, %error, "stored ramp definition is not JSON");
+                Value::String(definition)
+            });
             Ok(RampRecord {
-                definition: decode(&definition, || format!("ramp {id}"))?,
+                definition,
                 id: Some(id),
                 environment,
                 flag,
