@@ -782,6 +782,13 @@ impl<'e> Compiler<'e> {
         Node::Const(Value::Null)
     }
 
+    /// Records a warning here; the custom operator in question fails when evaluated (so the
+    /// whole targeting result is null, as in flagd).
+    fn warn_failing(&mut self, code: ProblemCode, message: impl Into<String>) -> Node {
+        self.problems.push(self.path.warning(code, message));
+        Node::Fail
+    }
+
     fn compile(&mut self, value: &Value, depth: usize) -> Node {
         if depth > MAX_RULE_DEPTH {
             self.problems.push(self.path.error(
@@ -1002,10 +1009,17 @@ impl<'e> Compiler<'e> {
             _ => None,
         };
         if let Some(message) = arity_problem {
-            return self.warn(
+            self.warn(
                 ProblemCode::Arity,
                 format!("{} {message}, found {count}", op_name(op)),
             );
+            // flagd's custom operators fail at evaluation (nulling the whole targeting);
+            // JsonLogic's own operators evaluate to null here (a documented difference).
+            return if matches!(op, Op::StartsWith | Op::EndsWith | Op::SemVer) {
+                Node::Fail
+            } else {
+                Node::Const(Value::Null)
+            };
         }
         let nodes = self.compile_args(args, depth);
         if op == Op::SemVer {
@@ -1121,13 +1135,13 @@ impl<'e> Compiler<'e> {
 
     fn compile_fractional(&mut self, args: &Value, depth: usize) -> Node {
         let Value::Array(items) = args else {
-            return self.warn(
+            return self.warn_failing(
                 ProblemCode::Weights,
                 "fractional takes an array: [bucketBy?, [variant, weight], ...]",
             );
         };
         if items.is_empty() {
-            return self.warn(
+            return self.warn_failing(
                 ProblemCode::Arity,
                 "fractional needs at least one bucket [variant, weight]",
             );
@@ -1158,12 +1172,12 @@ impl<'e> Compiler<'e> {
                     ),
                 );
                 self.path.truncate(mark);
-                return Node::Const(Value::Null);
+                return Node::Fail;
             }
         };
         let offset = nodes.len() - buckets.len();
         if buckets.is_empty() {
-            return self.warn(
+            return self.warn_failing(
                 ProblemCode::Arity,
                 "fractional needs at least one bucket [variant, weight]",
             );
@@ -1198,11 +1212,11 @@ impl<'e> Compiler<'e> {
             self.path.truncate(mark);
         }
         if !usable {
-            return Node::Const(Value::Null);
+            return Node::Fail;
         }
         let total: u64 = constant.iter().map(|(_, w)| w).sum();
         if total > MAX_TOTAL_WEIGHT {
-            return self.warn(
+            return self.warn_failing(
                 ProblemCode::Weights,
                 format!(
                     "fractional weights add up to {total}, more than the maximum {MAX_TOTAL_WEIGHT}"
@@ -1331,13 +1345,13 @@ fn fold_constant(node: Node) -> Node {
     let ctx = EvaluationContext::anonymous();
     let flag_key = Value::Null;
     let flag_key_hash = MurmurPrefix::new(&[]);
-    let env = Env {
-        ctx: &ctx,
-        flag_key: &flag_key,
-        flag_key_hash: &flag_key_hash,
-        timestamp: Timestamp::At(0),
-    };
+    let env = Env::new(&ctx, &flag_key, &flag_key_hash, Timestamp::At(0));
     let value = eval(&node, Scope::root(&env)).into_owned();
+    if env.failed.get() {
+        // A custom operator that fails must fail when evaluated (its failure nulls the whole
+        // targeting), not become a null constant.
+        return Node::Fail;
+    }
     Node::Const(value)
 }
 
@@ -1412,11 +1426,8 @@ pub fn evaluate_rule(
     }
     let flag_key_hash = MurmurPrefix::new(flag_key.as_bytes());
     let flag_key = Value::String(flag_key.to_owned());
-    let env = Env {
-        ctx,
-        flag_key: &flag_key,
-        flag_key_hash: &flag_key_hash,
-        timestamp: Timestamp::At(timestamp),
-    };
-    Ok(eval(&node, Scope::root(&env)).into_owned())
+    let env = Env::new(ctx, &flag_key, &flag_key_hash, Timestamp::At(timestamp));
+    let value = eval(&node, Scope::root(&env)).into_owned();
+    // A custom operator failed: the result is null, as flagd answers for targeting.
+    Ok(if env.failed.get() { Value::Null } else { value })
 }

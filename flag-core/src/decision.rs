@@ -134,7 +134,14 @@ impl Decision {
                     let Buckets::Constant { ends, total, .. } = &node.buckets else {
                         return Outcome::Null;
                     };
+                    // One bucket is the answer, with or without anything to bucket by.
+                    if let [only] = leaves.as_ref()
+                        && *total > 0
+                    {
+                        return Outcome::Leaf(only);
+                    }
                     let Some(hash) = fractional_hash(&node.bucket_by, scope) else {
+                        scope.failed();
                         return Outcome::Null;
                     };
                     let point = bucket(hash, *total);

@@ -358,13 +358,13 @@ impl CompiledFlag {
         let Some(targeting) = &self.targeting else {
             return self.default_result(Reason::Static);
         };
-        let env = Env {
-            ctx,
-            flag_key: &self.key,
-            flag_key_hash: &self.key_hash,
-            timestamp,
-        };
-        let result = match targeting.decide(Scope::root(&env)) {
+        let env = Env::new(ctx, &self.key, &self.key_hash, timestamp);
+        let outcome = targeting.decide(Scope::root(&env));
+        if env.failed.get() {
+            // A custom operator failed: the targeting result is null, as in flagd.
+            return self.default_result(Reason::Default);
+        }
+        let result = match outcome {
             Outcome::Leaf(Leaf::Variant(index)) => {
                 return self.served(*index, Reason::TargetingMatch);
             }

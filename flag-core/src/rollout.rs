@@ -30,10 +30,12 @@
 //!
 //! # 0 % and 100 %
 //!
-//! A `fractional` answers null, hence the default variant, for a context with nothing to bucket
-//! by (no targeting key). At 100 % the rule becomes `{"or": [{"fractional": …}, "on"]}` so such
-//! contexts get the rolled-out variant too, and at 0 %, when the default variant is the rolled-out
-//! one, the other variant is the fallback. Plain JsonLogic, so flagd evaluates it the same way.
+//! A `fractional` fails for a context with nothing to bucket by (no targeting key), and flagd
+//! then serves the default variant. At 100 % the rule becomes
+//! `{"if": [{"var": "targetingKey"}, {"fractional": …}, "on"]}`, so such contexts get the
+//! rolled-out variant too without the `fractional` ever being evaluated for them; at 0 %, when the
+//! default variant is the rolled-out one, the other variant is the `else`. Plain JsonLogic, so
+//! flagd evaluates it the same way, and the bucket list is kept for the way back down.
 
 use std::collections::BTreeMap;
 
@@ -402,6 +404,9 @@ fn locate<'a>(
             *node = evaluator.clone();
             continue;
         }
+        if keyless_guard(node).is_some() {
+            return Ok(node);
+        }
         let is_chain = node.as_object().is_some_and(|object| {
             object.len() == 1
                 && object
@@ -428,6 +433,24 @@ fn locate<'a>(
     }
 }
 
+/// The form written at 0 and 100 %: `{"if": [{"var": "targetingKey"}, {"fractional": args},
+/// "fallback"]}`, as the `fractional`'s arguments and the fallback.
+fn keyless_guard(node: &Value) -> Option<(&Value, &str)> {
+    let Some(Value::Array(args)) = single_key(node, "if") else {
+        return None;
+    };
+    let [condition, fractional, Value::String(fallback)] = args.as_slice() else {
+        return None;
+    };
+    let key = single_key(condition, "var")?;
+    let names_key = key.as_str() == Some(crate::TARGETING_KEY)
+        || key.as_array().is_some_and(|a| {
+            a.len() == 1 && a.first().and_then(Value::as_str) == Some(crate::TARGETING_KEY)
+        });
+    let inner = single_key(fractional, "fractional")?;
+    names_key.then_some((inner, fallback.as_str()))
+}
+
 /// `object[key]` when `node` is an object with that one key.
 fn single_key<'a>(node: &'a Value, key: &str) -> Option<&'a Value> {
     node.as_object()
@@ -451,12 +474,9 @@ fn classify(node: &Value) -> Result<Slot, RolloutError> {
             if let Some(args) = single_key(node, "fractional") {
                 return Layout::parse(args).map(|layout| Slot::Buckets(layout, None));
             }
-            if let Some(Value::Array(args)) = single_key(node, "or")
-                && let [fractional, Value::String(fallback)] = args.as_slice()
-                && let Some(inner) = single_key(fractional, "fractional")
-            {
+            if let Some((inner, fallback)) = keyless_guard(node) {
                 return Layout::parse(inner)
-                    .map(|layout| Slot::Buckets(layout, Some(fallback.clone())));
+                    .map(|layout| Slot::Buckets(layout, Some(fallback.to_owned())));
             }
             let op = node
                 .as_object()
@@ -740,7 +760,9 @@ impl Layout {
         args.extend(self.buckets.iter().map(|b| json!([b.name, b.weight])));
         let fractional = json!({ "fractional": args });
         match fallback {
-            Some(variant) => json!({ "or": [fractional, variant] }),
+            Some(variant) => {
+                json!({ "if": [{ "var": crate::TARGETING_KEY }, fractional, variant] })
+            }
             None => fractional,
         }
     }
@@ -862,7 +884,9 @@ mod tests {
         set(&mut f, 100.0);
         assert_eq!(
             f.targeting,
-            Some(json!({"or": [{"fractional": [["off", 0], ["on", 10000]]}, "on"]}))
+            Some(
+                json!({"if": [{"var": "targetingKey"}, {"fractional": [["off", 0], ["on", 10000]]}, "on"]})
+            )
         );
         assert_eq!(read(&f), 100.0);
         set(&mut f, 25.0);
@@ -879,7 +903,9 @@ mod tests {
         set(&mut f, 0.0);
         assert_eq!(
             f.targeting,
-            Some(json!({"or": [{"fractional": [["on", 0], ["off", 10000]]}, "off"]}))
+            Some(
+                json!({"if": [{"var": "targetingKey"}, {"fractional": [["on", 0], ["off", 10000]]}, "off"]})
+            )
         );
     }
 
@@ -971,8 +997,8 @@ mod tests {
     fn a_hand_written_fallback_or_a_computed_bucket_by_is_refused() {
         for rule in [
             // Keyless contexts get "on" while only half the others do: no percentage says that.
-            json!({"or": [{"fractional": [["on", 50], ["off", 50]]}, "on"]}),
-            json!({"or": [{"fractional": [["on", 0], ["off", 10]]}, "on"]}),
+            json!({"if": [{"var": "targetingKey"}, {"fractional": [["on", 50], ["off", 50]]}, "on"]}),
+            json!({"if": [{"var": "targetingKey"}, {"fractional": [["on", 0], ["off", 10]]}, "on"]}),
             json!({"fractional": [{"merge": [["on", 50]]}, ["on", 0], ["off", 50]]}),
         ] {
             let mut f = flag(rule.clone());
@@ -982,7 +1008,9 @@ mod tests {
             assert_eq!(f.targeting, Some(rule));
         }
         // Ours is read back.
-        let mut f = flag(json!({"or": [{"fractional": [["on", 10000], ["off", 0]]}, "on"]}));
+        let mut f = flag(
+            json!({"if": [{"var": "targetingKey"}, {"fractional": [["on", 10000], ["off", 0]]}, "on"]}),
+        );
         assert_eq!(read(&f), 100.0);
         set(&mut f, 20.0);
         assert_eq!(read(&f), 20.0);

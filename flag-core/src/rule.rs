@@ -50,6 +50,8 @@ pub(crate) enum Node {
     Fractional(Box<FractionalNode>),
     /// Every other operator: arguments are evaluated eagerly, then the operator applies.
     Op(Op, Box<[Node]>),
+    /// A custom operator that can only fail (wrong arguments found at compile time).
+    Fail,
 }
 
 /// `{"in": [needle, [constant strings...]]}`.
@@ -154,7 +156,7 @@ pub(crate) enum Buckets {
 pub(crate) const MAX_TOTAL_WEIGHT: u64 = i32::MAX as u64;
 
 /// What evaluation can see: the context, the flag being evaluated, and the time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Env<'a> {
     pub(crate) ctx: &'a EvaluationContext,
     /// The flag key as a JSON string, so `$flagd.flagKey` can be returned by reference.
@@ -162,6 +164,35 @@ pub(crate) struct Env<'a> {
     /// The murmur3 state after the flag key, for `fractional`.
     pub(crate) flag_key_hash: &'a MurmurPrefix,
     pub(crate) timestamp: Timestamp,
+    /// Set when a custom operator (`starts_with`, `ends_with`, `sem_ver`, `fractional`) failed:
+    /// wrong arguments, a non-string operand, an invalid version, nothing to bucket by, no
+    /// weight. flagd then treats the whole targeting result as null (so the default variant),
+    /// not the operator's null as a value a surrounding `if` could branch on; see the
+    /// `@operator-errors` scenarios of flagd-testbed's `targeting.feature`.
+    pub(crate) failed: std::cell::Cell<bool>,
+}
+
+impl<'a> Env<'a> {
+    pub(crate) fn new(
+        ctx: &'a EvaluationContext,
+        flag_key: &'a Value,
+        flag_key_hash: &'a MurmurPrefix,
+        timestamp: Timestamp,
+    ) -> Env<'a> {
+        Env {
+            ctx,
+            flag_key,
+            flag_key_hash,
+            timestamp,
+            failed: std::cell::Cell::new(false),
+        }
+    }
+}
+
+/// A custom operator failed: it answers null, and the targeting result will be null.
+fn fail<'a>(scope: Scope<'_>) -> Val<'a> {
+    scope.env.failed.set(true);
+    null()
 }
 
 /// The time of an evaluation, for `$flagd.timestamp`: a fixed time, or a clock that is read only
@@ -201,6 +232,11 @@ pub(crate) struct Scope<'a> {
 impl<'a> Scope<'a> {
     pub(crate) fn root(env: &'a Env<'a>) -> Self {
         Scope { env, data: None }
+    }
+
+    /// Records that a custom operator failed (see [`Env::failed`]).
+    pub(crate) fn failed(self) {
+        self.env.failed.set(true);
     }
 }
 
@@ -266,6 +302,7 @@ pub(crate) fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Val<'a> {
         Node::MissingSome(args) => eval_missing_some(args, scope),
         Node::Scoped(op, args) => eval_scoped(*op, args, scope),
         Node::Reduce(args) => eval_reduce(args, scope),
+        Node::Fail => fail(scope),
     }
 }
 
@@ -318,7 +355,10 @@ fn eval_affix(affix: &AffixNode, scope: Scope<'_>) -> Option<bool> {
         } else {
             text.starts_with(affix.affix.as_ref())
         }),
-        _ => None,
+        _ => {
+            scope.env.failed.set(true);
+            None
+        }
     }
 }
 
@@ -602,7 +642,7 @@ fn eval_op<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Val<'a> {
         ),
         Op::StartsWith | Op::EndsWith => {
             if args.len() != 2 {
-                return null();
+                return fail(scope);
             }
             let (a, b) = (arg(args, 0, scope), arg(args, 1, scope));
             match (a.as_ref(), b.as_ref()) {
@@ -611,7 +651,7 @@ fn eval_op<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Val<'a> {
                 } else {
                     text.ends_with(affix.as_str())
                 }),
-                _ => null(),
+                _ => fail(scope),
             }
         }
         Op::SemVer => eval_sem_ver(args, scope),
@@ -709,7 +749,7 @@ fn substr<'a>(source: &Value, start: &Value, length: Option<Val<'_>>) -> Val<'a>
 
 fn eval_sem_ver<'a>(args: &'a [Node], scope: Scope<'a>) -> Val<'a> {
     if args.len() != 3 {
-        return null();
+        return fail(scope);
     }
     let (left, op, right) = (
         arg(args, 0, scope),
@@ -717,14 +757,14 @@ fn eval_sem_ver<'a>(args: &'a [Node], scope: Scope<'a>) -> Val<'a> {
         arg(args, 2, scope),
     );
     let (Some(left), Some(right)) = (version_text(&left), version_text(&right)) else {
-        return null();
+        return fail(scope);
     };
     let Some(op) = op.as_str().and_then(SemVerOp::parse) else {
-        return null();
+        return fail(scope);
     };
     match (Version::parse(&left), Version::parse(&right)) {
         (Some(l), Some(r)) => boolean(op.holds(&l, &r)),
-        _ => null(),
+        _ => fail(scope),
     }
 }
 
@@ -830,20 +870,26 @@ fn eval_fractional<'a>(node: &'a FractionalNode, scope: Scope<'a>) -> Val<'a> {
             }
         }
     };
-    let Some(hash) = hash else {
-        return null();
-    };
     match &node.buckets {
+        // One bucket: it is the answer, with or without anything to bucket by (as flagd).
+        Buckets::Constant {
+            variants, total, ..
+        } if extra_first_bucket.is_none() && variants.len() == 1 && *total > 0 => {
+            Cow::Borrowed(&variants[0])
+        }
         Buckets::Constant {
             variants,
             ends,
             total,
         } if extra_first_bucket.is_none() => {
+            let Some(hash) = hash else {
+                return fail(scope);
+            };
             let point = bucket(hash, *total);
             // Buckets are few (usually two): a linear scan beats a binary search here.
             match ends.iter().position(|end| point < *end) {
                 Some(index) => Cow::Borrowed(&variants[index]),
-                None => null(),
+                None => fail(scope),
             }
         }
         Buckets::Constant { variants, ends, .. } => {
@@ -851,7 +897,7 @@ fn eval_fractional<'a>(node: &'a FractionalNode, scope: Scope<'a>) -> Val<'a> {
             let mut buckets: Vec<(Value, u64)> = Vec::with_capacity(variants.len() + 1);
             if let Some(first) = extra_first_bucket {
                 let Some(parsed) = parse_bucket(first.as_ref()) else {
-                    return null();
+                    return fail(scope);
                 };
                 buckets.push(parsed);
             }
@@ -860,23 +906,23 @@ fn eval_fractional<'a>(node: &'a FractionalNode, scope: Scope<'a>) -> Val<'a> {
                 buckets.push((variant.clone(), u64::from(end - previous)));
                 previous = *end;
             }
-            pick_bucket(hash, buckets)
+            pick_bucket(hash, buckets, scope)
         }
         Buckets::Dynamic(nodes) => {
             let mut buckets: Vec<(Value, u64)> = Vec::with_capacity(nodes.len() + 1);
             if let Some(first) = extra_first_bucket {
                 let Some(parsed) = parse_bucket(first.as_ref()) else {
-                    return null();
+                    return fail(scope);
                 };
                 buckets.push(parsed);
             }
             for node in nodes.iter() {
                 let Some(parsed) = parse_bucket(&eval(node, scope)) else {
-                    return null();
+                    return fail(scope);
                 };
                 buckets.push(parsed);
             }
-            pick_bucket(hash, buckets)
+            pick_bucket(hash, buckets, scope)
         }
     }
 }
@@ -930,11 +976,17 @@ pub(crate) fn weight_of(weight: f64) -> Option<u64> {
     Some(if weight < 0.0 { 0 } else { weight as u64 })
 }
 
-fn pick_bucket<'a>(hash: u32, buckets: Vec<(Value, u64)>) -> Val<'a> {
+fn pick_bucket<'a>(hash: Option<u32>, buckets: Vec<(Value, u64)>, scope: Scope<'_>) -> Val<'a> {
     let total: u64 = buckets.iter().map(|(_, w)| *w).sum();
     if total == 0 || total > MAX_TOTAL_WEIGHT {
-        return null();
+        return fail(scope);
     }
+    if let [(only, _)] = buckets.as_slice() {
+        return Cow::Owned(only.clone());
+    }
+    let Some(hash) = hash else {
+        return fail(scope);
+    };
     // total <= i32::MAX, so it fits u32.
     let point = u64::from(bucket(hash, total as u32));
     let mut end = 0;
