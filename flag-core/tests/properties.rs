@@ -219,3 +219,41 @@ proptest! {
         let _ = FlagSet::from_value(&doc);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+
+    /// Any targeting, loaded as the server loads it (warnings accepted): never a panic, and the
+    /// other flag of the document always evaluates exactly as it would alone. A document that
+    /// loads strictly evaluates identically in default mode.
+    #[test]
+    fn a_broken_flag_never_takes_another_down(rule in arbitrary_json(), context in arbitrary_json()) {
+        let ctx = match context {
+            Value::Object(map) => EvaluationContext::from_json(map),
+            other => EvaluationContext::new("u").with("x", other),
+        };
+        let good = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"if": [{"==": [{"var": "targetingKey"}, "u"]}, "on", "off"]}});
+        let doc = json!({"$evaluators": {"e": rule}, "flags": {
+            "good": good,
+            "any": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off", "targeting": rule}
+        }});
+        let alone = compile(json!({"good": good}));
+        let expected = alone.resolve_bool("good", &ctx, false, 0);
+        if let Ok(loaded) = CompiledFlagSet::load(&doc) {
+            let got = loaded.compiled.resolve_bool("good", &ctx, false, 0);
+            prop_assert_eq!((got.value, got.reason), (expected.value, expected.reason));
+            let default_mode = loaded.compiled.evaluate("any", &ctx, 0);
+            if let Ok((_, strict)) = CompiledFlagSet::from_value(&doc) {
+                let strict = strict.evaluate("any", &ctx, 0);
+                prop_assert_eq!(
+                    (strict.value, strict.variant, strict.reason, strict.error.map(|e| e.code)),
+                    (default_mode.value, default_mode.variant, default_mode.reason, default_mode.error.map(|e| e.code))
+                );
+            }
+        }
+        let (lenient, _) = CompiledFlagSet::compile_json_lenient(&doc);
+        let got = lenient.resolve_bool("good", &ctx, false, 0);
+        prop_assert_eq!((got.value, got.reason), (expected.value, expected.reason));
+    }
+}

@@ -776,3 +776,148 @@ async fn deleting_the_environment_ends_its_streams_and_admins_can_stream_any() {
         (Some("goodbye"), Some("environment_deleted"))
     );
 }
+
+/// Checks one OFREP answer against a conformance row's `expect` (see
+/// `flag-core/tests/conformance.rs`, which runs the same rows through flag-core).
+fn conformance_mismatch(answer: &Value, expect: &Value) -> Option<String> {
+    for field in ["value", "variant", "reason", "errorCode"] {
+        let want = expect.get(field).unwrap_or(&Value::Null);
+        let got = answer.get(field).unwrap_or(&Value::Null);
+        if want != got {
+            return Some(format!("{field}: expected {want}, got {got}"));
+        }
+    }
+    if let Some(metadata) = expect.get("metadata")
+        && answer.get("metadata") != Some(metadata)
+    {
+        return Some(format!("metadata: expected {metadata}, got {answer}"));
+    }
+    None
+}
+
+/// `{base}/ofrep/v1/evaluate/flags/{key}` with the key percent-encoded as one path segment.
+fn ofrep_flag_url(base: &str, key: &str) -> reqwest::Url {
+    let mut url = reqwest::Url::parse(&format!("{base}/ofrep/v1/evaluate/flags")).unwrap();
+    url.path_segments_mut().unwrap().push(key);
+    url
+}
+
+/// The flagd conformance table over OFREP, with the document loaded whole (`PUT document`) and
+/// flag by flag (`PUT` of each flag, keys percent-encoded): every row answers as flag-core does.
+#[tokio::test]
+async fn the_conformance_table_over_ofrep() {
+    let mut live = Live::start().await;
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../flag-core/tests/data/conformance"
+    );
+    let document: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{data}/flags.json")).unwrap())
+            .unwrap();
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{data}/cases.json")).unwrap())
+            .unwrap();
+
+    let (status, report) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/default/document",
+            Some(document.clone()),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{report}");
+    assert!(
+        report["warnings"].as_array().is_some_and(|w| !w.is_empty()),
+        "{report}"
+    );
+
+    // The same flags, each written on its own into a second environment.
+    let (status, _) = live
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/environments",
+            Some(json!({"name": "single"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    let settings = json!({"metadata": document["metadata"], "$evaluators": document["$evaluators"], "flags": {}});
+    let (status, _) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/single/document",
+            Some(settings),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    for (key, flag) in document["flags"].as_object().unwrap() {
+        let mut url =
+            reqwest::Url::parse(&format!("{}/api/v1/environments/single/flags", live.base))
+                .unwrap();
+        url.path_segments_mut().unwrap().push(key);
+        let response = live
+            .client
+            .put(url)
+            .bearer_auth(ADMIN)
+            .json(flag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED, "{key}");
+        let written: Value = response.json().await.unwrap();
+        assert_eq!(written["key"], json!(key));
+    }
+    let (_, single_token) = live
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "single-app", "role": "sdk", "environment": "single"})),
+        )
+        .await;
+    let single_sdk = single_token["token"].as_str().unwrap().to_owned();
+
+    let mut failures = Vec::new();
+    let rows = cases["rows"].as_array().unwrap();
+    for (environment, token) in [("default", &live.sdk), ("single", &single_sdk)] {
+        for row in rows {
+            let key = row["flag"].as_str().unwrap();
+            let response = live
+                .client
+                .post(ofrep_flag_url(&live.base, key))
+                .bearer_auth(token)
+                .json(&json!({"context": row["context"]}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap();
+            let want_status = match row["expect"]["errorCode"].as_str() {
+                None => 200,
+                Some("FLAG_NOT_FOUND") => 404,
+                Some(_) => 400,
+            };
+            if status != want_status {
+                failures.push(format!(
+                    "{environment} {key}: status {status}, expected {want_status}"
+                ));
+            }
+            if let Some(problem) = conformance_mismatch(&answer, &row["expect"]) {
+                failures.push(format!("{environment} {key} {}: {problem}", row["context"]));
+            }
+        }
+    }
+    // Bulk evaluation agrees too, for the rows with an empty context.
+    let (status, _, bulk) = live.ofrep("flags", &live.sdk, json!({"context": {}})).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let bulk = bulk["flags"].as_array().unwrap();
+    for row in rows.iter().filter(|r| r["context"] == json!({})) {
+        let Some(answer) = bulk.iter().find(|f| f["key"] == row["flag"]) else {
+            assert_eq!(row["expect"]["errorCode"], "FLAG_NOT_FOUND", "{row}");
+            continue;
+        };
+        if let Some(problem) = conformance_mismatch(answer, &row["expect"]) {
+            failures.push(format!("bulk {}: {problem}", row["flag"]));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    live.stop().await;
+}

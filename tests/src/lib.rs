@@ -141,3 +141,38 @@ pub fn free_port() -> u16 {
         .map(|address| address.port())
         .unwrap_or_else(|error| panic!("no free port: {error}"))
 }
+
+/// The flagd conformance table (`flag-core/tests/data/conformance/`): the document, and its rows.
+pub fn conformance() -> (PathBuf, serde_json::Value, serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flag-core/tests/data/conformance");
+    let read = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    };
+    (
+        dir.join("flags.json"),
+        read("flags.json"),
+        read("cases.json"),
+    )
+}
+
+/// Checks one OFREP-shaped answer against a conformance row's `expect`: every expected field
+/// equal, and `value`, `variant`, `reason`, `errorCode` absent when the row does not name them.
+pub fn conformance_mismatch(
+    answer: &serde_json::Value,
+    expect: &serde_json::Value,
+) -> Option<String> {
+    for field in ["value", "variant", "reason", "errorCode"] {
+        let want = expect.get(field).unwrap_or(&serde_json::Value::Null);
+        let got = answer.get(field).unwrap_or(&serde_json::Value::Null);
+        if want != got {
+            return Some(format!("{field}: expected {want}, got {got}"));
+        }
+    }
+    if let Some(metadata) = expect.get("metadata")
+        && answer.get("metadata") != Some(metadata)
+    {
+        return Some(format!("metadata: expected {metadata}, got {answer}"));
+    }
+    None
+}

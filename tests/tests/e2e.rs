@@ -329,6 +329,52 @@ mod sdk {
         assert!(client.bool_value("late", &user, false));
         client.close().await;
     }
+
+    /// The conformance table through the stream: the document written whole, the SDK
+    /// evaluating every row locally exactly as flag-core, OFREP and `flagctl eval` do.
+    #[tokio::test]
+    async fn the_conformance_table_through_the_sdk() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let (_, document, cases) = tests::conformance();
+        let status = reqwest::Client::new()
+            .put(format!(
+                "{}/api/v1/environments/default/document",
+                server.base_url
+            ))
+            .bearer_auth(ADMIN)
+            .json(&document)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{status}");
+        let token = sdk_token(&server.base_url).await;
+        let sdk = client(&server.base_url, &token, None);
+        sdk.wait_ready(WAIT).await.unwrap();
+        let mut failures = Vec::new();
+        for row in cases["rows"].as_array().unwrap() {
+            let key = row["flag"].as_str().unwrap();
+            let context = row["context"].as_object().unwrap();
+            let mut ctx = match context.get("targetingKey").and_then(Value::as_str) {
+                Some(targeting_key) => EvaluationContext::new(targeting_key),
+                None => EvaluationContext::anonymous(),
+            };
+            for (name, value) in context.iter().filter(|(n, _)| *n != "targetingKey") {
+                ctx = ctx.with(name.clone(), value.clone());
+            }
+            let answer = sdk.evaluate(key, &ctx, |resolution| {
+                json!(flag_core::ofrep::OfrepEvaluation::from_resolution(
+                    key, resolution
+                ))
+            });
+            if let Some(problem) = tests::conformance_mismatch(&answer, &row["expect"]) {
+                failures.push(format!("{key} {}: {problem}", row["context"]));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        sdk.close().await;
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -877,6 +923,200 @@ mod cli {
             }
         }
         let _ = std::io::stdout().flush();
+    }
+
+    /// The conformance table through `flagctl eval --file`: the same answers as flag-core, the
+    /// server and the SDK, in OFREP's shape, with exit 1 on an error result.
+    #[test]
+    fn the_conformance_table_through_eval_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _, cases) = tests::conformance();
+        let file = file.to_string_lossy().into_owned();
+        let mut failures = Vec::new();
+        for row in cases["rows"].as_array().unwrap() {
+            let key = row["flag"].as_str().unwrap();
+            let context = row["context"].to_string();
+            let output = Command::new(binary("flag-cli", "flagctl"))
+                .args([
+                    "-o",
+                    "json",
+                    "eval",
+                    key,
+                    "--file",
+                    &file,
+                    "--context",
+                    &context,
+                ])
+                .current_dir(dir.path())
+                .env("XDG_CONFIG_HOME", dir.path().join("config"))
+                .env_remove("FLAGCTL_SERVER")
+                .env_remove("FLAGCTL_TOKEN")
+                .env_remove("FLAGCTL_STRICT")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+            let code = output.status.code();
+            let want = if row["expect"]["errorCode"].is_null() {
+                0
+            } else {
+                1
+            };
+            if code != Some(want) {
+                failures.push(format!("{key}: exit {code:?}, expected {want}"));
+            }
+            if let Some(problem) = tests::conformance_mismatch(&answer, &row["expect"]) {
+                failures.push(format!("{key} {context}: {problem}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// A document mixing valid and broken flags: `validate` lists the warnings with their codes
+    /// and exits 0, or 1 with `--strict`; `apply` writes it and prints the warnings, or refuses
+    /// with `--strict`; keys that need percent-encoding work in every command.
+    #[test]
+    fn warnings_strict_mode_and_keys_that_need_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let (file, _, _) = tests::conformance();
+        let file = file.to_string_lossy().into_owned();
+
+        let (code, stdout, _) = flagctl(&server, dir.path(), &["validate", "-f", &file]);
+        assert_eq!(code, 0, "{stdout}");
+        assert!(
+            stdout.contains(
+                "warning: flags.error-targeting-flag.targeting.invalid: unknown operator"
+            ),
+            "{stdout}"
+        );
+        assert!(stdout.contains("[unknown_operator]"), "{stdout}");
+        assert!(
+            stdout.contains(": valid (48 flag(s), 0 error(s)"),
+            "{stdout}"
+        );
+        let (code, stdout, _) =
+            flagctl(&server, dir.path(), &["--strict", "validate", "-f", &file]);
+        assert_eq!(code, 1, "{stdout}");
+        assert!(stdout.contains("not valid"), "{stdout}");
+        let (code, stdout, _) = flagctl(
+            &server,
+            dir.path(),
+            &["-o", "json", "validate", "-f", &file],
+        );
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!((code, report["valid"].as_bool()), (0, Some(true)));
+        assert_eq!(report["errors"], json!([]));
+        assert!(
+            report["warnings"].as_array().unwrap().len() >= 12,
+            "{report}"
+        );
+        write(
+            dir.path(),
+            "broken.json",
+            &json!({"flags": {"x": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "of"}}}),
+        );
+        let (code, stdout, _) = flagctl(&server, dir.path(), &["validate", "-f", "broken.json"]);
+        assert_eq!(code, 1, "{stdout}");
+        assert!(stdout.contains("error: flags.x.defaultVariant"), "{stdout}");
+        assert!(stdout.contains("[unknown_default_variant]"), "{stdout}");
+
+        let (code, _, stderr) = flagctl(&server, dir.path(), &["--strict", "apply", "-f", &file]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("--strict is on"), "{stderr}");
+        let (code, stdout, stderr) = flagctl(&server, dir.path(), &["apply", "-f", &file]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("48 created"), "{stdout}");
+        assert!(
+            stderr.contains("warning: flags.unknown-operator-flag"),
+            "{stderr}"
+        );
+
+        // Keys with '/', ' ', ':' and non-ASCII, through the admin API, OFREP and ramps.
+        let (code, stdout, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &["-o", "json", "flag", "get", "checkout/v2"],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&stdout).unwrap()["key"],
+            "checkout/v2"
+        );
+        let (code, stdout, stderr) =
+            flagctl(&server, dir.path(), &["-o", "json", "eval", "über-flag"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&stdout).unwrap()["value"],
+            "ä"
+        );
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &["flag", "rollout", "new checkout", "30"],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &[
+                "ramp",
+                "start",
+                "new checkout",
+                "--steps",
+                "40,50",
+                "--every",
+                "1h",
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let (code, stdout, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &["-o", "json", "ramp", "status", "new checkout"],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&stdout).unwrap()["currentPercentage"],
+            40.0
+        );
+        let (code, stdout, _) = flagctl(
+            &server,
+            dir.path(),
+            &["-o", "json", "flag", "history", "team:checkout"],
+        );
+        assert_eq!(code, 0, "{stdout}");
+        // A write with a warning prints it; --strict makes the server refuse it (422, exit 1).
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &[
+                "flag",
+                "target",
+                "boolean-flag",
+                "--json",
+                r#"{"if": [{"nope": []}, "on", "off"]}"#,
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stderr.contains("warning: flags.boolean-flag.targeting.if[0].nope"),
+            "{stderr}"
+        );
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &[
+                "--strict",
+                "flag",
+                "target",
+                "string-flag",
+                "--json",
+                r#"{"nope": []}"#,
+            ],
+        );
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("unknown operator"), "{stderr}");
     }
 }
 
