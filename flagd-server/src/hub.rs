@@ -583,4 +583,17 @@ impl FlagStore for PublishingStore {
     fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError> {
         self.inner.ramps(query)
     }
+
+    fn record_event(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        operation: &str,
+        details: &Value,
+        by: &Attribution,
+    ) -> Result<ChangeRecord, StoreError> {
+        // Not published: an event changes no flag.
+        self.inner
+            .record_event(environment, flag, operation, details, by)
+    }
 }

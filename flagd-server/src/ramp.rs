@@ -960,6 +960,16 @@ async fn fail(state: &AppState, mut ramp: Ramp, now: i64) {
         "stored ramp is invalid; marked failed"
     );
     crate::metrics::invalid_ramp();
+    let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
+    let details = json!({"ramp": ramp.id, "reason": reason, "definition": ramp.invalid_definition});
+    let audited = by(ACTOR, format!("ramp marked failed: {reason}"), now);
+    if let Err(error) = blocking(state, move |store| {
+        Ok(store.record_event(&environment, Some(&flag), "ramp_failed", &details, &audited)?)
+    })
+    .await
+    {
+        tracing::error!(%error, "cannot record a failed ramp in the audit log");
+    }
     ramp.event(now, "failed", None, ACTOR, Some(reason));
     if let Err(error) = save(state, &mut ramp, now).await {
         tracing::error!(flag = ramp.flag, %error, "cannot mark a ramp failed");

@@ -34,13 +34,17 @@ impl Live {
     }
 
     async fn start_in(dir: &std::path::Path) -> Live {
+        Live::start_with(dir, false).await
+    }
+
+    async fn start_with(dir: &std::path::Path, strict: bool) -> Live {
         let options = ServerOptions {
             data_dir: dir.to_owned(),
             admin_token: Some(ADMIN.to_owned()),
             body_limit: 16 << 20,
             max_connections: 256,
             shutdown_timeout: Duration::from_secs(3),
-            strict: false,
+            strict,
         };
         let server = Server::open(options, flagd_server::state::system_clock())
             .await
@@ -919,5 +923,83 @@ async fn the_conformance_table_over_ofrep() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    live.stop().await;
+}
+
+/// `--strict` makes every write refuse warnings; `?strict=false` relaxes one request.
+#[tokio::test]
+async fn the_strict_server_option_refuses_warnings_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = Live::start_with(dir.path(), true).await;
+    let flag = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+        "targeting": {"if": [{"nope": [1]}, "on", "off"]}});
+    let (status, body) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/default/flags/f",
+            Some(flag.clone()),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["error"]["problems"][0]["code"], "unknown_operator",
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["problems"][0]["severity"], "warning",
+        "{body}"
+    );
+    let (status, body) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/default/flags/f?strict=false",
+            Some(flag),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    assert_eq!(body["warnings"][0]["path"], "flags.f.targeting.if[0].nope");
+    let (status, body) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/default/flags/g?strict=maybe",
+            Some(json!({"state": "ENABLED", "variants": {"on": true}})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    live.stop().await;
+}
+
+/// Bulk OFREP's `If-None-Match` matches weakly (RFC 9110 §13.1.2): `W/"tag"` is `"tag"`.
+#[tokio::test]
+async fn bulk_if_none_match_uses_the_weak_comparison() {
+    let mut live = Live::start().await;
+    live.put(
+        "f",
+        json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}),
+    )
+    .await;
+    let (_, headers, _) = live.ofrep("flags", &live.sdk, json!({"context": {}})).await;
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    for tag in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"nope\", W/{etag}"),
+        "*".to_owned(),
+    ] {
+        let response = live
+            .client
+            .post(format!("{}/ofrep/v1/evaluate/flags", live.base))
+            .bearer_auth(&live.sdk)
+            .header("if-none-match", &tag)
+            .json(&json!({"context": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::NOT_MODIFIED,
+            "{tag}"
+        );
+    }
     live.stop().await;
 }

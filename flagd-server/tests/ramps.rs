@@ -799,6 +799,23 @@ async fn a_corrupt_ramp_row_fails_alone_and_the_others_go_on() {
         "{bad}"
     );
     assert_eq!(bad["invalidDefinition"]["currentStep"], 7);
+    // The audit log says so too, without a new environment version.
+    let (_, audit) = h
+        .call(
+            "GET",
+            "/api/v1/audit?environment=default&flag=bad&limit=1",
+            None,
+        )
+        .await;
+    let record = &audit["changes"][0];
+    assert_eq!(record["operation"], "ramp_failed", "{audit}");
+    assert!(
+        record["message"]
+            .as_str()
+            .unwrap()
+            .contains("current step 7 does not exist"),
+        "{audit}"
+    );
     let (status, list) = h
         .call("GET", "/api/v1/environments/default/ramps", None)
         .await;
@@ -900,6 +917,17 @@ impl FlagStore for FlakyStore {
     }
     fn save_ramp(&self, ramp: &flagd_server::store::RampRecord) -> Result<i64, StoreError> {
         self.inner.save_ramp(ramp)
+    }
+    fn record_event(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        operation: &str,
+        details: &Value,
+        by: &Attribution,
+    ) -> Result<flagd_server::store::ChangeRecord, StoreError> {
+        self.inner
+            .record_event(environment, flag, operation, details, by)
     }
     fn ramps(
         &self,

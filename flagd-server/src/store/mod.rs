@@ -153,7 +153,8 @@ pub struct ChangeRecord {
     /// The flag, or `None` for environment-level changes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
-    /// `create`, `update`, `delete`, `create_environment`, `delete_environment`, `update_settings`.
+    /// `create`, `update`, `delete`, `create_environment`, `delete_environment`, `update_settings`,
+    /// or an audit-only event (`ramp_failed`) that changes no flag.
     pub operation: String,
     /// The state before (null when created).
     pub before: Value,
@@ -312,4 +313,14 @@ pub trait FlagStore: Send + Sync + 'static {
     fn save_ramp(&self, ramp: &RampRecord) -> Result<i64, StoreError>;
     /// Ramps matching the query, newest first.
     fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError>;
+    /// Records an event that changes no flag (operation `ramp_failed`, say) in the audit log,
+    /// at the environment's current version. The stream never replays it.
+    fn record_event(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        operation: &str,
+        details: &Value,
+        by: &Attribution,
+    ) -> Result<ChangeRecord, StoreError>;
 }

@@ -589,9 +589,11 @@ impl FlagStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<ChangeRecord>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Audit-only events (`record_event`) change no flag: the stream never replays them.
         read_changes(
             &self.lock(),
-            "WHERE environment = ?1 AND version > ?2 ORDER BY version, id LIMIT ?3",
+            "WHERE environment = ?1 AND version > ?2 AND operation NOT IN ('ramp_failed')
+             ORDER BY version, id LIMIT ?3",
             params![environment, after_version, limit],
         )
     }
@@ -668,6 +670,32 @@ impl FlagStore for SqliteStore {
                 Ok(connection.last_insert_rowid())
             }
         }
+    }
+
+    fn record_event(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        operation: &str,
+        details: &Value,
+        by: &Attribution,
+    ) -> Result<ChangeRecord, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        // The environment may be gone (the event is about what it left behind): version 0.
+        let version = read_environment(&tx, environment)?.map_or(0, |env| env.version);
+        let record = append_change(
+            &tx,
+            environment,
+            version,
+            flag,
+            operation,
+            details,
+            &Value::Null,
+            by,
+        )?;
+        tx.commit()?;
+        Ok(record)
     }
 
     fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError> {
