@@ -64,6 +64,49 @@ impl OfrepEvaluation {
         evaluation
     }
 
+    /// How this answer differs from an expected one, or `None` when it matches: `value`,
+    /// `variant`, `reason` and `errorCode` must be equal (absent in one, absent in the other);
+    /// `metadata` and `errorDetails` are compared only when `expected` has them. For conformance
+    /// checks, where `expected` comes from a table.
+    pub fn difference(&self, expected: &OfrepEvaluation) -> Option<String> {
+        let show = |v: &Option<Value>| v.as_ref().map_or("absent".to_owned(), Value::to_string);
+        let show_str = |v: &Option<String>| v.clone().unwrap_or_else(|| "absent".to_owned());
+        if self.value != expected.value {
+            return Some(format!(
+                "value: expected {}, got {}",
+                show(&expected.value),
+                show(&self.value)
+            ));
+        }
+        for (name, got, want) in [
+            ("variant", &self.variant, &expected.variant),
+            ("reason", &self.reason, &expected.reason),
+            ("errorCode", &self.error_code, &expected.error_code),
+        ] {
+            if got != want {
+                return Some(format!(
+                    "{name}: expected {}, got {}",
+                    show_str(want),
+                    show_str(got)
+                ));
+            }
+        }
+        if expected.error_details.is_some() && self.error_details != expected.error_details {
+            return Some(format!(
+                "errorDetails: expected {}, got {}",
+                show_str(&expected.error_details),
+                show_str(&self.error_details)
+            ));
+        }
+        if expected.metadata.is_some() && self.metadata != expected.metadata {
+            return Some(format!(
+                "metadata: expected {:?}, got {:?}",
+                expected.metadata, self.metadata
+            ));
+        }
+        None
+    }
+
     /// Whether this is a failure.
     pub fn is_error(&self) -> bool {
         self.error_code.is_some()

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use flag_core::ofrep::OfrepEvaluation;
 use flag_core::{CompiledFlagSet, EvaluationContext, FlagSet};
 use flagd_server::{Server, ServerOptions};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -781,22 +782,12 @@ async fn deleting_the_environment_ends_its_streams_and_admins_can_stream_any() {
     );
 }
 
-/// Checks one OFREP answer against a conformance row's `expect` (see
-/// `flag-core/tests/conformance.rs`, which runs the same rows through flag-core).
-fn conformance_mismatch(answer: &Value, expect: &Value) -> Option<String> {
-    for field in ["value", "variant", "reason", "errorCode"] {
-        let want = expect.get(field).unwrap_or(&Value::Null);
-        let got = answer.get(field).unwrap_or(&Value::Null);
-        if want != got {
-            return Some(format!("{field}: expected {want}, got {got}"));
-        }
-    }
-    if let Some(metadata) = expect.get("metadata")
-        && answer.get("metadata") != Some(metadata)
-    {
-        return Some(format!("metadata: expected {metadata}, got {answer}"));
-    }
-    None
+/// A conformance row's `expect` as an OFREP evaluation (see `flag-core/tests/conformance.rs`,
+/// which runs the same rows through flag-core).
+fn conformance_expected(row: &Value) -> OfrepEvaluation {
+    let mut expected = row["expect"].as_object().cloned().unwrap();
+    expected.insert("key".to_owned(), row["flag"].clone());
+    serde_json::from_value(Value::Object(expected)).unwrap()
 }
 
 /// `{base}/ofrep/v1/evaluate/flags/{key}` with the key percent-encoded as one path segment.
@@ -893,7 +884,7 @@ async fn the_conformance_table_over_ofrep() {
                 .await
                 .unwrap();
             let status = response.status().as_u16();
-            let answer: Value = response.json().await.unwrap();
+            let answer: OfrepEvaluation = response.json().await.unwrap();
             let want_status = match row["expect"]["errorCode"].as_str() {
                 None => 200,
                 Some("FLAG_NOT_FOUND") => 404,
@@ -904,7 +895,7 @@ async fn the_conformance_table_over_ofrep() {
                     "{environment} {key}: status {status}, expected {want_status}"
                 ));
             }
-            if let Some(problem) = conformance_mismatch(&answer, &row["expect"]) {
+            if let Some(problem) = answer.difference(&conformance_expected(row)) {
                 failures.push(format!("{environment} {key} {}: {problem}", row["context"]));
             }
         }
@@ -918,7 +909,8 @@ async fn the_conformance_table_over_ofrep() {
             assert_eq!(row["expect"]["errorCode"], "FLAG_NOT_FOUND", "{row}");
             continue;
         };
-        if let Some(problem) = conformance_mismatch(answer, &row["expect"]) {
+        let answer: OfrepEvaluation = serde_json::from_value(answer.clone()).unwrap();
+        if let Some(problem) = answer.difference(&conformance_expected(row)) {
             failures.push(format!("bulk {}: {problem}", row["flag"]));
         }
     }

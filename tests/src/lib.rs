@@ -156,23 +156,10 @@ pub fn conformance() -> (PathBuf, serde_json::Value, serde_json::Value) {
     )
 }
 
-/// Checks one OFREP-shaped answer against a conformance row's `expect`: every expected field
-/// equal, and `value`, `variant`, `reason`, `errorCode` absent when the row does not name them.
-pub fn conformance_mismatch(
-    answer: &serde_json::Value,
-    expect: &serde_json::Value,
-) -> Option<String> {
-    for field in ["value", "variant", "reason", "errorCode"] {
-        let want = expect.get(field).unwrap_or(&serde_json::Value::Null);
-        let got = answer.get(field).unwrap_or(&serde_json::Value::Null);
-        if want != got {
-            return Some(format!("{field}: expected {want}, got {got}"));
-        }
-    }
-    if let Some(metadata) = expect.get("metadata")
-        && answer.get("metadata") != Some(metadata)
-    {
-        return Some(format!("metadata: expected {metadata}, got {answer}"));
-    }
-    None
+/// A conformance row's `expect` as an OFREP evaluation of its flag.
+pub fn conformance_expected(row: &serde_json::Value) -> flag_core::ofrep::OfrepEvaluation {
+    let mut expected = row["expect"].as_object().cloned().unwrap_or_default();
+    expected.insert("key".to_owned(), row["flag"].clone());
+    serde_json::from_value(serde_json::Value::Object(expected))
+        .unwrap_or_else(|error| panic!("conformance row {row} does not decode: {error}"))
 }

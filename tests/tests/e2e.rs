@@ -364,11 +364,9 @@ mod sdk {
                 ctx = ctx.with(name.clone(), value.clone());
             }
             let answer = sdk.evaluate(key, &ctx, |resolution| {
-                json!(flag_core::ofrep::OfrepEvaluation::from_resolution(
-                    key, resolution
-                ))
+                flag_core::ofrep::OfrepEvaluation::from_resolution(key, resolution)
             });
-            if let Some(problem) = tests::conformance_mismatch(&answer, &row["expect"]) {
+            if let Some(problem) = answer.difference(&tests::conformance_expected(row)) {
                 failures.push(format!("{key} {}: {problem}", row["context"]));
             }
         }
@@ -955,7 +953,8 @@ mod cli {
                 .stdin(Stdio::null())
                 .output()
                 .unwrap();
-            let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+            let answer: Option<flag_core::ofrep::OfrepEvaluation> =
+                serde_json::from_slice(&output.stdout).ok();
             let code = output.status.code();
             let want = if row["expect"]["errorCode"].is_null() {
                 0
@@ -965,7 +964,14 @@ mod cli {
             if code != Some(want) {
                 failures.push(format!("{key}: exit {code:?}, expected {want}"));
             }
-            if let Some(problem) = tests::conformance_mismatch(&answer, &row["expect"]) {
+            let problem = match &answer {
+                Some(answer) => answer.difference(&tests::conformance_expected(row)),
+                None => Some(format!(
+                    "no OFREP answer: {}",
+                    String::from_utf8_lossy(&output.stdout)
+                )),
+            };
+            if let Some(problem) = problem {
                 failures.push(format!("{key} {context}: {problem}"));
             }
         }
