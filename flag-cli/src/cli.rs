@@ -53,7 +53,12 @@ pub struct Global {
     /// Treat warnings as errors: writes send `?strict=true` (the server refuses them with 422),
     /// and `validate`, `diff`, `apply` and `eval --file` fail (exit 1) on a file with warnings.
     /// Warnings are what flagd loads but handles at evaluation time (docs/COMPATIBILITY.md).
-    #[arg(long, env = "FLAGCTL_STRICT", global = true)]
+    #[arg(
+        long,
+        env = "FLAGCTL_STRICT",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub strict: bool,
 }
 
@@ -278,7 +283,7 @@ pub enum FlagKind {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The flag key (letters, digits, '-', '_', '.').
+    /// The flag key: any non-empty text up to 256 bytes (flagctl percent-encodes it in URLs).
     pub key: String,
     /// The flag's type.
     #[arg(long = "type", value_enum, default_value_t = FlagKind::Bool)]

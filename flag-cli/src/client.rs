@@ -158,15 +158,24 @@ pub fn server_error(status: StatusCode, body: &Value) -> CliError {
         .map(|problems| {
             problems
                 .iter()
-                .map(|p| match p["path"].as_str() {
-                    Some(path) if !path.is_empty() => {
-                        format!("{path}: {}", p["message"].as_str().unwrap_or(""))
+                .map(|p| {
+                    let line = match p["path"].as_str() {
+                        Some(path) if !path.is_empty() => {
+                            format!("{path}: {}", p["message"].as_str().unwrap_or(""))
+                        }
+                        _ => p["message"].as_str().unwrap_or("").to_owned(),
+                    };
+                    match p["code"].as_str() {
+                        Some(code) => format!("{line} [{code}]"),
+                        None => line,
                     }
-                    _ => p["message"].as_str().unwrap_or("").to_owned(),
                 })
                 .collect()
         })
         .unwrap_or_default();
+    let all_warnings = error["problems"].as_array().is_some_and(|problems| {
+        !problems.is_empty() && problems.iter().all(|p| p["severity"] == "warning")
+    });
     let mut cli = if problems.is_empty() {
         let mut message = message;
         if let Some(path) = error["path"].as_str() {
@@ -174,11 +183,21 @@ pub fn server_error(status: StatusCode, body: &Value) -> CliError {
         }
         CliError::new(Kind::Server, message)
     } else {
-        let mut cli = CliError::new(
-            Kind::Server,
-            format!("the server rejected it: {} problem(s)", problems.len()),
-        );
+        let message = if all_warnings {
+            format!(
+                "refused in strict mode: {} warning(s) (flagd would load it; each flag would evaluate as flagd does)",
+                problems.len()
+            )
+        } else {
+            format!("the server rejected it: {} problem(s)", problems.len())
+        };
+        let mut cli = CliError::new(Kind::Server, message);
         cli.details = problems;
+        if all_warnings {
+            cli = cli.hint(
+                "drop --strict (or ?strict=true, or the server's --strict) to accept warnings",
+            );
+        }
         cli
     };
     cli = match status {

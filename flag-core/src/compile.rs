@@ -716,10 +716,15 @@ fn check_results(rule: &Value, flag: &Flag, path: &mut JsonPath, problems: &mut 
                 format!("targeting can return {b}, but the flag has no variant named \"{b}\""),
             ));
         }
-        Value::Number(n) => problems.push(path.warning(
-            ProblemCode::NotAVariant,
-            format!("targeting can return the number {n}, which cannot name a variant"),
-        )),
+        Value::Number(n) if !is_variant(&crate::resolve::number_name(n)) => {
+            problems.push(path.warning(
+                ProblemCode::NotAVariant,
+                format!(
+                    "targeting can return the number {n}, which names no variant (expected one of: {})",
+                    variant_list(flag)
+                ),
+            ));
+        }
         Value::Object(object) if object.len() == 1 => {
             let Some((op, args)) = object.iter().next() else {
                 return;
@@ -1215,6 +1220,12 @@ impl<'e> Compiler<'e> {
             return Node::Fail;
         }
         let total: u64 = constant.iter().map(|(_, w)| w).sum();
+        if all_constant && total == 0 {
+            return self.warn_failing(
+                ProblemCode::Weights,
+                "fractional weights add up to 0, so no bucket can be chosen (it always fails)",
+            );
+        }
         if total > MAX_TOTAL_WEIGHT {
             return self.warn_failing(
                 ProblemCode::Weights,

@@ -237,11 +237,16 @@ impl CompiledFlag {
             .map(|(k, v)| (Box::from(k.as_str()), v.clone()))
             .collect();
         let leaf = |value: &Value| {
+            let number;
             let name = match value {
                 Value::Null => return Leaf::Default,
                 Value::String(name) => name.as_str(),
                 Value::Bool(true) => "true",
                 Value::Bool(false) => "false",
+                Value::Number(n) => {
+                    number = number_name(n);
+                    number.as_str()
+                }
                 _ => return Leaf::Invalid(value.clone()),
             };
             match variants.iter().position(|(n, _)| n.as_ref() == name) {
@@ -374,11 +379,17 @@ impl CompiledFlag {
             Outcome::Leaf(Leaf::Invalid(value)) => return self.not_a_variant(value),
             Outcome::Value(value) => value,
         };
+        let number;
         let name = match result.as_ref() {
             Value::Null => return self.default_result(Reason::Default),
             Value::String(name) => name.as_str(),
             Value::Bool(true) => "true",
             Value::Bool(false) => "false",
+            Value::Number(n) => {
+                // Rare (a rule returning a number): the allocation is off the common paths.
+                number = number_name(n);
+                number.as_str()
+            }
             other => return self.not_a_variant(other),
         };
         match self.find_variant(name) {
@@ -396,6 +407,17 @@ impl CompiledFlag {
             Reason::Error,
             Some(EvaluationError::new(ErrorCode::General, message)),
         )
+    }
+}
+
+/// The variant name a numeric targeting result stands for, as flagd turns it into text: `2` and
+/// `2.0` name variant `"2"`, `0.5` names `"0.5"`.
+pub(crate) fn number_name(n: &serde_json::Number) -> String {
+    match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => i.to_string(),
+        (_, Some(u), _) => u.to_string(),
+        (_, _, Some(f)) if f == f.trunc() && f.abs() < 9.0e15 => format!("{f:.0}"),
+        _ => n.to_string(),
     }
 }
 

@@ -64,6 +64,7 @@ fn the_broken_flags_are_warnings_with_their_codes() {
             "equal-greater-lesser-version-flag",
             ProblemCode::InvalidSemver,
         ),
+        ("fractional-zero-weights-flag", ProblemCode::Weights),
     ];
     for (flag, code) in expected {
         assert!(

@@ -51,7 +51,7 @@ pub struct Config {
     /// Refuse every write that has warnings (what flagd loads but handles at evaluation time,
     /// such as an unknown operator), not only errors. A request can override it with
     /// `?strict=false` (or turn it on with `?strict=true`).
-    #[arg(long, env = "FLAGD_STRICT")]
+    #[arg(long, env = "FLAGD_STRICT", value_parser = clap::builder::BoolishValueParser::new())]
     pub strict: bool,
 
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish, e.g. `10s`, `500ms`.

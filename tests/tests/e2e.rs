@@ -998,7 +998,7 @@ mod cli {
         );
         assert!(stdout.contains("[unknown_operator]"), "{stdout}");
         assert!(
-            stdout.contains(": valid (48 flag(s), 0 error(s)"),
+            stdout.contains(": valid (49 flag(s), 0 error(s)"),
             "{stdout}"
         );
         let (code, stdout, _) =
@@ -1032,7 +1032,7 @@ mod cli {
         assert!(stderr.contains("--strict is on"), "{stderr}");
         let (code, stdout, stderr) = flagctl(&server, dir.path(), &["apply", "-f", &file]);
         assert_eq!(code, 0, "{stderr}");
-        assert!(stdout.contains("48 created"), "{stdout}");
+        assert!(stdout.contains("49 created"), "{stdout}");
         assert!(
             stderr.contains("warning: flags.unknown-operator-flag"),
             "{stderr}"

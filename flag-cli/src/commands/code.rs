@@ -24,7 +24,12 @@ pub async fn export(context: &Context) -> Result<u8> {
 /// are printed from it), except with `--strict`, where they fail here too.
 fn read_document(context: &Context, path: &std::path::Path) -> Result<Value> {
     let document = read_json(path)?;
-    super::validate::check(path, &document, context.strict)?;
+    super::validate::check(
+        path,
+        &document,
+        context.strict,
+        super::validate::Show::Nothing,
+    )?;
     Ok(document)
 }
 

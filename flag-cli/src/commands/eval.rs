@@ -61,7 +61,12 @@ fn local(
     context_json: serde_json::Map<String, Value>,
 ) -> Result<OfrepEvaluation> {
     let document = read_json(path)?;
-    let loaded = super::validate::check(path, &document, context.strict)?;
+    let loaded = super::validate::check(
+        path,
+        &document,
+        context.strict,
+        super::validate::Show::Flag(key),
+    )?;
     let ctx = flag_core::EvaluationContext::from_json(context_json);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -13,9 +13,23 @@ use crate::cli::ValidateArgs;
 use crate::error::{CliError, Result, exit};
 use crate::output::{self, Format};
 
+/// Which warnings `check` prints on stderr.
+#[derive(Debug, Clone, Copy)]
+pub enum Show<'a> {
+    /// None (the server's answer will list them).
+    Nothing,
+    /// Those of one flag (and of the `$evaluators` it may use).
+    Flag(&'a str),
+}
+
 /// Loads a document as the server would: `Err` on errors (or, when `strict`, on warnings too),
-/// listing every problem with its path and code; prints warnings on stderr otherwise.
-pub fn check(path: &Path, document: &Value, strict: bool) -> Result<flag_core::Loaded> {
+/// listing every problem with its path and code; prints the warnings `show` asks for otherwise.
+pub fn check(
+    path: &Path,
+    document: &Value,
+    strict: bool,
+    show: Show<'_>,
+) -> Result<flag_core::Loaded> {
     let refused = |problems: Vec<flag_core::Problem>, what: &str| {
         let mut cli = CliError::input(format!(
             "{} is not a valid flagd file: {} {what}",
@@ -31,8 +45,16 @@ pub fn check(path: &Path, document: &Value, strict: bool) -> Result<flag_core::L
         return Err(refused(loaded.warnings, "warning(s), and --strict is on")
             .hint("each warned flag evaluates as flagd would; drop --strict to accept them"));
     }
-    for warning in &loaded.warnings {
-        eprintln!("{}", output::problem(&json!(warning)));
+    if let Show::Flag(key) = show {
+        let own = |path: &str| {
+            path.starts_with(&format!("flags.{key}."))
+                || path == format!("flags.{key}")
+                || path.starts_with(&format!("flags[{}]", json!(key)))
+                || path.starts_with("$evaluators")
+        };
+        for warning in loaded.warnings.iter().filter(|w| own(&w.path)) {
+            eprintln!("{}", output::problem(&json!(warning)));
+        }
     }
     Ok(loaded)
 }
@@ -49,9 +71,15 @@ fn detail(problem: &flag_core::Problem) -> String {
 
 pub fn run(context: &Context, args: &ValidateArgs) -> Result<u8> {
     let document = read_json(&args.file)?;
-    let (errors, warnings, flags) = match flag_core::CompiledFlagSet::load(&document) {
-        Ok(loaded) => (Vec::new(), loaded.warnings, loaded.set.flags.len()),
-        Err(error) => (error.problems, Vec::new(), 0),
+    // Count the flags as written, so a file with errors still says how many it holds.
+    let flags = match &document["flags"] {
+        Value::Object(flags) => flags.len(),
+        Value::Array(flags) => flags.len(),
+        _ => 0,
+    };
+    let (errors, warnings) = match flag_core::CompiledFlagSet::load(&document) {
+        Ok(loaded) => (Vec::new(), loaded.warnings),
+        Err(error) => (error.problems, Vec::new()),
     };
     let valid = errors.is_empty() && (warnings.is_empty() || !context.strict);
     if context.output == Format::Json {
