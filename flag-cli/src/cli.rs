@@ -144,6 +144,10 @@ pub struct RampStartArgs {
     /// The variant to roll out (required unless the flag is boolean: then its `true` variant).
     #[arg(long)]
     pub variant: Option<String>,
+    /// The variant everyone else gets when the flag has no bucket list yet (default: what they
+    /// get now).
+    #[arg(long, value_name = "VARIANT")]
+    pub others: Option<String>,
     /// Time between steps, e.g. 30m, 1h30m, 90s (1s to 366 days).
     #[arg(long, conflicts_with = "durations")]
     pub every: Option<String>,

@@ -298,6 +298,17 @@ pub fn set_rollout_share(
             check_fallback(fallback.as_deref(), layout.share_of(&variant)?, &variant)?;
             if let Some(name) = &variants.others {
                 check_others(flag, &variant, name)?;
+                if !layout.buckets.iter().any(|b| &b.name == name) {
+                    return Err(RolloutError::Others(format!(
+                        "the flag already has a bucket list ({}); users outside the rollout keep the buckets they have, so {name:?} cannot be given to them: name one of those or leave otherVariant out",
+                        layout
+                            .buckets
+                            .iter()
+                            .map(|b| format!("{:?}", b.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
             }
             layout.resize(&variant, share, || other_variant(flag, &variant, variants))?;
             layout
@@ -345,7 +356,7 @@ fn other_variant(
     }
     match &flag.default_variant {
         Some(default) if default != variant => Ok(default.clone()),
-        _ => Err(RolloutError::Variants(format!(
+        _ => Err(RolloutError::Others(format!(
             "name the variant users outside the rollout of {variant:?} get (variants: {})",
             variant_list(flag)
         ))),
@@ -588,7 +599,7 @@ impl Layout {
             .find(|b| b.name != variant)
             .map(|b| b.name.clone())
             .ok_or_else(|| {
-                RolloutError::Variants(format!(
+                RolloutError::Others(format!(
                     "name the variant users outside the rollout of {variant:?} get"
                 ))
             })
@@ -1034,6 +1045,14 @@ mod tests {
         assert_eq!(
             f.targeting,
             Some(json!({"fractional": [["on", 1000], ["x", 9000]]}))
+        );
+        // With a bucket list, the others keep their buckets: only a variant in it may be named.
+        set_rollout(&mut f, &none(), 20.0, &to("x")).unwrap();
+        let err = set_rollout(&mut f, &none(), 30.0, &to("off")).unwrap_err();
+        assert!(matches!(err, RolloutError::Others(_)), "{err}");
+        assert_eq!(
+            f.targeting,
+            Some(json!({"fractional": [["on", 2000], ["x", 8000]]}))
         );
     }
 

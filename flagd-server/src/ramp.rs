@@ -113,6 +113,10 @@ pub struct Ramp {
     /// The rolled-out variant, when named (default: a boolean flag's `true` variant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// What users outside the rollout get, when the flag had no bucket list (see the rollout
+    /// endpoint's `otherVariant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_variant: Option<String>,
     /// Percentages, strictly increasing.
     pub steps: Vec<f64>,
     /// Seconds from step `i` to step `i + 1`.
@@ -172,6 +176,7 @@ impl Ramp {
                 environment: record.environment,
                 flag: record.flag,
                 variant: None,
+                other_variant: None,
                 steps: Vec::new(),
                 durations: Vec::new(),
                 guard: None,
@@ -250,7 +255,7 @@ impl Ramp {
     fn variants(&self) -> RolloutVariants {
         RolloutVariants {
             variant: self.variant.clone(),
-            others: None,
+            others: self.other_variant.clone(),
         }
     }
 
@@ -296,6 +301,9 @@ pub struct StartRequest {
     /// The variant to roll out (default: a boolean flag's `true` variant).
     #[serde(default)]
     variant: Option<String>,
+    /// What users outside the rollout get when the flag has no bucket list yet.
+    #[serde(default)]
+    other_variant: Option<String>,
     #[serde(default)]
     interval: Option<String>,
     #[serde(default)]
@@ -672,7 +680,7 @@ pub async fn start(
     .await?;
     let variants = RolloutVariants {
         variant: request.variant.clone(),
-        others: None,
+        others: request.other_variant.clone(),
     };
     let previous = current_rollout(&current.flag, &environment_record.evaluators, &variants)
         .map_err(service::rollout_error)?;
@@ -681,10 +689,15 @@ pub async fn start(
     if u128::from(first.weight) * u128::from(previous.share.total)
         < u128::from(previous.share.weight) * u128::from(first.total)
     {
+        // The lowest step that keeps everyone: the current share rounded up to 0.01 %.
+        let lowest = (u128::from(previous.share.weight) * 10_000)
+            .div_ceil(u128::from(previous.share.total.max(1)));
         return Err(out_of_range(
             format!(
                 "the flag is rolled out to {}% now, so a ramp starting at {}% would remove users; start at {}% or above (or lower the rollout first)",
-                previous.percentage, steps[0], previous.percentage
+                previous.percentage,
+                steps[0],
+                lowest as f64 / 100.0
             ),
             "steps[0]",
         ));
@@ -694,6 +707,7 @@ pub async fn start(
         environment: environment.to_owned(),
         flag: flag.to_owned(),
         variant: request.variant,
+        other_variant: request.other_variant,
         steps,
         durations,
         guard,
@@ -775,6 +789,11 @@ pub async fn control(
             ramp.event(now, "paused", None, actor, message);
         }
         (Control::Resume, RampState::Paused) => {
+            if let Some(changed) = changed_outside(state, &ramp).await? {
+                return Err(ApiError::conflict(format!(
+                    "{changed}; resuming would move users the ramp did not place. Abort the ramp (or set the rollout back) first"
+                )));
+            }
             // The interval restarts from now.
             ramp.next_at = Some(later(now, ramp.durations[ramp.current_step])?);
             ramp.state = RampState::Active;
@@ -797,6 +816,77 @@ pub async fn control(
     }
     save(state, &mut ramp, now).await?;
     Ok(ramp)
+}
+
+/// Whether the flag's rollout is no longer what the ramp last set: `Some(what happened)`.
+async fn changed_outside(state: &AppState, ramp: &Ramp) -> Result<Option<String>, ApiError> {
+    let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
+    let variants = ramp.variants();
+    let expected = step_share(ramp.steps[ramp.current_step])?;
+    let percentage = ramp.steps[ramp.current_step];
+    blocking(state, move |store| {
+        let Some(current) = store.flag(&environment, &flag)? else {
+            return Ok(Some(format!("flag {flag:?} no longer exists")));
+        };
+        let evaluators = service::environment_or_404(store, &environment)?.evaluators;
+        Ok(match current_rollout(&current.flag, &evaluators, &variants) {
+            Ok(now) if u128::from(now.share.weight) * u128::from(expected.total)
+                == u128::from(expected.weight) * u128::from(now.share.total) =>
+            {
+                None
+            }
+            Ok(now) => Some(format!(
+                "the rollout was changed outside the ramp to {}% (the ramp is at {percentage}%)",
+                now.percentage
+            )),
+            Err(error) => Some(format!(
+                "the targeting was changed outside the ramp ({error})"
+            )),
+        })
+    })
+    .await
+}
+
+/// Marks the ramp aborted without touching the flag (not saved): for a flag someone else has
+/// taken over, deleted or re-created.
+fn stop(ramp: &mut Ramp, now: i64, reason: &str) {
+    ramp.state = RampState::Aborted;
+    ramp.next_at = None;
+    ramp.abort_reason = Some(reason.to_owned());
+    ramp.event(now, "aborted", None, ACTOR, Some(reason.to_owned()));
+}
+
+/// Closes the open ramps of a deleted flag (or of every flag of a deleted environment), leaving
+/// whatever has the key now alone.
+pub async fn close_deleted(state: &AppState, environment: &str, flag: Option<&str>) {
+    let _lock = state.ramps.lock().await;
+    let now = (state.clock)();
+    let query = RampQuery {
+        environment: Some(environment.to_owned()),
+        flag: flag.map(str::to_owned),
+        open_only: true,
+        due_at: None,
+    };
+    let open = match self::query(state, query).await {
+        Ok(open) => open,
+        Err(error) => {
+            tracing::error!(environment, %error, "cannot close the ramps of a deleted flag");
+            return;
+        }
+    };
+    for mut ramp in open
+        .into_iter()
+        .filter(|r| matches!(r.state, RampState::Active | RampState::Paused))
+    {
+        let reason = match flag {
+            Some(_) => "the flag was deleted",
+            None => "the environment was deleted",
+        };
+        stop(&mut ramp, now, reason);
+        if let Err(error) = save(state, &mut ramp, now).await {
+            tracing::error!(flag = ramp.flag, %error, "cannot close a ramp");
+        }
+    }
 }
 
 /// Restores the pre-ramp rollout and marks the ramp aborted (not saved).
@@ -1002,6 +1092,23 @@ async fn advance(
                 ramp.next_at = Some(later(now, retry)?);
                 return Ok(());
             }
+        }
+    }
+    // Someone changed the rollout outside the ramp (a PATCH, a document apply): the next step
+    // could take users away. Stop, and leave the flag as they set it.
+    match changed_outside(state, ramp).await {
+        Ok(None) => {}
+        Ok(Some(changed)) => {
+            stop(
+                ramp,
+                now,
+                &format!("{changed}; the ramp stopped and left the flag as it is"),
+            );
+            return Ok(());
+        }
+        Err(error) => {
+            let reason = format!("could not read the flag: {error}");
+            return abort(state, ramp, now, ACTOR, &reason).await;
         }
     }
     // Jump to the step due now: after downtime, skip the steps whose time has passed.

@@ -1095,9 +1095,9 @@ async fn a_flag_deleted_and_created_again_is_not_ramped() {
     h.create_flag("f").await;
     h.start("f", json!({"steps": [10, 50, 100], "interval": "1m"}))
         .await;
+    // Deleted and created again within the same second: the deletion closes the ramp.
     h.call("DELETE", "/api/v1/environments/default/flags/f", None)
         .await;
-    h.at(30);
     let fresh =
         json!({"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no"});
     let (status, _) = h
@@ -1115,13 +1115,76 @@ async fn a_flag_deleted_and_created_again_is_not_ramped() {
     assert_eq!(flag["flag"], fresh, "the new flag is left alone");
     let ramp = h.ramp("f").await;
     assert_eq!(ramp["state"], "aborted", "{ramp}");
+    assert_eq!(ramp["abortReason"], "the flag was deleted", "{ramp}");
+    // A new ramp can start on the new flag at once.
+    let (status, body) = h
+        .start(
+            "f",
+            json!({"steps": [10], "variant": "yes", "interval": "1m"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn a_rollout_changed_outside_the_ramp_stops_it_instead_of_removing_users() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    h.start("f", json!({"steps": [10, 20, 30], "interval": "1m"}))
+        .await;
+    let (status, _) = h
+        .call(
+            "PATCH",
+            "/api/v1/environments/default/flags/f",
+            Some(json!({"targeting": {"fractional": [["on", 80], ["off", 20]]}})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a kill switch or a hand edit is never blocked"
+    );
+    h.tick_at(60).await;
+    assert_eq!(
+        h.percentage("f").await,
+        80.0,
+        "the next step did not take users away"
+    );
+    let ramp = h.ramp("f").await;
+    assert_eq!(ramp["state"], "aborted", "{ramp}");
     assert!(
         ramp["abortReason"]
             .as_str()
             .unwrap()
-            .contains("deleted and created again"),
+            .contains("changed outside the ramp to 80%"),
         "{ramp}"
     );
+
+    // Changed while paused: resume refuses rather than move users the ramp did not place.
+    h.create_flag("g").await;
+    h.start("g", json!({"steps": [10, 20], "interval": "1m"}))
+        .await;
+    h.call(
+        "POST",
+        "/api/v1/environments/default/flags/g/ramp/pause",
+        None,
+    )
+    .await;
+    h.call(
+        "POST",
+        "/api/v1/environments/default/flags/g/rollout",
+        Some(json!({"percentage": 40})),
+    )
+    .await;
+    let (status, body) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/g/ramp/resume",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(h.percentage("g").await, 40.0);
 }
 
 #[tokio::test]

@@ -99,6 +99,9 @@ fn start_body(args: &RampStartArgs) -> Result<Value> {
     if let Some(variant) = &args.variant {
         body["variant"] = json!(variant);
     }
+    if let Some(others) = &args.others {
+        body["otherVariant"] = json!(others);
+    }
     match (&args.every, args.durations.is_empty()) {
         (Some(every), _) => body["interval"] = json!(every),
         (None, false) => body["durations"] = json!(args.durations),

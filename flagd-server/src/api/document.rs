@@ -41,6 +41,8 @@ pub async fn apply(
     JsonBody(document): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, None));
+    let env_name = env.clone();
+    let dry_run = options.dry_run;
     let report = blocking(&state, move |store| {
         service::apply_document(
             store,
@@ -53,5 +55,10 @@ pub async fn apply(
         )
     })
     .await?;
+    if !dry_run {
+        for change in report.changes.iter().filter(|c| c.action == "delete") {
+            crate::ramp::close_deleted(&state, &env_name, Some(&change.key)).await;
+        }
+    }
     Ok(([(header::ETAG, etag(report.version))], axum::Json(report)))
 }

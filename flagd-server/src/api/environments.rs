@@ -72,6 +72,7 @@ pub async fn delete(
     })
     .await?;
     state.tokens.remove_environment(&env);
+    crate::ramp::close_deleted(&state, &env, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

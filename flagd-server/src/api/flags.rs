@@ -167,6 +167,7 @@ pub async fn delete(
     PathParams((env, key)): PathParams<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, None));
+    let (environment, flag_key) = (env.clone(), key.clone());
     blocking(&state, move |store| {
         service::environment_or_404(store, &env)?;
         let change = crate::store::FlagChange::Delete {
@@ -178,6 +179,7 @@ pub async fn delete(
         Ok(())
     })
     .await?;
+    crate::ramp::close_deleted(&state, &environment, Some(&flag_key)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -27,6 +27,11 @@ pub async fn status(
     _admin: Admin,
     PathParams((env, key)): PathParams<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let name = env.clone();
+    crate::service::blocking(&state, move |store| {
+        crate::service::environment_or_404(store, &name).map(drop)
+    })
+    .await?;
     let ramp = ramp::latest(&state, &env, &key).await?.ok_or_else(|| {
         ApiError::not_found(format!("flag {key:?} in {env:?} has never been ramped"))
     })?;
