@@ -198,27 +198,28 @@ pub fn render() -> String {
             label(&environment)
         );
     }
-    out.push_str("# HELP flagd_store_errors_total Store operations that failed.\n");
-    out.push_str("# TYPE flagd_store_errors_total counter\n");
-    let _ = writeln!(
-        out,
-        "flagd_store_errors_total {}",
-        REGISTRY.store_errors.load(Ordering::Relaxed)
-    );
-    out.push_str("# HELP flagd_ramp_scheduler_restarts_total Times the ramp scheduler failed (an error or a panic) and was restarted.\n");
-    out.push_str("# TYPE flagd_ramp_scheduler_restarts_total counter\n");
-    let _ = writeln!(
-        out,
-        "flagd_ramp_scheduler_restarts_total {}",
-        REGISTRY.scheduler_restarts.load(Ordering::Relaxed)
-    );
-    out.push_str("# HELP flagd_ramps_invalid_total Stored ramps that could not be read or were invalid, and were marked failed.\n");
-    out.push_str("# TYPE flagd_ramps_invalid_total counter\n");
-    let _ = writeln!(
-        out,
-        "flagd_ramps_invalid_total {}",
-        REGISTRY.invalid_ramps.load(Ordering::Relaxed)
-    );
+    let counters = [
+        (
+            "flagd_store_errors_total",
+            "Store operations that failed.",
+            &REGISTRY.store_errors,
+        ),
+        (
+            "flagd_ramp_scheduler_restarts_total",
+            "Times the ramp scheduler failed (an error or a panic) and was restarted.",
+            &REGISTRY.scheduler_restarts,
+        ),
+        (
+            "flagd_ramps_invalid_total",
+            "Stored ramps that could not be read or were invalid, and were marked failed.",
+            &REGISTRY.invalid_ramps,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    }
     out.push_str("# HELP flagd_stream_clients Connected stream clients by environment.\n");
     out.push_str("# TYPE flagd_stream_clients gauge\n");
     let mut clients: Vec<_> = REGISTRY

@@ -686,6 +686,21 @@ async fn other_flag_types_name_the_variant_they_roll_out() {
     );
 }
 
+/// Points the stored guard of `flag`'s ramp at `url` (a start checks the guard, so tests start
+/// with a healthy one and switch).
+fn point_guard_at(h: &Harness, flag: &str, url: &str) {
+    let store = h.state.store.clone();
+    let mut record = store
+        .ramps(&flagd_server::store::RampQuery {
+            flag: Some(flag.into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    record.definition["guard"]["url"] = json!(url);
+    store.save_ramp(&record).unwrap();
+}
+
 /// A guard endpoint that hangs until released, then answers healthy; `asked` fires on each
 /// check.
 async fn hanging_guard() -> (String, Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>) {
@@ -724,13 +739,7 @@ async fn abort_does_not_wait_for_a_guard_that_never_answers() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let store = h.state.store.clone();
-    let mut record = store
-        .ramps(&flagd_server::store::RampQuery::default())
-        .unwrap()
-        .remove(0);
-    record.definition["guard"]["url"] = json!(hanging);
-    store.save_ramp(&record).unwrap();
+    point_guard_at(&h, "f", &hanging);
 
     h.at(60);
     let ticking = tokio::spawn({
@@ -1030,16 +1039,7 @@ async fn a_slow_guard_delays_only_its_own_ramp() {
         json!({"steps": [10, 20], "interval": "1m", "guard": {"url": healthy, "timeout": "60s"}}),
     )
     .await;
-    let store = h.state.store.clone();
-    let mut record = store
-        .ramps(&flagd_server::store::RampQuery {
-            flag: Some("guarded".into()),
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    record.definition["guard"]["url"] = json!(hanging);
-    store.save_ramp(&record).unwrap();
+    point_guard_at(&h, "guarded", &hanging);
 
     h.at(60);
     let first = tokio::spawn({
