@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The flag server: stores flags per environment in SQLite, serves the admin API, and (later)
 /// OFREP evaluation and a WebSocket update stream.
@@ -18,7 +18,12 @@ pub struct Config {
 
     /// Directory for the SQLite database (`flags.db`) and the bootstrap `admin-token` file.
     /// Created if missing.
-    #[arg(long, env = "FLAGD_DATA_DIR", default_value = "./flagd-data")]
+    #[arg(
+        long,
+        env = "FLAGD_DATA_DIR",
+        default_value = "./flagd-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Admin token to create on first start, instead of a random one. Prefer the environment
@@ -57,6 +62,27 @@ pub struct Config {
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish, e.g. `10s`, `500ms`.
     #[arg(long, env = "FLAGD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Run a maintenance command instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Offline recovery: mint a new admin token in the data directory's store (for instance when
+    /// every admin token was revoked or lost), record it in the audit log, and print it once.
+    /// A running server picks it up when restarted.
+    AdminToken(AdminTokenArgs),
+}
+
+/// `flagd-server admin-token`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminTokenArgs {
+    /// The new token's name (shown in listings and as the actor in the audit log).
+    #[arg(long, default_value = "recovery-admin")]
+    pub name: String,
 }
 
 /// How logs are written (to stderr).

@@ -261,6 +261,49 @@ fn bootstrap_admin(
     Ok(AdminAccess::Created(path))
 }
 
+/// Offline recovery (`flagd-server admin-token`): mints an admin token in the store of
+/// `data_dir`, records it in the audit log (operation `admin_token_created`, environment `*`),
+/// and returns the secret. The store must exist.
+pub fn recover_admin_token(data_dir: &Path, name: &str, now: i64) -> Result<String, StartError> {
+    let database = data_dir.join(DATABASE_FILE);
+    if !database.exists() {
+        return Err(StartError::Config(format!(
+            "no store at {}: start the server once, or pass the right --data-dir",
+            database.display()
+        )));
+    }
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(StartError::Config(
+            "the token name must be 1 to 100 printable characters".to_owned(),
+        ));
+    }
+    let store = SqliteStore::open(&database, now)?;
+    let secret = generate_secret(Role::Admin);
+    let record = TokenRecord {
+        id: generate_id(),
+        name: name.to_owned(),
+        role: Role::Admin,
+        environment: None,
+        hash: hash_secret(&secret),
+        created_at: now,
+        revoked_at: None,
+    };
+    store.insert_token(&record)?;
+    store.record_event(
+        "*",
+        None,
+        "admin_token_created",
+        &serde_json::json!({"id": record.id, "name": record.name, "how": "flagd-server admin-token"}),
+        &store::Attribution {
+            actor: "flagd-server admin-token".to_owned(),
+            message: Some(format!("recovery admin token {:?} created offline", record.name)),
+            at: now,
+        },
+    )?;
+    Ok(secret)
+}
+
 /// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
 fn write_private_file(path: &Path, contents: &str) -> Result<(), StartError> {
     let io = |what: &'static str| {

@@ -4,13 +4,32 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use flagd_server::config::{Config, LogFormat};
+use flagd_server::config::{Command, Config, LogFormat};
 use flagd_server::{AdminAccess, Server, ServerOptions};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = Config::parse();
     init_tracing(&config);
+    if let Some(Command::AdminToken(args)) = &config.command {
+        let now = (flagd_server::state::system_clock())();
+        return match flagd_server::recover_admin_token(&config.data_dir, &args.name, now) {
+            Ok(secret) => {
+                // The one place a secret is printed: the operator asked for it, on a terminal.
+                println!("{secret}");
+                eprintln!(
+                    "created admin token {:?} in {} (recorded in the audit log); restart a running server to use it",
+                    args.name,
+                    config.data_dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("flagd-server: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         builder.worker_threads(threads.get());

@@ -923,6 +923,63 @@ mod cli {
         let _ = std::io::stdout().flush();
     }
 
+    /// `flagd-server admin-token` mints an admin token offline (recovery from a lock-out), and it
+    /// is in the audit log.
+    #[tokio::test]
+    async fn admin_token_recovers_access_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut first = ServerProcess::start(&data, ADMIN);
+        first.kill();
+        drop(first);
+        let output = Command::new(binary("flagd-server", "flagd-server"))
+            .args(["admin-token", "--name", "ops-recovery", "--data-dir"])
+            .arg(&data)
+            .env_remove("FLAGD_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        assert!(token.starts_with("flg_admin_"), "{token}");
+        let server = ServerProcess::start(&data, ADMIN);
+        let (code, stdout, stderr) = flagctl_with(
+            &server,
+            dir.path(),
+            &["-o", "json", "token", "list"],
+            &token,
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("ops-recovery"), "{stdout}");
+        let audit: Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/audit?limit=5", server.base_url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            audit["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["operation"] == "admin_token_created"),
+            "{audit}"
+        );
+        // Without a store there is nothing to recover: a clear error, no store created.
+        let output = Command::new(binary("flagd-server", "flagd-server"))
+            .args(["admin-token", "--data-dir"])
+            .arg(dir.path().join("nowhere"))
+            .env_remove("FLAGD_DATA_DIR")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        assert!(String::from_utf8_lossy(&output.stderr).contains("no store at"));
+        assert!(!dir.path().join("nowhere").exists());
+    }
+
     /// The conformance table through `flagctl eval --file`: the same answers as flag-core, the
     /// server and the SDK, in OFREP's shape, with exit 1 on an error result.
     #[test]

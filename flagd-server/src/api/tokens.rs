@@ -77,19 +77,7 @@ pub async fn revoke(
     _admin: Admin,
     PathParams(id): PathParams<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let tokens = blocking(&state, |store| Ok(store.tokens()?)).await?;
-    let Some(token) = tokens.iter().find(|t| t.id == id) else {
-        return Err(ApiError::not_found(format!("token {id:?} does not exist")));
-    };
-    let active_admins = tokens
-        .iter()
-        .filter(|t| t.role == Role::Admin && t.revoked_at.is_none())
-        .count();
-    if token.role == Role::Admin && token.revoked_at.is_none() && active_admins == 1 {
-        return Err(ApiError::conflict(
-            "refusing to revoke the last admin token: nobody could administer the server afterwards; create another admin token first",
-        ));
-    }
+    // The last-admin check and the revocation are one store transaction (`revoke_token`).
     let at = (state.clock)();
     let revoke_id = id.clone();
     blocking(&state, move |store| Ok(store.revoke_token(&revoke_id, at)?)).await?;

@@ -47,6 +47,11 @@ pub enum StoreError {
     /// The token does not exist.
     #[error("token {0:?} does not exist")]
     UnknownToken(String),
+    /// Revoking it would leave no active admin token.
+    #[error(
+        "refusing to revoke the last admin token: nobody could administer the server afterwards; create another admin token first (or recover with `flagd-server admin-token`)"
+    )]
+    LastAdmin,
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
@@ -305,7 +310,9 @@ pub trait FlagStore: Send + Sync + 'static {
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Stores a token.
     fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
-    /// Marks a token revoked; returns it.
+    /// Marks a token revoked; returns it. Refuses (`LastAdmin`) to revoke the last active admin
+    /// token, checking and revoking in one transaction so two admins revoking each other at the
+    /// same moment cannot both succeed.
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError>;
     /// Whether the store can serve queries (for `/readyz`).
     fn ping(&self) -> Result<(), StoreError>;

@@ -630,19 +630,35 @@ impl FlagStore for SqliteStore {
     }
 
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
-        let connection = self.lock();
-        connection.execute(
-            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-            params![id, at],
-        )?;
-        connection
-            .query_row(
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        let read = |tx: &Transaction<'_>| {
+            tx.query_row(
                 &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
                 params![id],
                 token_from_row,
             )
             .optional()?
             .ok_or_else(|| StoreError::UnknownToken(id.to_owned()))
+        };
+        let token = read(&tx)?;
+        if token.role == Role::Admin && token.revoked_at.is_none() {
+            let active: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked_at IS NULL",
+                [],
+                |row| row.get(0),
+            )?;
+            if active <= 1 {
+                return Err(StoreError::LastAdmin);
+            }
+        }
+        tx.execute(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+            params![id, at],
+        )?;
+        let token = read(&tx)?;
+        tx.commit()?;
+        Ok(token)
     }
 
     fn ping(&self) -> Result<(), StoreError> {
