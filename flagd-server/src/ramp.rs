@@ -279,6 +279,9 @@ impl Ramp {
     /// The API's view: the stored fields plus what people ask for.
     pub fn view(&self) -> Value {
         let mut view = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(guard) = &self.guard {
+            view["guard"]["url"] = json!(redacted(&guard.url));
+        }
         // An aborted ramp restored the rollout from before it: that is where the flag is now.
         view["currentPercentage"] = match self.state {
             RampState::Aborted => json!(self.previous_percentage),
@@ -487,28 +490,44 @@ fn later(now: i64, seconds: i64) -> Result<i64, ApiError> {
 
 /// Runs the guard check: `Err` carries what failed (the status, or the error).
 async fn check_guard(guard: &Guard) -> Result<(), String> {
+    // Redirects are not followed: a guard must not become a way to reach other internal
+    // services through this server, nor to return their answers.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(guard.timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|error| error.to_string())?;
+    let shown = redacted(&guard.url);
     match client.get(&guard.url).send().await {
         Ok(response) if response.status().is_success() => Ok(()),
-        Ok(response) => {
+        Ok(response) if response.status().is_redirection() => Err(format!(
+            "{shown} answered {} (redirects are not followed: point the guard at the final URL)",
+            response.status()
+        )),
+        Ok(mut response) => {
             let status = response.status();
-            let body: String = response
-                .text()
-                .await
-                .unwrap_or_default()
+            // Only a short excerpt is read, kept and shown, whatever the body's size.
+            let mut bytes = Vec::new();
+            while bytes.len() < GUARD_EXCERPT_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                    _ => break,
+                }
+            }
+            bytes.truncate(GUARD_EXCERPT_BYTES);
+            let excerpt: String = String::from_utf8_lossy(&bytes)
                 .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
                 .take(200)
-                .collect();
+                .collect::<String>()
+                .trim()
+                .to_owned();
             Err(format!(
-                "{} answered {status}{}",
-                guard.url,
-                if body.is_empty() {
+                "{shown} answered {status}{}",
+                if excerpt.is_empty() {
                     String::new()
                 } else {
-                    format!(": {body}")
+                    format!(": {excerpt}")
                 }
             ))
         }
@@ -517,9 +536,36 @@ async fn check_guard(guard: &Guard) -> Result<(), String> {
             while let Some(source) = cause.source() {
                 cause = source;
             }
-            Err(format!("{} failed: {cause}", guard.url))
+            Err(format!("{shown} failed: {}", redacted(&cause.to_string())))
         }
     }
+}
+
+/// How much of an unhealthy guard's answer is read and kept.
+const GUARD_EXCERPT_BYTES: usize = 512;
+
+/// A URL with its credentials (`user:password@`) masked, for everything shown or stored; any
+/// other text has `user:password@host` patterns masked the same way.
+fn redacted(text: &str) -> String {
+    if let Ok(mut url) = reqwest::Url::parse(text)
+        && (!url.username().is_empty() || url.password().is_some())
+    {
+        let _ = url.set_username("***");
+        let _ = url.set_password(None);
+        return url.to_string();
+    }
+    // Error texts may quote a URL inside a sentence.
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_inclusive(' ') {
+        match word.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => {
+                let after = rest.split_once('@').map_or(rest, |(_, host)| host);
+                out.push_str(&format!("{scheme}://***@{after}"));
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out
 }
 
 fn by(actor: &str, message: String, at: i64) -> Attribution {

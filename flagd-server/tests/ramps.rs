@@ -1241,3 +1241,83 @@ async fn a_ramp_row_that_is_not_json_fails_alone() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A guard server with three routes: a redirect to a "secret" internal answer, a huge unhealthy
+/// answer, and a plain unhealthy one.
+async fn hostile_guard() -> String {
+    let app = axum::Router::new()
+        .route(
+            "/redirect",
+            axum::routing::get(|| async {
+                (
+                    StatusCode::FOUND,
+                    [(axum::http::header::LOCATION, "/internal")],
+                    "",
+                )
+            }),
+        )
+        .route(
+            "/internal",
+            axum::routing::get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "SECRET-INTERNAL") }),
+        )
+        .route(
+            "/huge",
+            axum::routing::get(|| async {
+                (StatusCode::SERVICE_UNAVAILABLE, "x\n".repeat(4 << 20))
+            }),
+        )
+        .route(
+            "/down",
+            axum::routing::get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn guards_follow_no_redirect_keep_only_an_excerpt_and_hide_credentials() {
+    let base = hostile_guard().await;
+    let h = Harness::new();
+    for (flag, path) in [("redirect", "/redirect"), ("huge", "/huge")] {
+        h.create_flag(flag).await;
+        let (status, body) = h
+            .start(
+                flag,
+                json!({"steps": [10, 20], "interval": "1m", "guard": {"url": format!("{base}{path}")}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("SECRET-INTERNAL"), "{message}");
+        assert!(message.len() < 600, "{} bytes", message.len());
+        if flag == "redirect" {
+            assert!(
+                message.contains("302") && message.contains("redirects are not followed"),
+                "{message}"
+            );
+        }
+    }
+    // Credentials in a guard URL are never shown nor written to the audit log.
+    h.create_flag("creds").await;
+    let (healthy, up) = guard_server().await;
+    let with_credentials = healthy.replacen("http://", "http://ops:hunter2@", 1);
+    let (status, ramp) = h
+        .start(
+            "creds",
+            json!({"steps": [10, 20], "interval": "1m", "guard": {"url": with_credentials, "failures": 1}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ramp}");
+    assert!(!ramp.to_string().contains("hunter2"), "{ramp}");
+    up.store(false, Ordering::SeqCst);
+    h.tick_at(60).await;
+    let ramp = h.ramp("creds").await;
+    assert_eq!(ramp["state"], "aborted");
+    assert!(!ramp.to_string().contains("hunter2"), "{ramp}");
+    let (_, audit) = h
+        .call("GET", "/api/v1/audit?environment=default&flag=creds", None)
+        .await;
+    assert!(!audit.to_string().contains("hunter2"), "{audit}");
+}
