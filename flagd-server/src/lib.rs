@@ -200,12 +200,31 @@ fn open_blocking(
     options: &ServerOptions,
     clock: &Clock,
 ) -> Result<(SqliteStore, AdminAccess), StartError> {
+    let new_dir = !options.data_dir.exists();
     std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::Io {
         what: "cannot create the data directory",
         path: options.data_dir.clone(),
         source,
     })?;
-    let store = SqliteStore::open(&options.data_dir.join(DATABASE_FILE), clock())?;
+    let database = options.data_dir.join(DATABASE_FILE);
+    let new_database = !database.exists();
+    let store = SqliteStore::open(&database, clock())?;
+    // The store holds token hashes and the audit log: only its owner may read it. What we
+    // create is made private; what exists already is left as the operator set it, with a warning.
+    if new_dir {
+        restrict(&options.data_dir, 0o700)?;
+    }
+    if new_database {
+        // SQLite gives its -wal and -shm files the database file's mode.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", database.display()));
+            if file.exists() {
+                restrict(&file, 0o600)?;
+            }
+        }
+    }
+    warn_if_readable(&options.data_dir);
+    warn_if_readable(&database);
     let access = bootstrap_admin(
         &store,
         &options.data_dir,
@@ -302,6 +321,38 @@ pub fn recover_admin_token(data_dir: &Path, name: &str, now: i64) -> Result<Stri
         },
     )?;
     Ok(secret)
+}
+
+/// Sets a path's permission bits (Unix; elsewhere a no-op).
+fn restrict(path: &Path, mode: u32) -> Result<(), StartError> {
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(
+        |source| StartError::Io {
+            what: "cannot restrict the permissions of",
+            path: path.to_owned(),
+            source,
+        },
+    )?;
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// Warns when others than the owner may read or enter `path`.
+fn warn_if_readable(path: &Path) {
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "the data directory holds token hashes and the audit log, but others can read it; restrict it (chmod 700 for the directory, 600 for its files)"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Writes a file readable only by its owner, atomically (temp file, fsync, rename).

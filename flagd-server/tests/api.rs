@@ -1233,3 +1233,39 @@ async fn two_admins_revoking_each_other_never_lock_everyone_out() {
         );
     }
 }
+
+/// A new data directory is private: 0700, and the database (with its WAL) 0600.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_data_directory_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let options = ServerOptions {
+        data_dir: data.clone(),
+        admin_token: None,
+        body_limit: 1 << 20,
+        max_connections: 16,
+        shutdown_timeout: std::time::Duration::from_secs(1),
+        strict: false,
+    };
+    let server = Server::open(options, flagd_server::state::system_clock())
+        .await
+        .unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("flags.db")), 0o600);
+    assert_eq!(mode(&data.join("admin-token")), 0o600);
+    // The WAL, once written, has the database's mode.
+    let store = server.state().store.clone();
+    tokio::task::spawn_blocking(move || store.ping().unwrap())
+        .await
+        .unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let file = data.join(format!("flags.db{suffix}"));
+        if file.exists() {
+            assert_eq!(mode(&file), 0o600, "{suffix}");
+        }
+    }
+}
