@@ -613,6 +613,15 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (
             "POST",
             "/api/v1/tokens",
+            flag(json!({"name": "evil\u{0}\nINFO forged", "role": "admin"})),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "printable",
+        ),
+        (
+            "POST",
+            "/api/v1/tokens",
             flag(json!({"name": "x", "role": "root"})),
             json,
             StatusCode::BAD_REQUEST,

@@ -701,7 +701,6 @@ async fn clients_report_their_acknowledged_versions() {
         ))
         .await
         .unwrap();
-    let mut listed = Value::Null;
     for _ in 0..100 {
         let (_, body) = live
             .admin(
@@ -711,12 +710,39 @@ async fn clients_report_their_acknowledged_versions() {
             )
             .await;
         if body["clients"][0]["ackedVersion"].as_i64() == Some(version + 1) {
-            listed = body;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Acks of versions never sent are ignored: the listing keeps the real one (no wrapped lag).
+    for bogus in [i64::MIN, -1, version + 1_000] {
+        socket
+            .send(Message::text(
+                json!({"type": "ack", "version": bogus}).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    // A ping round trip orders the bogus acks before the next listing.
+    socket.send(Message::Ping(Vec::new().into())).await.unwrap();
+    loop {
+        if let Message::Pong(_) = socket.next().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    let (_, listed) = live
+        .admin(
+            reqwest::Method::GET,
+            "/api/v1/environments/default/clients",
+            None,
+        )
+        .await;
     let client = &listed["clients"][0];
+    assert_eq!(
+        client["ackedVersion"].as_i64(),
+        Some(version + 1),
+        "{listed}"
+    );
     assert_eq!(
         (
             client["clientId"].as_str(),

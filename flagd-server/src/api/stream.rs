@@ -409,7 +409,12 @@ impl Session {
                 });
             }
             Some("ack") => {
-                if let Some(version) = message["version"].as_i64() {
+                // Only a version this session has sent can be acknowledged: anything else (a
+                // negative, a future or a wrapped number) is ignored, so lag never goes wrong.
+                if let Some(version) = message["version"]
+                    .as_i64()
+                    .filter(|v| (0..=self.last_sent).contains(v))
+                {
                     if let Some(committed) = self.state.hub.committed_at(&self.environment, version)
                     {
                         crate::metrics::propagation(committed.elapsed());

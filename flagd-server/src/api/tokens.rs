@@ -36,8 +36,12 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateToken>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = request.name.trim().to_owned();
-    if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::bad_request("a token name must be 1 to 100 characters").at("name"));
+    // Names become audit actors and log fields: no control characters, so no forged lines.
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "a token name must be 1 to 100 printable characters (no line breaks or control characters)",
+        )
+        .at("name"));
     }
     match (request.role, &request.environment) {
         (Role::Sdk, None) => {
