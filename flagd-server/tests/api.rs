@@ -1278,3 +1278,54 @@ async fn a_new_data_directory_and_its_files_are_private() {
         }
     }
 }
+
+/// Every route with a body, given an oversized body, a wrong content type or malformed JSON,
+/// answers a 4xx in our JSON error shape (the OFREP and ramp-control routes used to answer 413
+/// as plain text).
+#[tokio::test]
+async fn every_error_has_the_json_shape() {
+    let app = TestApp::new();
+    let big = format!("{{\"x\": \"{}\"}}", "y".repeat(BODY_LIMIT + 1));
+    let cases: [(&str, String); 3] = [
+        ("application/json", big),
+        ("text/plain", "{}".to_owned()),
+        ("application/json", "{\"state\": ".to_owned()),
+    ];
+    for (method, path, _) in ROUTES {
+        if !matches!(*method, "POST" | "PUT" | "PATCH") {
+            continue;
+        }
+        for (content_type, body) in &cases {
+            let request = Request::builder()
+                .method(*method)
+                .uri(concrete(path))
+                .header("authorization", format!("Bearer {}", app.admin))
+                .header("content-type", *content_type)
+                .body(Body::from(body.clone()))
+                .unwrap();
+            let response = app.router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let json_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let described = format!("{method} {path} ({content_type}, {} bytes)", body.len());
+            if status.is_success() {
+                // Some routes take any body (the ramp controls ignore a wrong content type).
+                continue;
+            }
+            assert!(status.is_client_error(), "{described}: {status}");
+            assert!(json_type, "{described}: {status} is not JSON");
+            assert!(
+                parsed["error"]["code"].is_string() && parsed["error"]["message"].is_string(),
+                "{described}: {status} {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+}

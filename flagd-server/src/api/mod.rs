@@ -175,8 +175,64 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
+}
+
+/// Every error the router answers has our shape, `{"error": {"code", "message"}}`, including
+/// those axum or a body limit produce as plain text (a 413 from a handler that reads raw bytes,
+/// say): the kind is fixed here once rather than route by route.
+async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    // 101 (stream upgrades) and other successes, and errors already in JSON, pass unchanged.
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        _ if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.chars().take(500).collect(),
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut rebuilt = (status, axum::Json(body)).into_response();
+    // Keep what the client may need (Allow, WWW-Authenticate, Retry-After...), but not the old
+    // body's length and type.
+    for (name, value) in &headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name, value.clone());
+        }
+    }
+    rebuilt
 }
 
 /// `Json` whose rejections are `ApiError`s, so a malformed body gets our error shape.
