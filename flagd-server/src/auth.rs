@@ -157,12 +157,20 @@ impl FromRequestParts<AppState> for EnvironmentAccess {
             .tokens
             .authenticate(secret)
             .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))?;
-        let requested = parts.uri.query().and_then(|query| {
-            query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("environment="))
-                .map(str::to_owned)
-        });
+        // Decoded as every other query parameter is (`%65nv` is `env`); given twice, it is
+        // ambiguous, and refused the same way on every route that takes it.
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)?.0;
+        let mut named = pairs
+            .into_iter()
+            .filter(|(name, _)| name == "environment")
+            .map(|(_, value)| value);
+        let requested = named.next();
+        if named.next().is_some() {
+            return Err(ApiError::bad_request(
+                "environment is given more than once: name one environment",
+            )
+            .at("environment"));
+        }
         let environment = match (token.role, &token.environment, requested) {
             (Role::Sdk, Some(own), Some(requested)) if *own != requested => {
                 return Err(ApiError::forbidden(format!(

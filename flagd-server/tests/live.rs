@@ -412,7 +412,21 @@ async fn ofrep_bad_bodies_and_auth() {
     let url = format!("{}/ofrep/v1/evaluate/flags/static", live.base);
     // (query, header, token, expected status)
     let sdk = live.sdk.as_str();
-    let cases: [(&str, &str, Option<&str>, u16); 7] = [
+    let cases: [(&str, &str, Option<&str>, u16); 10] = [
+        // Query parameters are percent-decoded; a duplicated environment is ambiguous.
+        ("?environment=%64efault", "authorization", Some(ADMIN), 200),
+        (
+            "?environment=default&environment=default",
+            "authorization",
+            Some(ADMIN),
+            400,
+        ),
+        (
+            "?environment=default&environment=staging",
+            "authorization",
+            Some(sdk),
+            400,
+        ),
         ("", "authorization", None, 401),
         ("", "authorization", Some("flg_sdk_nope"), 401),
         // X-API-Key works like Bearer.
@@ -1020,4 +1034,24 @@ async fn bulk_if_none_match_uses_the_weak_comparison() {
         );
     }
     live.stop().await;
+}
+
+/// The stream reads `?environment=` exactly as OFREP does: decoded, and refused when given twice.
+#[tokio::test]
+async fn the_stream_reads_the_environment_parameter_as_ofrep_does() {
+    let live = Live::start().await;
+    let mut socket = live
+        .connect_with(ADMIN, "?environment=%64efault")
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut socket).await["environment"], "default");
+    let refused = live
+        .connect_with(ADMIN, "?environment=default&environment=default")
+        .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
 }
