@@ -628,6 +628,23 @@ fn compile_flag(
     compiled
 }
 
+/// The largest integer every JSON reader (JavaScript's included) keeps exactly: 2^53 − 1. flagd's
+/// schema refuses variant numbers beyond it.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Whether a number survives every JSON reader unchanged: an integer within ±(2^53 − 1), or a
+/// fraction (a 30-digit integer has already lost digits when it arrives as a float).
+fn exactly_representable(n: &serde_json::Number) -> bool {
+    if let Some(i) = n.as_i64() {
+        return i.unsigned_abs() <= MAX_SAFE_INTEGER;
+    }
+    if let Some(u) = n.as_u64() {
+        return u <= MAX_SAFE_INTEGER;
+    }
+    n.as_f64()
+        .is_some_and(|f| f.fract() != 0.0 || f.abs() <= MAX_SAFE_INTEGER as f64)
+}
+
 /// Whether a rule uses `$ref` anywhere.
 fn contains_ref(rule: &Value) -> bool {
     match rule {
@@ -665,6 +682,18 @@ fn check_variants(
                 ProblemCode::InvalidVariant,
                 "a variant name may not be empty",
             ));
+        }
+        if let Value::Number(n) = value
+            && !exactly_representable(n)
+        {
+            let inner = path.push_key(name);
+            problems.push(path.error(
+                ProblemCode::InvalidVariant,
+                format!(
+                    "{n} is outside the safe integer range (±{MAX_SAFE_INTEGER}), so it cannot be kept exactly; use a string"
+                ),
+            ));
+            path.truncate(inner);
         }
         let Some(ty) = FlagType::of(value) else {
             let inner = path.push_key(name);

@@ -324,3 +324,29 @@ fn invalid_json_is_a_problem_not_a_panic() {
         "{err}"
     );
 }
+
+#[test]
+fn numbers_that_cannot_be_kept_exactly_are_refused() {
+    check(
+        doc_with(
+            "f",
+            json!({"state": "ENABLED", "variants": {"big": 9_007_199_254_740_992_u64, "ok": 1}, "defaultVariant": "ok"}),
+        ),
+        &[("flags.f.variants.big", "outside the safe integer range")],
+    );
+    let thirty_digits: Value =
+        serde_json::from_str(r#"{"flags": {"f": {"state": "ENABLED", "variants": {"big": 123456789012345678901234567890, "ok": 1}}}}"#)
+            .unwrap();
+    check(
+        thirty_digits,
+        &[("flags.f.variants.big", "outside the safe integer range")],
+    );
+    // The boundary itself and fractions are fine.
+    assert!(
+        FlagSet::from_value(&doc_with(
+            "f",
+            json!({"state": "ENABLED", "variants": {"max": 9_007_199_254_740_991_u64, "half": 0.5}, "defaultVariant": "max"})
+        ))
+        .is_ok()
+    );
+}

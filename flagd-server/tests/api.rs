@@ -422,6 +422,24 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (
             "PUT",
             flag_path,
+            r#"{"state": "ENABLED", "state": "DISABLED", "variants": {"on": true}}"#.into(),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "duplicate key \\\"state\\\"",
+        ),
+        (
+            "PUT",
+            flag_path,
+            flag(json!({"state": "ENABLED", "variants": {"on": true}, "message": 5})),
+            json,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "message must be a string",
+        ),
+        (
+            "PUT",
+            flag_path,
             "[]".into(),
             json,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1328,4 +1346,47 @@ async fn every_error_has_the_json_shape() {
             );
         }
     }
+}
+
+/// A change message is never dropped: UTF-8 sent percent-encoded is decoded and recorded; a
+/// header that is not visible ASCII is refused.
+#[tokio::test]
+async fn change_messages_are_decoded_or_refused_never_dropped() {
+    let app = TestApp::new();
+    let mut request = TestApp::request(
+        "PUT",
+        "/api/v1/environments/default/flags/f",
+        Some(&app.admin),
+        Some(&boolean_flag()),
+    );
+    request
+        .headers_mut()
+        .insert("x-change-message", "caf%C3%A9 au lait".parse().unwrap());
+    let (status, _, _) = app.send(request).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, audit) = app
+        .call(
+            "GET",
+            "/api/v1/audit?environment=default&flag=f&limit=1",
+            None,
+        )
+        .await;
+    assert_eq!(audit["changes"][0]["message"], "café au lait");
+    let mut request = TestApp::request(
+        "PUT",
+        "/api/v1/environments/default/flags/g",
+        Some(&app.admin),
+        Some(&boolean_flag()),
+    );
+    request.headers_mut().insert(
+        "x-change-message",
+        axum::http::HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap(),
+    );
+    let (status, _, body) = app.send(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["path"], "X-Change-Message");
+    let (status, _) = app
+        .call("GET", "/api/v1/environments/default/flags/g", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was written");
 }

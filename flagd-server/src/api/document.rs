@@ -40,7 +40,7 @@ pub async fn apply(
     QueryParams(options): QueryParams<ApplyOptions>,
     JsonBody(document): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = attribution(&state, &admin, change_message(&headers, None));
+    let by = attribution(&state, &admin, change_message(&headers, None)?);
     let env_name = env.clone();
     let dry_run = options.dry_run;
     let report = blocking(&state, move |store| {

@@ -35,7 +35,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateEnvironment>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_environment_name(&body.name)?;
-    let message = change_message(&headers, None).or(body.message);
+    let message = change_message(&headers, None)?.or(body.message);
     let by = attribution(&state, &admin, message);
     let environment = blocking(&state, move |store| {
         Ok(store.create_environment(&body.name, &by)?)
@@ -58,7 +58,7 @@ pub async fn delete(
     PathParams(env): PathParams<String>,
     QueryParams(options): QueryParams<DeleteOptions>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = attribution(&state, &admin, change_message(&headers, None));
+    let by = attribution(&state, &admin, change_message(&headers, None)?);
     let name = env.clone();
     blocking(&state, move |store| {
         service::environment_or_404(store, &name)?;

@@ -121,7 +121,7 @@ pub async fn put(
     PathParams((env, key)): PathParams<(String, String)>,
     JsonBody(mut body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = attribution(&state, &admin, change_message(&headers, Some(&mut body)));
+    let by = attribution(&state, &admin, change_message(&headers, Some(&mut body))?);
     let (write, created) = blocking(&state, move |store| {
         service::put_flag(store, &env, &key, &body, if_match, mode, &by)
     })
@@ -148,7 +148,7 @@ pub async fn patch(
             "a merge patch must be a JSON object, e.g. {\"state\": \"DISABLED\"}",
         ));
     }
-    let by = attribution(&state, &admin, change_message(&headers, Some(&mut patch)));
+    let by = attribution(&state, &admin, change_message(&headers, Some(&mut patch))?);
     let write = blocking(&state, move |store| {
         service::modify_flag(store, &env, &key, if_match, mode, &by, |_, definition| {
             service::merge_patch(definition, &patch);
@@ -166,7 +166,7 @@ pub async fn delete(
     IfMatch(if_match): IfMatch,
     PathParams((env, key)): PathParams<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = attribution(&state, &admin, change_message(&headers, None));
+    let by = attribution(&state, &admin, change_message(&headers, None)?);
     let (environment, flag_key) = (env.clone(), key.clone());
     blocking(&state, move |store| {
         service::environment_or_404(store, &env)?;
@@ -233,7 +233,7 @@ pub async fn rollout(
     let by = attribution(
         &state,
         &admin,
-        change_message(&headers, None).or(request.message),
+        change_message(&headers, None)?.or(request.message),
     );
     let write = blocking(&state, move |store| {
         service::rollout(store, &env, &key, &change, if_match, mode, &by)

@@ -235,10 +235,96 @@ async fn json_errors(
     rebuilt
 }
 
-/// `Json` whose rejections are `ApiError`s, so a malformed body gets our error shape.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body: content type, size limit and syntax as `axum::Json` checks them, and then no
+/// duplicate object keys (a body that says `"state"` twice means nothing reliable, and serde
+/// would silently keep the last). Rejections are `ApiError`s, so they get our error shape.
+#[derive(Debug)]
 pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(checked) = axum::Json::<UniqueKeys>::from_request(request, state).await?;
+        serde_path_to_error::deserialize(checked.0)
+            .map(JsonBody)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let message = format!("malformed JSON body: {path}: {}", error.inner());
+                match path.as_str() {
+                    "." | "" => {
+                        ApiError::bad_request(format!("malformed JSON body: {}", error.inner()))
+                    }
+                    _ => ApiError::bad_request(message).at(path),
+                }
+            })
+    }
+}
+
+/// A JSON value whose objects have no duplicate keys (checked while parsing).
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if object.insert(key.clone(), value).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {key:?} in an object (which one was meant?)"
+                )));
+            }
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
 
 /// `Path` with our error shape.
 #[derive(Debug, FromRequestParts)]
@@ -314,16 +400,42 @@ pub fn etag(version: i64) -> String {
 
 /// The change message: the `X-Change-Message` header, else a top-level `message` string taken
 /// out of the body.
-pub fn change_message(headers: &HeaderMap, body: Option<&mut serde_json::Value>) -> Option<String> {
-    let from_body = body
+///
+/// A message is never silently dropped: a non-string `message` is a 400, and so is a header that
+/// is not visible ASCII (send UTF-8 percent-encoded: `X-Change-Message: caf%C3%A9`, which is
+/// decoded).
+pub fn change_message(
+    headers: &HeaderMap,
+    body: Option<&mut serde_json::Value>,
+) -> Result<Option<String>, ApiError> {
+    let from_body = match body
         .and_then(|b| b.as_object_mut())
         .and_then(|o| o.remove("message"))
-        .and_then(|m| m.as_str().map(str::to_owned));
-    headers
-        .get("x-change-message")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(from_body)
+    {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(message)) => Some(message),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "message must be a string, found {}",
+                flag_core::json_type_name(&other)
+            ))
+            .at("message"));
+        }
+    };
+    let Some(header) = headers.get("x-change-message") else {
+        return Ok(from_body);
+    };
+    let invalid = || {
+        ApiError::bad_request(
+            "X-Change-Message must be visible ASCII; percent-encode other text as UTF-8 (caf%C3%A9)",
+        )
+        .at("X-Change-Message")
+    };
+    let text = header.to_str().map_err(|_| invalid())?;
+    let decoded = percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map_err(|_| invalid())?;
+    Ok(Some(decoded.into_owned()))
 }
 
 /// Who is writing: the token's name, the message, and the time.

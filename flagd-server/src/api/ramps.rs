@@ -54,11 +54,11 @@ pub async fn list(
 /// The message of a control request: `X-Change-Message`, or `{"message": "..."}`.
 fn message(headers: &HeaderMap, body: &Bytes) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(change_message(headers, None));
+        return change_message(headers, None);
     }
     let mut value: Value = serde_json::from_slice(body)
         .map_err(|error| ApiError::bad_request(format!("malformed JSON body: {error}")))?;
-    Ok(change_message(headers, Some(&mut value)))
+    change_message(headers, Some(&mut value))
 }
 
 async fn control(
