@@ -628,6 +628,27 @@ fn compile_flag(
     compiled
 }
 
+/// The deepest nesting of objects and arrays a variant value may have: the envelopes around it
+/// (document, stream message, audit record, OFREP bulk answer) add about ten levels, and JSON
+/// readers commonly stop at 128.
+pub const MAX_VALUE_DEPTH: usize = 32;
+
+/// How deeply a value nests objects and arrays (a scalar is 0), without recursing on the stack.
+fn depth_of(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0usize)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(object) => Box::new(object.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        pending.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
+}
+
 /// The largest integer every JSON reader (JavaScript's included) keeps exactly: 2^53 − 1. flagd's
 /// schema refuses variant numbers beyond it.
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
@@ -682,6 +703,16 @@ fn check_variants(
                 ProblemCode::InvalidVariant,
                 "a variant name may not be empty",
             ));
+        }
+        if depth_of(value) > MAX_VALUE_DEPTH {
+            let inner = path.push_key(name);
+            problems.push(path.error(
+                ProblemCode::InvalidVariant,
+                format!(
+                    "the value is nested more than {MAX_VALUE_DEPTH} levels deep; every envelope it travels in (export, stream, audit, OFREP) must stay readable"
+                ),
+            ));
+            path.truncate(inner);
         }
         if let Value::Number(n) = value
             && !exactly_representable(n)

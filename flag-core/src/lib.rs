@@ -36,7 +36,9 @@ mod rule;
 mod semver;
 mod value;
 
-pub use compile::{Loaded, MAX_FLAG_KEY_LEN, MAX_RULE_DEPTH, Mode, check_flag_key, evaluate_rule};
+pub use compile::{
+    Loaded, MAX_FLAG_KEY_LEN, MAX_RULE_DEPTH, MAX_VALUE_DEPTH, Mode, check_flag_key, evaluate_rule,
+};
 pub use context::{EvaluationContext, TARGETING_KEY};
 pub use model::{
     FLAGD_SCHEMA_URL, Flag, FlagSet, FlagState, FlagType, Metadata, MetadataValue, json_type_name,

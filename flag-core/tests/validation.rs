@@ -350,3 +350,29 @@ fn numbers_that_cannot_be_kept_exactly_are_refused() {
         .is_ok()
     );
 }
+
+#[test]
+fn variant_values_nest_at_most_the_limit() {
+    let mut deep = json!(1);
+    for _ in 0..=flag_core::MAX_VALUE_DEPTH {
+        deep = json!({ "x": deep });
+    }
+    check(
+        doc_with(
+            "f",
+            json!({"state": "ENABLED", "variants": {"deep": deep}, "defaultVariant": null}),
+        ),
+        &[("flags.f.variants.deep", "nested more than 32 levels")],
+    );
+    let mut ok = json!(1);
+    for _ in 0..flag_core::MAX_VALUE_DEPTH {
+        ok = json!({ "x": ok });
+    }
+    assert!(
+        FlagSet::from_value(&doc_with(
+            "f",
+            json!({"state": "ENABLED", "variants": {"ok": ok}, "defaultVariant": null})
+        ))
+        .is_ok()
+    );
+}

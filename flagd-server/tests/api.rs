@@ -1390,3 +1390,70 @@ async fn change_messages_are_decoded_or_refused_never_dropped() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was written");
 }
+
+/// A stored row that does not decode never turns a listing into a 500: an audit record shows a
+/// marker, a flag row is left out (and logged), the rest stays readable.
+#[tokio::test]
+async fn an_undecodable_row_never_breaks_a_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "undecodable-admin-token-0123456789";
+    let options = ServerOptions {
+        data_dir: dir.path().to_owned(),
+        admin_token: Some(admin.to_owned()),
+        body_limit: 1 << 20,
+        max_connections: 16,
+        shutdown_timeout: std::time::Duration::from_secs(1),
+        strict: false,
+    };
+    let server = Server::open(options, flagd_server::state::system_clock())
+        .await
+        .unwrap();
+    let router = server.router();
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        let request = TestApp::request(method, path, Some(admin), body.as_ref());
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    for key in ["a", "b"] {
+        let (status, _) = call(
+            "PUT",
+            &format!("/api/v1/environments/default/flags/{key}"),
+            Some(boolean_flag()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let raw = rusqlite::Connection::open(dir.path().join("flags.db")).unwrap();
+    raw.execute(
+        "UPDATE changes SET after = 'not json' WHERE flag_key = 'a'",
+        [],
+    )
+    .unwrap();
+    raw.execute(
+        "UPDATE flags SET definition = 'not json' WHERE key = 'a'",
+        [],
+    )
+    .unwrap();
+    let (status, audit) = call("GET", "/api/v1/audit?environment=default", None).await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    assert!(audit.to_string().contains("does not decode"), "{audit}");
+    let (status, list) = call("GET", "/api/v1/environments/default/flags", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let keys: Vec<&str> = list["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["b"]);
+}

@@ -239,7 +239,18 @@ fn read_flags(tx: &Connection, environment: &str) -> Result<Vec<StoredFlag>, Sto
         "SELECT {FLAG_COLUMNS} FROM flags WHERE environment = ?1 ORDER BY key"
     ))?;
     let rows = statement.query_map(params![environment], flag_columns)?;
-    rows.map(|row| flag_from_row(row?)).collect()
+    let mut flags = Vec::new();
+    for row in rows {
+        // A flag row that does not decode is left out (and logged), never an error for the
+        // whole environment: the others must stay listable, exportable and servable.
+        match flag_from_row(row?) {
+            Ok(flag) => flags.push(flag),
+            Err(error) => {
+                tracing::error!(environment, %error, "stored flag does not decode; left out")
+            }
+        }
+    }
+    Ok(flags)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -300,9 +311,17 @@ fn read_changes(
     })?;
     rows.map(|row| {
         let (id, environment, version, flag, operation, before, after, actor, at, message) = row?;
+        // One record that does not decode (a hand edit, a bug) is shown with a marker, never
+        // turned into an error for the whole listing.
+        let readable = |text: &str| {
+            serde_json::from_str(text).unwrap_or_else(|error| {
+                tracing::error!(id, %error, "stored change record does not decode");
+                serde_json::json!({"$error": format!("this stored value does not decode: {error}")})
+            })
+        };
         Ok(ChangeRecord {
-            before: decode(&before, || format!("change {id}"))?,
-            after: decode(&after, || format!("change {id}"))?,
+            before: readable(&before),
+            after: readable(&after),
             id,
             environment,
             version,
