@@ -145,9 +145,9 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownEnvironment(_)
             | StoreError::UnknownFlag { .. }
             | StoreError::UnknownToken(_) => ApiError::not_found(error.to_string()),
-            StoreError::EnvironmentExists(_) | StoreError::LastAdmin => {
-                ApiError::conflict(error.to_string())
-            }
+            StoreError::EnvironmentExists(_)
+            | StoreError::LastAdmin
+            | StoreError::EnvironmentNotEmpty { .. } => ApiError::conflict(error.to_string()),
             StoreError::VersionConflict {
                 key,
                 expected,

@@ -517,9 +517,14 @@ impl FlagStore for PublishingStore {
         Ok(environment)
     }
 
-    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError> {
+    fn delete_environment(
+        &self,
+        name: &str,
+        force: bool,
+        by: &Attribution,
+    ) -> Result<(), StoreError> {
         let _order = self.ordered();
-        self.inner.delete_environment(name, by)?;
+        self.inner.delete_environment(name, force, by)?;
         self.hub.remove(name);
         Ok(())
     }

@@ -876,8 +876,13 @@ impl FlagStore for FlakyStore {
     ) -> Result<flagd_server::store::Environment, StoreError> {
         self.inner.create_environment(name, by)
     }
-    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError> {
-        self.inner.delete_environment(name, by)
+    fn delete_environment(
+        &self,
+        name: &str,
+        force: bool,
+        by: &Attribution,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_environment(name, force, by)
     }
     fn flags(&self, environment: &str) -> Result<Vec<flagd_server::store::StoredFlag>, StoreError> {
         self.inner.flags(environment)

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{JsonBody, PathParams, QueryParams, attribution, change_message};
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::service::{self, blocking, check_environment_name};
+use crate::service::{blocking, check_environment_name};
 use crate::state::AppState;
 
 pub async fn list(
@@ -60,15 +60,10 @@ pub async fn delete(
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, None)?);
     let name = env.clone();
+    // The emptiness check and the deletion are one store transaction: a flag created in
+    // between cannot be deleted without ?force=true.
     blocking(&state, move |store| {
-        service::environment_or_404(store, &name)?;
-        let flags = store.flags(&name)?.len();
-        if flags > 0 && !options.force {
-            return Err(ApiError::conflict(format!(
-                "environment {name:?} still has {flags} flag(s); export it first if you need them, then delete with ?force=true"
-            )));
-        }
-        Ok(store.delete_environment(&name, &by)?)
+        Ok(store.delete_environment(&name, options.force, &by)?)
     })
     .await?;
     state.tokens.remove_environment(&env);

@@ -47,6 +47,16 @@ pub enum StoreError {
     /// The token does not exist.
     #[error("token {0:?} does not exist")]
     UnknownToken(String),
+    /// The environment still has flags and the deletion was not forced.
+    #[error(
+        "environment {name:?} still has {flags} flag(s); export it first if you need them, then delete with ?force=true"
+    )]
+    EnvironmentNotEmpty {
+        /// The environment.
+        name: String,
+        /// How many flags it has.
+        flags: i64,
+    },
     /// Revoking it would leave no active admin token.
     #[error(
         "refusing to revoke the last admin token: nobody could administer the server afterwards; create another admin token first (or recover with `flagd-server admin-token`)"
@@ -281,8 +291,14 @@ pub trait FlagStore: Send + Sync + 'static {
     /// Creates an environment (recorded in the change log).
     fn create_environment(&self, name: &str, by: &Attribution) -> Result<Environment, StoreError>;
     /// Deletes an environment, its flags and its sdk tokens (recorded in the change log, with
-    /// the whole document as `before`).
-    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError>;
+    /// the whole document as `before`). Unless `force`, refuses (`EnvironmentNotEmpty`) an
+    /// environment with flags, checked in the same transaction as the deletion.
+    fn delete_environment(
+        &self,
+        name: &str,
+        force: bool,
+        by: &Attribution,
+    ) -> Result<(), StoreError>;
     /// The flags of an environment, by key.
     fn flags(&self, environment: &str) -> Result<Vec<StoredFlag>, StoreError>;
     /// One flag.

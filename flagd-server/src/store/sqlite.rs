@@ -410,11 +410,27 @@ impl FlagStore for SqliteStore {
         Ok(environment)
     }
 
-    fn delete_environment(&self, name: &str, by: &Attribution) -> Result<(), StoreError> {
+    fn delete_environment(
+        &self,
+        name: &str,
+        force: bool,
+        by: &Attribution,
+    ) -> Result<(), StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;
         let environment = read_environment(&tx, name)?
             .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))?;
+        let count: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM flags WHERE environment = ?1",
+            params![name],
+            |row| row.get(0),
+        )?;
+        if count > 0 && !force {
+            return Err(StoreError::EnvironmentNotEmpty {
+                name: name.to_owned(),
+                flags: count,
+            });
+        }
         let flags = read_flags(&tx, name)?;
         let before = serde_json::json!({
             "metadata": environment.metadata,
@@ -907,7 +923,7 @@ mod tests {
             revoked_at: None,
         };
         store.insert_token(&token).unwrap();
-        store.delete_environment("staging", &by("a")).unwrap();
+        store.delete_environment("staging", true, &by("a")).unwrap();
         assert!(store.environment("staging").unwrap().is_none());
         let log = store
             .changes(&AuditQuery {
