@@ -24,6 +24,9 @@ use crate::store::{
 
 /// How many recent patches each environment keeps in memory for reconnecting clients.
 pub const PATCH_RING: usize = 256;
+/// How many bytes of patches each environment keeps at most: large patches push older ones out
+/// sooner (a client that needs those resumes from the change log or gets a snapshot).
+pub const PATCH_RING_BYTES: usize = 32 << 20;
 
 /// A compiled, immutable view of one environment at one version.
 ///
@@ -295,8 +298,11 @@ impl Hub {
             .map(|r| VecDeque::clone(&r))
             .unwrap_or_default();
         ring.push_back(patch);
-        while ring.len() > PATCH_RING {
-            ring.pop_front();
+        let mut bytes: usize = ring.iter().map(|p| p.message.len()).sum();
+        while ring.len() > PATCH_RING || (bytes > PATCH_RING_BYTES && ring.len() > 1) {
+            if let Some(old) = ring.pop_front() {
+                bytes -= old.message.len();
+            }
         }
         self.patches.insert(environment.to_owned(), Arc::new(ring));
         self.snapshots.insert(environment.to_owned(), snapshot);
@@ -600,5 +606,59 @@ impl FlagStore for PublishingStore {
         // Not published: an event changes no flag.
         self.inner
             .record_event(environment, flag, operation, details, by)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(version: i64, description_bytes: usize) -> Commit {
+        let flag = json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
+            "description": "d".repeat(description_bytes)});
+        Commit {
+            version,
+            changes: vec![ChangeRecord {
+                id: version,
+                environment: "e".into(),
+                version,
+                flag: Some("f".into()),
+                operation: "update".into(),
+                before: Value::Null,
+                after: flag,
+                actor: "t".into(),
+                at: 0,
+                message: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_patch_ring_keeps_a_bounded_number_of_bytes() {
+        let hub = Hub::new();
+        hub.load("e", 0, FlagSet::default());
+        // 40 patches of 1 MiB: far fewer than PATCH_RING, far more than PATCH_RING_BYTES.
+        for version in 1..=40 {
+            hub.publish("e", &commit(version, 1 << 20));
+        }
+        let ring = hub.patches.get("e").unwrap().value().clone();
+        let bytes: usize = ring.iter().map(|p| p.message.len()).sum();
+        assert!(bytes <= PATCH_RING_BYTES, "{bytes} bytes kept");
+        assert_eq!(
+            ring.back().map(|p| p.version),
+            Some(40),
+            "the newest is kept"
+        );
+        assert!(ring.len() < 40);
+        // A client behind the ring's start is told it is gone (it resumes from the log).
+        assert!(hub.patches_between("e", 0, 40).is_none());
+        assert!(hub.patches_between("e", 39, 40).is_some());
+        // Small patches still fill the count bound.
+        let small = Hub::new();
+        small.load("e", 0, FlagSet::default());
+        for version in 1..=300 {
+            small.publish("e", &commit(version, 10));
+        }
+        assert_eq!(small.patches.get("e").unwrap().len(), PATCH_RING);
     }
 }

@@ -74,6 +74,26 @@ pub(crate) fn environment_or_404(
         .ok_or_else(|| ApiError::not_found(format!("environment {name:?} does not exist")))
 }
 
+/// The largest flag definition accepted, serialized: every copy of it (snapshot, patch ring,
+/// stream messages, audit record, SDK caches) multiplies its size.
+pub const MAX_FLAG_BYTES: usize = 1 << 20;
+
+/// Refuses a definition larger than `MAX_FLAG_BYTES` (422 `flag_too_large`).
+fn check_flag_size(key: &str, definition: &Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(definition).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_FLAG_BYTES {
+        return Err(ApiError::unprocessable(
+            "flag_too_large",
+            format!(
+                "flag {key:?} is {size} bytes as JSON, more than the {} KiB a flag may have; move large lists into fewer, shorter rules",
+                MAX_FLAG_BYTES >> 10
+            ),
+        )
+        .at(format!("flags.{key}")));
+    }
+    Ok(())
+}
+
 /// Validates one flag definition (raw JSON from a request) against its environment's
 /// `$evaluators` and metadata: errors refuse it; returns the typed flag and its warnings (only
 /// the flag's own: an evaluator's are reported when the evaluators are written).
@@ -83,6 +103,7 @@ pub fn validate_flag(
     definition: &Value,
     mode: WriteMode,
 ) -> Result<(Flag, Vec<Problem>), ApiError> {
+    check_flag_size(key, definition)?;
     let document = json!({
         "metadata": environment.metadata,
         "$evaluators": environment.evaluators,
@@ -336,6 +357,12 @@ pub fn apply_document(
 ) -> Result<ApplyReport, ApiError> {
     let env = environment_or_404(store, environment)?;
     let loaded = CompiledFlagSet::load(document).map_err(ApiError::invalid)?;
+    for (key, flag) in &loaded.set.flags {
+        check_flag_size(
+            key,
+            &serde_json::to_value(flag).map_err(ApiError::internal)?,
+        )?;
+    }
     let (desired, mut warnings) = (loaded.set, loaded.warnings);
     let current: BTreeMap<String, StoredFlag> = store
         .flags(environment)?

@@ -1055,3 +1055,31 @@ async fn the_stream_reads_the_environment_parameter_as_ofrep_does() {
         other => panic!("expected a 400, got {other:?}"),
     }
 }
+
+/// A flag larger than 1 MiB is refused with a clear 422, whichever way it is written.
+#[tokio::test]
+async fn an_oversized_flag_is_refused() {
+    let mut live = Live::start().await;
+    let countries: Vec<String> = (0..120_000).map(|i| format!("c-{i:06}")).collect();
+    let flag = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+        "targeting": {"if": [{"in": [{"var": "country"}, countries]}, "on", "off"]}});
+    let (status, body) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/default/flags/huge",
+            Some(flag.clone()),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "flag_too_large", "{body}");
+    let (status, body) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/default/document",
+            Some(json!({"flags": {"huge": flag}})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["path"], "flags.huge", "{body}");
+    live.stop().await;
+}
