@@ -1457,3 +1457,85 @@ async fn an_undecodable_row_never_breaks_a_listing() {
         .collect();
     assert_eq!(keys, ["b"]);
 }
+
+/// Whatever a write accepts reads back unchanged through every read path: the flag view, the
+/// export (and an apply of that export elsewhere), the audit record and OFREP.
+#[test]
+fn any_accepted_value_round_trips_through_every_read_path() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = TestApp::new();
+    runtime.block_on(async {
+        let (status, _) = app
+            .call(
+                "POST",
+                "/api/v1/environments",
+                Some(json!({"name": "copy"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    });
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        "\\PC{0,12}".prop_map(Value::String),
+    ];
+    let value = leaf.prop_recursive(6, 48, 5, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let object = proptest::collection::btree_map("\\PC{1,6}", value, 0..4)
+        .prop_map(|m| Value::Object(m.into_iter().collect()));
+    let config = ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(variant in object)| {
+        let flag = json!({"state": "ENABLED", "variants": {"a": variant, "b": {}}, "defaultVariant": "a"});
+        runtime.block_on(async {
+            let (status, written) = app
+                .call("PUT", "/api/v1/environments/default/flags/f", Some(flag.clone()))
+                .await;
+            if !status.is_success() {
+                // Refused (a number that cannot be kept exactly, say): nothing to read back.
+                assert!(status.is_client_error(), "{status} {written}");
+                return;
+            }
+            assert_eq!(written["flag"]["variants"]["a"], flag["variants"]["a"]);
+            let (_, view) = app.call("GET", "/api/v1/environments/default/flags/f", None).await;
+            assert_eq!(view["flag"]["variants"]["a"], flag["variants"]["a"]);
+            let (_, export) = app.call("GET", "/api/v1/environments/default/document", None).await;
+            assert_eq!(export["flags"]["f"]["variants"]["a"], flag["variants"]["a"]);
+            let (status, applied) = app
+                .call("PUT", "/api/v1/environments/copy/document", Some(export.clone()))
+                .await;
+            assert!(status.is_success(), "the server refused its own export: {applied}");
+            let (_, copy) = app.call("GET", "/api/v1/environments/copy/document", None).await;
+            assert_eq!(copy["flags"]["f"], export["flags"]["f"]);
+            let (status, audit) = app
+                .call("GET", "/api/v1/audit?environment=default&flag=f&limit=1", None)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(audit["changes"][0]["after"]["variants"]["a"], flag["variants"]["a"]);
+            let request = TestApp::request(
+                "POST",
+                "/ofrep/v1/evaluate/flags/f",
+                Some(&app.sdk),
+                Some(&json!({"context": {}})),
+            );
+            let (status, _, answer) = app.send(request).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            assert_eq!(answer["value"], flag["variants"]["a"]);
+        });
+    });
+}
