@@ -42,6 +42,8 @@ fn main() {
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(5),
             strict: false,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         };
         let server = Server::open(options, flagd_server::state::system_clock()).await.expect("server opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

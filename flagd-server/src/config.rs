@@ -53,6 +53,16 @@ pub struct Config {
     #[arg(long, env = "FLAGD_WORKER_THREADS")]
     pub worker_threads: Option<std::num::NonZeroUsize>,
 
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// connection (before its first request, or between two) stays open, e.g. `10s`.
+    #[arg(long, env = "FLAGD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a request (reading its body included) may take before it is answered 408 and its
+    /// connection closed, e.g. `30s`. Stream sessions are not requests and are not limited.
+    #[arg(long, env = "FLAGD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Refuse every write that has warnings (what flagd loads but handles at evaluation time,
     /// such as an unknown operator), not only errors. A request can override it with
     /// `?strict=false` (or turn it on with `?strict=true`).

@@ -78,6 +78,10 @@ pub struct ServerOptions {
     pub shutdown_timeout: Duration,
     /// Writes refuse warnings by default.
     pub strict: bool,
+    /// How long a client may take to send headers (and stay idle before a request).
+    pub header_timeout: Duration,
+    /// How long a request may take, its body included.
+    pub request_timeout: Duration,
 }
 
 impl From<&config::Config> for ServerOptions {
@@ -89,6 +93,8 @@ impl From<&config::Config> for ServerOptions {
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
             strict: config.strict,
+            header_timeout: config.header_timeout,
+            request_timeout: config.request_timeout,
         }
     }
 }
@@ -124,6 +130,7 @@ impl Server {
             state
                 .strict_writes
                 .store(opened.strict, std::sync::atomic::Ordering::Relaxed);
+            state.set_request_timeout(opened.request_timeout);
             Ok::<_, StartError>((state, access))
         })
         .await
@@ -157,7 +164,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let router = self.router();
-        let listener = listener::LimitedListener::new(listener, self.options.max_connections);
+        let connections = listener::Connections::new(self.options.max_connections);
         let stopping = self.state.shutdown.clone();
         let signal = stopping.clone();
         tokio::spawn(async move {
@@ -173,12 +180,42 @@ impl Server {
             stopping.clone(),
             ramp::SchedulerSettings::default(),
         ));
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(stopping.clone().cancelled_owned());
+        // Our own accept loop rather than axum::serve: it sets hyper's header-read timeout
+        // (which also closes connections idle before or between requests) and admits
+        // connections through `Connections`, which evicts unanswered sockets at the cap.
+        let mut builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.options.header_timeout);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let connection = tokio::select! {
+                () = stopping.cancelled() => break,
+                connection = listener::accept(&listener, &connections) => connection,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let serving = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(connection), service)
+                .into_owned();
+            let watched = graceful.watch(serving);
+            tokio::spawn(async move {
+                if let Err(error) = watched.await {
+                    let timed_out = error
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if timed_out {
+                        metrics::connection_closed("header_timeout");
+                    }
+                    tracing::debug!(%error, "connection closed");
+                }
+            });
+        }
         let drain_limit = self.options.shutdown_timeout;
         tokio::select! {
-            result = server => result.map_err(StartError::Serve)?,
-            () = async { stopping.cancelled().await; tokio::time::sleep(drain_limit).await } => {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(drain_limit) => {
                 tracing::warn!(?drain_limit, "in-flight requests did not finish in time; closing them");
             }
         }

@@ -71,6 +71,7 @@ struct Registry {
     flag_writes: DashMap<String, AtomicU64>,
     store_errors: AtomicU64,
     scheduler_restarts: AtomicU64,
+    connections_closed: DashMap<&'static str, AtomicU64>,
     invalid_ramps: AtomicU64,
     connected_clients: DashMap<String, std::sync::atomic::AtomicI64>,
     propagation: Histogram,
@@ -128,6 +129,16 @@ pub fn propagation(elapsed: std::time::Duration) {
 /// Counts a store failure.
 pub fn store_error() {
     REGISTRY.store_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts a connection the server closed for `reason` (`evicted`, `header_timeout`,
+/// `request_timeout`).
+pub fn connection_closed(reason: &'static str) {
+    REGISTRY
+        .connections_closed
+        .entry(reason)
+        .or_default()
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// Counts a ramp scheduler failure (an error or a panic) after which it is restarted.
@@ -219,6 +230,20 @@ pub fn render() -> String {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    }
+    out.push_str("# HELP flagd_connections_closed_total Connections the server closed, by reason (evicted: idle or slow at the connection limit; header_timeout; request_timeout).\n");
+    out.push_str("# TYPE flagd_connections_closed_total counter\n");
+    let mut closed: Vec<_> = REGISTRY
+        .connections_closed
+        .iter()
+        .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    closed.sort();
+    for (reason, count) in closed {
+        let _ = writeln!(
+            out,
+            "flagd_connections_closed_total{{reason=\"{reason}\"}} {count}"
+        );
     }
     out.push_str("# HELP flagd_stream_clients Connected stream clients by environment.\n");
     out.push_str("# TYPE flagd_stream_clients gauge\n");

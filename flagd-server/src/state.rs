@@ -62,6 +62,8 @@ pub struct SharedState {
     pub scheduler: crate::ramp::SchedulerHealth,
     /// Whether writes refuse warnings by default (`--strict`; `?strict=` overrides per request).
     pub strict_writes: std::sync::atomic::AtomicBool,
+    /// How long a request may take, in milliseconds (`--request-timeout`).
+    request_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Stream settings.
@@ -104,7 +106,25 @@ impl AppState {
             guard_checks: crate::ramp::GuardChecks::default(),
             scheduler: crate::ramp::SchedulerHealth::default(),
             strict_writes: std::sync::atomic::AtomicBool::new(false),
+            request_timeout_ms: std::sync::atomic::AtomicU64::new(30_000),
         })))
+    }
+
+    /// How long a request may take, its body included.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.request_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Sets `request_timeout` (at start).
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.request_timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -1018,6 +1018,8 @@ async fn data_versions_and_tokens_survive_a_restart() {
         max_connections: 64,
         shutdown_timeout: std::time::Duration::from_secs(2),
         strict: false,
+        header_timeout: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(30),
     };
     let start = |options: ServerOptions| async move {
         let server = Server::open(options, flagd_server::state::system_clock())
@@ -1126,6 +1128,8 @@ async fn the_connection_limit_holds_back_extra_connections() {
         max_connections: 1,
         shutdown_timeout: std::time::Duration::from_secs(1),
         strict: false,
+        header_timeout: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(30),
     };
     let server = Server::open(options, flagd_server::state::system_clock())
         .await
@@ -1275,6 +1279,8 @@ async fn a_new_data_directory_and_its_files_are_private() {
         max_connections: 16,
         shutdown_timeout: std::time::Duration::from_secs(1),
         strict: false,
+        header_timeout: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(30),
     };
     let server = Server::open(options, flagd_server::state::system_clock())
         .await
@@ -1404,6 +1410,8 @@ async fn an_undecodable_row_never_breaks_a_listing() {
         max_connections: 16,
         shutdown_timeout: std::time::Duration::from_secs(1),
         strict: false,
+        header_timeout: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(30),
     };
     let server = Server::open(options, flagd_server::state::system_clock())
         .await
@@ -1538,4 +1546,127 @@ fn any_accepted_value_round_trips_through_every_read_path() {
             assert_eq!(answer["value"], flag["variants"]["a"]);
         });
     });
+}
+
+/// The attack scenarios of issue 12, against a cap of 5 connections and 1 s timeouts: idle
+/// sockets and a slowloris cannot keep `/healthz` from answering within 1 s; a header trickle,
+/// an idle keep-alive connection and a body shorter than its Content-Length are all closed.
+#[tokio::test]
+async fn idle_and_slow_sockets_cannot_starve_the_server() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "timeouts-admin-token-0123456789";
+    let options = ServerOptions {
+        data_dir: dir.path().to_owned(),
+        admin_token: Some(admin.to_owned()),
+        body_limit: BODY_LIMIT,
+        max_connections: 5,
+        shutdown_timeout: std::time::Duration::from_secs(1),
+        strict: false,
+        header_timeout: std::time::Duration::from_secs(1),
+        request_timeout: std::time::Duration::from_secs(1),
+    };
+    let server = Server::open(options, flagd_server::state::system_clock())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let healthz = || async move {
+        let started = std::time::Instant::now();
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut buffer))
+                .await
+                .expect("/healthz answered within 1 s")
+                .unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+        started.elapsed()
+    };
+    // Five sockets that send nothing, one that trickles a header: the cap is full of them.
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(address).await.unwrap());
+    }
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let took = healthz().await;
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+    }
+    // A body shorter than its Content-Length: 408, and the connection closes.
+    let mut short = TcpStream::connect(address).await.unwrap();
+    short
+        .write_all(
+            format!(
+                "PUT /api/v1/environments/default/flags/f HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        short.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the short body was cut off")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    // The trickling header and an idle keep-alive connection are closed by the header timeout.
+    let mut kept = TcpStream::connect(address).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let read = kept.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
+    for (name, stream) in [("slowloris", &mut slow), ("keep-alive", &mut kept)] {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "{name} is still open");
+    }
+    let metrics = healthz_metrics(address).await;
+    assert!(
+        metrics.contains("flagd_connections_closed_total{reason=\"evicted\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flagd_connections_closed_total{reason=\"request_timeout\"}"),
+        "{metrics}"
+    );
+    drop(idle);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+async fn healthz_metrics(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).await.unwrap();
+    String::from_utf8_lossy(&body).into_owned()
 }

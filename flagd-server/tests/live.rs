@@ -46,6 +46,8 @@ impl Live {
             max_connections: 256,
             shutdown_timeout: Duration::from_secs(3),
             strict,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         };
         let server = Server::open(options, flagd_server::state::system_clock())
             .await

@@ -175,9 +175,44 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
+}
+
+/// A request, its body included, is answered within `--request-timeout` or gets 408 and its
+/// connection closed: a body shorter than its `Content-Length` cannot hold a handler forever.
+/// Stream sessions are not requests: the upgrade answers at once.
+async fn request_deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if request.uri().path() == "/api/v1/stream" {
+        return next.run(request).await;
+    }
+    let limit = state.request_timeout();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            crate::metrics::connection_closed("request_timeout");
+            let mut response = ApiError::request_timeout(format!(
+                "the request took longer than {}s (was the body shorter than its Content-Length?)",
+                limit.as_secs()
+            ))
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// Every error the router answers has our shape, `{"error": {"code", "message"}}`, including
