@@ -44,7 +44,9 @@ pub struct Config {
     #[arg(long, env = "FLAGD_BODY_LIMIT", default_value = "8MiB", value_parser = parse_size)]
     pub body_limit: usize,
 
-    /// Most simultaneous client connections; further connections wait to be accepted.
+    /// Most simultaneous client connections. When full, a new connection evicts the oldest one
+    /// that has never been answered (idle or slow); if every connection has been answered, it
+    /// waits to be accepted.
     #[arg(long, env = "FLAGD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
