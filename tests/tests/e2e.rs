@@ -807,6 +807,100 @@ mod cli {
         runtime.block_on(client.close());
     }
 
+    /// Issue 12's round-trip rule on the legs outside the server: values at the edges of what a
+    /// write accepts (the deepest nesting allowed, floats that need every digit, the largest exact
+    /// integers, control characters, odd keys), applied with flagctl, reach the SDK through the
+    /// stream and come back unchanged in `flagctl flag history` and `flagctl export`.
+    #[test]
+    fn edge_values_round_trip_through_the_stream_the_sdk_and_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let mut deepest = json!("bottom");
+        // One level is the `{"v": …}` wrapper every value below is put in.
+        for level in 0..flag_core::MAX_VALUE_DEPTH - 1 {
+            deepest = if level % 2 == 0 {
+                json!([deepest])
+            } else {
+                json!({ "k": deepest })
+            };
+        }
+        let values = [
+            deepest,
+            json!(0.1),
+            json!(0.30000000000000004),
+            json!(1.7976931348623157e308),
+            json!(5e-324),
+            json!(-2.2250738585072014e-308),
+            json!(9_007_199_254_740_991_i64),
+            json!(-9_007_199_254_740_991_i64),
+            json!(""),
+            json!("\u{0}\u{1f}\n\t\"\\ \u{2028}\u{2029} ünï 🚀"),
+            json!("x".repeat(100_000)),
+            json!({"": 1, "a.b": [], "$ref": "not a ref", "🔑": {}, "\u{7f}": null}),
+            json!([[], {}, null, true, false, 0, -0.5]),
+        ];
+        let mut flags = serde_json::Map::new();
+        for (i, value) in values.iter().enumerate() {
+            flags.insert(
+                format!("edge-{i}"),
+                json!({"state": "ENABLED", "defaultVariant": "a",
+                       "variants": {"a": {"v": value}, "b": {}}}),
+            );
+        }
+        std::fs::write(
+            dir.path().join("flags.json"),
+            serde_json::to_vec(&json!({ "flags": flags })).unwrap(),
+        )
+        .unwrap();
+        let (code, _, stderr) = flagctl(&server, dir.path(), &["apply", "-f", "flags.json"]);
+        assert_eq!(code, 0, "{stderr}");
+
+        let (_, secret, _) = flagctl(
+            &server,
+            dir.path(),
+            &["token", "create", "--role", "sdk", "--name", "edge"],
+        );
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let client = runtime.block_on(async {
+            let client = flag_sdk::FlagClient::builder()
+                .server(&server.base_url)
+                .token(secret.trim())
+                .build()
+                .unwrap();
+            client.wait_ready(Duration::from_secs(10)).await.unwrap();
+            client
+        });
+        let user = flag_sdk::EvaluationContext::new("u1");
+        let (code, exported, _) = flagctl(&server, dir.path(), &["-o", "json", "export"]);
+        assert_eq!(code, 0);
+        let exported: Value = serde_json::from_str(&exported).unwrap();
+        for (i, value) in values.iter().enumerate() {
+            let key = format!("edge-{i}");
+            let expected = json!({ "v": value });
+            assert_eq!(
+                client.json_value(&key, &user, Value::Null),
+                expected,
+                "SDK, {key}"
+            );
+            assert_eq!(
+                exported["flags"][&key]["variants"]["a"], expected,
+                "export, {key}"
+            );
+            let (code, history, stderr) = flagctl(
+                &server,
+                dir.path(),
+                &["-o", "json", "flag", "history", &key],
+            );
+            assert_eq!(code, 0, "{stderr}");
+            let history: Value = serde_json::from_str(&history).unwrap();
+            assert_eq!(
+                history[0]["after"]["variants"]["a"], expected,
+                "history, {key}"
+            );
+        }
+        runtime.block_on(client.close());
+    }
+
     #[test]
     fn login_saves_a_private_config_that_later_commands_use() {
         let dir = tempfile::tempdir().unwrap();
