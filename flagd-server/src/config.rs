@@ -45,7 +45,7 @@ pub struct Config {
     pub body_limit: usize,
 
     /// Most simultaneous client connections. When full, a new connection evicts the oldest one
-    /// that has never been answered (idle or slow); if every connection has been answered, it
+    /// that has not sent a complete request yet (idle or slow); if every connection has, it
     /// waits to be accepted.
     #[arg(long, env = "FLAGD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -181,27 +181,55 @@ impl Server {
             ramp::SchedulerSettings::default(),
         ));
         // Our own accept loop rather than axum::serve: it sets hyper's header-read timeout
-        // (which also closes connections idle before or between requests) and admits
-        // connections through `Connections`, which evicts unanswered sockets at the cap.
+        // (which also closes connections idle between requests), bounds sockets that never send
+        // a byte, and admits connections through `Connections`, which evicts sockets that have
+        // sent no request at the cap.
         let mut builder =
             hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(self.options.header_timeout);
+            .header_read_timeout(self.options.header_timeout)
+            // A client that sends its request and then shuts down its write side still gets
+            // the answer.
+            .half_close(true);
+        let header_timeout = self.options.header_timeout;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
-            let connection = tokio::select! {
+            let mut connection = tokio::select! {
                 () = stopping.cancelled() => break,
                 connection = listener::accept(&listener, &connections) => connection,
             };
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
-            let serving = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(connection), service)
-                .into_owned();
-            let watched = graceful.watch(serving);
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let router = router.clone();
+            let stopping = stopping.clone();
             tokio::spawn(async move {
-                if let Err(error) = watched.await {
+                let first = tokio::select! {
+                    first = connection.first_byte(header_timeout) => first,
+                    () = stopping.cancelled() => return,
+                };
+                match first {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(_) => {
+                        metrics::connection_closed("header_timeout");
+                        return;
+                    }
+                }
+                let marker = connection.request_marker();
+                let tower = hyper_util::service::TowerToHyperService::new(router);
+                let service = hyper::service::service_fn(move |request| {
+                    marker.requested();
+                    hyper::service::Service::call(&tower, request)
+                });
+                let serving = builder
+                    .serve_connection_with_upgrades(
+                        hyper_util::rt::TokioIo::new(connection),
+                        service,
+                    )
+                    .into_owned();
+                if let Err(error) = watcher.watch(serving).await {
                     let timed_out = error
                         .downcast_ref::<hyper::Error>()
                         .is_some_and(hyper::Error::is_timeout);

@@ -2,16 +2,17 @@
 //! starve the server.
 //!
 //! At most `max_connections` are open. When the cap is reached, a new connection evicts the
-//! oldest one that has not yet been answered anything (an idle socket, a slowloris trickling a
-//! header): those cost the attacker nothing to keep, so they must not be able to lock out
-//! `/healthz` or real clients. Connections that have been answered (keep-alive clients, stream
-//! sessions) are never evicted; when every connection is such one, accepting waits. hyper's
-//! header-read timeout closes idle and slow sockets after a while in any case.
+//! oldest one that has not yet sent a complete request head: first one that has sent nothing at
+//! all (an idle socket, or one its peer already closed), else one still trickling its headers (a
+//! slowloris). Those cost an attacker nothing to keep, so they must not be able to lock out
+//! `/healthz` or real clients. A connection whose request is being read or served, or that has
+//! been answered (keep-alive clients, stream sessions), is never evicted; when every connection
+//! is such one, accepting waits. The header timeout closes silent and slow sockets in any case.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,10 +36,17 @@ struct Slots {
 
 #[derive(Debug)]
 struct Slot {
-    /// Set once the connection has written anything: it has been answered.
-    answered: Arc<AtomicBool>,
+    /// `SILENT`, `SPEAKING` or `REQUESTED`; only ever increases.
+    progress: Arc<AtomicU8>,
     evict: CancellationToken,
 }
+
+/// Nothing received yet.
+const SILENT: u8 = 0;
+/// Bytes received, but no complete request head yet.
+const SPEAKING: u8 = 1;
+/// A request head was parsed: the connection is a real client from now on.
+const REQUESTED: u8 = 2;
 
 impl Connections {
     /// At most `cap` open connections.
@@ -54,16 +62,20 @@ impl Connections {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place for a new connection, evicting the oldest unanswered one when full; `None` when
-    /// every open connection has been answered (the caller waits and tries again).
+    /// A place for a new connection, evicting the oldest silent one, else the oldest one still
+    /// sending its request head, when full; `None` when every open connection has sent a request
+    /// (the caller waits and tries again).
     fn admit(self: &Arc<Self>) -> Option<Admission> {
         let mut slots = self.slots();
         if slots.live.len() >= self.cap {
-            let victim = slots
-                .live
-                .iter()
-                .find(|(_, slot)| !slot.answered.load(Ordering::Relaxed))
-                .map(|(id, _)| *id)?;
+            let oldest_at = |level: u8| {
+                slots
+                    .live
+                    .iter()
+                    .find(|(_, slot)| slot.progress.load(Ordering::Relaxed) == level)
+                    .map(|(id, _)| *id)
+            };
+            let victim = oldest_at(SILENT).or_else(|| oldest_at(SPEAKING))?;
             if let Some(slot) = slots.live.remove(&victim) {
                 slot.evict.cancel();
                 crate::metrics::connection_closed("evicted");
@@ -71,19 +83,19 @@ impl Connections {
         }
         let id = slots.next_id;
         slots.next_id += 1;
-        let answered = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU8::new(SILENT));
         let evict = CancellationToken::new();
         slots.live.insert(
             id,
             Slot {
-                answered: answered.clone(),
+                progress: progress.clone(),
                 evict: evict.clone(),
             },
         );
         Some(Admission {
             connections: self.clone(),
             id,
-            answered,
+            progress,
             evicted: Box::pin(evict.cancelled_owned()),
         })
     }
@@ -98,7 +110,7 @@ impl Connections {
 struct Admission {
     connections: Arc<Connections>,
     id: u64,
-    answered: Arc<AtomicBool>,
+    progress: Arc<AtomicU8>,
     evicted: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -149,6 +161,40 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// Waits up to `within` for the peer's first byte (hyper's header timer only starts at the
+    /// first byte, so a socket that never sends one is bounded here): `Ok(true)` when one
+    /// arrived, `Ok(false)` when the peer closed or failed or the connection was evicted, `Err`
+    /// when it stayed silent.
+    pub async fn first_byte(
+        &mut self,
+        within: Duration,
+    ) -> Result<bool, tokio::time::error::Elapsed> {
+        let Connection { stream, admission } = self;
+        let mut byte = [0u8; 1];
+        let arrived = tokio::time::timeout(within, async {
+            tokio::select! {
+                peeked = stream.peek(&mut byte) => matches!(peeked, Ok(n) if n > 0),
+                () = admission.evicted.as_mut() => false,
+            }
+        })
+        .await?;
+        if arrived {
+            let _ = admission.progress.compare_exchange(
+                SILENT,
+                SPEAKING,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        Ok(arrived)
+    }
+
+    /// Marks that a complete request head arrived: the connection can no longer be evicted.
+    /// Returned as a handle for the service, which sees each parsed request.
+    pub fn request_marker(&self) -> RequestMarker {
+        RequestMarker(self.admission.progress.clone())
+    }
+
     fn check_evicted(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
         match self.admission.evicted.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(
@@ -186,11 +232,7 @@ impl AsyncWrite for Connection {
         if let Err(error) = this.check_evicted(cx) {
             return Poll::Ready(Err(error));
         }
-        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.admission.answered.store(true, Ordering::Relaxed);
-        }
-        written
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -210,14 +252,21 @@ impl AsyncWrite for Connection {
         if let Err(error) = this.check_evicted(cx) {
             return Poll::Ready(Err(error));
         }
-        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.admission.answered.store(true, Ordering::Relaxed);
-        }
-        written
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+/// See [`Connection::request_marker`].
+#[derive(Debug, Clone)]
+pub struct RequestMarker(Arc<AtomicU8>);
+
+impl RequestMarker {
+    /// A request head was parsed on this connection.
+    pub fn requested(&self) {
+        self.0.store(REQUESTED, Ordering::Relaxed);
     }
 }

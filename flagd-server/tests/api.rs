@@ -1655,6 +1655,58 @@ async fn idle_and_slow_sockets_cannot_starve_the_server() {
         "{metrics}"
     );
     drop(idle);
+    // Below the cap, a socket that never sends a byte is closed by the header timeout too
+    // (hyper's own header timer only starts at the first byte).
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        silent.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "a silent socket is still open");
+    // A request whose body is still arriving is a real client: a flood of idle sockets at the
+    // cap evicts them, never it.
+    let body = json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                      "defaultVariant": "on", "description": "x".repeat(4000)})
+    .to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut upload = TcpStream::connect(address).await.unwrap();
+    upload
+        .write_all(
+            format!(
+                "PUT /api/v1/environments/default/flags/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut flood = Vec::new();
+    for _ in 0..6 {
+        flood.push(TcpStream::connect(address).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    upload.write_all(tail.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    upload.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    drop(flood);
+    // A client that sends its request and then shuts down its write side gets its answer.
+    let mut half = TcpStream::connect(address).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    half.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    half.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
