@@ -240,17 +240,26 @@ impl Server {
                 }
             });
         }
+        // One deadline for the whole drain: requests, the scheduler and stream goodbyes share
+        // `--shutdown-timeout` rather than each getting it in turn.
         let drain_limit = self.options.shutdown_timeout;
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(drain_limit) => {
-                tracing::warn!(?drain_limit, "in-flight requests did not finish in time; closing them");
-            }
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(drain_limit)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        if tokio::time::timeout_at(deadline, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain_limit,
+                "in-flight requests did not finish in time; closing them"
+            );
         }
-        let _ = tokio::time::timeout(drain_limit, scheduler).await;
-        // Stream sessions were told to say goodbye when `stopping` fired; give them the same bound.
+        let _ = tokio::time::timeout_at(deadline, scheduler).await;
+        // Stream sessions were told to say goodbye when `stopping` fired.
         self.state.sessions.close();
-        if tokio::time::timeout(drain_limit, self.state.sessions.wait())
+        if tokio::time::timeout_at(deadline, self.state.sessions.wait())
             .await
             .is_err()
         {

@@ -1085,3 +1085,52 @@ async fn an_oversized_flag_is_refused() {
     assert_eq!(body["error"]["path"], "flags.huge", "{body}");
     live.stop().await;
 }
+
+/// `--shutdown-timeout` bounds the whole drain, not each of its steps in turn: a request whose
+/// body never finishes and a stream client that stopped reading in the middle of a large
+/// snapshot are both cut off by the same deadline (3 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deadline_bounds_the_whole_shutdown() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut live = Live::start().await;
+    // A snapshot far larger than the socket buffers: the stalled client's session blocks on it.
+    for i in 0..12 {
+        let mut flag = boolean_flag("on");
+        flag["description"] = json!("x".repeat(1000 * 1024));
+        live.put(&format!("big-{i}"), flag).await;
+    }
+    let address = live.base.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                live.sdk
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut switching = [0u8; 12];
+    stalled.read_exact(&mut switching).await.unwrap();
+    assert_eq!(&switching, b"HTTP/1.1 101");
+    // ...and then it never reads again. A request whose body never arrives holds the drain too.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(
+        format!(
+            "PUT /api/v1/environments/default/flags/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    live.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(4_000),
+        "shutdown took {took:?}"
+    );
+    drop((stalled, slow));
+}
