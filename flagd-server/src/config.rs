@@ -71,7 +71,8 @@ pub struct Config {
     #[arg(long, env = "FLAGD_STRICT", value_parser = clap::builder::BoolishValueParser::new())]
     pub strict: bool,
 
-    /// On SIGINT/SIGTERM, how long in-flight requests get to finish, e.g. `10s`, `500ms`.
+    /// On SIGINT/SIGTERM, how long the whole drain may take (in-flight requests finishing,
+    /// stream clients receiving their goodbye), e.g. `10s`, `500ms`.
     #[arg(long, env = "FLAGD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
