@@ -27,6 +27,7 @@ mod compile;
 mod context;
 mod decision;
 pub mod hash;
+pub mod json;
 mod model;
 pub mod ofrep;
 mod problem;

@@ -1177,6 +1177,21 @@ mod cli {
         assert_eq!(code, 1, "{stdout}");
         assert!(stdout.contains("error: flags.x.defaultVariant"), "{stdout}");
         assert!(stdout.contains("[unknown_default_variant]"), "{stdout}");
+        // A duplicate key would silently keep the last value: refused, as the server refuses it.
+        std::fs::write(
+            dir.path().join("duplicate.json"),
+            r#"{"flags": {"x": {"state": "ENABLED", "state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"}}}"#,
+        )
+        .unwrap();
+        for command in ["validate", "apply"] {
+            let (code, _, stderr) =
+                flagctl(&server, dir.path(), &[command, "-f", "duplicate.json"]);
+            assert_eq!(code, 1, "{command}: {stderr}");
+            assert!(
+                stderr.contains("duplicate key \"state\""),
+                "{command}: {stderr}"
+            );
+        }
 
         let (code, _, stderr) = flagctl(&server, dir.path(), &["--strict", "apply", "-f", &file]);
         assert_eq!(code, 1, "{stderr}");

@@ -63,7 +63,8 @@ pub fn read_json(path: &std::path::Path) -> crate::error::Result<serde_json::Val
     let text = std::fs::read_to_string(path).map_err(|error| {
         crate::error::CliError::input(format!("cannot read {}: {error}", path.display()))
     })?;
-    serde_json::from_str(&text).map_err(|error| {
+    // Duplicate keys are refused as the server refuses them: the last one would silently win.
+    flag_core::json::from_str_unique(&text).map_err(|error| {
         crate::error::CliError::input(format!("{} is not valid JSON: {error}", path.display()))
     })
 }
