@@ -64,10 +64,13 @@ impl Connections {
 
     /// A place for a new connection, evicting the oldest silent one, else the oldest one still
     /// sending its request head, when full; `None` when every open connection has sent a request
-    /// (the caller waits and tries again).
-    fn admit(self: &Arc<Self>) -> Option<Admission> {
+    /// (the caller waits and tries again). Without `evict`, `None` whenever full.
+    fn admit(self: &Arc<Self>, evict: bool) -> Option<Admission> {
         let mut slots = self.slots();
         if slots.live.len() >= self.cap {
+            if !evict {
+                return None;
+            }
             let oldest_at = |level: u8| {
                 slots
                     .live
@@ -129,7 +132,14 @@ pub async fn accept(listener: &TcpListener, connections: &Arc<Connections>) -> C
                 // Small JSON responses: do not wait for Nagle.
                 let _ = stream.set_nodelay(true);
                 let admission = loop {
-                    match connections.admit() {
+                    if let Some(admission) = connections.admit(false) {
+                        break admission;
+                    }
+                    // Full. A moment first for sockets whose peers already left to free their
+                    // slots and for requests already sent to be parsed, so that the eviction
+                    // falls on a socket that is really idle or slow.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    match connections.admit(true) {
                         Some(admission) => break admission,
                         // Every open connection is a real client: wait for one to close.
                         None => tokio::time::sleep(Duration::from_millis(20)).await,
