@@ -36,14 +36,10 @@ fn main() {
         let dir = tempfile::tempdir_in(std::env::var("BENCH_DATA_DIR").unwrap_or_else(|_| ".".to_owned()))
             .expect("temp dir");
         let options = ServerOptions {
-            data_dir: dir.path().to_owned(),
             admin_token: Some(ADMIN.to_owned()),
-            body_limit: 8 << 20,
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(5),
-            strict: false,
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
+            ..ServerOptions::new(dir.path().to_owned())
         };
         let server = Server::open(options, flagd_server::state::system_clock()).await.expect("server opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

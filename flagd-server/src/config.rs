@@ -194,5 +194,10 @@ mod tests {
         let config = Config::try_parse_from(["flagd-server"]).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8016");
         assert_eq!(config.body_limit, 8 << 20);
+        // `ServerOptions::new` states the same defaults for embedders and tests.
+        assert_eq!(
+            crate::ServerOptions::from(&config),
+            crate::ServerOptions::new(PathBuf::from("./flagd-data"))
+        );
     }
 }

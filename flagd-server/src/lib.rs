@@ -64,7 +64,7 @@ pub enum StartError {
 }
 
 /// What the server needs to know (the binary fills it from `config::Config`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerOptions {
     /// Directory for the database and the admin-token file.
     pub data_dir: PathBuf,
@@ -82,6 +82,23 @@ pub struct ServerOptions {
     pub header_timeout: Duration,
     /// How long a request may take, its body included.
     pub request_timeout: Duration,
+}
+
+impl ServerOptions {
+    /// The binary's defaults (`flagd-server --help`) with `data_dir`; embedders and tests change
+    /// the fields they care about with `..ServerOptions::new(dir)`.
+    pub fn new(data_dir: PathBuf) -> ServerOptions {
+        ServerOptions {
+            data_dir,
+            admin_token: None,
+            body_limit: 8 << 20,
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
+            strict: false,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl From<&config::Config> for ServerOptions {

@@ -1012,14 +1012,11 @@ async fn health_ready_and_metrics() {
 async fn data_versions_and_tokens_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let options = ServerOptions {
-        data_dir: dir.path().to_owned(),
         admin_token: Some("test-admin-token-0123456789".to_owned()),
         body_limit: BODY_LIMIT,
         max_connections: 64,
         shutdown_timeout: std::time::Duration::from_secs(2),
-        strict: false,
-        header_timeout: std::time::Duration::from_secs(10),
-        request_timeout: std::time::Duration::from_secs(30),
+        ..ServerOptions::new(dir.path().to_owned())
     };
     let start = |options: ServerOptions| async move {
         let server = Server::open(options, flagd_server::state::system_clock())
@@ -1122,14 +1119,10 @@ async fn the_connection_limit_holds_back_extra_connections() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();
     let options = ServerOptions {
-        data_dir: dir.path().to_owned(),
-        admin_token: None,
         body_limit: BODY_LIMIT,
         max_connections: 1,
         shutdown_timeout: std::time::Duration::from_secs(1),
-        strict: false,
-        header_timeout: std::time::Duration::from_secs(10),
-        request_timeout: std::time::Duration::from_secs(30),
+        ..ServerOptions::new(dir.path().to_owned())
     };
     let server = Server::open(options, flagd_server::state::system_clock())
         .await
@@ -1273,14 +1266,10 @@ async fn a_new_data_directory_and_its_files_are_private() {
     let parent = tempfile::tempdir().unwrap();
     let data = parent.path().join("data");
     let options = ServerOptions {
-        data_dir: data.clone(),
-        admin_token: None,
         body_limit: 1 << 20,
         max_connections: 16,
         shutdown_timeout: std::time::Duration::from_secs(1),
-        strict: false,
-        header_timeout: std::time::Duration::from_secs(10),
-        request_timeout: std::time::Duration::from_secs(30),
+        ..ServerOptions::new(data.clone())
     };
     let server = Server::open(options, flagd_server::state::system_clock())
         .await
@@ -1404,14 +1393,11 @@ async fn an_undecodable_row_never_breaks_a_listing() {
     let dir = tempfile::tempdir().unwrap();
     let admin = "undecodable-admin-token-0123456789";
     let options = ServerOptions {
-        data_dir: dir.path().to_owned(),
         admin_token: Some(admin.to_owned()),
         body_limit: 1 << 20,
         max_connections: 16,
         shutdown_timeout: std::time::Duration::from_secs(1),
-        strict: false,
-        header_timeout: std::time::Duration::from_secs(10),
-        request_timeout: std::time::Duration::from_secs(30),
+        ..ServerOptions::new(dir.path().to_owned())
     };
     let server = Server::open(options, flagd_server::state::system_clock())
         .await
@@ -1558,14 +1544,13 @@ async fn idle_and_slow_sockets_cannot_starve_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let admin = "timeouts-admin-token-0123456789";
     let options = ServerOptions {
-        data_dir: dir.path().to_owned(),
         admin_token: Some(admin.to_owned()),
         body_limit: BODY_LIMIT,
         max_connections: 5,
         shutdown_timeout: std::time::Duration::from_secs(1),
-        strict: false,
         header_timeout: std::time::Duration::from_secs(1),
         request_timeout: std::time::Duration::from_secs(1),
+        ..ServerOptions::new(dir.path().to_owned())
     };
     let server = Server::open(options, flagd_server::state::system_clock())
         .await

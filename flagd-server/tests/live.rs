@@ -40,14 +40,12 @@ impl Live {
 
     async fn start_with(dir: &std::path::Path, strict: bool) -> Live {
         let options = ServerOptions {
-            data_dir: dir.to_owned(),
             admin_token: Some(ADMIN.to_owned()),
             body_limit: 16 << 20,
             max_connections: 256,
             shutdown_timeout: Duration::from_secs(3),
             strict,
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
+            ..ServerOptions::new(dir.to_owned())
         };
         let server = Server::open(options, flagd_server::state::system_clock())
             .await
