@@ -116,6 +116,18 @@ impl Loaded {
     }
 }
 
+/// flagd's load policy: any error refuses the document (all errors reported); otherwise the
+/// warnings.
+fn errors_refuse(problems: Vec<Problem>) -> Result<Vec<Problem>, ValidationError> {
+    let (warnings, errors): (Vec<Problem>, Vec<Problem>) =
+        problems.into_iter().partition(Problem::is_warning);
+    if errors.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(ValidationError { problems: errors })
+    }
+}
+
 impl FlagSet {
     /// Parses and validates a document strictly: every problem is reported, with its path.
     pub fn from_json_str(text: &str) -> Result<FlagSet, ValidationError> {
@@ -139,17 +151,12 @@ impl CompiledFlagSet {
     /// affected flag evaluates as flagd would.
     pub fn load(value: &Value) -> Result<Loaded, ValidationError> {
         let (set, compiled, problems) = load_all(value);
-        let (warnings, errors): (Vec<Problem>, Vec<Problem>) =
-            problems.into_iter().partition(Problem::is_warning);
-        if errors.is_empty() {
-            Ok(Loaded {
-                set,
-                compiled,
-                warnings,
-            })
-        } else {
-            Err(ValidationError { problems: errors })
-        }
+        let warnings = errors_refuse(problems)?;
+        Ok(Loaded {
+            set,
+            compiled,
+            warnings,
+        })
     }
 
     /// [`load`](Self::load) for JSON text.
@@ -190,13 +197,7 @@ impl CompiledFlagSet {
         set: &FlagSet,
     ) -> Result<(CompiledFlagSet, Vec<Problem>), ValidationError> {
         let (compiled, problems) = compile_parsed(set, &BTreeMap::new(), Mode::Strict);
-        let (warnings, errors): (Vec<Problem>, Vec<Problem>) =
-            problems.into_iter().partition(Problem::is_warning);
-        if errors.is_empty() {
-            Ok((compiled, warnings))
-        } else {
-            Err(ValidationError { problems: errors })
-        }
+        Ok((compiled, errors_refuse(problems)?))
     }
 
     /// Compiles a typed document leniently: broken flags evaluate to an error result.

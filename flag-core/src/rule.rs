@@ -191,7 +191,7 @@ impl<'a> Env<'a> {
 
 /// A custom operator failed: it answers null, and the targeting result will be null.
 fn fail<'a>(scope: Scope<'_>) -> Val<'a> {
-    scope.env.failed.set(true);
+    scope.failed();
     null()
 }
 
@@ -356,7 +356,7 @@ fn eval_affix(affix: &AffixNode, scope: Scope<'_>) -> Option<bool> {
             text.starts_with(affix.affix.as_ref())
         }),
         _ => {
-            scope.env.failed.set(true);
+            scope.failed();
             None
         }
     }
