@@ -80,7 +80,19 @@ pub const MAX_FLAG_BYTES: usize = 1 << 20;
 
 /// Refuses a definition larger than `MAX_FLAG_BYTES` (422 `flag_too_large`).
 fn check_flag_size(key: &str, definition: &Value) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(definition).map_or(usize::MAX, |bytes| bytes.len());
+    /// Counts serialized bytes without keeping them (a refused definition can be megabytes).
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(bytes.len());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let size = serde_json::to_writer(&mut counter, definition).map_or(usize::MAX, |()| counter.0);
     if size > MAX_FLAG_BYTES {
         return Err(ApiError::unprocessable(
             "flag_too_large",
