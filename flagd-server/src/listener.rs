@@ -10,6 +10,7 @@
 //! is such one, accepting waits. The header timeout closes silent and slow sockets in any case.
 
 use std::collections::BTreeMap;
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -101,11 +102,6 @@ impl Connections {
             progress,
             evicted: Box::pin(evict.cancelled_owned()),
         })
-    }
-
-    /// How many connections are open.
-    pub fn open(&self) -> usize {
-        self.slots().live.len()
     }
 }
 
@@ -215,8 +211,6 @@ impl Connection {
         }
     }
 }
-
-use std::future::Future as _;
 
 impl AsyncRead for Connection {
     fn poll_read(
