@@ -4,6 +4,8 @@
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use flag_protocol::{ErrorBody, ErrorCode};
+
 use crate::error::{CliError, Kind, Result};
 
 /// A connection to one server with one token.
@@ -145,42 +147,35 @@ fn network_error(server: &str, error: &reqwest::Error) -> CliError {
     .hint("is it running? check --server / FLAGCTL_SERVER (or `flagctl login`)")
 }
 
-/// The server's `{"error": {"code", "message", "path", "problems"}}` as a `CliError`.
+/// The server's `{"error": {"code", "message", "path", "problems"}}` as a `CliError` carrying
+/// the code.
 pub fn server_error(status: StatusCode, body: &Value) -> CliError {
-    let error = &body["error"];
-    let message = error["message"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("the server answered {status}"));
+    let Ok(ErrorBody { error }) = serde_json::from_value::<ErrorBody>(body.clone()) else {
+        // Not our error shape (a proxy in between, say): the status is all there is.
+        let mut cli = CliError::new(Kind::Server, format!("the server answered {status}"));
+        cli.server_code = Some(ErrorCode::for_status(status.as_u16()));
+        return cli;
+    };
     // A validation error's message already lists its problems; show them one per line instead.
-    let problems: Vec<String> = error["problems"]
-        .as_array()
-        .map(|problems| {
-            problems
-                .iter()
-                .map(|p| {
-                    let line = match p["path"].as_str() {
-                        Some(path) if !path.is_empty() => {
-                            format!("{path}: {}", p["message"].as_str().unwrap_or(""))
-                        }
-                        _ => p["message"].as_str().unwrap_or("").to_owned(),
-                    };
-                    match p["code"].as_str() {
-                        Some(code) => format!("{line} [{code}]"),
-                        None => line,
-                    }
-                })
-                .collect()
+    let problems: Vec<String> = error
+        .problems
+        .iter()
+        .map(|problem| {
+            let line = if problem.path.is_empty() {
+                problem.message.clone()
+            } else {
+                format!("{}: {}", problem.path, problem.message)
+            };
+            format!("{line} [{}]", problem.code)
         })
-        .unwrap_or_default();
-    let all_warnings = error["problems"].as_array().is_some_and(|problems| {
-        !problems.is_empty() && problems.iter().all(|p| p["severity"] == "warning")
-    });
+        .collect();
+    let all_warnings =
+        !error.problems.is_empty() && error.problems.iter().all(flag_core::Problem::is_warning);
     let mut cli = if problems.is_empty() {
-        let mut message = message;
-        if let Some(path) = error["path"].as_str() {
-            message = format!("{message} (at {path})");
-        }
+        let message = match &error.path {
+            Some(path) => format!("{} (at {path})", error.message),
+            None => error.message.clone(),
+        };
         CliError::new(Kind::Server, message)
     } else {
         let message = if all_warnings {
@@ -200,14 +195,13 @@ pub fn server_error(status: StatusCode, body: &Value) -> CliError {
         }
         cli
     };
-    cli = match status {
-        StatusCode::UNAUTHORIZED => cli.hint("check the token: --token / FLAGCTL_TOKEN (or `flagctl login`)"),
-        StatusCode::FORBIDDEN => cli.hint("this needs an admin token"),
-        StatusCode::PRECONDITION_FAILED => cli.hint("someone else changed it since it was read; look at `flagctl flag get`, then run the command again"),
-        _ if error["code"] == "rollout_variants" => {
-            cli.hint("name the variant to roll out with --variant NAME")
-        }
+    cli = match error.code {
+        ErrorCode::Unauthorized => cli.hint("check the token: --token / FLAGCTL_TOKEN (or `flagctl login`)"),
+        ErrorCode::Forbidden => cli.hint("this needs an admin token"),
+        ErrorCode::PreconditionFailed => cli.hint("someone else changed it since it was read; look at `flagctl flag get`, then run the command again"),
+        ErrorCode::RolloutVariants => cli.hint("name the variant to roll out with --variant NAME"),
         _ => cli,
     };
+    cli.server_code = Some(error.code);
     cli
 }

@@ -37,6 +37,9 @@ pub struct CliError {
     pub message: String,
     pub details: Vec<String>,
     pub hint: Option<String>,
+    /// The server's error code, when the server refused the request: what commands decide on
+    /// (never the message, which is for people).
+    pub server_code: Option<flag_protocol::ErrorCode>,
 }
 
 impl CliError {
@@ -46,6 +49,7 @@ impl CliError {
             message: message.into(),
             details: Vec::new(),
             hint: None,
+            server_code: None,
         }
     }
 

@@ -29,7 +29,6 @@ mod decision;
 pub mod hash;
 pub mod json;
 mod model;
-pub mod ofrep;
 mod problem;
 mod resolve;
 pub mod rollout;

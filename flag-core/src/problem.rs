@@ -71,8 +71,9 @@ pub enum ProblemCode {
     /// A constant targeting result that names no variant: `GENERAL` error for the contexts
     /// that reach it (warning).
     NotAVariant,
-    /// Anything else.
+    /// Anything else (and, when read back from a server, a code this build does not know).
     #[default]
+    #[serde(other)]
     Invalid,
 }
 

@@ -2,8 +2,8 @@
 //! rows run against the real server over OFREP (`flagd-server/tests/live.rs`) and through
 //! `flagctl eval --file` (`tests/tests/e2e.rs`): all three must agree row for row.
 
-use flag_core::ofrep::OfrepEvaluation;
 use flag_core::{CompiledFlagSet, EvaluationContext, ProblemCode};
+use flag_protocol::OfrepEvaluation;
 use serde_json::{Value, json};
 
 const FLAGS: &str = include_str!("data/conformance/flags.json");

@@ -28,15 +28,18 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod builder;
 mod cache;
 mod client;
 mod context;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
+mod state;
 mod status;
 mod sync;
 
-pub use client::{EvaluationDetails, FlagClient, FlagClientBuilder};
+pub use builder::FlagClientBuilder;
+pub use client::{EvaluationDetails, FlagClient};
 pub use context::EvaluationContext;
 pub use flag_core::{ErrorCode, Metadata, MetadataValue, Reason, Resolution};
 pub use status::{Error, FlagsChanged, Status};

@@ -173,7 +173,8 @@ impl FeatureProvider for FlagProvider {
             Status::NotReady => ProviderStatus::NotReady,
             Status::Ready => ProviderStatus::Ready,
             Status::Stale => ProviderStatus::STALE,
-            Status::Error => ProviderStatus::Error,
+            // open-feature 0.3 has no FATAL status: ERROR is the closest it can say.
+            Status::Error | Status::Fatal => ProviderStatus::Error,
         }
     }
 

@@ -13,9 +13,14 @@ pub enum Status {
     /// Serving the last known good flags (from before a disconnect, or from the cache file)
     /// while the server cannot be reached.
     Stale,
-    /// The client will not recover by itself (its token was revoked, its environment deleted):
-    /// it keeps serving its last flags.
+    /// The server refuses this client (its token is unknown or lacks access: HTTP 401/403). It
+    /// keeps retrying at the backoff cap, since the token may be fixed on the server, and keeps
+    /// serving its last flags. OpenFeature's ERROR.
     Error,
+    /// The client stopped for good: its token was revoked or its environment deleted (the
+    /// server said so). It keeps serving its last flags but will never update them.
+    /// OpenFeature's FATAL.
+    Fatal,
 }
 
 impl fmt::Display for Status {
@@ -25,6 +30,7 @@ impl fmt::Display for Status {
             Status::Ready => "ready",
             Status::Stale => "stale",
             Status::Error => "error",
+            Status::Fatal => "fatal",
         })
     }
 }

@@ -2,20 +2,18 @@
 //! backoff and full jitter, resuming with `since`, resynchronising on any gap or malformed
 //! message. Protocol: the server repository's `docs/PROTOCOL.md`.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use flag_protocol::stream::STREAM_PATH;
+use flag_protocol::{Ack, ClientMessage, Hello, Patch, ServerMessage};
 use futures_util::{SinkExt as _, StreamExt as _};
 use rand::Rng as _;
-use serde_json::{Map, Value, json};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::cache;
-use crate::client::{FlagState, Shared};
+use crate::state::{Shared, Snapshot, Task, log_problems};
 use crate::status::{Error, Status};
 
 /// Timing settings.
@@ -38,86 +36,59 @@ impl Default for SyncSettings {
     }
 }
 
-/// The stream URL for a server URL.
-pub(crate) fn stream_url(server: &str, environment: Option<&str>) -> Result<String, Error> {
-    let trimmed = server.trim_end_matches('/');
-    let base = if let Some(rest) = trimmed.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else if trimmed.starts_with("ws://") {
-        trimmed.to_owned()
-    } else if trimmed.starts_with("https://") || trimmed.starts_with("wss://") {
-        return Err(Error::Config(
-            "this build of flag-sdk speaks plain http/ws only: terminate TLS in front of it, or use a private network".to_owned(),
-        ));
-    } else {
+/// The stream URL for a server URL (`http://host:port[/prefix]`), the environment percent-encoded
+/// in the query.
+pub(crate) fn stream_url(server: &str, environment: Option<&str>) -> Result<url::Url, Error> {
+    let mut url = url::Url::parse(server.trim_end_matches('/'))
+        .map_err(|_| Error::ServerUrl(server.to_owned()))?;
+    match url.scheme() {
+        "http" | "ws" => {}
+        "https" | "wss" => {
+            return Err(Error::Config(
+                "this build of flag-sdk speaks plain http/ws only: terminate TLS in front of it, or use a private network".to_owned(),
+            ));
+        }
+        _ => return Err(Error::ServerUrl(server.to_owned())),
+    }
+    if url.set_scheme("ws").is_err() || url.cannot_be_a_base() {
         return Err(Error::ServerUrl(server.to_owned()));
-    };
-    let mut url = format!("{base}/api/v1/stream");
+    }
+    let path = format!("{}{STREAM_PATH}", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
     if let Some(environment) = environment {
-        url.push_str("?environment=");
-        url.push_str(environment);
+        url.query_pairs_mut()
+            .append_pair("environment", environment);
     }
     Ok(url)
 }
 
-/// The running sync task.
-#[derive(Debug)]
-pub(crate) struct SyncHandle {
-    stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl SyncHandle {
-    pub(crate) fn start(
-        runtime: &tokio::runtime::Handle,
-        shared: Arc<Shared>,
-        url: String,
-        token: String,
-        server: String,
-        settings: SyncSettings,
-    ) -> SyncHandle {
-        let (stop, stopped) = watch::channel(false);
-        let client_id = format!("{:016x}", rand::rng().random::<u64>());
-        let task = runtime.spawn(run(
-            Sync {
-                shared,
-                url,
-                token,
-                server,
-                settings,
-                client_id,
-            },
-            stopped,
-        ));
-        SyncHandle {
-            stop,
-            task: Mutex::new(Some(task)),
-        }
-    }
-
-    pub(crate) async fn stop(&self) {
-        let _ = self.stop.send(true);
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
-    }
-}
-
-impl Drop for SyncHandle {
-    fn drop(&mut self) {
-        // The last client clone is gone: let the task end (it holds the shared state alive).
-        let _ = self.stop.send(true);
-    }
-}
-
-struct Sync {
+/// Starts the sync task.
+pub(crate) fn start(
+    runtime: &tokio::runtime::Handle,
     shared: Arc<Shared>,
-    url: String,
+    url: url::Url,
+    token: String,
+    server: String,
+    settings: SyncSettings,
+) -> Task {
+    let client_id = format!("{:016x}", rand::rng().random::<u64>());
+    let follower = StreamFollower {
+        shared,
+        url,
+        token,
+        server,
+        settings,
+        client_id,
+    };
+    Task::spawn(runtime, move |stop| run(follower, stop))
+}
+
+/// Follows one server's stream for one client: connects, applies what arrives, reconnects.
+struct StreamFollower {
+    shared: Arc<Shared>,
+    url: url::Url,
     token: String,
     server: String,
     settings: SyncSettings,
@@ -138,7 +109,7 @@ enum Ended {
     },
 }
 
-async fn run(sync: Sync, mut stop: watch::Receiver<bool>) {
+async fn run(follower: StreamFollower, mut stop: watch::Receiver<bool>) {
     let mut attempt: u32 = 0;
     let mut resync = false;
     loop {
@@ -148,10 +119,10 @@ async fn run(sync: Sync, mut stop: watch::Receiver<bool>) {
         let since = if resync {
             None
         } else {
-            sync.shared.flags.load().as_ref().and_then(|s| s.version)
+            follower.shared.version()
         };
         // The connection watches `stop` itself, so it can say goodbye with a Close frame.
-        let ended = sync.connection(since, &stop).await;
+        let ended = follower.connection(since, &stop).await;
         let (synced, retry_after) = match ended {
             Ended::Stopped => break,
             Ended::Final(reason) => {
@@ -159,7 +130,7 @@ async fn run(sync: Sync, mut stop: watch::Receiver<bool>) {
                     reason,
                     "the flag server ended this client's stream for good; serving the last flags"
                 );
-                sync.shared.set_status(Status::Error);
+                follower.shared.set_status(Status::Fatal);
                 break;
             }
             Ended::Disconnected {
@@ -174,15 +145,16 @@ async fn run(sync: Sync, mut stop: watch::Receiver<bool>) {
         if synced {
             attempt = 0;
         }
-        if sync.shared.status() != Status::Error {
-            let has_flags = sync.shared.flags.load().is_some();
-            sync.shared.set_status(if has_flags {
+        // A refused token stays an error while retrying; otherwise the flags are now stale.
+        if follower.shared.status() != Status::Error {
+            let has_flags = follower.shared.version().is_some() || follower.shared.load().is_some();
+            follower.shared.set_status(if has_flags {
                 Status::Stale
             } else {
                 Status::NotReady
             });
         }
-        let delay = backoff(&sync.settings, attempt).max(retry_after);
+        let delay = backoff(&follower.settings, attempt).max(retry_after);
         attempt = attempt.saturating_add(1);
         tracing::debug!(?delay, "reconnecting to the flag stream");
         tokio::select! {
@@ -198,26 +170,45 @@ async fn stopped(stop: &watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Exponential backoff with full jitter: uniform in `0..=min(cap, base * 2^attempt)`.
+/// Exponential backoff with full jitter: uniform in `0..=backoff_ceiling(attempt)`.
 fn backoff(settings: &SyncSettings, attempt: u32) -> Duration {
-    let ceiling = settings
-        .backoff_base
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-        .min(settings.backoff_cap);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    let millis = u64::try_from(backoff_ceiling(settings, attempt).as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
-impl Sync {
+/// `min(cap, base * 2^attempt)`, without overflow.
+fn backoff_ceiling(settings: &SyncSettings, attempt: u32) -> Duration {
+    settings
+        .backoff_base
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(settings.backoff_cap)
+}
+
+/// Text for a client message. These are small structs of strings and integers, which always
+/// serialise.
+fn client_text(message: &ClientMessage) -> String {
+    serde_json::to_string(message).unwrap_or_default()
+}
+
+impl StreamFollower {
     async fn connection(&self, since: Option<i64>, stop: &watch::Receiver<bool>) -> Ended {
         let lost = |synced| Ended::Disconnected {
             synced,
             resync: false,
             retry_after: Duration::ZERO,
         };
+        let resynchronise = |synced| Ended::Disconnected {
+            synced,
+            resync: true,
+            retry_after: Duration::ZERO,
+        };
         let url = match since {
-            Some(version) if self.url.contains('?') => format!("{}&since={version}", self.url),
-            Some(version) => format!("{}?since={version}", self.url),
+            Some(version) => {
+                let mut url = self.url.clone();
+                url.query_pairs_mut()
+                    .append_pair(flag_protocol::stream::SINCE_PARAMETER, &version.to_string());
+                url
+            }
             None => self.url.clone(),
         };
         let Ok(mut request) = url.as_str().into_client_request() else {
@@ -261,8 +252,16 @@ impl Sync {
             }
             Ok(Ok((socket, _))) => socket,
         };
-        let hello = json!({"type": "hello", "sdk": "flag-sdk-rust", "sdkVersion": env!("CARGO_PKG_VERSION"), "clientId": self.client_id});
-        if socket.send(Message::text(hello.to_string())).await.is_err() {
+        let hello = ClientMessage::Hello(Hello {
+            sdk: Some("flag-sdk-rust".to_owned()),
+            sdk_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            client_id: Some(self.client_id.clone()),
+        });
+        if socket
+            .send(Message::text(client_text(&hello)))
+            .await
+            .is_err()
+        {
             return lost(false);
         }
 
@@ -289,244 +288,132 @@ impl Sync {
                 Message::Close(_) => return lost(synced),
                 _ => continue,
             };
-            let Ok(message) = serde_json::from_str::<Value>(&text) else {
-                tracing::warn!("malformed message on the flag stream; resynchronising");
-                return Ended::Disconnected {
-                    synced,
-                    resync: true,
-                    retry_after: Duration::ZERO,
-                };
-            };
-            let version = message["version"].as_i64();
-            match (message["type"].as_str(), version) {
-                (Some("snapshot"), Some(version)) => {
-                    if !message["document"].is_object() {
-                        tracing::warn!("snapshot without a document; resynchronising");
-                        return Ended::Disconnected {
-                            synced,
-                            resync: true,
-                            retry_after: Duration::ZERO,
-                        };
-                    }
-                    let environment = message["environment"].as_str().map(str::to_owned);
-                    self.apply_snapshot(version, environment, message["document"].clone());
+            let message = match serde_json::from_str::<ServerMessage>(&text) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "malformed message on the flag stream; resynchronising");
+                    return resynchronise(synced);
                 }
-                (Some("patch"), Some(version)) => {
-                    let current = self.shared.flags.load().as_ref().and_then(|s| s.version);
-                    if current != Some(version - 1) {
+            };
+            let version = message.version();
+            match message {
+                ServerMessage::Snapshot(snapshot) => {
+                    self.apply_snapshot(snapshot);
+                }
+                ServerMessage::Patch(patch) => {
+                    let current = self.shared.version();
+                    if current != Some(patch.version - 1) {
                         tracing::warn!(
                             ?current,
-                            received = version,
+                            received = patch.version,
                             "gap in the flag stream; resynchronising"
                         );
-                        return Ended::Disconnected {
-                            synced,
-                            resync: true,
-                            retry_after: Duration::ZERO,
-                        };
+                        return resynchronise(synced);
                     }
-                    if !self.apply_patch(version, &message) {
-                        return Ended::Disconnected {
-                            synced,
-                            resync: true,
-                            retry_after: Duration::ZERO,
-                        };
+                    if !self.apply_patch(patch) {
+                        return resynchronise(synced);
                     }
                 }
-                (Some("ping"), Some(version)) => {
+                ServerMessage::Ping(ping) => {
                     // A ping at our version right after resuming means "already up to date".
-                    let current = self.shared.flags.load().as_ref().and_then(|s| s.version);
-                    if !synced && current == Some(version) {
+                    if !synced && self.shared.version() == Some(ping.version) {
                         synced = true;
                         self.shared.set_status(Status::Ready);
                     }
                     continue;
                 }
-                (Some("goodbye"), _) => {
-                    let reason = message["reason"].as_str().unwrap_or("unknown").to_owned();
-                    let retry_after =
-                        Duration::from_millis(message["retryAfterMs"].as_u64().unwrap_or(0));
+                ServerMessage::Goodbye(goodbye) => {
+                    let retry_after = Duration::from_millis(goodbye.retry_after_ms);
+                    let reason = goodbye.reason.as_str();
                     tracing::info!(reason, ?retry_after, "the flag server said goodbye");
-                    return match reason.as_str() {
-                        "token_revoked" | "environment_deleted" => Ended::Final(reason),
-                        _ => Ended::Disconnected {
+                    return if goodbye.reason.is_final() {
+                        Ended::Final(reason.to_owned())
+                    } else {
+                        Ended::Disconnected {
                             synced,
                             resync: false,
                             retry_after,
-                        },
+                        }
                     };
                 }
-                (Some("snapshot" | "patch" | "ping"), None) => {
-                    tracing::warn!("flag stream message without a version; resynchronising");
-                    return Ended::Disconnected {
-                        synced,
-                        resync: true,
-                        retry_after: Duration::ZERO,
-                    };
-                }
-                _ => continue,
+                ServerMessage::Unknown => continue,
             }
             synced = true;
             self.shared.set_status(Status::Ready);
             if let Some(version) = version {
-                let ack = json!({"type": "ack", "version": version});
-                if socket.send(Message::text(ack.to_string())).await.is_err() {
+                let ack = ClientMessage::Ack(Ack { version });
+                if socket.send(Message::text(client_text(&ack))).await.is_err() {
                     return lost(synced);
                 }
             }
         }
     }
 
-    fn apply_snapshot(&self, version: i64, environment: Option<String>, document: Value) {
-        let previous = self.shared.flags.load_full();
-        let changed = match previous.as_deref() {
-            Some(old) => changed_keys(&old.document, &document),
-            None => flag_keys(&document),
+    fn apply_snapshot(&self, message: flag_protocol::Snapshot) {
+        let changed = match self.shared.snapshot() {
+            Some(old) => old.document.changed_keys(&message.document),
+            None => message.document.flags.keys().cloned().collect(),
         };
-        self.shared.publish(
-            FlagState::new(Some(version), environment, document),
-            changed,
-        );
-        self.persist();
+        let snapshot =
+            Snapshot::compile(Some(message.version), message.environment, message.document);
+        self.shared.publish(snapshot, changed);
+        self.shared.persist();
     }
 
     /// Applies a patch to a copy of the current document; `false` if it cannot be applied.
-    fn apply_patch(&self, version: i64, patch: &Value) -> bool {
-        let Some(current) = self.shared.flags.load_full() else {
+    fn apply_patch(&self, patch: Patch) -> bool {
+        let Some(current) = self.shared.snapshot() else {
             return false;
         };
+        let version = patch.version;
+        let settings_changed = patch.changes_settings();
         let mut document = current.document.clone();
-        let Some(flags) = document.get_mut("flags").and_then(Value::as_object_mut) else {
-            tracing::warn!(
-                "cannot patch a document whose flags are not an object; resynchronising"
-            );
-            return false;
-        };
-        let mut changed = BTreeSet::new();
-        if let Some(upserts) = patch["upserts"].as_object() {
-            for (key, flag) in upserts {
-                flags.insert(key.clone(), flag.clone());
-                changed.insert(key.clone());
+        let mut upserts: Vec<(String, Option<flag_core::Flag>)> = Vec::new();
+        let mut deletes: Vec<String> = Vec::new();
+        for change in patch.into_changes() {
+            match &change {
+                flag_protocol::Change::Upsert { key, flag } => {
+                    upserts.push((key.clone(), serde_json::from_value(flag.clone()).ok()));
+                }
+                flag_protocol::Change::Delete { key } => deletes.push(key.clone()),
+                flag_protocol::Change::Settings { .. } => {}
             }
+            document.apply(change);
         }
-        if let Some(deletes) = patch["deletes"].as_array() {
-            for key in deletes.iter().filter_map(Value::as_str) {
-                flags.remove(key);
-                changed.insert(key.to_owned());
-            }
-        }
-        let mut settings_changed = false;
-        for field in ["metadata", "$evaluators"] {
-            if let Some(value) = patch.get(field) {
-                document[field] = value.clone();
-                settings_changed = true;
-            }
-        }
-        let state = if settings_changed {
-            None
+        let changed: Vec<String> = if settings_changed {
+            current.document.changed_keys(&document)
         } else {
-            incremental(&current, version, document.clone(), patch)
+            let mut keys: Vec<String> = upserts.iter().map(|(k, _)| k.clone()).collect();
+            keys.extend(deletes.iter().cloned());
+            keys.sort();
+            keys.dedup();
+            keys
         };
-        // Shared settings can change any flag's behaviour; and a flag that does not even parse
-        // needs the full (lenient) compile to be isolated as a broken flag.
-        let state = state.unwrap_or_else(|| {
-            FlagState::new(Some(version), current.environment.clone(), document)
-        });
-        let changed = if settings_changed {
-            flag_keys(&state.document)
-        } else {
-            changed.into_iter().collect()
+        // Shared settings can change any flag's behaviour, and a flag that does not even parse
+        // needs the full (lenient) compile to be isolated as a broken flag: both compile the
+        // whole document. Otherwise only the patched flags are compiled.
+        let typed: Option<Vec<(&str, &flag_core::Flag)>> = upserts
+            .iter()
+            .map(|(k, f)| f.as_ref().map(|f| (k.as_str(), f)))
+            .collect();
+        let snapshot = match typed {
+            Some(typed) if !settings_changed => {
+                let deletes: Vec<&str> = deletes.iter().map(String::as_str).collect();
+                let (compiled, problems) = current.compiled.with_changes(&typed, &deletes);
+                log_problems(problems);
+                Snapshot {
+                    version: Some(version),
+                    environment: current.environment.clone(),
+                    document,
+                    compiled,
+                }
+            }
+            _ => Snapshot::compile(Some(version), current.environment.clone(), document),
         };
-        self.shared.publish(state, changed);
-        self.persist();
+        self.shared.publish(snapshot, changed);
+        self.shared.persist();
         true
     }
-
-    /// Writes the cache file in the background (atomically), if one is configured.
-    fn persist(&self) {
-        let (Some(path), Some(state)) = (
-            self.shared.cache_file.clone(),
-            self.shared.flags.load_full(),
-        ) else {
-            return;
-        };
-        let server = self.server.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = cache::store(&path, &server, &state) {
-                tracing::warn!(path = %path.display(), %error, "cannot write the flag cache");
-            }
-        });
-    }
-}
-
-/// The next state compiling only the patched flags, sharing the others with `current`;
-/// `None` when an upsert is not a well-formed flag.
-fn incremental(
-    current: &FlagState,
-    version: i64,
-    document: Value,
-    patch: &Value,
-) -> Option<FlagState> {
-    let mut upserts: Vec<(String, flag_core::Flag)> = Vec::new();
-    for (key, flag) in patch["upserts"].as_object().into_iter().flatten() {
-        upserts.push((key.clone(), serde_json::from_value(flag.clone()).ok()?));
-    }
-    let deletes: Vec<&str> = patch["deletes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let refs: Vec<(&str, &flag_core::Flag)> =
-        upserts.iter().map(|(k, f)| (k.as_str(), f)).collect();
-    let (compiled, problems) = current.compiled.with_changes(&refs, &deletes);
-    for problem in problems {
-        if problem.is_warning() {
-            tracing::debug!(%problem, "flag has a warning; it evaluates as flagd would");
-        } else {
-            tracing::warn!(%problem, "flag failed to compile; it evaluates to PARSE_ERROR");
-        }
-    }
-    Some(FlagState {
-        version: Some(version),
-        environment: current.environment.clone(),
-        document,
-        compiled,
-    })
-}
-
-fn flags_of(document: &Value) -> Option<&Map<String, Value>> {
-    document.get("flags").and_then(Value::as_object)
-}
-
-fn flag_keys(document: &Value) -> Vec<String> {
-    flags_of(document)
-        .map(|flags| flags.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// Keys created, changed or removed between two documents (all of them if shared settings
-/// changed).
-fn changed_keys(old: &Value, new: &Value) -> Vec<String> {
-    if old.get("metadata") != new.get("metadata")
-        || old.get("$evaluators") != new.get("$evaluators")
-    {
-        let mut keys: BTreeSet<String> = flag_keys(old).into_iter().collect();
-        keys.extend(flag_keys(new));
-        return keys.into_iter().collect();
-    }
-    let empty = Map::new();
-    let (old, new) = (
-        flags_of(old).unwrap_or(&empty),
-        flags_of(new).unwrap_or(&empty),
-    );
-    let mut keys: BTreeSet<String> = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, _)| k.clone())
-        .collect();
-    keys.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
-    keys.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -535,44 +422,41 @@ mod tests {
 
     #[test]
     fn stream_urls() {
+        let url = |server, environment| stream_url(server, environment).map(|u| u.to_string());
         assert_eq!(
-            stream_url("http://127.0.0.1:8016/", None).unwrap(),
+            url("http://127.0.0.1:8016/", None).unwrap(),
             "ws://127.0.0.1:8016/api/v1/stream"
         );
         assert_eq!(
-            stream_url("http://h:1", Some("staging")).unwrap(),
+            url("http://h:1", Some("staging")).unwrap(),
             "ws://h:1/api/v1/stream?environment=staging"
         );
-        assert!(stream_url("ftp://h", None).is_err());
-        assert!(stream_url("https://h", None).is_err());
+        assert_eq!(
+            url("http://h:1/flags/", Some("a b&c")).unwrap(),
+            "ws://h:1/flags/api/v1/stream?environment=a+b%26c"
+        );
+        assert!(url("ftp://h", None).is_err());
+        assert!(url("https://h", None).is_err());
+        assert!(url("not a url", None).is_err());
     }
 
     #[test]
-    fn backoff_stays_within_the_exponential_ceiling() {
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
         let settings = SyncSettings {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(2),
             ..SyncSettings::default()
         };
-        for attempt in 0..30 {
-            let ceiling = Duration::from_millis(100)
-                .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-                .min(Duration::from_secs(2));
-            for _ in 0..20 {
-                assert!(backoff(&settings, attempt) <= ceiling);
-            }
-        }
-    }
-
-    #[test]
-    fn changed_keys_between_documents() {
-        let old = json!({"flags": {"a": {"v": 1}, "b": {"v": 1}, "c": {"v": 1}}});
-        let new = json!({"flags": {"a": {"v": 1}, "b": {"v": 2}, "d": {"v": 1}}});
-        assert_eq!(changed_keys(&old, &new), ["b", "c", "d"]);
-        let with_settings = json!({"flags": {"a": {"v": 1}}, "$evaluators": {"x": true}});
-        assert_eq!(
-            changed_keys(&json!({"flags": {"a": {"v": 1}}}), &with_settings),
-            ["a"]
-        );
+        let ceilings: Vec<u128> = (0..8)
+            .map(|attempt| backoff_ceiling(&settings, attempt).as_millis())
+            .collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert_eq!(backoff_ceiling(&settings, u32::MAX).as_millis(), 2000);
+        // Full jitter: every delay within the ceiling, and spread over it (not always the top
+        // or the bottom).
+        let delays: Vec<Duration> = (0..200).map(|_| backoff(&settings, 3)).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)));
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(400)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(400)));
     }
 }

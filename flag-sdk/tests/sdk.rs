@@ -311,7 +311,7 @@ async fn goodbye_is_honoured() {
             json!({"type": "goodbye", "version": 1, "reason": "token_revoked", "retryAfterMs": 0}),
         )
         .await;
-    eventually("error status", || client.status() == Status::Error).await;
+    eventually("fatal status", || client.status() == Status::Fatal).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), connections.recv())
             .await

@@ -6,7 +6,8 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use flag_core::{Problem, ValidationError};
-use serde_json::json;
+pub use flag_protocol::ErrorCode;
+use flag_protocol::{ErrorBody, ErrorDetail};
 
 use crate::store::StoreError;
 
@@ -14,17 +15,16 @@ use crate::store::StoreError;
 /// with a generic one.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     path: Option<String>,
     problems: Vec<Problem>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a code (which fixes the HTTP status) and a message for people.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
             path: None,
@@ -34,41 +34,37 @@ impl ApiError {
 
     /// 400: the request is malformed.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::new(ErrorCode::BadRequest, message)
     }
 
     /// 408: the request (its body included) took too long.
     pub fn request_timeout(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+        ApiError::new(ErrorCode::RequestTimeout, message)
     }
 
     /// 401: no token, or not a valid one.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        ApiError::new(ErrorCode::Unauthorized, message)
     }
 
     /// 403: a valid token that may not do this.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+        ApiError::new(ErrorCode::Forbidden, message)
     }
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(ErrorCode::NotFound, message)
     }
 
     /// 409: the request conflicts with the current state.
     pub fn conflict(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+        ApiError::new(ErrorCode::Conflict, message)
     }
 
     /// 412: `If-Match` named a stale version.
     pub fn precondition_failed(message: impl Into<String>) -> Self {
-        ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-            message,
-        )
+        ApiError::new(ErrorCode::PreconditionFailed, message)
     }
 
     /// 422: a flag definition is invalid; every problem is listed.
@@ -79,8 +75,7 @@ impl ApiError {
             .map(|p| p.path.clone())
             .filter(|p| !p.is_empty());
         ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "invalid_flag",
+            code: ErrorCode::InvalidFlag,
             message: error.to_string(),
             path: first,
             problems: error.problems,
@@ -88,23 +83,22 @@ impl ApiError {
     }
 
     /// 422 for a request field that is well-formed JSON but not acceptable.
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError::new(code, message)
     }
 
     /// 500: logged here, answered generically.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal server error; see the server log",
         )
     }
 
     /// 503: the store is unavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        ApiError::new(ErrorCode::Unavailable, message)
     }
 
     /// Names the offending field.
@@ -116,20 +110,27 @@ impl ApiError {
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The machine code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(path) = self.path {
-            error["path"] = json!(path);
-        }
-        if !self.problems.is_empty() {
-            error["problems"] = json!(self.problems);
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let status = self.status();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                path: self.path,
+                problems: self.problems,
+            },
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -173,13 +174,11 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 "request body is larger than the server's limit",
             ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with Content-Type: application/json",
             ),
             _ => ApiError::bad_request(format!("malformed JSON body: {}", rejection.body_text())),

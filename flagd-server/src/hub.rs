@@ -5,21 +5,23 @@
 //! `PublishingStore` wraps the real store so that every committed change is published here, in
 //! commit order, before the write is acknowledged: no handler can forget to publish.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use dashmap::DashMap;
-use flag_core::{CompiledFlagSet, FLAGD_SCHEMA_URL, Flag, FlagSet, Metadata};
+use flag_core::{CompiledFlagSet, FLAGD_SCHEMA_URL, Flag, FlagSet};
+use flag_protocol::stream as protocol;
+use flag_protocol::{Change, Document, Patch, ServerMessage};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::{
     Attribution, AuditQuery, ChangeRecord, Commit, Environment, EnvironmentSettings, FlagChange,
-    FlagStore, RampQuery, RampRecord, StoreError, StoredFlag, TokenRecord,
+    FlagStore, Operation, RampQuery, RampRecord, StoreError, StoredFlag, TokenRecord,
 };
 
 /// How many recent patches each environment keeps in memory for reconnecting clients.
@@ -39,12 +41,8 @@ pub struct Snapshot {
     pub environment: String,
     /// The environment version it reflects.
     pub version: i64,
-    /// Flag-set metadata.
-    pub metadata: Metadata,
-    /// `$evaluators`.
-    pub evaluators: BTreeMap<String, Value>,
-    /// The flags.
-    pub flags: BTreeMap<String, Arc<Flag>>,
+    /// The flag set (settings and flags), changed only through [`Document::apply`].
+    pub document: Document<Arc<Flag>>,
     /// The compiled flags (what OFREP evaluates).
     pub compiled: CompiledFlagSet,
     message: OnceLock<Utf8Bytes>,
@@ -63,21 +61,30 @@ fn report(environment: &str, problems: Vec<flag_core::Problem>) {
     }
 }
 
+/// A stored change as the stream's [`Change`], its flag decoded; `None` for records that do not
+/// change the document (environment creation and deletion, audit events) or do not decode
+/// (logged: stored flags were valid when written).
+fn decoded_change(record: &ChangeRecord) -> Option<Change<Arc<Flag>>> {
+    let change = record.change()?;
+    match change.try_map(|flag| serde_json::from_value::<Flag>(flag).map(Arc::new)) {
+        Ok(change) => Some(change),
+        Err(error) => {
+            tracing::error!(key = record.flag, %error, "stored change does not decode");
+            None
+        }
+    }
+}
+
 impl Snapshot {
     /// A snapshot compiled from scratch.
-    fn new(environment: &str, version: i64, document: FlagSet) -> Snapshot {
-        let (compiled, problems) = CompiledFlagSet::compile_lenient(&document);
+    fn new(environment: &str, version: i64, mut document: Document<Arc<Flag>>) -> Snapshot {
+        document.schema = Some(FLAGD_SCHEMA_URL.to_owned());
+        let (compiled, problems) = CompiledFlagSet::compile_lenient(&flag_set(&document));
         report(environment, problems);
         Snapshot {
             environment: environment.to_owned(),
             version,
-            metadata: document.metadata,
-            evaluators: document.evaluators,
-            flags: document
-                .flags
-                .into_iter()
-                .map(|(k, f)| (k, Arc::new(f)))
-                .collect(),
+            document,
             compiled,
             message: OnceLock::new(),
         }
@@ -85,33 +92,21 @@ impl Snapshot {
 
     /// The next snapshot after a commit's records.
     fn after(&self, version: i64, records: &[ChangeRecord]) -> Snapshot {
-        if records.iter().any(|r| r.operation == "update_settings") {
-            // Shared evaluators or metadata changed: every flag may compile differently.
-            let mut document = self.document();
-            apply_records(&mut document, records);
-            return Snapshot::new(&self.environment, version, document);
-        }
-        let mut flags = self.flags.clone();
+        let mut document = self.document.clone();
         let mut upserts: Vec<(String, Arc<Flag>)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
-        for record in records {
-            match (record.operation.as_str(), &record.flag) {
-                ("create" | "update", Some(key)) => {
-                    match serde_json::from_value::<Flag>(record.after.clone()) {
-                        Ok(flag) => {
-                            let flag = Arc::new(flag);
-                            flags.insert(key.clone(), flag.clone());
-                            upserts.push((key.clone(), flag));
-                        }
-                        Err(error) => tracing::error!(key, %error, "stored change does not decode"),
-                    }
-                }
-                ("delete", Some(key)) => {
-                    flags.remove(key);
-                    deletes.push(key.clone());
-                }
-                _ => {}
+        let mut settings_changed = false;
+        for change in records.iter().filter_map(decoded_change) {
+            match &change {
+                Change::Upsert { key, flag } => upserts.push((key.clone(), flag.clone())),
+                Change::Delete { key } => deletes.push(key.clone()),
+                Change::Settings { .. } => settings_changed = true,
             }
+            document.apply(change);
+        }
+        if settings_changed {
+            // Shared evaluators or metadata changed: every flag may compile differently.
+            return Snapshot::new(&self.environment, version, document);
         }
         let upsert_refs: Vec<(&str, &Flag)> = upserts
             .iter()
@@ -123,25 +118,9 @@ impl Snapshot {
         Snapshot {
             environment: self.environment.clone(),
             version,
-            metadata: self.metadata.clone(),
-            evaluators: self.evaluators.clone(),
-            flags,
+            document,
             compiled,
             message: OnceLock::new(),
-        }
-    }
-
-    /// The flagd document (a deep copy).
-    pub fn document(&self) -> FlagSet {
-        FlagSet {
-            schema: Some(FLAGD_SCHEMA_URL.to_owned()),
-            metadata: self.metadata.clone(),
-            evaluators: self.evaluators.clone(),
-            flags: self
-                .flags
-                .iter()
-                .map(|(k, f)| (k.clone(), Flag::clone(f)))
-                .collect(),
         }
     }
 
@@ -149,29 +128,47 @@ impl Snapshot {
     pub fn message(&self) -> Utf8Bytes {
         self.message
             .get_or_init(|| {
-                let flags: Map<String, Value> = self
-                    .flags
-                    .iter()
-                    .map(|(k, f)| (k.clone(), serde_json::to_value(f.as_ref()).unwrap_or(Value::Null)))
-                    .collect();
-                let mut document = json!({"$schema": FLAGD_SCHEMA_URL, "flags": flags});
-                if !self.metadata.is_empty() {
-                    document["metadata"] = json!(self.metadata);
-                }
-                if !self.evaluators.is_empty() {
-                    document["$evaluators"] = json!(self.evaluators);
-                }
-                json!({"type": "snapshot", "environment": self.environment, "version": self.version, "document": document})
-                    .to_string()
-                    .into()
+                let message = ServerMessage::Snapshot(protocol::Snapshot {
+                    environment: Some(self.environment.clone()),
+                    version: self.version,
+                    document: self.document.by_ref(|flag| flag.as_ref()),
+                });
+                encode(&message)
             })
             .clone()
     }
 }
 
+/// A server message as text. Our messages are maps with string keys and finite numbers, which
+/// always serialise; a failure would be a bug, logged, and sent as an empty message the client
+/// treats as malformed (it resynchronises).
+pub fn encode<F: Serialize>(message: &ServerMessage<F>) -> Utf8Bytes {
+    match serde_json::to_string(message) {
+        Ok(text) => text.into(),
+        Err(error) => {
+            tracing::error!(%error, "a stream message does not serialise");
+            Utf8Bytes::default()
+        }
+    }
+}
+
+/// The flag-core view of a document (a deep copy: only for compiling from scratch).
+fn flag_set(document: &Document<Arc<Flag>>) -> FlagSet {
+    FlagSet {
+        schema: document.schema.clone(),
+        metadata: document.metadata.clone(),
+        evaluators: document.evaluators.clone(),
+        flags: document
+            .flags
+            .iter()
+            .map(|(k, f)| (k.clone(), Flag::clone(f)))
+            .collect(),
+    }
+}
+
 /// One committed change, ready to send.
 #[derive(Debug, Clone)]
-pub struct Patch {
+pub struct RecentPatch {
     /// The environment version it produces.
     pub version: i64,
     /// The stream's `patch` message.
@@ -234,7 +231,7 @@ pub struct Hub {
     snapshots: DashMap<String, Arc<Snapshot>>,
     /// Recent patches per environment: an immutable ring replaced on every publish, so the
     /// many sessions reading it never contend on a lock.
-    patches: DashMap<String, Arc<VecDeque<Patch>>>,
+    patches: DashMap<String, Arc<VecDeque<RecentPatch>>>,
     events: broadcast::Sender<HubEvent>,
     clients: DashMap<u64, ClientInfo>,
     next_session: AtomicU64,
@@ -263,6 +260,16 @@ impl Hub {
 
     /// Loads an environment's state (at start, and when an environment is created).
     pub fn load(&self, environment: &str, version: i64, document: FlagSet) {
+        let document = Document {
+            schema: document.schema,
+            metadata: document.metadata,
+            evaluators: document.evaluators,
+            flags: document
+                .flags
+                .into_iter()
+                .map(|(k, f)| (k, Arc::new(f)))
+                .collect(),
+        };
         self.snapshots.insert(
             environment.to_owned(),
             Arc::new(Snapshot::new(environment, version, document)),
@@ -287,9 +294,9 @@ impl Hub {
             return;
         };
         let snapshot = Arc::new(previous.after(commit.version, &commit.changes));
-        let patch = Patch {
+        let patch = RecentPatch {
             version: commit.version,
-            message: message.to_string().into(),
+            message,
             committed_at: Instant::now(),
         };
         let mut ring = self
@@ -334,7 +341,12 @@ impl Hub {
     }
 
     /// The patches after `after` up to and including `upto`, if the ring still has them all.
-    pub fn patches_between(&self, environment: &str, after: i64, upto: i64) -> Option<Vec<Patch>> {
+    pub fn patches_between(
+        &self,
+        environment: &str,
+        after: i64,
+        upto: i64,
+    ) -> Option<Vec<RecentPatch>> {
         if upto <= after {
             return Some(Vec::new());
         }
@@ -343,7 +355,7 @@ impl Hub {
         let first = ring.front()?.version;
         let start = usize::try_from(after + 1 - first).ok()?;
         let end = usize::try_from(upto - first).ok()?;
-        let patches: Vec<Patch> = ring
+        let patches: Vec<RecentPatch> = ring
             .range(start..=end.min(ring.len().checked_sub(1)?))
             .cloned()
             .collect();
@@ -404,57 +416,16 @@ impl Hub {
     }
 }
 
-/// Applies change records to a document.
-pub fn apply_records(document: &mut FlagSet, records: &[ChangeRecord]) {
-    for record in records {
-        match (record.operation.as_str(), &record.flag) {
-            ("create" | "update", Some(key)) => {
-                match serde_json::from_value::<Flag>(record.after.clone()) {
-                    Ok(flag) => {
-                        document.flags.insert(key.clone(), flag);
-                    }
-                    Err(error) => tracing::error!(key, %error, "stored change does not decode"),
-                }
-            }
-            ("delete", Some(key)) => {
-                document.flags.remove(key);
-            }
-            ("update_settings", None) => {
-                document.metadata =
-                    serde_json::from_value::<Metadata>(record.after["metadata"].clone())
-                        .unwrap_or_default();
-                document.evaluators = serde_json::from_value::<BTreeMap<String, Value>>(
-                    record.after["$evaluators"].clone(),
-                )
-                .unwrap_or_default();
-            }
-            _ => {}
-        }
-    }
-}
-
 /// The stream's `patch` message for one version's records; `None` when the records change the
 /// environment itself (creation, deletion), which only a snapshot can express.
-pub fn patch_message(version: i64, records: &[ChangeRecord]) -> Option<Value> {
-    let mut upserts = Map::new();
-    let mut deletes = Vec::new();
-    let mut message = json!({"type": "patch", "version": version});
-    for record in records {
-        match (record.operation.as_str(), &record.flag) {
-            ("create" | "update", Some(key)) => {
-                upserts.insert(key.clone(), record.after.clone());
-            }
-            ("delete", Some(key)) => deletes.push(json!(key)),
-            ("update_settings", None) => {
-                message["metadata"] = record.after["metadata"].clone();
-                message["$evaluators"] = record.after["$evaluators"].clone();
-            }
-            _ => return None,
-        }
-    }
-    message["upserts"] = Value::Object(upserts);
-    message["deletes"] = Value::Array(deletes);
-    Some(message)
+pub fn patch_message(version: i64, records: &[ChangeRecord]) -> Option<Utf8Bytes> {
+    let changes = records
+        .iter()
+        .map(ChangeRecord::change)
+        .collect::<Option<Vec<Change>>>()?;
+    Some(encode(&ServerMessage::Patch(Patch::from_changes(
+        version, changes,
+    ))))
 }
 
 /// A store that publishes every committed change to the hub, in commit order.
@@ -599,7 +570,7 @@ impl FlagStore for PublishingStore {
         &self,
         environment: &str,
         flag: Option<&str>,
-        operation: &str,
+        operation: Operation,
         details: &Value,
         by: &Attribution,
     ) -> Result<ChangeRecord, StoreError> {
@@ -612,6 +583,7 @@ impl FlagStore for PublishingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn commit(version: i64, description_bytes: usize) -> Commit {
         let flag = json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
@@ -623,7 +595,7 @@ mod tests {
                 environment: "e".into(),
                 version,
                 flag: Some("f".into()),
-                operation: "update".into(),
+                operation: Operation::Update,
                 before: Value::Null,
                 after: flag,
                 actor: "t".into(),

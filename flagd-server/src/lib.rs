@@ -403,7 +403,7 @@ pub fn recover_admin_token(data_dir: &Path, name: &str, now: i64) -> Result<Stri
     store.record_event(
         "*",
         None,
-        "admin_token_created",
+        store::Operation::AdminTokenCreated,
         &serde_json::json!({"id": record.id, "name": record.name, "how": "flagd-server admin-token"}),
         &store::Attribution {
             actor: "flagd-server admin-token".to_owned(),

@@ -330,7 +330,7 @@ pub struct GuardRequest {
 
 /// A value outside its range: 422, naming the field.
 fn out_of_range(message: impl Into<String>, field: impl Into<String>) -> ApiError {
-    ApiError::unprocessable("out_of_range", message).at(field)
+    ApiError::unprocessable(crate::error::ErrorCode::OutOfRange, message).at(field)
 }
 
 /// Parses the time between two steps: 1 s to `MAX_STEP_SECONDS`.
@@ -1100,7 +1100,13 @@ async fn fail(state: &AppState, mut ramp: Ramp, now: i64) {
     let details = json!({"ramp": ramp.id, "reason": reason, "definition": ramp.invalid_definition});
     let audited = by(ACTOR, format!("ramp marked failed: {reason}"), now);
     if let Err(error) = blocking(state, move |store| {
-        Ok(store.record_event(&environment, Some(&flag), "ramp_failed", &details, &audited)?)
+        Ok(store.record_event(
+            &environment,
+            Some(&flag),
+            crate::store::Operation::RampFailed,
+            &details,
+            &audited,
+        )?)
     })
     .await
     {

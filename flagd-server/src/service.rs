@@ -94,8 +94,7 @@ fn check_flag_size(key: &str, definition: &Value) -> Result<(), ApiError> {
     let mut counter = Counter(0);
     let size = serde_json::to_writer(&mut counter, definition).map_or(usize::MAX, |()| counter.0);
     if size > MAX_FLAG_BYTES {
-        return Err(ApiError::unprocessable(
-            "flag_too_large",
+        return Err(ApiError::unprocessable(crate::error::ErrorCode::FlagTooLarge,
             format!(
                 "flag {key:?} is {size} bytes as JSON, more than the {} KiB a flag may have; move large lists into fewer, shorter rules",
                 MAX_FLAG_BYTES >> 10
@@ -164,7 +163,10 @@ pub fn put_flag(
     };
     let commit = store.commit(environment, &[change], None, by)?;
     crate::metrics::flag_writes(environment, 1);
-    let created = commit.changes.iter().any(|c| c.operation == "create");
+    let created = commit
+        .changes
+        .iter()
+        .any(|c| c.operation == crate::store::Operation::Create);
     let stored = store
         .flag(environment, key)?
         .ok_or_else(|| ApiError::internal(format!("flag {key:?} missing after commit")))?;
@@ -292,19 +294,25 @@ pub fn rollout(
 /// A rollout that cannot be read or set, as the API answers it (422).
 pub fn rollout_error(error: RolloutError) -> ApiError {
     match error {
-        RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => {
-            ApiError::unprocessable("invalid_percentage", error.to_string()).at("percentage")
-        }
+        RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => ApiError::unprocessable(
+            crate::error::ErrorCode::InvalidPercentage,
+            error.to_string(),
+        )
+        .at("percentage"),
         RolloutError::Variants(_) => {
-            ApiError::unprocessable("rollout_variants", error.to_string()).at("variant")
+            ApiError::unprocessable(crate::error::ErrorCode::RolloutVariants, error.to_string())
+                .at("variant")
         }
         RolloutError::Others(_) => {
-            ApiError::unprocessable("rollout_variants", error.to_string()).at("otherVariant")
+            ApiError::unprocessable(crate::error::ErrorCode::RolloutVariants, error.to_string())
+                .at("otherVariant")
         }
-        RolloutError::TooComplex(_) => {
-            ApiError::unprocessable("targeting_too_complex", error.to_string()).at("targeting")
-        }
-        _ => ApiError::unprocessable("rollout", error.to_string()),
+        RolloutError::TooComplex(_) => ApiError::unprocessable(
+            crate::error::ErrorCode::TargetingTooComplex,
+            error.to_string(),
+        )
+        .at("targeting"),
+        _ => ApiError::unprocessable(crate::error::ErrorCode::Rollout, error.to_string()),
     }
 }
 

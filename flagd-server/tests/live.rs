@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use flag_core::ofrep::OfrepEvaluation;
 use flag_core::{CompiledFlagSet, EvaluationContext, FlagSet};
+use flag_protocol::OfrepEvaluation;
 use flagd_server::{Server, ServerOptions};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};

@@ -936,7 +936,7 @@ impl FlagStore for FlakyStore {
         &self,
         environment: &str,
         flag: Option<&str>,
-        operation: &str,
+        operation: flagd_server::store::Operation,
         details: &Value,
         by: &Attribution,
     ) -> Result<flagd_server::store::ChangeRecord, StoreError> {

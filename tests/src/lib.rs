@@ -157,7 +157,7 @@ pub fn conformance() -> (PathBuf, serde_json::Value, serde_json::Value) {
 }
 
 /// A conformance row's `expect` as an OFREP evaluation of its flag.
-pub fn conformance_expected(row: &serde_json::Value) -> flag_core::ofrep::OfrepEvaluation {
+pub fn conformance_expected(row: &serde_json::Value) -> flag_protocol::OfrepEvaluation {
     let mut expected = row["expect"].as_object().cloned().unwrap_or_default();
     expected.insert("key".to_owned(), row["flag"].clone());
     serde_json::from_value(serde_json::Value::Object(expected))

@@ -364,7 +364,7 @@ mod sdk {
                 ctx = ctx.with(name.clone(), value.clone());
             }
             let answer = sdk.evaluate(key, &ctx, |resolution| {
-                flag_core::ofrep::OfrepEvaluation::from_resolution(key, resolution)
+                flag_protocol::OfrepEvaluation::from_resolution(key, resolution)
             });
             if let Some(problem) = answer.difference(&tests::conformance_expected(row)) {
                 failures.push(format!("{key} {}: {problem}", row["context"]));
@@ -1104,7 +1104,7 @@ mod cli {
                 .stdin(Stdio::null())
                 .output()
                 .unwrap();
-            let answer: Option<flag_core::ofrep::OfrepEvaluation> =
+            let answer: Option<flag_protocol::OfrepEvaluation> =
                 serde_json::from_slice(&output.stdout).ok();
             let code = output.status.code();
             let want = if row["expect"]["errorCode"].is_null() {

@@ -1,6 +1,6 @@
 //! `flagctl eval`: evaluate a flag on the server (OFREP) or locally from a flagd file.
 
-use flag_core::ofrep::OfrepEvaluation;
+use flag_protocol::{OfrepEvaluation, OfrepRequest};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -88,7 +88,13 @@ async fn remote(
         super::encode(&context.environment)
     );
     let (status, answer) = api
-        .call_raw(Method::POST, &path, Some(&json!({"context": context_json})))
+        .call_raw(
+            Method::POST,
+            &path,
+            Some(&json!(OfrepRequest {
+                context: context_json
+            })),
+        )
         .await?;
     // OFREP reports evaluation errors (404 FLAG_NOT_FOUND, 400 GENERAL...) as results, with a
     // body of its own; anything else (401, 403, 5xx) is an error of the request.

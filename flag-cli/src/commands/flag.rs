@@ -281,9 +281,8 @@ async fn create(api: &Api, context: &Context, args: &CreateArgs) -> Result<()> {
         )
         .await
         .map_err(|error| {
-            if error.message.contains("but If-Match expected version 0")
-                || error.message.contains("not 0")
-            {
+            // `If-Match: "0"` fails only when the flag exists.
+            if error.server_code == Some(flag_protocol::ErrorCode::PreconditionFailed) {
                 CliError::input(format!(
                     "flag {} already exists in {}",
                     args.key, context.environment

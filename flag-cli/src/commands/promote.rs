@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::message_header;
 use crate::Context;
 use crate::cli::PromoteArgs;
-use crate::error::{CliError, Kind, Result, exit};
+use crate::error::{CliError, Result, exit};
 use crate::output::{self, Format};
 
 pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
@@ -17,16 +17,26 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
     }
     let api = context.api()?;
     let source = api.get(&super::flag_path(&args.from, &args.key)?).await?;
+    // The target environment must exist (its own 404), so that a 404 for the flag below means
+    // only "the flag is new there".
+    let environments = api.get("/api/v1/environments").await?;
+    let exists = environments.body["environments"]
+        .as_array()
+        .is_some_and(|list| list.iter().any(|e| e["name"] == args.to.as_str()));
+    if !exists {
+        return Err(CliError::new(
+            crate::error::Kind::Server,
+            format!("environment {:?} does not exist", args.to),
+        )
+        .hint("`flagctl env list` shows the environments"));
+    }
     let target_path = super::flag_path(&args.to, &args.key)?;
     let (current, version) = match api.get(&target_path).await {
         Ok(answer) => (
             answer.body["flag"].clone(),
             answer.body["version"].as_i64().unwrap_or(0),
         ),
-        Err(error)
-            if error.kind == Kind::Server
-                && error.message.contains("does not exist in environment") =>
-        {
+        Err(error) if error.server_code == Some(flag_protocol::ErrorCode::NotFound) => {
             (Value::Null, 0)
         }
         Err(error) => return Err(error),

@@ -1,7 +1,6 @@
 //! `flagctl watch`: one line per change of the environment, live, until interrupted.
 
-use std::collections::BTreeMap;
-
+use flag_protocol::{Change, Document, ServerMessage};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -48,7 +47,7 @@ pub async fn run(context: &Context) -> Result<u8> {
             ),
         })?;
     eprintln!("watching {} (Ctrl-C to stop)", context.environment);
-    let mut flags: BTreeMap<String, Value> = BTreeMap::new();
+    let mut document = Document::default();
     loop {
         let message = tokio::select! {
             message = socket.next() => message,
@@ -67,58 +66,56 @@ pub async fn run(context: &Context) -> Result<u8> {
                 ));
             }
         };
-        let Ok(message) = serde_json::from_str::<Value>(&text) else {
-            continue;
+        let message = match serde_json::from_str::<ServerMessage>(&text) {
+            Ok(message) => message,
+            Err(error) => {
+                eprintln!("ignoring a stream message that does not parse: {error}");
+                continue;
+            }
         };
-        let version = message["version"].as_i64().unwrap_or(0);
-        match message["type"].as_str() {
-            Some("snapshot") => {
-                flags = message["document"]["flags"]
-                    .as_object()
-                    .map(|f| f.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                    .unwrap_or_default();
+        match message {
+            ServerMessage::Snapshot(snapshot) => {
+                document = snapshot.document;
+                let version = snapshot.version;
+                let count = document.flags.len();
                 if context.output == Format::Json {
                     println!(
                         "{}",
-                        serde_json::json!({"time": now(), "version": version, "type": "snapshot", "flags": flags.len()})
+                        serde_json::json!({"time": now(), "version": version, "type": "snapshot", "flags": count})
                     );
                 } else {
                     println!(
-                        "{}  v{version}  snapshot: {} flag(s)",
-                        output::time(now()),
-                        flags.len()
+                        "{}  v{version}  snapshot: {count} flag(s)",
+                        output::time(now())
                     );
                 }
             }
-            Some("patch") => {
-                for (key, flag) in message["upserts"].as_object().into_iter().flatten() {
-                    let before = flags.insert(key.clone(), flag.clone());
-                    let changes = output::diff(before.as_ref().unwrap_or(&Value::Null), flag);
-                    let action = if before.is_some() {
-                        "updated"
-                    } else {
-                        "created"
+            ServerMessage::Patch(patch) => {
+                let version = patch.version;
+                for change in patch.into_changes() {
+                    let (key, action, after) = match &change {
+                        Change::Upsert { key, flag } => (key.clone(), "", Some(flag.clone())),
+                        Change::Delete { key } => (key.clone(), "deleted", None),
+                        Change::Settings { .. } => ("$settings".to_owned(), "updated", None),
                     };
-                    print_change(context, version, key, action, &changes);
-                }
-                for key in message["deletes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
-                    flags.remove(key);
-                    print_change(context, version, key, "deleted", &[]);
+                    let before = document.apply(change);
+                    let changes = match &after {
+                        Some(after) => output::diff(before.as_ref().unwrap_or(&Value::Null), after),
+                        None => Vec::new(),
+                    };
+                    let action = match (action, &before) {
+                        ("", Some(_)) => "updated",
+                        ("", None) => "created",
+                        (action, _) => action,
+                    };
+                    print_change(context, version, &key, action, &changes);
                 }
             }
-            Some("goodbye") => {
-                eprintln!(
-                    "the server said goodbye: {}",
-                    output::cell(&message["reason"])
-                );
+            ServerMessage::Goodbye(goodbye) => {
+                eprintln!("the server said goodbye: {}", goodbye.reason.as_str());
                 return Ok(exit::OK);
             }
-            _ => {}
+            ServerMessage::Ping(_) | ServerMessage::Unknown => {}
         }
     }
 }

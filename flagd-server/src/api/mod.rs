@@ -234,21 +234,7 @@ async fn json_errors(
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
-    let code = match status.as_u16() {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        408 => "request_timeout",
-        413 => "payload_too_large",
-        415 => "unsupported_media_type",
-        422 => "unprocessable",
-        429 => "too_many_requests",
-        503 => "unavailable",
-        _ if status.is_server_error() => "internal",
-        _ => "bad_request",
-    };
+    let code = flag_protocol::ErrorCode::for_status(status.as_u16());
     let headers = response.headers().clone();
     let bytes = axum::body::to_bytes(response.into_body(), 4096)
         .await
@@ -258,7 +244,7 @@ async fn json_errors(
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         text => text.chars().take(500).collect(),
     };
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let body = flag_protocol::ErrorBody::new(code, message);
     let mut rebuilt = (status, axum::Json(body)).into_response();
     // Keep what the client may need (Allow, WWW-Authenticate, Retry-After...), but not the old
     // body's length and type.

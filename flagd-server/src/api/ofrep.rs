@@ -6,8 +6,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flag_core::ofrep::OfrepEvaluation;
-use flag_core::{ErrorCode, EvaluationContext, Resolution};
+use flag_core::{EvaluationContext, Resolution};
+use flag_protocol::{OfrepBulkEvaluation, OfrepEvaluation, OfrepFailure};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -37,18 +37,14 @@ fn parse_context(body: &[u8]) -> Result<EvaluationContext, String> {
 }
 
 /// One evaluation as OFREP renders it: a success, or a failure with its status.
-fn render(key: &str, resolution: &Resolution<'_>) -> (StatusCode, Value) {
+fn render(key: &str, resolution: &Resolution<'_>) -> (StatusCode, OfrepEvaluation) {
     let evaluation = OfrepEvaluation::from_resolution(key, resolution);
     let status = StatusCode::from_u16(evaluation.http_status()).unwrap_or(StatusCode::OK);
-    (status, json!(evaluation))
+    (status, evaluation)
 }
 
 fn invalid_context(key: Option<&str>, details: String) -> Response {
-    let mut body =
-        json!({"errorCode": ErrorCode::InvalidContext.as_str(), "errorDetails": details});
-    if let Some(key) = key {
-        body["key"] = json!(key);
-    }
+    let body = OfrepFailure::invalid_context(key, details);
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
@@ -91,12 +87,14 @@ pub async fn evaluate_all(
             access.environment
         ))
     })?;
-    let flags: Vec<Value> = snapshot
-        .compiled
-        .evaluate_all(&ctx, (state.clock)())
-        .map(|(key, resolution)| render(key, &resolution).1)
-        .collect();
-    let body = serde_json::to_vec(&json!({ "flags": flags })).map_err(ApiError::internal)?;
+    let answer = OfrepBulkEvaluation {
+        flags: snapshot
+            .compiled
+            .evaluate_all(&ctx, (state.clock)())
+            .map(|(key, resolution)| render(key, &resolution).1)
+            .collect(),
+    };
+    let body = serde_json::to_vec(&answer).map_err(ApiError::internal)?;
     // The ETag is a digest of the answer itself: it changes exactly when the answer does.
     let digest = Sha256::digest(&body);
     let etag = format!(

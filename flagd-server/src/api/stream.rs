@@ -12,10 +12,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use flag_protocol::{ClientMessage, GoodbyeReason, Ping, ServerMessage};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::QueryParams;
 use crate::auth::EnvironmentAccess;
 use crate::error::ApiError;
-use crate::hub::{ClientInfo, HubEvent, patch_message};
+use crate::hub::{ClientInfo, HubEvent, encode, patch_message};
 use crate::state::AppState;
 
 /// More patches than this to catch up on, and a snapshot is sent instead.
@@ -138,7 +138,7 @@ fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
 
 /// Why a session ended on the server's initiative.
 struct Goodbye {
-    reason: &'static str,
+    reason: GoodbyeReason,
     retry_after_ms: u64,
     code: CloseCode,
 }
@@ -203,12 +203,12 @@ impl Session {
         let shutdown = self.state.shutdown.clone();
         loop {
             let flow = tokio::select! {
-                () = shutdown.cancelled() => Flow::Goodbye(Goodbye { reason: "shutdown", retry_after_ms: 1_000, code: CloseCode::Away }),
+                () = shutdown.cancelled() => Flow::Goodbye(Goodbye { reason: GoodbyeReason::Shutdown, retry_after_ms: 1_000, code: CloseCode::Away }),
                 event = events.recv() => self.on_event(event).await,
                 message = self.socket.next() => self.on_message(message),
                 _ = pings.tick() => {
-                    let ping = json!({"type": "ping", "version": self.last_sent}).to_string();
-                    if self.send(ping.into()).await { Flow::Continue } else { Flow::Stop }
+                    let ping = ping(self.last_sent);
+                    if self.send(ping).await { Flow::Continue } else { Flow::Stop }
                 }
             };
             match flow {
@@ -228,8 +228,7 @@ impl Session {
             Some(version) if version == current.version => {
                 // Already current: a ping tells the client so.
                 self.last_sent = version;
-                let ping = json!({"type": "ping", "version": version}).to_string();
-                return if self.send(ping.into()).await {
+                return if self.send(ping(version)).await {
                     Flow::Continue
                 } else {
                     Flow::Stop
@@ -304,8 +303,7 @@ impl Session {
                 return None;
             }
             index += group.len();
-            let message = patch_message(expected, &group)?;
-            patches.push((expected, Utf8Bytes::from(message.to_string())));
+            patches.push((expected, patch_message(expected, &group)?));
             expected += 1;
         }
         Some(patches)
@@ -320,7 +318,7 @@ impl Session {
                 self.catch_up().await
             }
             Ok(HubEvent::TokenRevoked { id }) if id == self.token_id => Flow::Goodbye(Goodbye {
-                reason: "token_revoked",
+                reason: GoodbyeReason::TokenRevoked,
                 retry_after_ms: 0,
                 code: CloseCode::Policy,
             }),
@@ -332,7 +330,7 @@ impl Session {
                 // Events were dropped; only two facts matter, and both can be re-read.
                 if !self.state.tokens.is_active(&self.token_id) {
                     return Flow::Goodbye(Goodbye {
-                        reason: "token_revoked",
+                        reason: GoodbyeReason::TokenRevoked,
                         retry_after_ms: 0,
                         code: CloseCode::Policy,
                     });
@@ -385,36 +383,29 @@ impl Session {
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Flow::Stop,
             Some(Ok(_)) => return Flow::Continue,
         };
-        let Ok(message) = serde_json::from_str::<Value>(&text) else {
+        let Ok(message) = serde_json::from_str::<ClientMessage>(&text) else {
             tracing::debug!(
                 session = self.id,
-                "ignoring a client message that is not JSON"
+                "ignoring a client message that does not parse"
             );
             return Flow::Continue;
         };
         let now = (self.state.clock)();
-        match message["type"].as_str() {
-            Some("hello") => {
-                let field = |name: &str| {
-                    message[name]
-                        .as_str()
-                        .map(|s| s.chars().take(200).collect::<String>())
-                };
-                let (client_id, sdk, sdk_version) =
-                    (field("clientId"), field("sdk"), field("sdkVersion"));
+        match message {
+            ClientMessage::Hello(hello) => {
+                let clip =
+                    |field: Option<String>| field.map(|s| s.chars().take(200).collect::<String>());
                 self.state.hub.update_client(self.id, |info| {
-                    info.client_id = client_id;
-                    info.sdk = sdk;
-                    info.sdk_version = sdk_version;
+                    info.client_id = clip(hello.client_id);
+                    info.sdk = clip(hello.sdk);
+                    info.sdk_version = clip(hello.sdk_version);
                 });
             }
-            Some("ack") => {
+            ClientMessage::Ack(ack) => {
                 // Only a version this session has sent can be acknowledged: anything else (a
                 // negative, a future or a wrapped number) is ignored, so lag never goes wrong.
-                if let Some(version) = message["version"]
-                    .as_i64()
-                    .filter(|v| (0..=self.last_sent).contains(v))
-                {
+                let version = ack.version;
+                if (0..=self.last_sent).contains(&version) {
                     if let Some(committed) = self.state.hub.committed_at(&self.environment, version)
                     {
                         crate::metrics::propagation(committed.elapsed());
@@ -425,7 +416,9 @@ impl Session {
                     });
                 }
             }
-            _ => tracing::debug!(session = self.id, "ignoring an unknown client message"),
+            ClientMessage::Unknown => {
+                tracing::debug!(session = self.id, "ignoring an unknown client message");
+            }
         }
         Flow::Continue
     }
@@ -455,16 +448,15 @@ impl Session {
     }
 
     async fn goodbye(&mut self, goodbye: Goodbye) {
-        let message = json!({
-            "type": "goodbye",
-            "version": self.last_sent,
-            "reason": goodbye.reason,
-            "retryAfterMs": goodbye.retry_after_ms,
+        let message = ServerMessage::<()>::Goodbye(flag_protocol::Goodbye {
+            version: self.last_sent,
+            reason: goodbye.reason,
+            retry_after_ms: goodbye.retry_after_ms,
         });
-        if self.send(message.to_string().into()).await {
+        if self.send(encode(&message)).await {
             let close = CloseFrame {
                 code: goodbye.code,
-                reason: goodbye.reason.into(),
+                reason: goodbye.reason.as_str().into(),
             };
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -475,9 +467,14 @@ impl Session {
     }
 }
 
+/// The `ping` message.
+fn ping(version: i64) -> Utf8Bytes {
+    encode(&ServerMessage::<()>::Ping(Ping { version }))
+}
+
 fn environment_deleted() -> Goodbye {
     Goodbye {
-        reason: "environment_deleted",
+        reason: GoodbyeReason::EnvironmentDeleted,
         retry_after_ms: 0,
         code: CloseCode::Normal,
     }

@@ -9,7 +9,8 @@ mod sqlite;
 use std::collections::BTreeMap;
 
 use flag_core::{Flag, Metadata};
-use serde::Serialize;
+use flag_protocol::Change;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
@@ -168,9 +169,8 @@ pub struct ChangeRecord {
     /// The flag, or `None` for environment-level changes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
-    /// `create`, `update`, `delete`, `create_environment`, `delete_environment`, `update_settings`,
-    /// or an audit-only event (`ramp_failed`) that changes no flag.
-    pub operation: String,
+    /// What happened.
+    pub operation: Operation,
     /// The state before (null when created).
     pub before: Value,
     /// The state after (null when deleted).
@@ -182,6 +182,77 @@ pub struct ChangeRecord {
     /// Why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// What a change record records. Stored and shown (audit) as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// A flag was created.
+    Create,
+    /// A flag was replaced.
+    Update,
+    /// A flag was deleted.
+    Delete,
+    /// The environment's metadata and `$evaluators` were replaced.
+    UpdateSettings,
+    /// The environment was created.
+    CreateEnvironment,
+    /// The environment was deleted.
+    DeleteEnvironment,
+    /// Audit only (changes no flag): a ramp failed and was stopped.
+    RampFailed,
+    /// Audit only: the first admin token was created at start.
+    AdminTokenCreated,
+    /// A stored name this build does not know (written by a newer server): shown, never applied.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Operation {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+            Operation::UpdateSettings => "update_settings",
+            Operation::CreateEnvironment => "create_environment",
+            Operation::DeleteEnvironment => "delete_environment",
+            Operation::RampFailed => "ramp_failed",
+            Operation::AdminTokenCreated => "admin_token_created",
+            Operation::Unknown => "unknown",
+        }
+    }
+
+    /// Reads a stored name; [`Operation::Unknown`] for one this build does not know.
+    pub fn parse(name: &str) -> Operation {
+        serde_json::from_value(Value::String(name.to_owned())).unwrap_or(Operation::Unknown)
+    }
+}
+
+impl ChangeRecord {
+    /// The change to the environment's flag-set document this record made, as the stream sends
+    /// it; `None` for records that only a snapshot can express (environment creation and
+    /// deletion) and for audit-only events. The only place a record becomes a [`Change`].
+    pub fn change(&self) -> Option<Change> {
+        match (self.operation, &self.flag) {
+            (Operation::Create | Operation::Update, Some(key)) => Some(Change::Upsert {
+                key: key.clone(),
+                flag: self.after.clone(),
+            }),
+            (Operation::Delete, Some(key)) => Some(Change::Delete { key: key.clone() }),
+            (Operation::UpdateSettings, None) => Some(Change::Settings {
+                metadata: Some(
+                    serde_json::from_value(self.after["metadata"].clone()).unwrap_or_default(),
+                ),
+                evaluators: Some(
+                    serde_json::from_value(self.after["$evaluators"].clone()).unwrap_or_default(),
+                ),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The result of a commit.
@@ -342,7 +413,7 @@ pub trait FlagStore: Send + Sync + 'static {
         &self,
         environment: &str,
         flag: Option<&str>,
-        operation: &str,
+        operation: Operation,
         details: &Value,
         by: &Attribution,
     ) -> Result<ChangeRecord, StoreError>;

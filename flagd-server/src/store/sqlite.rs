@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
-    EnvironmentSettings, FlagChange, FlagStore, RampQuery, RampRecord, Role, StoreError,
+    EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role, StoreError,
     StoredFlag, TokenRecord,
 };
 
@@ -259,7 +259,7 @@ fn append_change(
     environment: &str,
     version: i64,
     flag: Option<&str>,
-    operation: &str,
+    operation: Operation,
     before: &Value,
     after: &Value,
     by: &Attribution,
@@ -267,14 +267,14 @@ fn append_change(
     tx.execute(
         "INSERT INTO changes (environment, version, flag_key, operation, before, after, actor, at, message)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![environment, version, flag, operation, encode(before), encode(after), by.actor, by.at, by.message],
+        params![environment, version, flag, operation.as_str(), encode(before), encode(after), by.actor, by.at, by.message],
     )?;
     Ok(ChangeRecord {
         id: tx.last_insert_rowid(),
         environment: environment.to_owned(),
         version,
         flag: flag.map(str::to_owned),
-        operation: operation.to_owned(),
+        operation,
         before: before.clone(),
         after: after.clone(),
         actor: by.actor.clone(),
@@ -318,6 +318,17 @@ fn read_changes(
                 tracing::error!(id, %error, "stored change record does not decode");
                 serde_json::json!({"$error": format!("this stored value does not decode: {error}")})
             })
+        };
+        let operation = match Operation::parse(&operation) {
+            Operation::Unknown => {
+                tracing::error!(
+                    id,
+                    operation,
+                    "stored change record has an unknown operation"
+                );
+                Operation::Unknown
+            }
+            known => known,
         };
         Ok(ChangeRecord {
             before: readable(&before),
@@ -399,7 +410,7 @@ impl FlagStore for SqliteStore {
             name,
             version,
             None,
-            "create_environment",
+            Operation::CreateEnvironment,
             &Value::Null,
             &serde_json::json!({"name": name}),
             by,
@@ -442,7 +453,7 @@ impl FlagStore for SqliteStore {
             name,
             environment.version + 1,
             None,
-            "delete_environment",
+            Operation::DeleteEnvironment,
             &before,
             &Value::Null,
             by,
@@ -537,7 +548,7 @@ impl FlagStore for SqliteStore {
                 environment,
                 version,
                 None,
-                "update_settings",
+                Operation::UpdateSettings,
                 &before,
                 &after,
                 by,
@@ -560,9 +571,9 @@ impl FlagStore for SqliteStore {
                         .as_ref()
                         .map_or(Value::Null, |f| flag_json(&f.flag));
                     let operation = if existing.is_some() {
-                        "update"
+                        Operation::Update
                     } else {
-                        "create"
+                        Operation::Create
                     };
                     records.push(append_change(
                         &tx,
@@ -588,7 +599,7 @@ impl FlagStore for SqliteStore {
                         environment,
                         version,
                         Some(key),
-                        "delete",
+                        Operation::Delete,
                         &before,
                         &Value::Null,
                         by,
@@ -627,7 +638,7 @@ impl FlagStore for SqliteStore {
         // Audit-only events (`record_event`) change no flag: the stream never replays them.
         read_changes(
             &self.lock(),
-            "WHERE environment = ?1 AND version > ?2 AND operation NOT IN ('ramp_failed')
+            "WHERE environment = ?1 AND version > ?2 AND operation NOT IN ('ramp_failed', 'admin_token_created')
              ORDER BY version, id LIMIT ?3",
             params![environment, after_version, limit],
         )
@@ -727,7 +738,7 @@ impl FlagStore for SqliteStore {
         &self,
         environment: &str,
         flag: Option<&str>,
-        operation: &str,
+        operation: Operation,
         details: &Value,
         by: &Attribution,
     ) -> Result<ChangeRecord, StoreError> {
@@ -870,12 +881,12 @@ mod tests {
             .unwrap();
         assert_eq!(log.len(), 2);
         assert_eq!(
-            (log[0].operation.as_str(), log[0].actor.as_str()),
-            ("update", "bob")
+            (log[0].operation, log[0].actor.as_str()),
+            (Operation::Update, "bob")
         );
         assert_eq!(log[0].before["defaultVariant"], "off");
         assert_eq!(log[0].after["defaultVariant"], "on");
-        assert_eq!(log[1].operation, "create");
+        assert_eq!(log[1].operation, Operation::Create);
     }
 
     #[test]
@@ -932,7 +943,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(log[0].operation, "delete_environment");
+        assert_eq!(log[0].operation, Operation::DeleteEnvironment);
         assert_eq!(log[0].before["flags"]["f"]["defaultVariant"], "on");
         assert!(store.tokens().unwrap()[0].revoked_at.is_some());
         // Re-created, it continues the version sequence.

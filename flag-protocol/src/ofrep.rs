@@ -1,13 +1,51 @@
-//! One evaluation in the shape of OFREP, the OpenFeature Remote Evaluation Protocol
-//! (<https://github.com/open-feature/protocol>, `service/openapi.yaml`: `evaluationSuccess` and
-//! `evaluationFailure`). The server answers with it, and `flagctl eval` prints it for an
-//! evaluation on the server and for one of a local file alike.
+//! The bodies of OFREP, the OpenFeature Remote Evaluation Protocol
+//! (<https://github.com/open-feature/protocol>, `service/openapi.yaml`): the request
+//! (`evaluationRequest`), one evaluation (`evaluationSuccess` / `evaluationFailure`) and the bulk
+//! answer (`bulkEvaluationSuccess`). The server answers with them, and `flagctl eval` prints an
+//! [`OfrepEvaluation`] for an evaluation on the server and for one of a local file alike.
 
+use flag_core::{ErrorCode, Metadata, Resolution};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::model::Metadata;
-use crate::resolve::{ErrorCode, Resolution};
+/// An evaluation request: `{"context": {"targetingKey": ..., ...}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OfrepRequest {
+    /// The evaluation context; absent or null is an empty one.
+    #[serde(default)]
+    pub context: Map<String, Value>,
+}
+
+/// The bulk answer: every flag's evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OfrepBulkEvaluation {
+    /// One evaluation per flag, by key order.
+    pub flags: Vec<OfrepEvaluation>,
+}
+
+/// A failure of the whole request (a malformed body): `{"key"?, "errorCode", "errorDetails"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfrepFailure {
+    /// The flag key, for a single-flag request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `INVALID_CONTEXT`, `PARSE_ERROR`...
+    pub error_code: String,
+    /// What went wrong, for people.
+    pub error_details: String,
+}
+
+impl OfrepFailure {
+    /// The answer to a body that is not an evaluation request.
+    pub fn invalid_context(key: Option<&str>, details: impl Into<String>) -> OfrepFailure {
+        OfrepFailure {
+            key: key.map(str::to_owned),
+            error_code: ErrorCode::InvalidContext.as_str().to_owned(),
+            error_details: details.into(),
+        }
+    }
+}
 
 /// An OFREP evaluation result: a success (`value`, `variant`, `reason`, `metadata`) or a failure
 /// (`errorCode`, `errorDetails`).

@@ -1,0 +1,191 @@
+//! `FlagClientBuilder`: settings, then the wiring of a client: its shared state, the last known
+//! good flags (cache file, else bootstrap document), the cache writer and the sync task.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flag_protocol::Document;
+use serde_json::Value;
+
+use crate::cache;
+use crate::client::FlagClient;
+use crate::state::{Persist, Shared, Snapshot};
+use crate::status::{Error, Status};
+use crate::sync::{self, SyncSettings};
+
+/// Builds a [`FlagClient`].
+#[derive(Debug, Clone, Default)]
+pub struct FlagClientBuilder {
+    server: Option<String>,
+    token: Option<String>,
+    environment: Option<String>,
+    bootstrap: Option<Bootstrap>,
+    cache_file: Option<PathBuf>,
+    settings: SyncSettings,
+}
+
+#[derive(Debug, Clone)]
+enum Bootstrap {
+    File(PathBuf),
+    Document(Value),
+}
+
+impl FlagClientBuilder {
+    /// The flag server, e.g. `http://127.0.0.1:8016`. Without one the client runs offline from
+    /// its bootstrap document or cache.
+    #[must_use]
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.server = Some(url.into());
+        self
+    }
+
+    /// The sdk token (or an admin token together with [`environment`](Self::environment)).
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The environment, only needed with an admin token (an sdk token names its own).
+    #[must_use]
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = Some(environment.into());
+        self
+    }
+
+    /// A flagd document file used until the first sync, or for good when there is no server.
+    #[must_use]
+    pub fn bootstrap_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bootstrap = Some(Bootstrap::File(path.into()));
+        self
+    }
+
+    /// An in-memory flagd document used until the first sync, or for good without a server.
+    #[must_use]
+    pub fn bootstrap_document(mut self, document: Value) -> Self {
+        self.bootstrap = Some(Bootstrap::Document(document));
+        self
+    }
+
+    /// A file where the last flags are kept (written atomically after each change) and read at
+    /// start when the server cannot be reached.
+    #[must_use]
+    pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache_file = Some(path.into());
+        self
+    }
+
+    /// How long connecting may take (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// With no message at all for this long, the stream is considered dead (default 45 s, three
+    /// server ping intervals).
+    #[must_use]
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.ping_timeout = timeout;
+        self
+    }
+
+    /// Reconnect backoff: exponential from `base` to `cap`, with full jitter (defaults 500 ms
+    /// and 30 s).
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.settings.backoff_base = base;
+        self.settings.backoff_cap = cap.max(base);
+        self
+    }
+
+    /// Builds the client. Never waits on the network: syncing runs in a background task on the
+    /// current tokio runtime (a server is given but no runtime is running: an error).
+    pub fn build(self) -> Result<FlagClient, Error> {
+        // Checked before anything starts, so a bad setting starts nothing.
+        let stream = match &self.server {
+            None => None,
+            Some(server) => {
+                let token = self.token.clone().ok_or_else(|| {
+                    Error::Config("a server needs a token (`.token(...)`)".to_owned())
+                })?;
+                let url = sync::stream_url(server, self.environment.as_deref())?;
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::Config(
+                        "build() needs a running tokio runtime to sync in the background"
+                            .to_owned(),
+                    )
+                })?;
+                Some((server.clone(), token, url, runtime))
+            }
+        };
+        let bootstrap = match &self.bootstrap {
+            None => None,
+            Some(Bootstrap::Document(document)) => {
+                Some(checked_bootstrap("<inline>", document.clone())?)
+            }
+            Some(Bootstrap::File(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|error| Error::Bootstrap {
+                    path: path.display().to_string(),
+                    message: error.to_string(),
+                })?;
+                let document: Value =
+                    serde_json::from_str(&text).map_err(|error| Error::Bootstrap {
+                        path: path.display().to_string(),
+                        message: format!("not valid JSON: {error}"),
+                    })?;
+                Some(checked_bootstrap(&path.display().to_string(), document)?)
+            }
+        };
+
+        let persist = match (&self.cache_file, &stream) {
+            (Some(path), Some((server, ..))) => Some(Box::new(cache::CacheWriter::start(
+                path.clone(),
+                server.clone(),
+            )) as Box<dyn Persist>),
+            _ => None,
+        };
+        let shared = Arc::new(Shared::new(persist));
+
+        // Last known good first: the cache, when it matches this server; else the bootstrap.
+        let cached = self
+            .cache_file
+            .as_deref()
+            .and_then(|path| cache::load(path, self.server.as_deref()));
+        let offline = self.server.is_none();
+        let first =
+            cached.or_else(|| bootstrap.map(|document| Snapshot::compile(None, None, document)));
+        if let Some(snapshot) = first {
+            let keys = snapshot.compiled.keys().map(str::to_owned).collect();
+            shared.publish(snapshot, keys);
+            shared.set_status(if offline {
+                Status::Ready
+            } else {
+                Status::Stale
+            });
+        }
+
+        let task = stream.map(|(server, token, url, runtime)| {
+            sync::start(&runtime, shared.clone(), url, token, server, self.settings)
+        });
+        Ok(FlagClient::new(shared, task))
+    }
+}
+
+/// A bootstrap document must at least be a flagd document; broken flags are isolated.
+fn checked_bootstrap(path: &str, document: Value) -> Result<Document, Error> {
+    if !document
+        .get("flags")
+        .is_some_and(|f| f.is_object() || f.is_array())
+    {
+        return Err(Error::Bootstrap {
+            path: path.to_owned(),
+            message: "not a flagd document: no \"flags\"".to_owned(),
+        });
+    }
+    Document::from_value(document).map_err(|error| Error::Bootstrap {
+        path: path.to_owned(),
+        message: format!("not a flagd document: {error}"),
+    })
+}
