@@ -1,5 +1,7 @@
 //! `ApiError`: the one error type handlers return, rendered as
-//! `{"error": {"code", "message", "path"?, "problems"?}}` with the right status.
+//! `{"error": {"code", "message", "path"?, "problems"?}}` (`flag_protocol::ErrorBody`) with the
+//! status its code fixes. Domain errors become `ApiError`s here (`From<DomainError>`); internal
+//! errors are logged when they become responses, with the detail the client does not see.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -9,6 +11,7 @@ use flag_core::{Problem, ValidationError};
 pub use flag_protocol::ErrorCode;
 use flag_protocol::{ErrorBody, ErrorDetail};
 
+use crate::domain::{DomainError, Rejection};
 use crate::store::StoreError;
 
 /// An error answer. Client errors keep their message; internal errors are logged and answered
@@ -17,6 +20,8 @@ use crate::store::StoreError;
 pub struct ApiError {
     code: ErrorCode,
     message: String,
+    /// For internal errors: what the log gets (the client gets a generic message).
+    detail: Option<String>,
     path: Option<String>,
     problems: Vec<Problem>,
 }
@@ -27,6 +32,7 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            detail: None,
             path: None,
             problems: Vec::new(),
         }
@@ -75,6 +81,7 @@ impl ApiError {
             .map(|p| p.path.clone())
             .filter(|p| !p.is_empty());
         ApiError {
+            detail: None,
             code: ErrorCode::InvalidFlag,
             message: error.to_string(),
             path: first,
@@ -88,12 +95,14 @@ impl ApiError {
     }
 
     /// 500: logged here, answered generically.
+    /// 500: answered generically; `error` is logged when the response is made.
     pub fn internal(error: impl std::fmt::Display) -> Self {
-        tracing::error!(%error, "internal error");
-        ApiError::new(
+        let mut api = ApiError::new(
             ErrorCode::Internal,
             "internal server error; see the server log",
-        )
+        );
+        api.detail = Some(error.to_string());
+        api
     }
 
     /// 503: the store is unavailable.
@@ -121,6 +130,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Some(detail) = &self.detail {
+            tracing::error!(error = %detail, "internal error");
+        }
         let status = self.status();
         let body = ErrorBody {
             error: ErrorDetail {
@@ -166,6 +178,37 @@ impl From<StoreError> for ApiError {
                 crate::metrics::store_error();
                 ApiError::internal(error)
             }
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        match error {
+            DomainError::Store(error) => ApiError::from(error),
+            DomainError::Invalid(error) => ApiError::invalid(error),
+            DomainError::Rejected {
+                kind,
+                message,
+                field,
+            } => {
+                let code = match kind {
+                    Rejection::BadRequest => ErrorCode::BadRequest,
+                    Rejection::NotFound => ErrorCode::NotFound,
+                    Rejection::Conflict => ErrorCode::Conflict,
+                    Rejection::PreconditionFailed => ErrorCode::PreconditionFailed,
+                    Rejection::InvalidPercentage => ErrorCode::InvalidPercentage,
+                    Rejection::RolloutVariants => ErrorCode::RolloutVariants,
+                    Rejection::TargetingTooComplex => ErrorCode::TargetingTooComplex,
+                    Rejection::Rollout => ErrorCode::Rollout,
+                    Rejection::FlagTooLarge => ErrorCode::FlagTooLarge,
+                    Rejection::OutOfRange => ErrorCode::OutOfRange,
+                };
+                let mut api = ApiError::new(code, message);
+                api.path = field;
+                api
+            }
+            DomainError::Internal(detail) => ApiError::internal(detail),
         }
     }
 }

@@ -9,16 +9,14 @@
 )]
 
 pub mod api;
-pub mod auth;
 pub mod config;
+pub mod domain;
 pub mod error;
-pub mod hub;
 pub mod listener;
 pub mod metrics;
-pub mod ramp;
-pub mod service;
 pub mod state;
 pub mod store;
+pub mod units;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -28,7 +26,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{TokenCache, generate_id, generate_secret, hash_secret};
+use crate::domain::tokens::{TokenCache, generate_id, generate_secret, hash_secret};
 use crate::state::{AppState, Clock};
 use crate::store::{FlagStore, Role, SqliteStore, StoreError, TokenRecord};
 
@@ -192,10 +190,10 @@ impl Server {
             signal.cancel();
         });
         // The ramp scheduler: once a second, apply the steps that are due (restarted on failure).
-        let scheduler = tokio::spawn(ramp::run_scheduler(
-            self.state.clone(),
+        let scheduler = tokio::spawn(domain::ramp::run_scheduler(
+            self.state.domain.clone(),
             stopping.clone(),
-            ramp::SchedulerSettings::default(),
+            domain::ramp::SchedulerSettings::default(),
         ));
         // Our own accept loop rather than axum::serve: it sets hyper's header-read timeout
         // (which also closes connections idle between requests), bounds sockets that never send

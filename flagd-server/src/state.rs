@@ -1,29 +1,15 @@
-//! `AppState`: the handles every handler shares.
+//! `AppState`: the handles every handler shares: the domain, plus what only the HTTP side needs
+//! (stream settings, shutdown, the stream sessions, the request timeout).
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::TokenCache;
-use crate::hub::Hub;
+pub use crate::domain::{Clock, system_clock};
+use crate::domain::{Domain, tokens::TokenCache};
 use crate::store::FlagStore;
-
-/// The current time in unix seconds. Injected so tests control time.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| {
-                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-            })
-    })
-}
 
 /// Shared state. Cloned by axum for every request, so it is one `Arc`: a clone is a single
 /// reference-count increment however many handles it holds.
@@ -38,32 +24,26 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// What `AppState` shares.
+/// What `AppState` shares. Dereferences to the [`Domain`], so handlers write `state.store`.
 pub struct SharedState {
-    /// Flag storage (blocking; use `service::blocking`).
-    pub store: Arc<dyn FlagStore>,
-    /// Active tokens, for authentication without touching the store.
-    pub tokens: TokenCache,
-    /// The time.
-    pub clock: Clock,
-    /// Live snapshots, patches, the version broadcast and stream clients.
-    pub hub: Arc<Hub>,
+    /// The domain: store, hub, tokens, clock, ramps.
+    pub domain: Domain,
     /// Stream settings.
     pub stream: StreamSettings,
     /// Cancelled when the server shuts down: stream sessions say goodbye and close.
     pub shutdown: CancellationToken,
     /// Stream sessions, so shutdown can wait for their goodbyes.
     pub sessions: TaskTracker,
-    /// Serialises ramp state changes (API calls and the scheduler).
-    pub ramps: crate::ramp::RampLock,
-    /// The ramps whose guard is being checked.
-    pub guard_checks: crate::ramp::GuardChecks,
-    /// Whether the ramp scheduler runs (for `/readyz`).
-    pub scheduler: crate::ramp::SchedulerHealth,
-    /// Whether writes refuse warnings by default (`--strict`; `?strict=` overrides per request).
-    pub strict_writes: std::sync::atomic::AtomicBool,
     /// How long a request may take, in milliseconds (`--request-timeout`).
     request_timeout_ms: std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for SharedState {
+    type Target = Domain;
+
+    fn deref(&self) -> &Domain {
+        &self.domain
+    }
 }
 
 /// Stream settings.
@@ -91,21 +71,11 @@ impl AppState {
         tokens: TokenCache,
         clock: Clock,
     ) -> Result<AppState, crate::store::StoreError> {
-        let hub = Arc::new(Hub::new());
-        let store: Arc<dyn FlagStore> =
-            Arc::new(crate::hub::PublishingStore::new(store, hub.clone())?);
         Ok(AppState(Arc::new(SharedState {
-            store,
-            tokens,
-            clock,
-            hub,
+            domain: Domain::new(store, tokens, clock)?,
             stream: StreamSettings::default(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            ramps: crate::ramp::RampLock::default(),
-            guard_checks: crate::ramp::GuardChecks::default(),
-            scheduler: crate::ramp::SchedulerHealth::default(),
-            strict_writes: std::sync::atomic::AtomicBool::new(false),
             request_timeout_ms: std::sync::atomic::AtomicU64::new(30_000),
         })))
     }
@@ -137,7 +107,7 @@ impl std::fmt::Debug for AppState {
 impl std::fmt::Debug for SharedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("tokens", &self.tokens)
+            .field("domain", &self.domain)
             .finish_non_exhaustive()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use flagd_server::api::{Access, ROUTES};
-use flagd_server::auth::{TokenCache, generate_id, generate_secret, hash_secret};
+use flagd_server::domain::tokens::{TokenCache, generate_id, generate_secret, hash_secret};
 use flagd_server::state::AppState;
 use flagd_server::store::{FlagStore, Role, SqliteStore, TokenRecord};
 use flagd_server::{Server, ServerOptions};

@@ -587,7 +587,7 @@ async fn resume_after_a_restart_replays_the_change_log_and_too_old_gets_a_snapsh
         )
         .await;
     let current = list["version"].as_i64().unwrap();
-    for i in 0..(flagd_server::hub::PATCH_RING + 4) {
+    for i in 0..(flagd_server::domain::hub::PATCH_RING + 4) {
         live.put(&format!("many-{i}"), boolean_flag("on")).await;
     }
     let mut socket = live.connect(&format!("?since={current}")).await;
@@ -595,7 +595,7 @@ async fn resume_after_a_restart_replays_the_change_log_and_too_old_gets_a_snapsh
     assert_eq!(snapshot["type"], "snapshot");
     assert_eq!(
         snapshot["version"].as_i64(),
-        Some(current + flagd_server::hub::PATCH_RING as i64 + 4)
+        Some(current + flagd_server::domain::hub::PATCH_RING as i64 + 4)
     );
 }
 

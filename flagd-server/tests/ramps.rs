@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use flagd_server::auth::{TokenCache, generate_id, generate_secret, hash_secret};
-use flagd_server::ramp;
+use flagd_server::domain::ramp;
+use flagd_server::domain::tokens::{TokenCache, generate_id, generate_secret, hash_secret};
 use flagd_server::state::AppState;
 use flagd_server::store::{Attribution, FlagStore, Role, SqliteStore, StoreError, TokenRecord};
 use serde_json::{Value, json};
@@ -979,7 +979,11 @@ async fn the_scheduler_restarts_after_an_error_or_a_panic_and_readyz_says_so() {
         tick: std::time::Duration::from_millis(5),
         restart_after: std::time::Duration::from_millis(5),
     };
-    let scheduler = tokio::spawn(ramp::run_scheduler(h.state.clone(), stop.clone(), settings));
+    let scheduler = tokio::spawn(ramp::run_scheduler(
+        h.state.domain.clone(),
+        stop.clone(),
+        settings,
+    ));
     let readyz = || async {
         let response = h
             .router

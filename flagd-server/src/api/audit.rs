@@ -6,9 +6,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::QueryParams;
-use crate::auth::Admin;
+use super::blocking;
+use crate::api::auth::Admin;
 use crate::error::ApiError;
-use crate::service::blocking;
+
 use crate::state::AppState;
 use crate::store::AuditQuery;
 

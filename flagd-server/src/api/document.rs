@@ -6,10 +6,11 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::blocking;
 use super::{JsonBody, PathParams, QueryParams, Strict, attribution, change_message, etag};
-use crate::auth::Admin;
+use crate::api::auth::Admin;
+use crate::domain::flags as service;
 use crate::error::ApiError;
-use crate::service::{self, blocking};
 use crate::state::AppState;
 
 pub async fn export(
@@ -17,7 +18,8 @@ pub async fn export(
     _admin: Admin,
     PathParams(env): PathParams<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (document, version) = blocking(&state, move |store| service::document(store, &env)).await?;
+    let (document, version) =
+        blocking(&state, move |store| Ok(service::document(store, &env)?)).await?;
     Ok(([(header::ETAG, etag(version))], axum::Json(document)))
 }
 
@@ -44,7 +46,7 @@ pub async fn apply(
     let env_name = env.clone();
     let dry_run = options.dry_run;
     let report = blocking(&state, move |store| {
-        service::apply_document(
+        Ok(service::apply_document(
             store,
             &env,
             &document,
@@ -52,12 +54,12 @@ pub async fn apply(
             options.prune,
             mode,
             &by,
-        )
+        )?)
     })
     .await?;
     if !dry_run {
         for change in report.changes.iter().filter(|c| c.action == "delete") {
-            crate::ramp::close_deleted(&state, &env_name, Some(&change.key)).await;
+            crate::domain::ramp::close_deleted(&state, &env_name, Some(&change.key)).await;
         }
     }
     Ok(([(header::ETAG, etag(report.version))], axum::Json(report)))

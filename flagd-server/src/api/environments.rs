@@ -6,10 +6,11 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::blocking;
 use super::{JsonBody, PathParams, QueryParams, attribution, change_message};
-use crate::auth::Admin;
+use crate::api::auth::Admin;
+use crate::domain::flags::check_environment_name;
 use crate::error::ApiError;
-use crate::service::{blocking, check_environment_name};
 use crate::state::AppState;
 
 pub async fn list(
@@ -67,7 +68,7 @@ pub async fn delete(
     })
     .await?;
     state.tokens.remove_environment(&env);
-    crate::ramp::close_deleted(&state, &env, None).await;
+    crate::domain::ramp::close_deleted(&state, &env, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,10 +10,11 @@ use flag_core::{FlagState, FlagType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::blocking;
 use super::{IfMatch, JsonBody, PathParams, Strict, attribution, change_message, etag};
-use crate::auth::Admin;
+use crate::api::auth::Admin;
+use crate::domain::flags::{self as service, Written};
 use crate::error::ApiError;
-use crate::service::{self, Written, blocking};
 use crate::state::AppState;
 use crate::store::StoredFlag;
 
@@ -123,7 +124,9 @@ pub async fn put(
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, Some(&mut body))?);
     let (write, created) = blocking(&state, move |store| {
-        service::put_flag(store, &env, &key, &body, if_match, mode, &by)
+        Ok(service::put_flag(
+            store, &env, &key, &body, if_match, mode, &by,
+        )?)
     })
     .await?;
     let status = if created {
@@ -150,10 +153,18 @@ pub async fn patch(
     }
     let by = attribution(&state, &admin, change_message(&headers, Some(&mut patch))?);
     let write = blocking(&state, move |store| {
-        service::modify_flag(store, &env, &key, if_match, mode, &by, |_, definition| {
-            service::merge_patch(definition, &patch);
-            Ok(())
-        })
+        Ok(service::modify_flag(
+            store,
+            &env,
+            &key,
+            if_match,
+            mode,
+            &by,
+            |_, definition| {
+                service::merge_patch(definition, &patch);
+                Ok(())
+            },
+        )?)
     })
     .await?;
     Ok(written(&write, StatusCode::OK))
@@ -179,7 +190,7 @@ pub async fn delete(
         Ok(())
     })
     .await?;
-    crate::ramp::close_deleted(&state, &environment, Some(&flag_key)).await;
+    crate::domain::ramp::close_deleted(&state, &environment, Some(&flag_key)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -221,8 +232,8 @@ pub async fn rollout(
     // A running ramp owns the rollout: a manual edit would be overwritten at its next step. The
     // ramp lock makes the check and the write one step, so a ramp cannot start in between.
     let _ramps = state.ramps.lock().await;
-    if let Some(ramp) = crate::ramp::open_ramp(&state, &env, &key).await?
-        && ramp.state == crate::ramp::RampState::Active
+    if let Some(ramp) = crate::domain::ramp::open_ramp(&state, &env, &key).await?
+        && ramp.state == crate::domain::ramp::RampState::Active
     {
         return Err(ApiError::conflict(format!(
             "flag {key:?} is being ramped (step {} of {}); pause or abort the ramp first (flagctl ramp pause|abort {key})",
@@ -236,7 +247,9 @@ pub async fn rollout(
         change_message(&headers, None)?.or(request.message),
     );
     let write = blocking(&state, move |store| {
-        service::rollout(store, &env, &key, &change, if_match, mode, &by)
+        Ok(service::rollout(
+            store, &env, &key, &change, if_match, mode, &by,
+        )?)
     })
     .await?;
     Ok(written(&write, StatusCode::OK))

@@ -1,6 +1,7 @@
 //! The HTTP API: the router, the route table, and the small extractors handlers share.
 
 mod audit;
+pub mod auth;
 mod document;
 mod environments;
 mod flags;
@@ -16,10 +17,10 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 
-use crate::auth::Admin;
+use crate::api::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::Attribution;
+use crate::store::{Attribution, FlagStore};
 
 pub use ops::OPENAPI;
 
@@ -293,10 +294,23 @@ pub struct PathParams<T>(pub T);
 #[from_request(via(Query), rejection(ApiError))]
 pub struct QueryParams<T>(pub T);
 
+/// Runs store work for a handler on the blocking pool: like `domain::blocking`, but the work
+/// answers in `ApiError`s (domain errors convert with `?`).
+pub async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn FlagStore) -> Result<T, ApiError> + Send + 'static,
+{
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || work(store.as_ref()))
+        .await
+        .map_err(ApiError::internal)?
+}
+
 /// `?strict=true|false` on a write: whether warnings refuse it (default: the server's
 /// `--strict`).
 #[derive(Debug, Clone, Copy)]
-pub struct Strict(pub crate::service::WriteMode);
+pub struct Strict(pub crate::domain::flags::WriteMode);
 
 impl FromRequestParts<AppState> for Strict {
     type Rejection = ApiError;
@@ -324,7 +338,7 @@ impl FromRequestParts<AppState> for Strict {
                 .at("strict"));
             }
         };
-        Ok(Strict(crate::service::WriteMode { strict }))
+        Ok(Strict(crate::domain::flags::WriteMode { strict }))
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::PathParams;
-use crate::auth::EnvironmentAccess;
+use crate::api::auth::EnvironmentAccess;
 use crate::error::ApiError;
 use crate::state::AppState;
 

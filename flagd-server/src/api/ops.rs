@@ -5,8 +5,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use super::blocking;
 use crate::error::ApiError;
-use crate::service;
 use crate::state::AppState;
 
 /// The OpenAPI document of the admin API (kept true by a test against `ROUTES`).
@@ -18,7 +18,7 @@ pub async fn healthz() -> impl IntoResponse {
 
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.scheduler.check().map_err(ApiError::unavailable)?;
-    service::blocking(&state, |store| {
+    blocking(&state, |store| {
         store
             .ping()
             .map_err(|error| ApiError::unavailable(format!("store is not usable: {error}")))

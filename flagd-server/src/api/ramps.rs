@@ -7,9 +7,9 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::{JsonBody, PathParams, change_message};
-use crate::auth::Admin;
+use crate::api::auth::Admin;
+use crate::domain::ramp::{self, Control, StartRequest};
 use crate::error::ApiError;
-use crate::ramp::{self, Control, StartRequest};
 use crate::state::AppState;
 
 pub async fn start(
@@ -28,8 +28,8 @@ pub async fn status(
     PathParams((env, key)): PathParams<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = env.clone();
-    crate::service::blocking(&state, move |store| {
-        crate::service::environment_or_404(store, &name).map(drop)
+    crate::domain::flags::blocking(&state, move |store| {
+        crate::domain::flags::environment_or_404(store, &name).map(drop)
     })
     .await?;
     let ramp = ramp::latest(&state, &env, &key).await?.ok_or_else(|| {

@@ -25,9 +25,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::QueryParams;
-use crate::auth::EnvironmentAccess;
+use crate::api::auth::EnvironmentAccess;
+use crate::domain::hub::{ClientInfo, HubEvent, encode, patch_message};
 use crate::error::ApiError;
-use crate::hub::{ClientInfo, HubEvent, encode, patch_message};
 use crate::state::AppState;
 
 /// More patches than this to catch up on, and a snapshot is sent instead.
@@ -272,7 +272,7 @@ impl Session {
         upto: i64,
     ) -> Option<Vec<(i64, Utf8Bytes)>> {
         let wanted = usize::try_from(upto - since).ok()?;
-        if wanted > crate::hub::PATCH_RING {
+        if wanted > crate::domain::hub::PATCH_RING {
             return None;
         }
         if let Some(patches) = state.hub.patches_between(&environment, since, upto) {
@@ -285,7 +285,7 @@ impl Session {
         }
         let store = state.store.clone();
         let records = tokio::task::spawn_blocking(move || {
-            store.changes_since(&environment, since, 4 * crate::hub::PATCH_RING)
+            store.changes_since(&environment, since, 4 * crate::domain::hub::PATCH_RING)
         })
         .await
         .ok()?

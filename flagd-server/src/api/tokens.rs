@@ -6,10 +6,12 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::blocking;
 use super::{JsonBody, PathParams};
-use crate::auth::{Admin, generate_id, generate_secret, hash_secret};
+use crate::api::auth::Admin;
+use crate::domain::tokens::{generate_id, generate_secret, hash_secret};
 use crate::error::ApiError;
-use crate::service::blocking;
+
 use crate::state::AppState;
 use crate::store::{Role, TokenRecord};
 

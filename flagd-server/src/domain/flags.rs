@@ -8,8 +8,8 @@ use flag_core::{CompiledFlagSet, Flag, FlagSet, Problem, ValidationError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::error::ApiError;
-use crate::state::AppState;
+pub use super::blocking;
+use super::{DomainError, Rejection};
 use crate::store::{
     Attribution, Environment, EnvironmentSettings, FlagChange, FlagStore, StoreError, StoredFlag,
 };
@@ -17,30 +17,18 @@ use crate::store::{
 /// How often a read-modify-write without `If-Match` retries after losing a race.
 const RETRIES: usize = 3;
 
-/// Runs store work on the blocking pool.
-pub async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn FlagStore) -> Result<T, ApiError> + Send + 'static,
-{
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || work(store.as_ref()))
-        .await
-        .map_err(ApiError::internal)?
-}
-
 /// The longest environment name.
 const MAX_ENVIRONMENT_NAME_LEN: usize = 128;
 
 /// Environment names keep to a plain alphabet: they appear in URLs, metrics labels, logs and
 /// file names, and unlike flag keys they are ours, not flagd's.
-pub fn check_environment_name(name: &str) -> Result<(), ApiError> {
+pub fn check_environment_name(name: &str) -> Result<(), DomainError> {
     let plain = name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if name.is_empty() || name.len() > MAX_ENVIRONMENT_NAME_LEN || !plain {
-        return Err(ApiError::bad_request(format!(
+        return Err(DomainError::bad_request(format!(
             "invalid environment name {name:?}: use 1 to {MAX_ENVIRONMENT_NAME_LEN} letters, digits, '-', '_' and '.', starting with a letter or digit"
         ))
         .at("name"));
@@ -57,9 +45,9 @@ pub struct WriteMode {
 
 impl WriteMode {
     /// `Err(422)` listing the warnings in strict mode; the warnings otherwise.
-    fn check(self, warnings: Vec<Problem>) -> Result<Vec<Problem>, ApiError> {
+    fn check(self, warnings: Vec<Problem>) -> Result<Vec<Problem>, DomainError> {
         if self.strict && !warnings.is_empty() {
-            return Err(ApiError::invalid(ValidationError { problems: warnings }));
+            return Err(DomainError::invalid(ValidationError { problems: warnings }));
         }
         Ok(warnings)
     }
@@ -68,10 +56,10 @@ impl WriteMode {
 pub(crate) fn environment_or_404(
     store: &dyn FlagStore,
     name: &str,
-) -> Result<Environment, ApiError> {
+) -> Result<Environment, DomainError> {
     store
         .environment(name)?
-        .ok_or_else(|| ApiError::not_found(format!("environment {name:?} does not exist")))
+        .ok_or_else(|| DomainError::not_found(format!("environment {name:?} does not exist")))
 }
 
 /// The largest flag definition accepted, serialized: every copy of it (snapshot, patch ring,
@@ -79,7 +67,7 @@ pub(crate) fn environment_or_404(
 pub const MAX_FLAG_BYTES: usize = 1 << 20;
 
 /// Refuses a definition larger than `MAX_FLAG_BYTES` (422 `flag_too_large`).
-fn check_flag_size(key: &str, definition: &Value) -> Result<(), ApiError> {
+fn check_flag_size(key: &str, definition: &Value) -> Result<(), DomainError> {
     /// Counts serialized bytes without keeping them (a refused definition can be megabytes).
     struct Counter(usize);
     impl std::io::Write for Counter {
@@ -94,7 +82,7 @@ fn check_flag_size(key: &str, definition: &Value) -> Result<(), ApiError> {
     let mut counter = Counter(0);
     let size = serde_json::to_writer(&mut counter, definition).map_or(usize::MAX, |()| counter.0);
     if size > MAX_FLAG_BYTES {
-        return Err(ApiError::unprocessable(crate::error::ErrorCode::FlagTooLarge,
+        return Err(DomainError::rejected(Rejection::FlagTooLarge,
             format!(
                 "flag {key:?} is {size} bytes as JSON, more than the {} KiB a flag may have; move large lists into fewer, shorter rules",
                 MAX_FLAG_BYTES >> 10
@@ -113,14 +101,14 @@ pub fn validate_flag(
     key: &str,
     definition: &Value,
     mode: WriteMode,
-) -> Result<(Flag, Vec<Problem>), ApiError> {
+) -> Result<(Flag, Vec<Problem>), DomainError> {
     check_flag_size(key, definition)?;
     let document = json!({
         "metadata": environment.metadata,
         "$evaluators": environment.evaluators,
         "flags": { key: definition },
     });
-    let mut loaded = CompiledFlagSet::load(&document).map_err(ApiError::invalid)?;
+    let mut loaded = CompiledFlagSet::load(&document).map_err(DomainError::invalid)?;
     let warnings = loaded
         .warnings
         .into_iter()
@@ -131,7 +119,7 @@ pub fn validate_flag(
         .set
         .flags
         .remove(key)
-        .ok_or_else(|| ApiError::internal(format!("validated flag {key:?} vanished")))?;
+        .ok_or_else(|| DomainError::internal(format!("validated flag {key:?} vanished")))?;
     Ok((flag, warnings))
 }
 
@@ -153,7 +141,7 @@ pub fn put_flag(
     if_match: Option<i64>,
     mode: WriteMode,
     by: &Attribution,
-) -> Result<(Written, bool), ApiError> {
+) -> Result<(Written, bool), DomainError> {
     let env = environment_or_404(store, environment)?;
     let (flag, warnings) = validate_flag(&env, key, definition, mode)?;
     let change = FlagChange::Upsert {
@@ -169,7 +157,7 @@ pub fn put_flag(
         .any(|c| c.operation == crate::store::Operation::Create);
     let stored = store
         .flag(environment, key)?
-        .ok_or_else(|| ApiError::internal(format!("flag {key:?} missing after commit")))?;
+        .ok_or_else(|| DomainError::internal(format!("flag {key:?} missing after commit")))?;
     Ok((Written { stored, warnings }, created))
 }
 
@@ -183,12 +171,12 @@ pub fn modify_flag(
     if_match: Option<i64>,
     mode: WriteMode,
     by: &Attribution,
-    transform: impl Fn(&Environment, &mut Value) -> Result<(), ApiError>,
-) -> Result<Written, ApiError> {
+    transform: impl Fn(&Environment, &mut Value) -> Result<(), DomainError>,
+) -> Result<Written, DomainError> {
     for _ in 0..RETRIES {
         let env = environment_or_404(store, environment)?;
         let current = store.flag(environment, key)?.ok_or_else(|| {
-            ApiError::not_found(format!(
+            DomainError::not_found(format!(
                 "flag {key:?} does not exist in environment {environment:?}"
             ))
         })?;
@@ -202,7 +190,7 @@ pub fn modify_flag(
             }
             .into());
         }
-        let mut definition = serde_json::to_value(&current.flag).map_err(ApiError::internal)?;
+        let mut definition = serde_json::to_value(&current.flag).map_err(DomainError::internal)?;
         transform(&env, &mut definition)?;
         let (flag, warnings) = validate_flag(&env, key, &definition, mode)?;
         if flag == current.flag {
@@ -221,7 +209,7 @@ pub fn modify_flag(
             Ok(_) => {
                 crate::metrics::flag_writes(environment, 1);
                 let stored = store.flag(environment, key)?.ok_or_else(|| {
-                    ApiError::internal(format!("flag {key:?} missing after commit"))
+                    DomainError::internal(format!("flag {key:?} missing after commit"))
                 })?;
                 return Ok(Written { stored, warnings });
             }
@@ -229,7 +217,7 @@ pub fn modify_flag(
             Err(error) => return Err(error.into()),
         }
     }
-    Err(ApiError::conflict(format!(
+    Err(DomainError::conflict(format!(
         "flag {key:?} kept changing while this edit was applied; try again"
     )))
 }
@@ -272,7 +260,7 @@ pub fn rollout(
     if_match: Option<i64>,
     mode: WriteMode,
     by: &Attribution,
-) -> Result<Written, ApiError> {
+) -> Result<Written, DomainError> {
     modify_flag(
         store,
         environment,
@@ -282,45 +270,39 @@ pub fn rollout(
         by,
         |env, definition| {
             let mut flag: Flag =
-                serde_json::from_value(definition.clone()).map_err(ApiError::internal)?;
+                serde_json::from_value(definition.clone()).map_err(DomainError::internal)?;
             set_rollout_share(&mut flag, &env.evaluators, change.share, &change.variants)
                 .map_err(rollout_error)?;
-            *definition = serde_json::to_value(&flag).map_err(ApiError::internal)?;
+            *definition = serde_json::to_value(&flag).map_err(DomainError::internal)?;
             Ok(())
         },
     )
 }
 
 /// A rollout that cannot be read or set, as the API answers it (422).
-pub fn rollout_error(error: RolloutError) -> ApiError {
+pub fn rollout_error(error: RolloutError) -> DomainError {
     match error {
-        RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => ApiError::unprocessable(
-            crate::error::ErrorCode::InvalidPercentage,
-            error.to_string(),
-        )
-        .at("percentage"),
+        RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => {
+            DomainError::rejected(Rejection::InvalidPercentage, error.to_string()).at("percentage")
+        }
         RolloutError::Variants(_) => {
-            ApiError::unprocessable(crate::error::ErrorCode::RolloutVariants, error.to_string())
-                .at("variant")
+            DomainError::rejected(Rejection::RolloutVariants, error.to_string()).at("variant")
         }
         RolloutError::Others(_) => {
-            ApiError::unprocessable(crate::error::ErrorCode::RolloutVariants, error.to_string())
-                .at("otherVariant")
+            DomainError::rejected(Rejection::RolloutVariants, error.to_string()).at("otherVariant")
         }
-        RolloutError::TooComplex(_) => ApiError::unprocessable(
-            crate::error::ErrorCode::TargetingTooComplex,
-            error.to_string(),
-        )
-        .at("targeting"),
-        _ => ApiError::unprocessable(crate::error::ErrorCode::Rollout, error.to_string()),
+        RolloutError::TooComplex(_) => {
+            DomainError::rejected(Rejection::TargetingTooComplex, error.to_string()).at("targeting")
+        }
+        _ => DomainError::rejected(Rejection::Rollout, error.to_string()),
     }
 }
 
 /// The environment as one flagd document, and its version.
-pub fn document(store: &dyn FlagStore, environment: &str) -> Result<(FlagSet, i64), ApiError> {
+pub fn document(store: &dyn FlagStore, environment: &str) -> Result<(FlagSet, i64), DomainError> {
     let env = environment_or_404(store, environment)?;
     let flags = store.flags(environment)?;
-    Ok((crate::hub::document_of(&env, flags), env.version))
+    Ok((super::hub::document_of(&env, flags), env.version))
 }
 
 /// What a declarative apply did (or, in a dry run, would do) to one flag.
@@ -374,13 +356,13 @@ pub fn apply_document(
     prune: bool,
     mode: WriteMode,
     by: &Attribution,
-) -> Result<ApplyReport, ApiError> {
+) -> Result<ApplyReport, DomainError> {
     let env = environment_or_404(store, environment)?;
-    let loaded = CompiledFlagSet::load(document).map_err(ApiError::invalid)?;
+    let loaded = CompiledFlagSet::load(document).map_err(DomainError::invalid)?;
     for (key, flag) in &loaded.set.flags {
         check_flag_size(
             key,
-            &serde_json::to_value(flag).map_err(ApiError::internal)?,
+            &serde_json::to_value(flag).map_err(DomainError::internal)?,
         )?;
     }
     let (desired, mut warnings) = (loaded.set, loaded.warnings);
@@ -446,7 +428,7 @@ pub fn apply_document(
     // The environment that would result is checked as a whole: a kept flag may reference an
     // evaluator the document removes (a warning: that flag would evaluate to PARSE_ERROR).
     let (_, result_warnings) =
-        CompiledFlagSet::compile_with_warnings(&result).map_err(ApiError::invalid)?;
+        CompiledFlagSet::compile_with_warnings(&result).map_err(DomainError::invalid)?;
     for warning in result_warnings {
         if !warnings.contains(&warning) {
             warnings.push(warning);
@@ -467,7 +449,7 @@ pub fn apply_document(
             evaluators: desired.evaluators.clone(),
         });
         let commit = store.commit(environment, &changes, settings.as_ref(), by).map_err(|error| match error {
-            StoreError::VersionConflict { key, .. } => ApiError::precondition_failed(format!(
+            StoreError::VersionConflict { key, .. } => DomainError::precondition_failed(format!(
                 "flag {key:?} changed while the document was being applied; nothing was written, apply again"
             )),
             other => other.into(),

@@ -1,7 +1,7 @@
 //! Progressive rollouts ("ramps"): raise one flag's rollout through steps at intervals,
 //! optionally guarded by a health URL.
 //!
-//! Every step goes through `service::rollout`, the code path of the rollout endpoint, so it is an
+//! Every step goes through `flags::rollout`, the code path of the rollout endpoint, so it is an
 //! ordinary change: validated, audited (actor `ramp`), versioned and streamed. The scheduler is
 //! `tick`: it applies what is due at `state.clock()`. The server runs it every second under
 //! `run_scheduler`, which restarts it after an error or a panic; tests call `tick` with a clock of
@@ -20,11 +20,10 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DurationError;
-use crate::error::ApiError;
-use crate::service::{self, blocking};
-use crate::state::AppState;
+use super::flags;
+use super::{Domain, DomainError, Rejection, blocking};
 use crate::store::{Attribution, RampQuery, RampRecord};
+use crate::units::DurationError;
 
 /// The actor recorded for steps the scheduler applies.
 pub const ACTOR: &str = "ramp";
@@ -148,7 +147,7 @@ pub struct Ramp {
 }
 
 impl Ramp {
-    fn record(&self, now: i64) -> Result<RampRecord, ApiError> {
+    fn record(&self, now: i64) -> Result<RampRecord, DomainError> {
         Ok(RampRecord {
             id: self.id,
             environment: self.environment.clone(),
@@ -156,7 +155,7 @@ impl Ramp {
             state: self.state.as_str().to_owned(),
             next_at: self.next_at,
             updated_at: now,
-            definition: serde_json::to_value(self).map_err(ApiError::internal)?,
+            definition: serde_json::to_value(self).map_err(DomainError::internal)?,
         })
     }
 
@@ -329,16 +328,16 @@ pub struct GuardRequest {
 }
 
 /// A value outside its range: 422, naming the field.
-fn out_of_range(message: impl Into<String>, field: impl Into<String>) -> ApiError {
-    ApiError::unprocessable(crate::error::ErrorCode::OutOfRange, message).at(field)
+fn out_of_range(message: impl Into<String>, field: impl Into<String>) -> DomainError {
+    DomainError::rejected(Rejection::OutOfRange, message).at(field)
 }
 
 /// Parses the time between two steps: 1 s to `MAX_STEP_SECONDS`.
-fn seconds(text: &str, field: &str) -> Result<i64, ApiError> {
-    let duration = match crate::config::parse_duration(text) {
+fn seconds(text: &str, field: &str) -> Result<i64, DomainError> {
+    let duration = match crate::units::parse_duration(text) {
         Ok(duration) => Some(duration),
         Err(DurationError::TooLarge(_)) => None,
-        Err(error) => return Err(ApiError::bad_request(error.to_string()).at(field.to_owned())),
+        Err(error) => return Err(DomainError::bad_request(error.to_string()).at(field.to_owned())),
     };
     match duration.map(|d| i64::try_from(d.as_secs())) {
         Some(Ok(seconds)) if (1..=MAX_STEP_SECONDS).contains(&seconds) => Ok(seconds),
@@ -389,19 +388,19 @@ struct Plan {
 }
 
 /// Checks a start request: shape errors are 400, values out of range 422.
-fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
+fn validate(request: &StartRequest) -> Result<Plan, DomainError> {
     let steps = request.steps.clone();
     check_steps(&steps).map_err(|(message, field)| out_of_range(message, field))?;
     let durations = match (&request.interval, &request.durations) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
+            return Err(DomainError::bad_request(
                 "give interval or durations, not both",
             ));
         }
         (Some(interval), None) => vec![seconds(interval, "interval")?; steps.len() - 1],
         (None, Some(durations)) => {
             if durations.len() != steps.len() - 1 {
-                return Err(ApiError::bad_request(format!(
+                return Err(DomainError::bad_request(format!(
                     "durations has {} entries; {} steps need {} (the time from each step to the next)",
                     durations.len(),
                     steps.len(),
@@ -417,7 +416,7 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
         }
         (None, None) if steps.len() == 1 => Vec::new(),
         (None, None) => {
-            return Err(ApiError::bad_request(
+            return Err(DomainError::bad_request(
                 "give the time between steps: interval (e.g. \"30m\") or durations",
             )
             .at("interval"));
@@ -427,25 +426,25 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
         None => None,
         Some(guard) => {
             if !guard.url.starts_with("http://") {
-                return Err(ApiError::bad_request(
+                return Err(DomainError::bad_request(
                     "the guard URL must be http:// (this build has no TLS client): point it at your own health or metrics endpoint",
                 )
                 .at("guard.url"));
             }
             let parsed = reqwest::Url::parse(&guard.url);
             if !parsed.is_ok_and(|url| url.host_str().is_some_and(|host| !host.is_empty())) {
-                return Err(ApiError::bad_request(format!(
+                return Err(DomainError::bad_request(format!(
                     "the guard URL {:?} is not a URL with a host, e.g. http://127.0.0.1:9090/health",
                     guard.url
                 ))
                 .at("guard.url"));
             }
-            let timeout = match guard.timeout.as_deref().map(crate::config::parse_duration) {
+            let timeout = match guard.timeout.as_deref().map(crate::units::parse_duration) {
                 None => Duration::from_secs(5),
                 Some(Ok(timeout)) => timeout,
                 Some(Err(DurationError::TooLarge(_))) => Duration::MAX,
                 Some(Err(error)) => {
-                    return Err(ApiError::bad_request(error.to_string()).at("guard.timeout"));
+                    return Err(DomainError::bad_request(error.to_string()).at("guard.timeout"));
                 }
             };
             if timeout < Duration::from_millis(1) || timeout > MAX_GUARD_TIMEOUT {
@@ -483,7 +482,7 @@ fn validate(request: &StartRequest) -> Result<Plan, ApiError> {
 }
 
 /// `now + seconds`, or a 422 when the sum does not fit (only a clock gone wrong can do that).
-fn later(now: i64, seconds: i64) -> Result<i64, ApiError> {
+fn later(now: i64, seconds: i64) -> Result<i64, DomainError> {
     now.checked_add(seconds)
         .ok_or_else(|| out_of_range("the next step's time is out of range", "interval"))
 }
@@ -576,7 +575,7 @@ fn by(actor: &str, message: String, at: i64) -> Attribution {
     }
 }
 
-async fn query(state: &AppState, query: RampQuery) -> Result<Vec<Ramp>, ApiError> {
+async fn query(state: &Domain, query: RampQuery) -> Result<Vec<Ramp>, DomainError> {
     let records = blocking(state, move |store| Ok(store.ramps(&query)?)).await?;
     Ok(records.into_iter().map(Ramp::from_record).collect())
 }
@@ -592,10 +591,10 @@ fn of_flag(environment: &str, flag: &str, open_only: bool) -> RampQuery {
 
 /// The open (active or paused) ramp of a flag.
 pub async fn open_ramp(
-    state: &AppState,
+    state: &Domain,
     environment: &str,
     flag: &str,
-) -> Result<Option<Ramp>, ApiError> {
+) -> Result<Option<Ramp>, DomainError> {
     Ok(query(state, of_flag(environment, flag, true))
         .await?
         .into_iter()
@@ -604,10 +603,10 @@ pub async fn open_ramp(
 
 /// The latest ramp of a flag, open or finished.
 pub async fn latest(
-    state: &AppState,
+    state: &Domain,
     environment: &str,
     flag: &str,
-) -> Result<Option<Ramp>, ApiError> {
+) -> Result<Option<Ramp>, DomainError> {
     Ok(query(state, of_flag(environment, flag, false))
         .await?
         .into_iter()
@@ -615,10 +614,10 @@ pub async fn latest(
 }
 
 /// Every ramp of an environment, newest first (finished ones too).
-pub async fn list(state: &AppState, environment: &str) -> Result<Vec<Ramp>, ApiError> {
+pub async fn list(state: &Domain, environment: &str) -> Result<Vec<Ramp>, DomainError> {
     let env = environment.to_owned();
     blocking(state, move |store| {
-        service::environment_or_404(store, &env).map(drop)
+        flags::environment_or_404(store, &env).map(drop)
     })
     .await?;
     query(
@@ -631,7 +630,7 @@ pub async fn list(state: &AppState, environment: &str) -> Result<Vec<Ramp>, ApiE
     .await
 }
 
-async fn save(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiError> {
+async fn save(state: &Domain, ramp: &mut Ramp, now: i64) -> Result<(), DomainError> {
     let record = ramp.record(now)?;
     let id = blocking(state, move |store| Ok(store.save_ramp(&record)?)).await?;
     ramp.id = Some(id);
@@ -640,13 +639,13 @@ async fn save(state: &AppState, ramp: &mut Ramp, now: i64) -> Result<(), ApiErro
 
 /// Sets the flag's rollout through the rollout endpoint's code path.
 async fn set_share(
-    state: &AppState,
+    state: &Domain,
     ramp: &Ramp,
     share: Share,
     attribution: Attribution,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
-    let change = service::RolloutChange {
+    let change = flags::RolloutChange {
         share,
         variants: ramp.variants(),
     };
@@ -656,19 +655,19 @@ async fn set_share(
         if let (Some(expected), Some(current)) = (created_at, store.flag(&environment, &flag)?)
             && current.created_at != expected
         {
-            return Err(ApiError::conflict(format!(
+            return Err(DomainError::conflict(format!(
                 "flag {flag:?} was deleted and created again since the ramp started; the ramp does not apply to the new flag"
             )));
         }
         // Ramp steps only move the rollout: the flag's warnings (if any) were accepted when it
         // was written.
-        service::rollout(
+        flags::rollout(
             store,
             &environment,
             &flag,
             &change,
             None,
-            service::WriteMode::default(),
+            flags::WriteMode::default(),
             &attribution,
         )
         .map(|_| ())
@@ -677,19 +676,19 @@ async fn set_share(
 }
 
 /// A step's share (steps were checked when the ramp was started or read).
-fn step_share(percentage: f64) -> Result<Share, ApiError> {
-    Share::from_percentage(percentage).map_err(service::rollout_error)
+fn step_share(percentage: f64) -> Result<Share, DomainError> {
+    Share::from_percentage(percentage).map_err(flags::rollout_error)
 }
 
 /// Starts a ramp: the first step is applied at once. The guard is checked before the ramp lock
 /// is taken.
 pub async fn start(
-    state: &AppState,
+    state: &Domain,
     environment: &str,
     flag: &str,
     request: StartRequest,
     actor: &str,
-) -> Result<Ramp, ApiError> {
+) -> Result<Ramp, DomainError> {
     let Plan {
         steps,
         durations,
@@ -698,7 +697,7 @@ pub async fn start(
     if let Some(guard) = &guard
         && let Err(failure) = check_guard(guard).await
     {
-        return Err(ApiError::conflict(format!(
+        return Err(DomainError::conflict(format!(
             "the guard is unhealthy, so the ramp did not start: {failure}"
         ))
         .at("guard.url"));
@@ -706,7 +705,7 @@ pub async fn start(
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
     if let Some(open) = open_ramp(state, environment, flag).await? {
-        return Err(ApiError::conflict(format!(
+        return Err(DomainError::conflict(format!(
             "flag {flag:?} already has a {} ramp (step {} of {}); abort it first",
             open.state.as_str(),
             open.current_step + 1,
@@ -715,9 +714,9 @@ pub async fn start(
     }
     let (env, key) = (environment.to_owned(), flag.to_owned());
     let (environment_record, current) = blocking(state, move |store| {
-        let environment = service::environment_or_404(store, &env)?;
+        let environment = flags::environment_or_404(store, &env)?;
         let flag = store.flag(&env, &key)?.ok_or_else(|| {
-            ApiError::not_found(format!(
+            DomainError::not_found(format!(
                 "flag {key:?} does not exist in environment {env:?}"
             ))
         })?;
@@ -729,7 +728,7 @@ pub async fn start(
         others: request.other_variant.clone(),
     };
     let previous = current_rollout(&current.flag, &environment_record.evaluators, &variants)
-        .map_err(service::rollout_error)?;
+        .map_err(flags::rollout_error)?;
     // A ramp only adds users: its first step may not be below where the flag is now.
     let first = step_share(steps[0])?;
     if u128::from(first.weight) * u128::from(previous.share.total)
@@ -816,17 +815,17 @@ pub enum Control {
 
 /// Pauses, resumes or aborts a flag's open ramp. Never waits for a guard check.
 pub async fn control(
-    state: &AppState,
+    state: &Domain,
     environment: &str,
     flag: &str,
     control: Control,
     actor: &str,
     message: Option<String>,
-) -> Result<Ramp, ApiError> {
+) -> Result<Ramp, DomainError> {
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
     let mut ramp = open_ramp(state, environment, flag).await?.ok_or_else(|| {
-        ApiError::not_found(format!("flag {flag:?} has no active or paused ramp"))
+        DomainError::not_found(format!("flag {flag:?} has no active or paused ramp"))
     })?;
     match (control, ramp.state) {
         (Control::Pause, RampState::Active) => {
@@ -836,7 +835,7 @@ pub async fn control(
         }
         (Control::Resume, RampState::Paused) => {
             if let Some(changed) = changed_outside(state, &ramp).await? {
-                return Err(ApiError::conflict(format!(
+                return Err(DomainError::conflict(format!(
                     "{changed}; resuming would move users the ramp did not place. Abort the ramp (or set the rollout back) first"
                 )));
             }
@@ -850,12 +849,12 @@ pub async fn control(
             abort(state, &mut ramp, now, actor, &reason).await?;
         }
         (Control::Pause, _) => {
-            return Err(ApiError::conflict(format!(
+            return Err(DomainError::conflict(format!(
                 "the ramp of {flag:?} is already paused"
             )));
         }
         (Control::Resume, _) => {
-            return Err(ApiError::conflict(format!(
+            return Err(DomainError::conflict(format!(
                 "the ramp of {flag:?} is not paused"
             )));
         }
@@ -865,7 +864,7 @@ pub async fn control(
 }
 
 /// Whether the flag's rollout is no longer what the ramp last set: `Some(what happened)`.
-async fn changed_outside(state: &AppState, ramp: &Ramp) -> Result<Option<String>, ApiError> {
+async fn changed_outside(state: &Domain, ramp: &Ramp) -> Result<Option<String>, DomainError> {
     let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
     let variants = ramp.variants();
     let expected = step_share(ramp.steps[ramp.current_step])?;
@@ -874,7 +873,7 @@ async fn changed_outside(state: &AppState, ramp: &Ramp) -> Result<Option<String>
         let Some(current) = store.flag(&environment, &flag)? else {
             return Ok(Some(format!("flag {flag:?} no longer exists")));
         };
-        let evaluators = service::environment_or_404(store, &environment)?.evaluators;
+        let evaluators = flags::environment_or_404(store, &environment)?.evaluators;
         Ok(match current_rollout(&current.flag, &evaluators, &variants) {
             Ok(now) if u128::from(now.share.weight) * u128::from(expected.total)
                 == u128::from(expected.weight) * u128::from(now.share.total) =>
@@ -904,7 +903,7 @@ fn stop(ramp: &mut Ramp, now: i64, reason: &str) {
 
 /// Closes the open ramps of a deleted flag (or of every flag of a deleted environment), leaving
 /// whatever has the key now alone.
-pub async fn close_deleted(state: &AppState, environment: &str, flag: Option<&str>) {
+pub async fn close_deleted(state: &Domain, environment: &str, flag: Option<&str>) {
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
     let query = RampQuery {
@@ -937,12 +936,12 @@ pub async fn close_deleted(state: &AppState, environment: &str, flag: Option<&st
 
 /// Restores the pre-ramp rollout and marks the ramp aborted (not saved).
 async fn abort(
-    state: &AppState,
+    state: &Domain,
     ramp: &mut Ramp,
     now: i64,
     actor: &str,
     reason: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let previous = ramp.previous_percentage;
     let share = match ramp.previous_share {
         Some(share) => Ok(share),
@@ -979,7 +978,7 @@ async fn abort(
 /// tick) is skipped. Under the lock every ramp is read again and moved only if it is still
 /// active and due (one paused or aborted meanwhile is left alone). A stored ramp that is invalid
 /// is marked `failed` and the others go on. `Err` only when the due ramps cannot be read.
-pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
+pub async fn tick(state: &Domain) -> Result<usize, DomainError> {
     let now = (state.clock)();
     let due = query(
         state,
@@ -1017,7 +1016,7 @@ pub async fn tick(state: &AppState) -> Result<usize, ApiError> {
 
 /// Under the ramp lock: moves a due ramp, as it is now, with its guard's result (1 if it moved).
 async fn apply_due(
-    state: &AppState,
+    state: &Domain,
     checked: Ramp,
     guard_result: Option<Result<(), String>>,
 ) -> usize {
@@ -1087,7 +1086,7 @@ impl Drop for GuardClaim<'_> {
 }
 
 /// Marks an invalid stored ramp `failed` (the flag is left as it is).
-async fn fail(state: &AppState, mut ramp: Ramp, now: i64) {
+async fn fail(state: &Domain, mut ramp: Ramp, now: i64) {
     let reason = ramp.abort_reason.clone().unwrap_or_default();
     tracing::error!(
         environment = ramp.environment,
@@ -1119,11 +1118,11 @@ async fn fail(state: &AppState, mut ramp: Ramp, now: i64) {
 }
 
 async fn advance(
-    state: &AppState,
+    state: &Domain,
     ramp: &mut Ramp,
     now: i64,
     guard_result: Option<Result<(), String>>,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let Some(mut due_at) = ramp.next_at else {
         return Ok(());
     };
@@ -1256,7 +1255,7 @@ impl Default for SchedulerSettings {
 /// Runs the scheduler until `stop`, supervised: when `tick` fails or panics, the failure is
 /// logged and counted (`flagd_ramp_scheduler_restarts_total`), `/readyz` reports it, and the
 /// scheduler starts again after `settings.restart_after`.
-pub async fn run_scheduler(state: AppState, stop: CancellationToken, settings: SchedulerSettings) {
+pub async fn run_scheduler(state: Domain, stop: CancellationToken, settings: SchedulerSettings) {
     loop {
         state.scheduler.set(RUNNING);
         let worker = tokio::spawn(schedule(state.clone(), stop.clone(), settings.tick));
@@ -1280,10 +1279,10 @@ pub async fn run_scheduler(state: AppState, stop: CancellationToken, settings: S
 }
 
 async fn schedule(
-    state: AppState,
+    state: Domain,
     stop: CancellationToken,
     every: Duration,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     // Each tick runs as a task of its own, so a tick waiting on a slow guard never holds up the
     // next one (which skips that ramp: its check is claimed). A failed or panicked tick ends the
     // loop, and the supervisor restarts it.
@@ -1304,7 +1303,7 @@ async fn schedule(
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => return Err(error),
                 Err(panic) => {
-                    return Err(ApiError::internal(format!("a ramp tick panicked: {panic}")));
+                    return Err(DomainError::internal(format!("a ramp tick panicked: {panic}")));
                 }
             },
         }

@@ -1,0 +1,233 @@
+//! The domain layer: what the server does, apart from how it is asked (HTTP lives in `api/`).
+//!
+//! Layers, each importing only the ones before it:
+//!
+//! ```text
+//! store  <-  domain (flags, ramp, tokens, hub)  <-  http (api/, error.rs, state.rs)  <-  lib.rs
+//! ```
+//!
+//! Domain code returns [`DomainError`] (what went wrong, in its own terms); the HTTP layer turns
+//! it into an `ApiError` with a status and a wire code, and logs internal errors where they
+//! become responses.
+
+pub mod flags;
+pub mod hub;
+pub mod ramp;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use flag_core::ValidationError;
+
+use crate::store::{FlagStore, StoreError};
+
+/// The current time in unix seconds. Injected so tests control time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+            })
+    })
+}
+
+/// Everything domain operations need: the store (publishing to the hub), the hub, the token
+/// cache, the clock and the ramp coordination. Cheap to clone.
+#[derive(Clone)]
+pub struct Domain(Arc<DomainState>);
+
+impl std::ops::Deref for Domain {
+    type Target = DomainState;
+
+    fn deref(&self) -> &DomainState {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for DomainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Domain`] shares.
+pub struct DomainState {
+    /// Flag storage, publishing every commit to `hub` (blocking; use [`blocking`]).
+    pub store: Arc<dyn FlagStore>,
+    /// Active tokens, for authentication without touching the store.
+    pub tokens: tokens::TokenCache,
+    /// The time.
+    pub clock: Clock,
+    /// Live snapshots, patches, the version broadcast and stream clients.
+    pub hub: Arc<hub::Hub>,
+    /// Serialises ramp state changes (API calls and the scheduler).
+    pub ramps: ramp::RampLock,
+    /// The ramps whose guard is being checked.
+    pub guard_checks: ramp::GuardChecks,
+    /// Whether the ramp scheduler runs (for `/readyz`).
+    pub scheduler: ramp::SchedulerHealth,
+    /// Whether writes refuse warnings by default (`--strict`; `?strict=` overrides per request).
+    pub strict_writes: AtomicBool,
+}
+
+impl Domain {
+    /// The domain over a store, with a fresh hub loaded from it (blocking: reads every
+    /// environment).
+    pub fn new(
+        store: Arc<dyn FlagStore>,
+        tokens: tokens::TokenCache,
+        clock: Clock,
+    ) -> Result<Domain, StoreError> {
+        let hub = Arc::new(hub::Hub::new());
+        let store: Arc<dyn FlagStore> = Arc::new(hub::PublishingStore::new(store, hub.clone())?);
+        Ok(Domain(Arc::new(DomainState {
+            store,
+            tokens,
+            clock,
+            hub,
+            ramps: ramp::RampLock::default(),
+            guard_checks: ramp::GuardChecks::default(),
+            scheduler: ramp::SchedulerHealth::default(),
+            strict_writes: AtomicBool::new(false),
+        })))
+    }
+
+    /// The current time (unix seconds).
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Whether writes refuse warnings unless a request says otherwise.
+    pub fn strict_by_default(&self) -> bool {
+        self.strict_writes.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs store work on the blocking pool (SQLite never runs on an async worker).
+pub async fn blocking<T, F>(domain: &Domain, work: F) -> Result<T, DomainError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn FlagStore) -> Result<T, DomainError> + Send + 'static,
+{
+    let store = domain.store.clone();
+    tokio::task::spawn_blocking(move || work(store.as_ref()))
+        .await
+        .map_err(DomainError::internal)?
+}
+
+/// Why a request was refused, in domain terms (the HTTP layer picks the status and wire code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The request is malformed (a bad name, a bad value).
+    BadRequest,
+    /// What it names does not exist.
+    NotFound,
+    /// It conflicts with the current state.
+    Conflict,
+    /// The version it expected is not the current one.
+    PreconditionFailed,
+    /// A rollout percentage outside 0–100 or finer than 0.01.
+    InvalidPercentage,
+    /// The rolled-out variant is unknown or ambiguous.
+    RolloutVariants,
+    /// Targeting a rollout cannot edit safely.
+    TargetingTooComplex,
+    /// Another rollout that cannot be applied.
+    Rollout,
+    /// A flag definition over the size limit.
+    FlagTooLarge,
+    /// A value outside its range.
+    OutOfRange,
+}
+
+/// A domain failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// The store failed or refused (its own error says which).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A flag or document fails validation; every problem is listed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The request is refused.
+    #[error("{message}")]
+    Rejected {
+        /// Why.
+        kind: Rejection,
+        /// For people.
+        message: String,
+        /// The request field at fault.
+        field: Option<String>,
+    },
+    /// A bug or an impossible state: logged where it becomes a response, answered generically.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl DomainError {
+    /// A refusal.
+    pub fn rejected(kind: Rejection, message: impl Into<String>) -> DomainError {
+        DomainError::Rejected {
+            kind,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// [`Rejection::BadRequest`].
+    pub fn bad_request(message: impl Into<String>) -> DomainError {
+        DomainError::rejected(Rejection::BadRequest, message)
+    }
+
+    /// [`Rejection::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> DomainError {
+        DomainError::rejected(Rejection::NotFound, message)
+    }
+
+    /// [`Rejection::Conflict`].
+    pub fn conflict(message: impl Into<String>) -> DomainError {
+        DomainError::rejected(Rejection::Conflict, message)
+    }
+
+    /// [`Rejection::PreconditionFailed`].
+    pub fn precondition_failed(message: impl Into<String>) -> DomainError {
+        DomainError::rejected(Rejection::PreconditionFailed, message)
+    }
+
+    /// A validation failure.
+    pub fn invalid(error: ValidationError) -> DomainError {
+        DomainError::Invalid(error)
+    }
+
+    /// A bug or an impossible state (not logged here: where it becomes a response).
+    pub fn internal(error: impl std::fmt::Display) -> DomainError {
+        DomainError::Internal(error.to_string())
+    }
+
+    /// Names the request field at fault.
+    #[must_use]
+    pub fn at(self, path: impl Into<String>) -> DomainError {
+        match self {
+            DomainError::Rejected { kind, message, .. } => DomainError::Rejected {
+                kind,
+                message,
+                field: Some(path.into()),
+            },
+            other => other,
+        }
+    }
+}

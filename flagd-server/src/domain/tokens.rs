@@ -1,0 +1,127 @@
+//! Tokens: generation, hashing and the in-memory cache of active tokens (the extractors that
+//! authenticate requests with it are `api/auth.rs`).
+//!
+//! A token is shown once, when created; the store keeps only its SHA-256. Requests are matched
+//! by that hash in an in-memory map (so authentication never touches SQLite); the stored hash is
+//! then compared in constant time. Looking up by hash leaks nothing useful: the secret has 256
+//! random bits, and learning where its hash sorts does not help find it.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{Role, TokenRecord};
+
+/// A new secret: a readable prefix naming the role, then 256 random bits in hex.
+pub fn generate_secret(role: Role) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("flg_{}_{}", role.as_str(), hex::encode(bytes))
+}
+
+/// A new public token id.
+pub fn generate_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("tok_{}", hex::encode(bytes))
+}
+
+/// SHA-256 of a secret.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The active (unrevoked) tokens, by hash.
+#[derive(Debug, Default, Clone)]
+pub struct TokenCache {
+    by_hash: Arc<DashMap<[u8; 32], TokenRecord>>,
+}
+
+impl TokenCache {
+    /// Replaces the cache's contents with these records (revoked ones are skipped).
+    pub fn load(&self, tokens: impl IntoIterator<Item = TokenRecord>) {
+        self.by_hash.clear();
+        for token in tokens {
+            self.insert(token);
+        }
+    }
+
+    /// Adds a token (ignored if revoked).
+    pub fn insert(&self, token: TokenRecord) {
+        if token.revoked_at.is_none() {
+            self.by_hash.insert(token.hash, token);
+        }
+    }
+
+    /// Removes a token by id.
+    pub fn remove(&self, id: &str) {
+        self.by_hash.retain(|_, token| token.id != id);
+    }
+
+    /// Removes the sdk tokens of an environment.
+    pub fn remove_environment(&self, environment: &str) {
+        self.by_hash
+            .retain(|_, token| token.environment.as_deref() != Some(environment));
+    }
+
+    /// The active token with this secret.
+    pub fn authenticate(&self, secret: &str) -> Option<TokenRecord> {
+        let hash = hash_secret(secret);
+        let entry = self.by_hash.get(&hash)?;
+        bool::from(entry.hash.ct_eq(&hash)).then(|| entry.value().clone())
+    }
+
+    /// Whether the token with this id is active.
+    pub fn is_active(&self, id: &str) -> bool {
+        self.by_hash.iter().any(|t| t.id == id)
+    }
+
+    /// How many active admin tokens there are.
+    pub fn active_admins(&self) -> usize {
+        self.by_hash
+            .iter()
+            .filter(|t| t.role == Role::Admin)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_long_random_and_prefixed() {
+        let a = generate_secret(Role::Admin);
+        let b = generate_secret(Role::Admin);
+        assert_ne!(a, b);
+        assert!(a.starts_with("flg_admin_"));
+        assert_eq!(a.len(), "flg_admin_".len() + 64);
+        assert!(generate_secret(Role::Sdk).starts_with("flg_sdk_"));
+    }
+
+    #[test]
+    fn the_cache_authenticates_by_secret_and_forgets_revoked_tokens() {
+        let cache = TokenCache::default();
+        let secret = generate_secret(Role::Admin);
+        let record = TokenRecord {
+            id: "tok_1".into(),
+            name: "ops".into(),
+            role: Role::Admin,
+            environment: None,
+            hash: hash_secret(&secret),
+            created_at: 0,
+            revoked_at: None,
+        };
+        cache.insert(record);
+        assert_eq!(
+            cache.authenticate(&secret).map(|t| t.id),
+            Some("tok_1".to_owned())
+        );
+        assert!(cache.authenticate("flg_admin_wrong").is_none());
+        cache.remove("tok_1");
+        assert!(cache.authenticate(&secret).is_none());
+    }
+}
