@@ -14,8 +14,9 @@ use crate::output::Format;
 /// The server and token come from --server/--token, else FLAGCTL_SERVER/FLAGCTL_TOKEN, else the
 /// config file `flagctl login` writes ($XDG_CONFIG_HOME/flagctl/config.toml).
 ///
-/// Exit codes: 0 success; 1 an error from the server, the input or the network (the message
-/// names what and where); 2 a usage error; 3 `flagctl diff` found differences.
+/// Exit codes: 0 success (also when whoever reads stdout stops early, as `| head` does); 1 an
+/// error from the server, the input or the network (the message names what and where); 2 a
+/// usage error; 3 `flagctl diff` found differences.
 #[derive(Debug, Parser)]
 #[command(name = "flagctl", version, term_width = 100)]
 pub struct Cli {

@@ -1,8 +1,14 @@
 //! Output: tables for people, JSON for scripts, readable JSON diffs, and times.
+//!
+//! Results go to stdout through [`line`] (or [`outln!`]), never `println!`: see [`line`].
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Write as _};
 
 use serde_json::Value;
+
+use crate::error::{CliError, Kind, Result};
 
 /// `-o` / `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -14,41 +20,70 @@ pub enum Format {
     Json,
 }
 
+/// Writes one line of results to stdout.
+///
+/// `println!` panics when the reader goes away first (`flagctl export | head -1`). Here a broken
+/// pipe becomes a [`Kind::BrokenPipe`] error, which `main` turns into a quiet exit 0, as ripgrep
+/// does: whoever closed the pipe has read all they wanted. Any other write error (a full disk)
+/// is a failure, reported like any other.
+pub fn line(text: impl fmt::Display) -> Result<()> {
+    writeln!(io::stdout().lock(), "{text}").map_err(|error| {
+        if error.kind() == io::ErrorKind::BrokenPipe {
+            CliError::new(Kind::BrokenPipe, "stdout was closed")
+        } else {
+            CliError::new(Kind::Output, format!("cannot write to stdout: {error}"))
+        }
+    })
+}
+
+/// `println!` through [`line`]: `outln!("deleted {key}")?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 /// Prints JSON, pretty.
-pub fn json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+pub fn json(value: &Value) -> Result<()> {
+    line(serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()))
 }
 
 /// Prints a table with a header row; columns padded to their widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    for text in table_lines(header, rows) {
+        line(text)?;
+    }
+    Ok(())
+}
+
+/// The lines of [`table`]: cells joined by two spaces, every column but the last padded.
+fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (cell, width))| {
-                if i + 1 == cells.len() {
-                    cell.clone()
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| (*h).to_owned()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    std::iter::once(&header)
+        .chain(rows)
+        .map(|cells| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, width))| {
+                    if i + 1 == cells.len() {
+                        cell.clone()
+                    } else {
+                        format!("{cell:<width$}")
+                    }
+                })
+                .collect();
+            padded.join("  ").trim_end().to_owned()
+        })
+        .collect()
 }
 
 /// A JSON scalar for a table cell.

@@ -739,6 +739,72 @@ mod cli {
         );
     }
 
+    /// A reader that leaves early (`flagctl export | head -1`) ends flagctl quietly, as it ends
+    /// ripgrep: exit 0, no panic, nothing on stderr.
+    #[test]
+    fn a_closed_stdout_ends_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        // Far more than a pipe holds (64 KiB on Linux), so `export` is still writing when its
+        // reader leaves, however the two processes are scheduled.
+        let flags: serde_json::Map<String, Value> = (0..2000)
+            .map(|i| (format!("flag-{i:04}"), super::flag("on")))
+            .collect();
+        write(dir.path(), "many.json", &json!({"flags": flags}));
+        let (code, _, stderr) = flagctl(&server, dir.path(), &["apply", "-f", "many.json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let spawn = |args: &[&str]| {
+            Command::new(binary("flag-cli", "flagctl"))
+                .args(args)
+                .current_dir(dir.path())
+                .env("FLAGCTL_SERVER", &server.base_url)
+                .env("FLAGCTL_TOKEN", ADMIN)
+                .env("XDG_CONFIG_HOME", dir.path().join("config"))
+                .env_remove("FLAGCTL_ENV")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let quiet = |args: &[&str], child: std::process::Child| {
+            let output = child.wait_with_output().unwrap();
+            assert_eq!(
+                (
+                    output.status.code(),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+                (Some(0), "".into()),
+                "flagctl {args:?} with its stdout closed early"
+            );
+        };
+
+        // `| head -1`: one line read, then the pipe closes under a writer that has more.
+        let mut export = spawn(&["export"]);
+        let mut first = String::new();
+        BufReader::new(export.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first, "{\n");
+        quiet(&["export"], export);
+
+        // A reader gone before the first byte, for each way of printing: a table, JSON, lines.
+        let commands: &[&[&str]] = &[
+            &["flag", "list"],
+            &["-o", "json", "flag", "list"],
+            &["flag", "get", "flag-0001"],
+            &["flag", "history", "flag-0001"],
+            &["env", "list"],
+            &["validate", "-f", "many.json"],
+            &["diff", "-f", "many.json"],
+        ];
+        for args in commands {
+            let mut child = spawn(args);
+            drop(child.stdout.take());
+            quiet(args, child);
+        }
+    }
+
     #[test]
     fn watch_prints_each_change() {
         let dir = tempfile::tempdir().unwrap();

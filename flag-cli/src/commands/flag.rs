@@ -11,7 +11,7 @@ use crate::Context;
 use crate::cli::{CreateArgs, FlagCommand, FlagKind, Message, TargetArgs};
 use crate::client::Api;
 use crate::error::{CliError, Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 fn flag_path(context: &Context, key: &str) -> Result<String> {
     super::flag_path(&context.environment, key)
@@ -33,16 +33,16 @@ fn if_match(version: i64) -> (&'static str, String) {
 
 /// Prints the result of a write: a line for people, the flag view for scripts. Warnings go to
 /// stderr either way.
-fn written(context: &Context, what: &str, view: &Value) {
+fn written(context: &Context, what: &str, view: &Value) -> Result<()> {
     super::print_warnings(view);
     if context.output == Format::Json {
-        output::json(view);
+        output::json(view)
     } else {
-        println!(
+        outln!(
             "{what} {} (version {})",
             output::cell(&view["key"]),
             output::cell(&view["version"])
-        );
+        )
     }
 }
 
@@ -53,9 +53,9 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
         FlagCommand::Get { key } => {
             let (view, _) = read(&api, context, &key).await?;
             if context.output == Format::Json {
-                output::json(&view);
+                output::json(&view)?;
             } else {
-                println!(
+                outln!(
                     "# {} in {}: version {}, {} flag, updated {} by {}",
                     key,
                     context.environment,
@@ -65,8 +65,8 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
                         .as_i64()
                         .map_or_else(|| "-".to_owned(), output::time),
                     output::cell(&view["updatedBy"])
-                );
-                output::json(&view["flag"]);
+                )?;
+                output::json(&view["flag"])?;
             }
         }
         FlagCommand::Create(args) => create(&api, context, &args).await?,
@@ -143,7 +143,7 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
                 context,
                 &format!("rolled {what}out to {percentage}%:"),
                 &answer.body,
-            );
+            )?;
         }
         FlagCommand::Target(args) => target(&api, context, &args).await?,
         FlagCommand::Delete { key, message } => {
@@ -153,9 +153,9 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
             api.call(Method::DELETE, &flag_path(context, &key)?, None, &headers)
                 .await?;
             if context.output == Format::Json {
-                output::json(&json!({"deleted": key, "environment": context.environment}));
+                output::json(&json!({"deleted": key, "environment": context.environment}))?;
             } else {
-                println!("deleted {key}");
+                outln!("deleted {key}")?;
             }
         }
         FlagCommand::History { key, limit } => history(&api, context, &key, limit).await?,
@@ -171,7 +171,7 @@ async fn list(api: &Api, context: &Context) -> Result<()> {
         ))
         .await?;
     if context.output == Format::Json {
-        output::json(&answer.body["flags"]);
+        output::json(&answer.body["flags"])?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = answer.body["flags"]
@@ -203,7 +203,7 @@ async fn list(api: &Api, context: &Context) -> Result<()> {
             "KEY", "STATE", "TYPE", "DEFAULT", "ROLLOUT", "VERSION", "UPDATED",
         ],
         &rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -293,7 +293,7 @@ async fn create(api: &Api, context: &Context, args: &CreateArgs) -> Result<()> {
                 error
             }
         })?;
-    written(context, "created", &answer.body);
+    written(context, "created", &answer.body)?;
     Ok(())
 }
 
@@ -329,7 +329,7 @@ async fn patch(
             &headers,
         )
         .await?;
-    written(context, what, &answer.body);
+    written(context, what, &answer.body)?;
     Ok(())
 }
 
@@ -361,7 +361,7 @@ async fn target(api: &Api, context: &Context, args: &TargetArgs) -> Result<()> {
             &headers,
         )
         .await?;
-    written(context, "set the targeting of", &answer.body);
+    written(context, "set the targeting of", &answer.body)?;
     Ok(())
 }
 
@@ -379,14 +379,14 @@ async fn history(api: &Api, context: &Context, key: &str, limit: usize) -> Resul
         .cloned()
         .unwrap_or_default();
     if context.output == Format::Json {
-        output::json(&Value::Array(changes));
+        output::json(&Value::Array(changes))?;
         return Ok(());
     }
     if changes.is_empty() {
-        println!("no history for {key} in {}", context.environment);
+        outln!("no history for {key} in {}", context.environment)?;
     }
     for change in &changes {
-        println!(
+        outln!(
             "{}  v{}  {:<7} by {}{}",
             change["at"]
                 .as_i64()
@@ -398,9 +398,9 @@ async fn history(api: &Api, context: &Context, key: &str, limit: usize) -> Resul
                 .as_str()
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default()
-        );
+        )?;
         for line in output::diff(&change["before"], &change["after"]) {
-            println!("    {line}");
+            outln!("    {line}")?;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use super::message_header;
 use crate::Context;
 use crate::cli::PromoteArgs;
 use crate::error::{CliError, Kind, Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
     if args.from == args.to {
@@ -37,19 +37,21 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         if context.output == Format::Json {
             output::json(
                 &json!({"key": args.key, "from": args.from, "to": args.to, "changed": false}),
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "{} is already the same in {} and {}",
-                args.key, args.from, args.to
-            );
+                args.key,
+                args.from,
+                args.to
+            )?;
         }
         return Ok(exit::OK);
     }
     if context.output != Format::Json {
-        println!("{} {} → {}:", args.key, args.from, args.to);
+        outln!("{} {} → {}:", args.key, args.from, args.to)?;
         for line in &changes {
-            println!("    {line}");
+            outln!("    {line}")?;
         }
     }
     if !args.yes {
@@ -79,14 +81,14 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         .call(Method::PUT, &target_path, Some(&flag), &headers)
         .await?;
     if context.output == Format::Json {
-        output::json(&answer.body);
+        output::json(&answer.body)?;
     } else {
-        println!(
+        outln!(
             "promoted {} to {} (version {})",
             args.key,
             args.to,
             output::cell(&answer.body["version"])
-        );
+        )?;
     }
     Ok(exit::OK)
 }
