@@ -83,6 +83,9 @@ pub enum Command {
     /// Make the environment match a flagd file: create, update and (with --prune) delete flags.
     Apply(ApplyArgs),
     /// Copy a flag's definition from one environment to another.
+    ///
+    /// --if-match names the flag's version in the --to environment (0: it must not exist there
+    /// yet), as `flagctl -e TO flag get KEY` shows it.
     Promote(PromoteArgs),
     /// Evaluate a flag for a context: on the server (OFREP), or locally from a file.
     Eval(EvalArgs),
@@ -188,7 +191,9 @@ pub enum EnvCommand {
     },
 }
 
-/// A change message for the audit log.
+/// A change message for the audit log, and the version the change expects. Only for writes whose
+/// endpoint honours `If-Match`: the flag writes and `promote` (not `create`, which always expects
+/// "no such flag yet", nor `apply`, whose endpoint has no `If-Match`).
 #[derive(Debug, Args)]
 pub struct Message {
     /// Why: stored in the audit log with the change.
@@ -305,8 +310,9 @@ pub struct CreateArgs {
     /// Create it disabled.
     #[arg(long)]
     pub disabled: bool,
-    #[command(flatten)]
-    pub message: Message,
+    /// Why: stored in the audit log with the change.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -351,8 +357,9 @@ pub struct ApplyArgs {
     /// Show what would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[command(flatten)]
-    pub message: Message,
+    /// Why: stored in the audit log with the change.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -739,6 +739,90 @@ mod cli {
         );
     }
 
+    /// Every write that takes `--if-match` sends it: a stale version fails (exit 1, with a hint)
+    /// and changes nothing in either environment; the current version goes through. `create` and
+    /// `apply` do not take it (their endpoints have no `If-Match` to send it to).
+    #[test]
+    fn a_stale_if_match_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let run = |args: &[&str]| {
+            let (code, stdout, stderr) = flagctl(&server, dir.path(), args);
+            assert_eq!(code, 0, "flagctl {args:?}: {stderr}");
+            stdout
+        };
+        let version = |environment: &str, key: &str| -> String {
+            let view = run(&["-e", environment, "-o", "json", "flag", "get", key]);
+            serde_json::from_str::<Value>(&view).unwrap()["version"].to_string()
+        };
+        // `f` was changed in default and in staging since it was first read; `g` exists in
+        // default only.
+        run(&["env", "create", "staging"]);
+        run(&["flag", "create", "f"]);
+        run(&["flag", "create", "g"]);
+        let promote = ["promote", "--from", "default", "--to", "staging", "--yes"];
+        run(&[&promote[..], &["f"]].concat());
+        let (read_in_default, read_in_staging) = (version("default", "f"), version("staging", "f"));
+        run(&["flag", "default", "f", "on"]);
+        run(&["-e", "staging", "flag", "disable", "f"]);
+        let everything = || {
+            (
+                run(&["-o", "json", "env", "list"]),
+                run(&["-o", "json", "export"]),
+                run(&["-e", "staging", "-o", "json", "export"]),
+            )
+        };
+        let before = everything();
+
+        let old = read_in_default.as_str();
+        let stale: &[&[&str]] = &[
+            &["flag", "enable", "f", "--if-match", old],
+            &["flag", "disable", "f", "--if-match", old],
+            &["flag", "default", "f", "off", "--if-match", old],
+            &["flag", "rollout", "f", "30", "--if-match", old],
+            &["flag", "target", "f", "--json", "{}", "--if-match", old],
+            &["flag", "delete", "f", "--if-match", old],
+            &[&promote[..], &["f", "--if-match", &read_in_staging]].concat(),
+            &[&promote[..], &["f", "--if-match", "0"]].concat(),
+            &[&promote[..], &["g", "--if-match", "1"]].concat(),
+        ];
+        for args in stale {
+            let (code, stdout, stderr) = flagctl(&server, dir.path(), args);
+            assert_eq!(code, 1, "flagctl {args:?}: {stdout}{stderr}");
+            assert!(
+                stderr.contains("changed since you read it"),
+                "{args:?}: {stderr}"
+            );
+            assert!(stderr.contains("hint:"), "{args:?}: {stderr}");
+        }
+        assert!(before == everything(), "a refused write changed something");
+
+        // Where no If-Match can be sent, the option is refused rather than ignored.
+        write(dir.path(), "flags.json", &json!({"flags": {}}));
+        for args in [
+            &["apply", "-f", "flags.json", "--if-match", "1"][..],
+            &["flag", "create", "h", "--if-match", "1"],
+        ] {
+            let (code, _, stderr) = flagctl(&server, dir.path(), args);
+            assert_eq!(code, 2, "flagctl {args:?}: {stderr}");
+            assert!(stderr.contains("--if-match"), "{args:?}: {stderr}");
+        }
+        assert!(
+            before == everything(),
+            "a refused command changed something"
+        );
+
+        // The current version goes through.
+        let current = version("default", "f");
+        run(&["flag", "rollout", "f", "30", "--if-match", &current]);
+        assert_ne!(version("default", "f"), current);
+        let current = version("staging", "f");
+        run(&[&promote[..], &["f", "--if-match", &current]].concat());
+        assert_ne!(version("staging", "f"), current);
+        run(&[&promote[..], &["g", "--if-match", "0"]].concat());
+        version("staging", "g");
+    }
+
     /// A reader that leaves early (`flagctl export | head -1`) ends flagctl quietly, as it ends
     /// ripgrep: exit 0, no panic, nothing on stderr.
     #[test]

@@ -102,7 +102,7 @@ pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
         args.dry_run,
         args.prune
     );
-    let headers = message_header(args.message.message.as_ref());
+    let headers = message_header(args.message.as_ref());
     let answer = context
         .api()?
         .call(Method::PUT, &path, Some(&document), &headers)

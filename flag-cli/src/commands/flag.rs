@@ -6,7 +6,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{message_header, read_json};
+use super::{if_match, message_header, read_json};
 use crate::Context;
 use crate::cli::{CreateArgs, FlagCommand, FlagKind, Message, TargetArgs};
 use crate::client::Api;
@@ -25,10 +25,6 @@ async fn read(api: &Api, context: &Context, key: &str) -> Result<(Value, i64)> {
         .or(answer.version)
         .unwrap_or(0);
     Ok((answer.body, version))
-}
-
-fn if_match(version: i64) -> (&'static str, String) {
-    ("if-match", format!("\"{version}\""))
 }
 
 /// Prints the result of a write: a line for people, the flag view for scripts. Warnings go to
@@ -120,7 +116,7 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
                     "the percentage must be a number from 0 to 100, got {percentage}"
                 )));
             }
-            let (_, version) = read(&api, context, &key).await?;
+            let version = expected_version(&api, context, &key, &message).await?;
             let mut headers = message_header(message.message.as_ref());
             headers.push(if_match(version));
             let mut body = json!({"percentage": percentage});
@@ -269,7 +265,7 @@ async fn create(api: &Api, context: &Context, args: &CreateArgs) -> Result<()> {
     if let Some(description) = &args.description {
         flag["description"] = json!(description);
     }
-    let mut headers = message_header(args.message.message.as_ref());
+    let mut headers = message_header(args.message.as_ref());
     // Version 0 means "must not exist yet": never overwrite a flag by creating it.
     headers.push(if_match(0));
     let answer = api

@@ -54,6 +54,12 @@ pub fn print_warnings(body: &serde_json::Value) {
     }
 }
 
+/// The `If-Match` header for a flag version: the server refuses the write (412) unless the flag
+/// is still at `version` (0: unless it does not exist yet).
+pub fn if_match(version: i64) -> (&'static str, String) {
+    ("if-match", format!("\"{version}\""))
+}
+
 /// The `X-Change-Message` header, when there is a message.
 pub fn message_header(message: Option<&String>) -> Vec<(&'static str, String)> {
     message

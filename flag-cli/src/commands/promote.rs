@@ -31,6 +31,17 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         }
         Err(error) => return Err(error),
     };
+    // A stale --if-match fails before anything is shown or asked, even when the two
+    // environments already agree: the caller's picture of the target is out of date either way.
+    // The write below sends the version as If-Match, so a change made after this read is
+    // refused by the server.
+    if let Some(expected) = args
+        .message
+        .if_match
+        .filter(|expected| *expected != version)
+    {
+        return Err(stale(args, version, expected));
+    }
     let flag = source.body["flag"].clone();
     let changes = output::diff(&current, &flag);
     if changes.is_empty() {
@@ -76,7 +87,7 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         )
     });
     let mut headers = message_header(Some(&message));
-    headers.push(("if-match", format!("\"{version}\"")));
+    headers.push(super::if_match(version));
     let answer = api
         .call(Method::PUT, &target_path, Some(&flag), &headers)
         .await?;
@@ -91,4 +102,21 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         )?;
     }
     Ok(exit::OK)
+}
+
+/// `--if-match EXPECTED` named another version than the target's `actual` (0: no such flag).
+fn stale(args: &PromoteArgs, actual: i64, expected: i64) -> CliError {
+    let (key, to) = (&args.key, &args.to);
+    let state = match (actual, expected) {
+        (0, _) => format!(
+            "flag {key:?} does not exist in {to}, but --if-match expected version {expected}"
+        ),
+        (_, 0) => format!(
+            "flag {key:?} already exists in {to} (version {actual}), but --if-match 0 expected none"
+        ),
+        _ => format!("flag {key:?} is at version {actual} in {to}, not {expected} (--if-match)"),
+    };
+    CliError::input(format!("{state}: it changed since you read it")).hint(format!(
+        "look at `flagctl -e {to} flag get {key}`, then run the command again"
+    ))
 }
