@@ -7,6 +7,7 @@ use std::fmt;
 use std::io::{self, Write as _};
 
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr as _;
 
 use crate::error::{CliError, Kind, Result};
 
@@ -49,7 +50,8 @@ pub fn json(value: &Value) -> Result<()> {
     line(serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()))
 }
 
-/// Prints a table with a header row; columns padded to their widest cell.
+/// Prints a table with a header row; columns padded to their widest cell, as a terminal shows
+/// it (a CJK character or an emoji takes two columns).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     for text in table_lines(header, rows) {
         line(text)?;
@@ -58,12 +60,15 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
 }
 
 /// The lines of [`table`]: cells joined by two spaces, every column but the last padded.
+///
+/// Widths are display widths, not `char` counts: `format!("{cell:<width$}")` would pad by
+/// `char`s, so the padding is added by hand.
 fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
     let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+            *width = (*width).max(cell.width());
         }
     }
     std::iter::once(&header)
@@ -77,7 +82,7 @@ fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
                     if i + 1 == cells.len() {
                         cell.clone()
                     } else {
-                        format!("{cell:<width$}")
+                        format!("{cell}{}", " ".repeat(width.saturating_sub(cell.width())))
                     }
                 })
                 .collect();
@@ -190,6 +195,36 @@ mod tests {
         assert_eq!(time(0), "1970-01-01 00:00:00Z");
         assert_eq!(time(1_700_000_000), "2023-11-14 22:13:20Z");
         assert_eq!(time(951_782_400), "2000-02-29 00:00:00Z");
+    }
+
+    /// A CJK character and an emoji take two terminal columns each (`char` counting gave them
+    /// one, so the columns after them drifted).
+    #[test]
+    fn table_columns_line_up_by_display_width() {
+        let rows = [
+            vec![
+                "dark-mode".to_owned(),
+                "ENABLED".to_owned(),
+                "web".to_owned(),
+            ],
+            vec![
+                "新しい決済".to_owned(),
+                "DISABLED".to_owned(),
+                "チーム".to_owned(),
+            ],
+            vec!["🚀-launch".to_owned(), "ENABLED".to_owned(), "-".to_owned()],
+            vec!["café".to_owned(), "ENABLED".to_owned(), "ops".to_owned()],
+        ];
+        assert_eq!(
+            table_lines(&["KEY", "STATE", "OWNER"], &rows),
+            [
+                "KEY         STATE     OWNER",
+                "dark-mode   ENABLED   web",
+                "新しい決済  DISABLED  チーム",
+                "🚀-launch   ENABLED   -",
+                "café        ENABLED   ops",
+            ]
+        );
     }
 
     #[test]
