@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write as _};
 
+use jiff::fmt::temporal::DateTimePrinter;
 use serde_json::Value;
 use unicode_width::UnicodeWidthStr as _;
 
@@ -100,31 +101,17 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SSZ`: RFC 3339 in UTC, with the space RFC 3339 allows
+/// for readability in place of the `T`.
 pub fn time(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
+    /// Whole seconds have no fraction, so none is printed.
+    const PRINTER: DateTimePrinter = DateTimePrinter::new().separator(b' ');
+    match jiff::Timestamp::from_second(seconds) {
+        Ok(timestamp) => PRINTER.timestamp_to_string(&timestamp),
+        // Outside jiff's range (about the years -9999 to 9999), where no server writes: the
+        // number, as `date -d @N` reads it.
+        Err(_) => format!("@{seconds}"),
+    }
 }
 
 /// Flattens JSON into `path = value` leaves (objects by key, arrays by index).
@@ -195,6 +182,9 @@ mod tests {
         assert_eq!(time(0), "1970-01-01 00:00:00Z");
         assert_eq!(time(1_700_000_000), "2023-11-14 22:13:20Z");
         assert_eq!(time(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(time(-1), "1969-12-31 23:59:59Z");
+        assert_eq!(time(4_102_444_800), "2100-01-01 00:00:00Z");
+        assert_eq!(time(i64::MAX), format!("@{}", i64::MAX));
     }
 
     /// A CJK character and an emoji take two terminal columns each (`char` counting gave them

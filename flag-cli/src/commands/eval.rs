@@ -68,9 +68,7 @@ fn local(
         super::validate::Show::Flag(key),
     )?;
     let ctx = flag_core::EvaluationContext::from_json(context_json);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = jiff::Timestamp::now().as_second();
     let resolution = loaded.compiled.evaluate(key, &ctx, now);
     Ok(OfrepEvaluation::from_resolution(key, &resolution))
 }
