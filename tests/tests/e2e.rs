@@ -1408,6 +1408,18 @@ mod cli {
             &["-o", "json", "flag", "history", "team:checkout"],
         );
         assert_eq!(code, 0, "{stdout}");
+        // The query form-encodes the space (`flag=new+checkout`), and the server finds the flag.
+        let (code, stdout, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &["-o", "json", "flag", "history", "new checkout"],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let changes: Value = serde_json::from_str(&stdout).unwrap();
+        assert!(
+            changes.as_array().is_some_and(|c| c.len() >= 2),
+            "the apply and the rollout: {changes}"
+        );
         // A write with a warning prints it; --strict makes the server refuse it (422, exit 1).
         let (code, _, stderr) = flagctl(
             &server,

@@ -9,12 +9,15 @@ use crate::cli::{ApplyArgs, DiffArgs};
 use crate::error::{Result, exit};
 use crate::output::{self, Format, outln};
 
-fn document_path(context: &Context) -> String {
-    format!("{}/document", super::environment_path(&context.environment))
+fn document_path(context: &Context) -> Result<String> {
+    Ok(format!(
+        "{}/document",
+        super::environment_path(&context.environment)?
+    ))
 }
 
 pub async fn export(context: &Context) -> Result<u8> {
-    let answer = context.api()?.get(&document_path(context)).await?;
+    let answer = context.api()?.get(&document_path(context)?).await?;
     output::json(&answer.body)?;
     Ok(exit::OK)
 }
@@ -76,10 +79,9 @@ fn report(context: &Context, report: &Value, verb_past: &str) -> Result<()> {
 
 pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
     let document = read_document(context, &args.file)?;
-    let path = format!(
-        "{}?dry_run=true&prune={}",
-        document_path(context),
-        args.prune
+    let path = super::with_query(
+        &document_path(context)?,
+        &[("dry_run", "true"), ("prune", &args.prune.to_string())],
     );
     let answer = context
         .api()?
@@ -96,11 +98,12 @@ pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
 
 pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
     let document = read_document(context, &args.file)?;
-    let path = format!(
-        "{}?dry_run={}&prune={}",
-        document_path(context),
-        args.dry_run,
-        args.prune
+    let path = super::with_query(
+        &document_path(context)?,
+        &[
+            ("dry_run", &args.dry_run.to_string()),
+            ("prune", &args.prune.to_string()),
+        ],
     );
     let headers = message_header(args.message.as_ref());
     let answer = context

@@ -41,11 +41,8 @@ pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
             }
         }
         EnvCommand::Delete { name, force } => {
-            let path = format!(
-                "{}{}",
-                super::environment_path(&name),
-                if force { "?force=true" } else { "" }
-            );
+            let force: &[(&str, &str)] = if force { &[("force", "true")] } else { &[] };
+            let path = super::with_query(&super::environment_path(&name)?, force);
             api.call(Method::DELETE, &path, None, &[]).await?;
             if context.output == Format::Json {
                 output::json(&json!({"deleted": name}))?;

@@ -80,10 +80,9 @@ async fn remote(
     context_json: serde_json::Map<String, Value>,
 ) -> Result<OfrepEvaluation> {
     let api = context.api()?;
-    let path = format!(
-        "/ofrep/v1/evaluate/flags/{}?environment={}",
-        super::encode(key),
-        super::encode(&context.environment)
+    let path = super::with_query(
+        &format!("/ofrep/v1/evaluate/flags/{}", super::flag_segment(key)?),
+        &[("environment", &context.environment)],
     );
     let (status, answer) = api
         .call_raw(Method::POST, &path, Some(&json!({"context": context_json})))

@@ -163,7 +163,7 @@ async fn list(api: &Api, context: &Context) -> Result<()> {
     let answer = api
         .get(&format!(
             "{}/flags",
-            super::environment_path(&context.environment)
+            super::environment_path(&context.environment)?
         ))
         .await?;
     if context.output == Format::Json {
@@ -363,11 +363,13 @@ async fn target(api: &Api, context: &Context, args: &TargetArgs) -> Result<()> {
 
 async fn history(api: &Api, context: &Context, key: &str, limit: usize) -> Result<()> {
     let answer = api
-        .get(&format!(
-            "/api/v1/audit?environment={}&flag={}&limit={}",
-            super::encode(&context.environment),
-            super::encode(key),
-            limit.clamp(1, 1000)
+        .get(&super::with_query(
+            "/api/v1/audit",
+            &[
+                ("environment", &context.environment),
+                ("flag", key),
+                ("limit", &limit.clamp(1, 1000).to_string()),
+            ],
         ))
         .await?;
     let changes = answer.body["changes"]

@@ -46,7 +46,7 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
             let answer = api
                 .get(&format!(
                     "{}/ramps",
-                    super::environment_path(&context.environment)
+                    super::environment_path(&context.environment)?
                 ))
                 .await?;
             if context.output == Format::Json {

@@ -11,7 +11,7 @@ pub async fn run(context: &Context) -> Result<u8> {
     let answer = api
         .get(&format!(
             "{}/clients",
-            super::environment_path(&context.environment)
+            super::environment_path(&context.environment)?
         ))
         .await?;
     if context.output == Format::Json {

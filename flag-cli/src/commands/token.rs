@@ -62,7 +62,7 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
             }
         }
         TokenCommand::Revoke { id } => {
-            api.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, &[])
+            api.call(Method::DELETE, &super::token_path(&id)?, None, &[])
                 .await?;
             if context.output == Format::Json {
                 output::json(&json!({"revoked": id}))?;
