@@ -114,7 +114,8 @@ pub fn time(seconds: i64) -> String {
     }
 }
 
-/// Flattens JSON into `path = value` leaves (objects by key, arrays by index).
+/// Flattens JSON into `path = value` leaves: objects by key; an array is one leaf, so a changed
+/// bucket list reads as the whole list before and after.
 fn leaves(value: &Value, prefix: String, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
@@ -135,6 +136,10 @@ fn leaves(value: &Value, prefix: String, out: &mut BTreeMap<String, Value>) {
 
 /// A readable diff of two JSON documents: one `path: before → after` line per changed leaf
 /// (`+ path: value` added, `- path: value` removed).
+///
+/// Kept by hand rather than taken from a JSON-diff crate: those produce JSON Patch operations or
+/// trees (arrays element by element), which would have to be rendered back into these lines,
+/// and this is small and covered by `diffs_are_per_leaf` and the CLI snapshots.
 pub fn diff(before: &Value, after: &Value) -> Vec<String> {
     let mut old = BTreeMap::new();
     let mut new = BTreeMap::new();
