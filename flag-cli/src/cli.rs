@@ -14,8 +14,9 @@ use crate::output::Format;
 /// The server and token come from --server/--token, else FLAGCTL_SERVER/FLAGCTL_TOKEN, else the
 /// config file `flagctl login` writes ($XDG_CONFIG_HOME/flagctl/config.toml).
 ///
-/// Exit codes: 0 success; 1 an error from the server, the input or the network (the message
-/// names what and where); 2 a usage error; 3 `flagctl diff` found differences.
+/// Exit codes: 0 success (also when whoever reads stdout stops early, as `| head` does); 1 an
+/// error from the server, the input or the network (the message names what and where); 2 a
+/// usage error; 3 `flagctl diff` found differences.
 #[derive(Debug, Parser)]
 #[command(name = "flagctl", version, term_width = 100)]
 pub struct Cli {
@@ -82,6 +83,9 @@ pub enum Command {
     /// Make the environment match a flagd file: create, update and (with --prune) delete flags.
     Apply(ApplyArgs),
     /// Copy a flag's definition from one environment to another.
+    ///
+    /// --if-match names the flag's version in the --to environment (0: it must not exist there
+    /// yet), as `flagctl -e TO flag get KEY` shows it.
     Promote(PromoteArgs),
     /// Evaluate a flag for a context: on the server (OFREP), or locally from a file.
     Eval(EvalArgs),
@@ -187,7 +191,9 @@ pub enum EnvCommand {
     },
 }
 
-/// A change message for the audit log.
+/// A change message for the audit log, and the version the change expects. Only for writes whose
+/// endpoint honours `If-Match`: the flag writes and `promote` (not `create`, which always expects
+/// "no such flag yet", nor `apply`, whose endpoint has no `If-Match`).
 #[derive(Debug, Args)]
 pub struct Message {
     /// Why: stored in the audit log with the change.
@@ -304,8 +310,9 @@ pub struct CreateArgs {
     /// Create it disabled.
     #[arg(long)]
     pub disabled: bool,
-    #[command(flatten)]
-    pub message: Message,
+    /// Why: stored in the audit log with the change.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -350,8 +357,9 @@ pub struct ApplyArgs {
     /// Show what would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[command(flatten)]
-    pub message: Message,
+    /// Why: stored in the audit log with the change.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Args)]

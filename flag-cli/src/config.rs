@@ -1,7 +1,8 @@
 //! Where the server and token come from: flags, then `FLAGCTL_*` variables (both via clap),
 //! then the config file written by `flagctl login`.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,23 +45,77 @@ pub fn save(config: &ConfigFile) -> Result<PathBuf> {
     let path = path().ok_or_else(|| {
         CliError::config("cannot find a config directory: set XDG_CONFIG_HOME or HOME")
     })?;
-    let io = |error: std::io::Error| {
-        CliError::config(format!("cannot write {}: {error}", path.display()))
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
     let text = toml::to_string(config)
         .map_err(|error| CliError::config(format!("cannot encode the config: {error}")))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    use std::io::Write as _;
-    let mut file = options.open(&path).map_err(io)?;
-    #[cfg(unix)]
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
+    write_private(&path, text.as_bytes())
+        .map_err(|error| CliError::config(format!("cannot write {}: {error}", path.display())))?;
     Ok(path)
+}
+
+/// Replaces `path` atomically with a file of mode 0600 holding `contents`: a reader (or a crash)
+/// sees the old file or the new one, never a half-written token, and the token is never in a
+/// file others can read, not even for a moment.
+///
+/// The temporary file is created 0600 in the same directory (a rename cannot cross file
+/// systems), synced, renamed over `path`, and then the directory is synced so the rename itself
+/// survives a power cut.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let directory = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(directory)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".config.toml.");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    let mut file = builder.tempfile_in(directory)?;
+    file.write_all(contents)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|error| error.error)?;
+    #[cfg(unix)]
+    std::fs::File::open(directory)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
+    }
+
+    #[test]
+    fn the_config_is_replaced_whole_and_private() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("flagctl").join("config.toml");
+        write_private(&path, b"token = \"first\"\n").expect("the first write");
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some("token = \"first\"\n")
+        );
+        #[cfg(unix)]
+        {
+            assert_eq!(mode(&path), 0o600);
+            // A file someone made readable by others is replaced by a private one.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        write_private(&path, b"token = \"second\"\n").expect("the second write");
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some("token = \"second\"\n")
+        );
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().expect("a parent"))
+            .expect("the directory")
+            .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(names, ["config.toml"]);
+    }
 }

@@ -28,6 +28,11 @@ pub enum Kind {
     Network,
     /// Configuration (server, token) is missing or unreadable.
     Config,
+    /// The results could not be written to stdout.
+    Output,
+    /// Whoever reads stdout closed it before the end (`flagctl export | head -1`): not a
+    /// failure, so `main` exits 0 and says nothing.
+    BrokenPipe,
 }
 
 /// An error for the user: a message naming what and where, and maybe a hint.

@@ -1,5 +1,8 @@
 //! flagctl: the command-line client of the flag server.
 
+// Results go through `output::line`, which handles a closed stdout; `println!` panics there.
+#![warn(clippy::print_stdout)]
+
 mod cli;
 mod client;
 mod commands;
@@ -13,7 +16,7 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
 use crate::client::Api;
-use crate::error::{CliError, Result};
+use crate::error::{CliError, Kind, Result};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,6 +32,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
+        // The reader has what it wanted (`| head -1`): ending quietly is what pipelines expect.
+        Err(error) if error.kind == Kind::BrokenPipe => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{error}");
             error.exit_code()

@@ -1,8 +1,16 @@
 //! Output: tables for people, JSON for scripts, readable JSON diffs, and times.
+//!
+//! Results go to stdout through [`line`] (or [`outln!`]), never `println!`: see [`line`].
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Write as _};
 
+use jiff::fmt::temporal::DateTimePrinter;
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr as _;
+
+use crate::error::{CliError, Kind, Result};
 
 /// `-o` / `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -14,41 +22,74 @@ pub enum Format {
     Json,
 }
 
-/// Prints JSON, pretty.
-pub fn json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+/// Writes one line of results to stdout.
+///
+/// `println!` panics when the reader goes away first (`flagctl export | head -1`). Here a broken
+/// pipe becomes a [`Kind::BrokenPipe`] error, which `main` turns into a quiet exit 0, as ripgrep
+/// does: whoever closed the pipe has read all they wanted. Any other write error (a full disk)
+/// is a failure, reported like any other.
+pub fn line(text: impl fmt::Display) -> Result<()> {
+    writeln!(io::stdout().lock(), "{text}").map_err(|error| {
+        if error.kind() == io::ErrorKind::BrokenPipe {
+            CliError::new(Kind::BrokenPipe, "stdout was closed")
+        } else {
+            CliError::new(Kind::Output, format!("cannot write to stdout: {error}"))
+        }
+    })
 }
 
-/// Prints a table with a header row; columns padded to their widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// `println!` through [`line`]: `outln!("deleted {key}")?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Prints JSON, pretty.
+pub fn json(value: &Value) -> Result<()> {
+    line(serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()))
+}
+
+/// Prints a table with a header row; columns padded to their widest cell, as a terminal shows
+/// it (a CJK character or an emoji takes two columns).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    for text in table_lines(header, rows) {
+        line(text)?;
+    }
+    Ok(())
+}
+
+/// The lines of [`table`]: cells joined by two spaces, every column but the last padded.
+///
+/// Widths are display widths, not `char` counts: `format!("{cell:<width$}")` would pad by
+/// `char`s, so the padding is added by hand.
+fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+            *width = (*width).max(cell.width());
         }
     }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (cell, width))| {
-                if i + 1 == cells.len() {
-                    cell.clone()
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| (*h).to_owned()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    std::iter::once(&header)
+        .chain(rows)
+        .map(|cells| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, width))| {
+                    if i + 1 == cells.len() {
+                        cell.clone()
+                    } else {
+                        format!("{cell}{}", " ".repeat(width.saturating_sub(cell.width())))
+                    }
+                })
+                .collect();
+            padded.join("  ").trim_end().to_owned()
+        })
+        .collect()
 }
 
 /// A JSON scalar for a table cell.
@@ -60,34 +101,21 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SSZ`: RFC 3339 in UTC, with the space RFC 3339 allows
+/// for readability in place of the `T`.
 pub fn time(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
+    /// Whole seconds have no fraction, so none is printed.
+    const PRINTER: DateTimePrinter = DateTimePrinter::new().separator(b' ');
+    match jiff::Timestamp::from_second(seconds) {
+        Ok(timestamp) => PRINTER.timestamp_to_string(&timestamp),
+        // Outside jiff's range (about the years -9999 to 9999), where no server writes: the
+        // number, as `date -d @N` reads it.
+        Err(_) => format!("@{seconds}"),
+    }
 }
 
-/// Flattens JSON into `path = value` leaves (objects by key, arrays by index).
+/// Flattens JSON into `path = value` leaves: objects by key; an array is one leaf, so a changed
+/// bucket list reads as the whole list before and after.
 fn leaves(value: &Value, prefix: String, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
@@ -108,6 +136,10 @@ fn leaves(value: &Value, prefix: String, out: &mut BTreeMap<String, Value>) {
 
 /// A readable diff of two JSON documents: one `path: before → after` line per changed leaf
 /// (`+ path: value` added, `- path: value` removed).
+///
+/// Kept by hand rather than taken from a JSON-diff crate: those produce JSON Patch operations or
+/// trees (arrays element by element), which would have to be rendered back into these lines,
+/// and this is small and covered by `diffs_are_per_leaf` and the CLI snapshots.
 pub fn diff(before: &Value, after: &Value) -> Vec<String> {
     let mut old = BTreeMap::new();
     let mut new = BTreeMap::new();
@@ -155,6 +187,39 @@ mod tests {
         assert_eq!(time(0), "1970-01-01 00:00:00Z");
         assert_eq!(time(1_700_000_000), "2023-11-14 22:13:20Z");
         assert_eq!(time(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(time(-1), "1969-12-31 23:59:59Z");
+        assert_eq!(time(4_102_444_800), "2100-01-01 00:00:00Z");
+        assert_eq!(time(i64::MAX), format!("@{}", i64::MAX));
+    }
+
+    /// A CJK character and an emoji take two terminal columns each (`char` counting gave them
+    /// one, so the columns after them drifted).
+    #[test]
+    fn table_columns_line_up_by_display_width() {
+        let rows = [
+            vec![
+                "dark-mode".to_owned(),
+                "ENABLED".to_owned(),
+                "web".to_owned(),
+            ],
+            vec![
+                "新しい決済".to_owned(),
+                "DISABLED".to_owned(),
+                "チーム".to_owned(),
+            ],
+            vec!["🚀-launch".to_owned(), "ENABLED".to_owned(), "-".to_owned()],
+            vec!["café".to_owned(), "ENABLED".to_owned(), "ops".to_owned()],
+        ];
+        assert_eq!(
+            table_lines(&["KEY", "STATE", "OWNER"], &rows),
+            [
+                "KEY         STATE     OWNER",
+                "dark-mode   ENABLED   web",
+                "新しい決済  DISABLED  チーム",
+                "🚀-launch   ENABLED   -",
+                "café        ENABLED   ops",
+            ]
+        );
     }
 
     #[test]

@@ -739,6 +739,156 @@ mod cli {
         );
     }
 
+    /// Every write that takes `--if-match` sends it: a stale version fails (exit 1, with a hint)
+    /// and changes nothing in either environment; the current version goes through. `create` and
+    /// `apply` do not take it (their endpoints have no `If-Match` to send it to).
+    #[test]
+    fn a_stale_if_match_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let run = |args: &[&str]| {
+            let (code, stdout, stderr) = flagctl(&server, dir.path(), args);
+            assert_eq!(code, 0, "flagctl {args:?}: {stderr}");
+            stdout
+        };
+        let version = |environment: &str, key: &str| -> String {
+            let view = run(&["-e", environment, "-o", "json", "flag", "get", key]);
+            serde_json::from_str::<Value>(&view).unwrap()["version"].to_string()
+        };
+        // `f` was changed in default and in staging since it was first read; `g` exists in
+        // default only.
+        run(&["env", "create", "staging"]);
+        run(&["flag", "create", "f"]);
+        run(&["flag", "create", "g"]);
+        let promote = ["promote", "--from", "default", "--to", "staging", "--yes"];
+        run(&[&promote[..], &["f"]].concat());
+        let (read_in_default, read_in_staging) = (version("default", "f"), version("staging", "f"));
+        run(&["flag", "default", "f", "on"]);
+        run(&["-e", "staging", "flag", "disable", "f"]);
+        let everything = || {
+            (
+                run(&["-o", "json", "env", "list"]),
+                run(&["-o", "json", "export"]),
+                run(&["-e", "staging", "-o", "json", "export"]),
+            )
+        };
+        let before = everything();
+
+        let old = read_in_default.as_str();
+        let stale: &[&[&str]] = &[
+            &["flag", "enable", "f", "--if-match", old],
+            &["flag", "disable", "f", "--if-match", old],
+            &["flag", "default", "f", "off", "--if-match", old],
+            &["flag", "rollout", "f", "30", "--if-match", old],
+            &["flag", "target", "f", "--json", "{}", "--if-match", old],
+            &["flag", "delete", "f", "--if-match", old],
+            &[&promote[..], &["f", "--if-match", &read_in_staging]].concat(),
+            &[&promote[..], &["f", "--if-match", "0"]].concat(),
+            &[&promote[..], &["g", "--if-match", "1"]].concat(),
+        ];
+        for args in stale {
+            let (code, stdout, stderr) = flagctl(&server, dir.path(), args);
+            assert_eq!(code, 1, "flagctl {args:?}: {stdout}{stderr}");
+            assert!(
+                stderr.contains("changed since you read it"),
+                "{args:?}: {stderr}"
+            );
+            assert!(stderr.contains("hint:"), "{args:?}: {stderr}");
+        }
+        assert!(before == everything(), "a refused write changed something");
+
+        // Where no If-Match can be sent, the option is refused rather than ignored.
+        write(dir.path(), "flags.json", &json!({"flags": {}}));
+        for args in [
+            &["apply", "-f", "flags.json", "--if-match", "1"][..],
+            &["flag", "create", "h", "--if-match", "1"],
+        ] {
+            let (code, _, stderr) = flagctl(&server, dir.path(), args);
+            assert_eq!(code, 2, "flagctl {args:?}: {stderr}");
+            assert!(stderr.contains("--if-match"), "{args:?}: {stderr}");
+        }
+        assert!(
+            before == everything(),
+            "a refused command changed something"
+        );
+
+        // The current version goes through.
+        let current = version("default", "f");
+        run(&["flag", "rollout", "f", "30", "--if-match", &current]);
+        assert_ne!(version("default", "f"), current);
+        let current = version("staging", "f");
+        run(&[&promote[..], &["f", "--if-match", &current]].concat());
+        assert_ne!(version("staging", "f"), current);
+        run(&[&promote[..], &["g", "--if-match", "0"]].concat());
+        version("staging", "g");
+    }
+
+    /// A reader that leaves early (`flagctl export | head -1`) ends flagctl quietly, as it ends
+    /// ripgrep: exit 0, no panic, nothing on stderr.
+    #[test]
+    fn a_closed_stdout_ends_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        // Far more than a pipe holds (64 KiB on Linux), so `export` is still writing when its
+        // reader leaves, however the two processes are scheduled.
+        let flags: serde_json::Map<String, Value> = (0..2000)
+            .map(|i| (format!("flag-{i:04}"), super::flag("on")))
+            .collect();
+        write(dir.path(), "many.json", &json!({"flags": flags}));
+        let (code, _, stderr) = flagctl(&server, dir.path(), &["apply", "-f", "many.json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let spawn = |args: &[&str]| {
+            Command::new(binary("flag-cli", "flagctl"))
+                .args(args)
+                .current_dir(dir.path())
+                .env("FLAGCTL_SERVER", &server.base_url)
+                .env("FLAGCTL_TOKEN", ADMIN)
+                .env("XDG_CONFIG_HOME", dir.path().join("config"))
+                .env_remove("FLAGCTL_ENV")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let quiet = |args: &[&str], child: std::process::Child| {
+            let output = child.wait_with_output().unwrap();
+            assert_eq!(
+                (
+                    output.status.code(),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+                (Some(0), "".into()),
+                "flagctl {args:?} with its stdout closed early"
+            );
+        };
+
+        // `| head -1`: one line read, then the pipe closes under a writer that has more.
+        let mut export = spawn(&["export"]);
+        let mut first = String::new();
+        BufReader::new(export.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first, "{\n");
+        quiet(&["export"], export);
+
+        // A reader gone before the first byte, for each way of printing: a table, JSON, lines.
+        let commands: &[&[&str]] = &[
+            &["flag", "list"],
+            &["-o", "json", "flag", "list"],
+            &["flag", "get", "flag-0001"],
+            &["flag", "history", "flag-0001"],
+            &["env", "list"],
+            &["validate", "-f", "many.json"],
+            &["diff", "-f", "many.json"],
+        ];
+        for args in commands {
+            let mut child = spawn(args);
+            drop(child.stdout.take());
+            quiet(args, child);
+        }
+    }
+
     #[test]
     fn watch_prints_each_change() {
         let dir = tempfile::tempdir().unwrap();
@@ -1258,6 +1408,18 @@ mod cli {
             &["-o", "json", "flag", "history", "team:checkout"],
         );
         assert_eq!(code, 0, "{stdout}");
+        // The query form-encodes the space (`flag=new+checkout`), and the server finds the flag.
+        let (code, stdout, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &["-o", "json", "flag", "history", "new checkout"],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let changes: Value = serde_json::from_str(&stdout).unwrap();
+        assert!(
+            changes.as_array().is_some_and(|c| c.len() >= 2),
+            "the apply and the rollout: {changes}"
+        );
         // A write with a warning prints it; --strict makes the server refuse it (422, exit 1).
         let (code, _, stderr) = flagctl(
             &server,

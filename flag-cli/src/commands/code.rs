@@ -7,15 +7,18 @@ use super::{message_header, read_json};
 use crate::Context;
 use crate::cli::{ApplyArgs, DiffArgs};
 use crate::error::{Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
-fn document_path(context: &Context) -> String {
-    format!("{}/document", super::environment_path(&context.environment))
+fn document_path(context: &Context) -> Result<String> {
+    Ok(format!(
+        "{}/document",
+        super::environment_path(&context.environment)?
+    ))
 }
 
 pub async fn export(context: &Context) -> Result<u8> {
-    let answer = context.api()?.get(&document_path(context)).await?;
-    output::json(&answer.body);
+    let answer = context.api()?.get(&document_path(context)?).await?;
+    output::json(&answer.body)?;
     Ok(exit::OK)
 }
 
@@ -34,10 +37,9 @@ fn read_document(context: &Context, path: &std::path::Path) -> Result<Value> {
 }
 
 /// Prints an apply report: one line per changed flag and its readable diff.
-fn report(context: &Context, report: &Value, verb_past: &str) {
+fn report(context: &Context, report: &Value, verb_past: &str) -> Result<()> {
     if context.output == Format::Json {
-        output::json(report);
-        return;
+        return output::json(report);
     }
     for change in report["changes"].as_array().into_iter().flatten() {
         let (mark, action) = match change["action"].as_str() {
@@ -46,22 +48,22 @@ fn report(context: &Context, report: &Value, verb_past: &str) {
             Some("delete") => ("-", "delete"),
             _ => continue,
         };
-        println!("{mark} {} ({action})", output::cell(&change["key"]));
+        outln!("{mark} {} ({action})", output::cell(&change["key"]))?;
         let before = change.get("before").cloned().unwrap_or(Value::Null);
         let after = change.get("after").cloned().unwrap_or(Value::Null);
         if action == "update" {
             for line in output::diff(&before, &after) {
-                println!("    {line}");
+                outln!("    {line}")?;
             }
         }
     }
     if report["settingsChanged"] == Value::Bool(true) {
-        println!("~ $evaluators / metadata");
+        outln!("~ $evaluators / metadata")?;
     }
     let summary = &report["summary"];
     let count = |name: &str| summary[name].as_u64().unwrap_or(0);
     let kept = report["kept"].as_array().map_or(0, Vec::len);
-    println!(
+    outln!(
         "{verb_past}: {} created, {} updated, {} deleted, {} unchanged{}",
         count("create"),
         count("update"),
@@ -72,22 +74,21 @@ fn report(context: &Context, report: &Value, verb_past: &str) {
         } else {
             String::new()
         }
-    );
+    )
 }
 
 pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
     let document = read_document(context, &args.file)?;
-    let path = format!(
-        "{}?dry_run=true&prune={}",
-        document_path(context),
-        args.prune
+    let path = super::with_query(
+        &document_path(context)?,
+        &[("dry_run", "true"), ("prune", &args.prune.to_string())],
     );
     let answer = context
         .api()?
         .call(Method::PUT, &path, Some(&document), &[])
         .await?;
     super::print_warnings(&answer.body);
-    report(context, &answer.body, "would be");
+    report(context, &answer.body, "would be")?;
     Ok(if answer.body["changed"] == Value::Bool(true) {
         exit::DIFFERENCES
     } else {
@@ -97,13 +98,14 @@ pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
 
 pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
     let document = read_document(context, &args.file)?;
-    let path = format!(
-        "{}?dry_run={}&prune={}",
-        document_path(context),
-        args.dry_run,
-        args.prune
+    let path = super::with_query(
+        &document_path(context)?,
+        &[
+            ("dry_run", &args.dry_run.to_string()),
+            ("prune", &args.prune.to_string()),
+        ],
     );
-    let headers = message_header(args.message.message.as_ref());
+    let headers = message_header(args.message.as_ref());
     let answer = context
         .api()?
         .call(Method::PUT, &path, Some(&document), &headers)
@@ -117,6 +119,6 @@ pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
         } else {
             "applied"
         },
-    );
+    )?;
     Ok(exit::OK)
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::Context;
 use crate::cli::EnvCommand;
 use crate::error::{Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
     let api = context.api()?;
@@ -14,7 +14,7 @@ pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
         EnvCommand::List => {
             let answer = api.get("/api/v1/environments").await?;
             if context.output == Format::Json {
-                output::json(&answer.body["environments"]);
+                output::json(&answer.body["environments"])?;
             } else {
                 let rows: Vec<Vec<String>> = answer.body["environments"]
                     .as_array()
@@ -22,7 +22,7 @@ pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
                     .flatten()
                     .map(|e| vec![output::cell(&e["name"]), output::cell(&e["version"])])
                     .collect();
-                output::table(&["NAME", "VERSION"], &rows);
+                output::table(&["NAME", "VERSION"], &rows)?;
             }
         }
         EnvCommand::Create { name } => {
@@ -35,22 +35,19 @@ pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
                 )
                 .await?;
             if context.output == Format::Json {
-                output::json(&answer.body);
+                output::json(&answer.body)?;
             } else {
-                println!("created environment {name}");
+                outln!("created environment {name}")?;
             }
         }
         EnvCommand::Delete { name, force } => {
-            let path = format!(
-                "{}{}",
-                super::environment_path(&name),
-                if force { "?force=true" } else { "" }
-            );
+            let force: &[(&str, &str)] = if force { &[("force", "true")] } else { &[] };
+            let path = super::with_query(&super::environment_path(&name)?, force);
             api.call(Method::DELETE, &path, None, &[]).await?;
             if context.output == Format::Json {
-                output::json(&json!({"deleted": name}));
+                output::json(&json!({"deleted": name}))?;
             } else {
-                println!("deleted environment {name}");
+                outln!("deleted environment {name}")?;
             }
         }
     }

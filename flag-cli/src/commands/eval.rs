@@ -8,7 +8,7 @@ use super::read_json;
 use crate::Context;
 use crate::cli::EvalArgs;
 use crate::error::{CliError, Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context, args: &EvalArgs) -> Result<u8> {
     let Value::Object(context_json) = serde_json::from_str::<Value>(&args.context)
@@ -23,24 +23,24 @@ pub async fn run(context: &Context, args: &EvalArgs) -> Result<u8> {
         None => remote(context, &args.key, context_json).await?,
     };
     if context.output == Format::Json {
-        output::json(&json!(result));
+        output::json(&json!(result))?;
     } else {
         let cell = |value: Option<&str>| value.unwrap_or("-").to_owned();
-        println!(
+        outln!(
             "{}: {}",
             args.key,
             output::cell(result.value.as_ref().unwrap_or(&Value::Null))
-        );
-        println!("  variant  {}", cell(result.variant.as_deref()));
+        )?;
+        outln!("  variant  {}", cell(result.variant.as_deref()))?;
         match &result.error_code {
-            Some(code) => println!(
+            Some(code) => outln!(
                 "  error    {code}: {}",
                 cell(result.error_details.as_deref())
-            ),
-            None => println!("  reason   {}", cell(result.reason.as_deref())),
+            )?,
+            None => outln!("  reason   {}", cell(result.reason.as_deref()))?,
         }
         if let Some(metadata) = result.metadata.as_ref().filter(|m| !m.is_empty()) {
-            println!("  metadata {}", json!(metadata));
+            outln!("  metadata {}", json!(metadata))?;
         }
     }
     // A result with an error code (FLAG_NOT_FOUND, TYPE_MISMATCH...) is printed, and exits 1 so a
@@ -68,9 +68,7 @@ fn local(
         super::validate::Show::Flag(key),
     )?;
     let ctx = flag_core::EvaluationContext::from_json(context_json);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = jiff::Timestamp::now().as_second();
     let resolution = loaded.compiled.evaluate(key, &ctx, now);
     Ok(OfrepEvaluation::from_resolution(key, &resolution))
 }
@@ -82,10 +80,9 @@ async fn remote(
     context_json: serde_json::Map<String, Value>,
 ) -> Result<OfrepEvaluation> {
     let api = context.api()?;
-    let path = format!(
-        "/ofrep/v1/evaluate/flags/{}?environment={}",
-        super::encode(key),
-        super::encode(&context.environment)
+    let path = super::with_query(
+        &format!("/ofrep/v1/evaluate/flags/{}", super::flag_segment(key)?),
+        &[("environment", &context.environment)],
     );
     let (status, answer) = api
         .call_raw(

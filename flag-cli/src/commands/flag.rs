@@ -6,12 +6,12 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{message_header, read_json};
+use super::{if_match, message_header, read_json};
 use crate::Context;
 use crate::cli::{CreateArgs, FlagCommand, FlagKind, Message, TargetArgs};
 use crate::client::Api;
 use crate::error::{CliError, Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 fn flag_path(context: &Context, key: &str) -> Result<String> {
     super::flag_path(&context.environment, key)
@@ -27,22 +27,18 @@ async fn read(api: &Api, context: &Context, key: &str) -> Result<(Value, i64)> {
     Ok((answer.body, version))
 }
 
-fn if_match(version: i64) -> (&'static str, String) {
-    ("if-match", format!("\"{version}\""))
-}
-
 /// Prints the result of a write: a line for people, the flag view for scripts. Warnings go to
 /// stderr either way.
-fn written(context: &Context, what: &str, view: &Value) {
+fn written(context: &Context, what: &str, view: &Value) -> Result<()> {
     super::print_warnings(view);
     if context.output == Format::Json {
-        output::json(view);
+        output::json(view)
     } else {
-        println!(
+        outln!(
             "{what} {} (version {})",
             output::cell(&view["key"]),
             output::cell(&view["version"])
-        );
+        )
     }
 }
 
@@ -53,9 +49,9 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
         FlagCommand::Get { key } => {
             let (view, _) = read(&api, context, &key).await?;
             if context.output == Format::Json {
-                output::json(&view);
+                output::json(&view)?;
             } else {
-                println!(
+                outln!(
                     "# {} in {}: version {}, {} flag, updated {} by {}",
                     key,
                     context.environment,
@@ -65,8 +61,8 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
                         .as_i64()
                         .map_or_else(|| "-".to_owned(), output::time),
                     output::cell(&view["updatedBy"])
-                );
-                output::json(&view["flag"]);
+                )?;
+                output::json(&view["flag"])?;
             }
         }
         FlagCommand::Create(args) => create(&api, context, &args).await?,
@@ -120,7 +116,7 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
                     "the percentage must be a number from 0 to 100, got {percentage}"
                 )));
             }
-            let (_, version) = read(&api, context, &key).await?;
+            let version = expected_version(&api, context, &key, &message).await?;
             let mut headers = message_header(message.message.as_ref());
             headers.push(if_match(version));
             let mut body = json!({"percentage": percentage});
@@ -143,7 +139,7 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
                 context,
                 &format!("rolled {what}out to {percentage}%:"),
                 &answer.body,
-            );
+            )?;
         }
         FlagCommand::Target(args) => target(&api, context, &args).await?,
         FlagCommand::Delete { key, message } => {
@@ -153,9 +149,9 @@ pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
             api.call(Method::DELETE, &flag_path(context, &key)?, None, &headers)
                 .await?;
             if context.output == Format::Json {
-                output::json(&json!({"deleted": key, "environment": context.environment}));
+                output::json(&json!({"deleted": key, "environment": context.environment}))?;
             } else {
-                println!("deleted {key}");
+                outln!("deleted {key}")?;
             }
         }
         FlagCommand::History { key, limit } => history(&api, context, &key, limit).await?,
@@ -167,11 +163,11 @@ async fn list(api: &Api, context: &Context) -> Result<()> {
     let answer = api
         .get(&format!(
             "{}/flags",
-            super::environment_path(&context.environment)
+            super::environment_path(&context.environment)?
         ))
         .await?;
     if context.output == Format::Json {
-        output::json(&answer.body["flags"]);
+        output::json(&answer.body["flags"])?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = answer.body["flags"]
@@ -203,7 +199,7 @@ async fn list(api: &Api, context: &Context) -> Result<()> {
             "KEY", "STATE", "TYPE", "DEFAULT", "ROLLOUT", "VERSION", "UPDATED",
         ],
         &rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -269,7 +265,7 @@ async fn create(api: &Api, context: &Context, args: &CreateArgs) -> Result<()> {
     if let Some(description) = &args.description {
         flag["description"] = json!(description);
     }
-    let mut headers = message_header(args.message.message.as_ref());
+    let mut headers = message_header(args.message.as_ref());
     // Version 0 means "must not exist yet": never overwrite a flag by creating it.
     headers.push(if_match(0));
     let answer = api
@@ -292,7 +288,7 @@ async fn create(api: &Api, context: &Context, args: &CreateArgs) -> Result<()> {
                 error
             }
         })?;
-    written(context, "created", &answer.body);
+    written(context, "created", &answer.body)?;
     Ok(())
 }
 
@@ -328,7 +324,7 @@ async fn patch(
             &headers,
         )
         .await?;
-    written(context, what, &answer.body);
+    written(context, what, &answer.body)?;
     Ok(())
 }
 
@@ -360,17 +356,19 @@ async fn target(api: &Api, context: &Context, args: &TargetArgs) -> Result<()> {
             &headers,
         )
         .await?;
-    written(context, "set the targeting of", &answer.body);
+    written(context, "set the targeting of", &answer.body)?;
     Ok(())
 }
 
 async fn history(api: &Api, context: &Context, key: &str, limit: usize) -> Result<()> {
     let answer = api
-        .get(&format!(
-            "/api/v1/audit?environment={}&flag={}&limit={}",
-            super::encode(&context.environment),
-            super::encode(key),
-            limit.clamp(1, 1000)
+        .get(&super::with_query(
+            "/api/v1/audit",
+            &[
+                ("environment", &context.environment),
+                ("flag", key),
+                ("limit", &limit.clamp(1, 1000).to_string()),
+            ],
         ))
         .await?;
     let changes = answer.body["changes"]
@@ -378,14 +376,14 @@ async fn history(api: &Api, context: &Context, key: &str, limit: usize) -> Resul
         .cloned()
         .unwrap_or_default();
     if context.output == Format::Json {
-        output::json(&Value::Array(changes));
+        output::json(&Value::Array(changes))?;
         return Ok(());
     }
     if changes.is_empty() {
-        println!("no history for {key} in {}", context.environment);
+        outln!("no history for {key} in {}", context.environment)?;
     }
     for change in &changes {
-        println!(
+        outln!(
             "{}  v{}  {:<7} by {}{}",
             change["at"]
                 .as_i64()
@@ -397,9 +395,9 @@ async fn history(api: &Api, context: &Context, key: &str, limit: usize) -> Resul
                 .as_str()
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default()
-        );
+        )?;
         for line in output::diff(&change["before"], &change["after"]) {
-            println!("    {line}");
+            outln!("    {line}")?;
         }
     }
     Ok(())

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use super::message_header;
 use crate::Context;
 use crate::cli::PromoteArgs;
-use crate::error::{CliError, Result, exit};
-use crate::output::{self, Format};
+use crate::error::{CliError, Kind, Result, exit};
+use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
     if args.from == args.to {
@@ -25,7 +25,7 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         .is_some_and(|list| list.iter().any(|e| e["name"] == args.to.as_str()));
     if !exists {
         return Err(CliError::new(
-            crate::error::Kind::Server,
+            Kind::Server,
             format!("environment {:?} does not exist", args.to),
         )
         .hint("`flagctl env list` shows the environments"));
@@ -41,25 +41,38 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         }
         Err(error) => return Err(error),
     };
+    // A stale --if-match fails before anything is shown or asked, even when the two
+    // environments already agree: the caller's picture of the target is out of date either way.
+    // The write below sends the version as If-Match, so a change made after this read is
+    // refused by the server.
+    if let Some(expected) = args
+        .message
+        .if_match
+        .filter(|expected| *expected != version)
+    {
+        return Err(stale(args, version, expected));
+    }
     let flag = source.body["flag"].clone();
     let changes = output::diff(&current, &flag);
     if changes.is_empty() {
         if context.output == Format::Json {
             output::json(
                 &json!({"key": args.key, "from": args.from, "to": args.to, "changed": false}),
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "{} is already the same in {} and {}",
-                args.key, args.from, args.to
-            );
+                args.key,
+                args.from,
+                args.to
+            )?;
         }
         return Ok(exit::OK);
     }
     if context.output != Format::Json {
-        println!("{} {} → {}:", args.key, args.from, args.to);
+        outln!("{} {} → {}:", args.key, args.from, args.to)?;
         for line in &changes {
-            println!("    {line}");
+            outln!("    {line}")?;
         }
     }
     if !args.yes {
@@ -84,19 +97,36 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
         )
     });
     let mut headers = message_header(Some(&message));
-    headers.push(("if-match", format!("\"{version}\"")));
+    headers.push(super::if_match(version));
     let answer = api
         .call(Method::PUT, &target_path, Some(&flag), &headers)
         .await?;
     if context.output == Format::Json {
-        output::json(&answer.body);
+        output::json(&answer.body)?;
     } else {
-        println!(
+        outln!(
             "promoted {} to {} (version {})",
             args.key,
             args.to,
             output::cell(&answer.body["version"])
-        );
+        )?;
     }
     Ok(exit::OK)
+}
+
+/// `--if-match EXPECTED` named another version than the target's `actual` (0: no such flag).
+fn stale(args: &PromoteArgs, actual: i64, expected: i64) -> CliError {
+    let (key, to) = (&args.key, &args.to);
+    let state = match (actual, expected) {
+        (0, _) => format!(
+            "flag {key:?} does not exist in {to}, but --if-match expected version {expected}"
+        ),
+        (_, 0) => format!(
+            "flag {key:?} already exists in {to} (version {actual}), but --if-match 0 expected none"
+        ),
+        _ => format!("flag {key:?} is at version {actual} in {to}, not {expected} (--if-match)"),
+    };
+    CliError::input(format!("{state}: it changed since you read it")).hint(format!(
+        "look at `flagctl -e {to} flag get {key}`, then run the command again"
+    ))
 }

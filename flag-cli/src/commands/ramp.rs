@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::Context;
 use crate::cli::{RampCommand, RampStartArgs};
 use crate::error::{CliError, Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 fn ramp_path(context: &Context, key: &str) -> Result<String> {
     Ok(format!(
@@ -46,11 +46,11 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
             let answer = api
                 .get(&format!(
                     "{}/ramps",
-                    super::environment_path(&context.environment)
+                    super::environment_path(&context.environment)?
                 ))
                 .await?;
             if context.output == Format::Json {
-                output::json(&answer.body["ramps"]);
+                output::json(&answer.body["ramps"])?;
             } else {
                 let rows: Vec<Vec<String>> = answer.body["ramps"]
                     .as_array()
@@ -72,18 +72,18 @@ pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
                         ]
                     })
                     .collect();
-                output::table(&["FLAG", "STATE", "STEP", "ROLLOUT", "NEXT STEP AT"], &rows);
+                output::table(&["FLAG", "STATE", "STEP", "ROLLOUT", "NEXT STEP AT"], &rows)?;
             }
             return Ok(exit::OK);
         }
     };
     if context.output == Format::Json {
-        output::json(&view);
+        output::json(&view)?;
     } else {
         if !verb.is_empty() {
-            println!("{verb} the ramp of {}", output::cell(&view["flag"]));
+            outln!("{verb} the ramp of {}", output::cell(&view["flag"]))?;
         }
-        show(&view);
+        show(&view)?;
     }
     Ok(exit::OK)
 }
@@ -148,7 +148,7 @@ fn percent(value: &Value) -> String {
 }
 
 /// Status for people: the steps as a progress line, what is next, and the history.
-fn show(view: &Value) {
+fn show(view: &Value) -> Result<()> {
     let steps = view["steps"].as_array().cloned().unwrap_or_default();
     let current = view["currentStep"].as_u64().unwrap_or(0) as usize;
     let state = view["state"].as_str().unwrap_or("?");
@@ -164,39 +164,39 @@ fn show(view: &Value) {
             }
         })
         .collect();
-    println!(
+    outln!(
         "{} in {}: {state}, at {} (step {}/{})",
         output::cell(&view["flag"]),
         output::cell(&view["environment"]),
         percent(&view["currentPercentage"]),
         current + 1,
         steps.len()
-    );
-    println!("  {}", progress.join(" → "));
+    )?;
+    outln!("  {}", progress.join(" → "))?;
     if let (Some(next), Some(at)) = (view["nextPercentage"].as_f64(), view["nextAt"].as_i64()) {
-        println!("  next: {next}% at {}", output::time(at));
+        outln!("  next: {next}% at {}", output::time(at))?;
     } else if state == "paused" {
-        println!(
+        outln!(
             "  paused: `flagctl ramp resume {}` continues",
             output::cell(&view["flag"])
-        );
+        )?;
     }
     if let (Some(reason), "failed") = (view["abortReason"].as_str(), state) {
-        println!("  failed: {reason} (the flag was left as it is)");
+        outln!("  failed: {reason} (the flag was left as it is)")?;
     } else if let Some(reason) = view["abortReason"].as_str() {
-        println!(
+        outln!(
             "  aborted: {reason} (rollout restored to {})",
             percent(&view["previousPercentage"])
-        );
+        )?;
     }
     if let Some(guard) = view["guard"]["url"].as_str() {
-        println!(
+        outln!(
             "  guard: {guard} ({} consecutive failure(s) abort)",
             output::cell(&view["guard"]["failures"])
-        );
+        )?;
     }
     for event in view["history"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {}  {:<12} {:>7}  by {}{}",
             event["at"]
                 .as_i64()
@@ -210,6 +210,7 @@ fn show(view: &Value) {
                 .as_str()
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
+    Ok(())
 }

@@ -4,18 +4,18 @@ use serde_json::Value;
 
 use crate::Context;
 use crate::error::{Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context) -> Result<u8> {
     let api = context.api()?;
     let answer = api
         .get(&format!(
             "{}/clients",
-            super::environment_path(&context.environment)
+            super::environment_path(&context.environment)?
         ))
         .await?;
     if context.output == Format::Json {
-        output::json(&answer.body);
+        output::json(&answer.body)?;
         return Ok(exit::OK);
     }
     let version = answer.body["version"].as_i64().unwrap_or(0);
@@ -23,11 +23,11 @@ pub async fn run(context: &Context) -> Result<u8> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    println!(
+    outln!(
         "environment {} at version {version}; {} stream client(s)",
         context.environment,
         clients.len()
-    );
+    )?;
     if clients.is_empty() {
         return Ok(exit::OK);
     }
@@ -61,6 +61,6 @@ pub async fn run(context: &Context) -> Result<u8> {
     output::table(
         &["CLIENT", "SDK", "TOKEN", "CONNECTED", "ACKED", "STATE"],
         &rows,
-    );
+    )?;
     Ok(exit::OK)
 }

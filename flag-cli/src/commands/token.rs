@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::Context;
 use crate::cli::TokenCommand;
 use crate::error::{Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
     let api = context.api()?;
@@ -20,9 +20,9 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
                 .call(Method::POST, "/api/v1/tokens", Some(&body), &[])
                 .await?;
             if context.output == Format::Json {
-                output::json(&answer.body);
+                output::json(&answer.body)?;
             } else {
-                println!("{}", output::cell(&answer.body["token"]));
+                outln!("{}", output::cell(&answer.body["token"]))?;
                 eprintln!(
                     "created {role} token {} ({}); the secret above is shown only this once",
                     output::cell(&answer.body["id"]),
@@ -33,7 +33,7 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
         TokenCommand::List => {
             let answer = api.get("/api/v1/tokens").await?;
             if context.output == Format::Json {
-                output::json(&answer.body["tokens"]);
+                output::json(&answer.body["tokens"])?;
             } else {
                 let rows: Vec<Vec<String>> = answer.body["tokens"]
                     .as_array()
@@ -58,16 +58,16 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
                 output::table(
                     &["ID", "NAME", "ROLE", "ENVIRONMENT", "CREATED", "STATUS"],
                     &rows,
-                );
+                )?;
             }
         }
         TokenCommand::Revoke { id } => {
-            api.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, &[])
+            api.call(Method::DELETE, &super::token_path(&id)?, None, &[])
                 .await?;
             if context.output == Format::Json {
-                output::json(&json!({"revoked": id}));
+                output::json(&json!({"revoked": id}))?;
             } else {
-                println!("revoked token {id}");
+                outln!("revoked token {id}")?;
             }
         }
     }

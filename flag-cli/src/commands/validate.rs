@@ -11,7 +11,7 @@ use super::read_json;
 use crate::Context;
 use crate::cli::ValidateArgs;
 use crate::error::{CliError, Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 /// Which warnings `check` prints on stderr.
 #[derive(Debug, Clone, Copy)]
@@ -90,19 +90,19 @@ pub fn run(context: &Context, args: &ValidateArgs) -> Result<u8> {
             "flags": flags,
             "errors": errors,
             "warnings": warnings,
-        }));
+        }))?;
     } else {
         for problem in errors.iter().chain(&warnings) {
-            println!("{}", output::problem(&json!(problem)));
+            outln!("{}", output::problem(&json!(problem)))?;
         }
         let verdict = if valid { "valid" } else { "not valid" };
-        println!(
+        outln!(
             "{}: {verdict} ({flags} flag(s), {} error(s), {} warning(s){})",
             args.file.display(),
             errors.len(),
             warnings.len(),
             if context.strict { ", strict" } else { "" }
-        );
+        )?;
     }
     Ok(if valid { exit::OK } else { exit::ERROR })
 }

@@ -8,22 +8,21 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::Context;
 use crate::error::{CliError, Kind, Result, exit};
-use crate::output::{self, Format};
+use crate::output::{self, Format, outln};
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    jiff::Timestamp::now().as_second()
 }
 
 pub async fn run(context: &Context) -> Result<u8> {
     let api = context.api()?;
-    let url = format!(
-        "{}/api/v1/stream?environment={}",
-        api.server
-            .replacen("http://", "ws://", 1)
-            .replacen("https://", "wss://", 1),
-        super::encode(&context.environment)
+    let server = api
+        .server
+        .replacen("http://", "ws://", 1)
+        .replacen("https://", "wss://", 1);
+    let url = super::with_query(
+        &format!("{server}{}", flag_protocol::stream::STREAM_PATH),
+        &[("environment", &context.environment)],
     );
     let mut request = url
         .as_str()
@@ -79,15 +78,15 @@ pub async fn run(context: &Context) -> Result<u8> {
                 let version = snapshot.version;
                 let count = document.flags.len();
                 if context.output == Format::Json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"time": now(), "version": version, "type": "snapshot", "flags": count})
-                    );
+                    )?;
                 } else {
-                    println!(
+                    outln!(
                         "{}  v{version}  snapshot: {count} flag(s)",
                         output::time(now())
-                    );
+                    )?;
                 }
             }
             ServerMessage::Patch(patch) => {
@@ -108,7 +107,7 @@ pub async fn run(context: &Context) -> Result<u8> {
                         ("", None) => "created",
                         (action, _) => action,
                     };
-                    print_change(context, version, &key, action, &changes);
+                    print_change(context, version, &key, action, &changes)?;
                 }
             }
             ServerMessage::Goodbye(goodbye) => {
@@ -120,21 +119,27 @@ pub async fn run(context: &Context) -> Result<u8> {
     }
 }
 
-fn print_change(context: &Context, version: i64, key: &str, action: &str, changes: &[String]) {
+fn print_change(
+    context: &Context,
+    version: i64,
+    key: &str,
+    action: &str,
+    changes: &[String],
+) -> Result<()> {
     if context.output == Format::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"time": now(), "version": version, "key": key, "action": action, "changes": changes})
-        );
+        )
     } else {
         let summary = if changes.is_empty() {
             String::new()
         } else {
             format!(": {}", changes.join("; "))
         };
-        println!(
+        outln!(
             "{}  v{version}  {key} {action}{summary}",
             output::time(now())
-        );
+        )
     }
 }
