@@ -1,40 +1,70 @@
 //! End-to-end helpers: run the real binaries as child processes.
 //!
-//! Binaries are found next to the test executable (`target/<profile>/`) and built first if
-//! needed, so `cargo test -p tests` works on its own as well as under `cargo test --workspace`.
+//! Binaries are built first, in the test executable's profile, and run from where cargo says it
+//! put them, so `cargo test -p tests` works on its own as well as under `cargo test --workspace`,
+//! and never runs a stale binary.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, built if missing or stale (once per binary per test run).
+/// The path of a workspace binary, built first (once per binary per test run) so that a test
+/// never runs a stale one.
+///
+/// Cargo names the file it built (`--message-format=json`), so the path is not a guess about the
+/// target directory. A failed build fails the test that asked for it, with cargo's output.
 pub fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let profile_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_owned))
-        .unwrap_or_else(|| PathBuf::from("target/debug"));
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|b| b == name) {
-        // Cheap when up to date; makes sure a `cargo test -p tests` run never uses a stale binary.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.args(["build", "--quiet", "-p", package, "--bin", name]);
-        // Benches run from target/release: build the binary they will find there.
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            command.arg("--release");
-        }
-        let status = command.status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("warning: building {name} failed ({status:?}); using whatever binary exists");
-        }
-        built.push(name.to_owned());
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    // Held during the build: tests that need the same binary wait for it instead of racing.
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, path)) = built.iter().find(|(built, _)| built == name) {
+        return path.clone();
     }
-    profile_dir.join(name)
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(&cargo);
+    command.args([
+        "build",
+        "--quiet",
+        "--message-format=json-render-diagnostics",
+        "-p",
+        package,
+        "--bin",
+        name,
+    ]);
+    // Benches run from target/release: build the binary they expect, in the same profile.
+    let release = std::env::current_exe().is_ok_and(|exe| {
+        exe.parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .is_some_and(|profile| profile == "release")
+    });
+    if release {
+        command.arg("--release");
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {cargo} to build {name}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Diagnostics are rendered on stderr; stdout carries one JSON message per line.
+    assert!(
+        output.status.success(),
+        "building {name} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let executable = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact" && message["target"]["name"] == name
+        })
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo built {name} but named no executable for it:\n{stdout}"));
+    built.push((name.to_owned(), executable.clone()));
+    executable
 }
 
 /// A `flagd-server` child process.
