@@ -143,7 +143,7 @@ mod sdk {
 
     use flag_sdk::{ErrorCode, EvaluationContext, FlagClient, Status};
     use serde_json::{Value, json};
-    use tests::{ServerProcess, free_port};
+    use tests::{FrontDoor, ServerProcess};
 
     use super::{ADMIN, flag};
 
@@ -239,15 +239,17 @@ mod sdk {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_server_restart_is_survived_and_converges() {
         let dir = tempfile::tempdir().unwrap();
+        let door = FrontDoor::open();
         let mut server = ServerProcess::start(dir.path(), ADMIN);
-        let address = server.address().to_owned();
+        door.forward_to(Some(&server));
         put(&server.base_url, "f", "off").await;
         let token = sdk_token(&server.base_url).await;
-        let client = client(&server.base_url, &token, None);
+        let client = client(&door.base_url(), &token, None);
         client.wait_ready(WAIT).await.unwrap();
         let user = EvaluationContext::new("u1");
 
         let killed = std::time::Instant::now();
+        door.forward_to(None);
         server.kill();
         eventually("stale while the server is down", || {
             client.status() == Status::Stale
@@ -259,8 +261,9 @@ mod sdk {
             "last known good flags keep serving"
         );
 
-        // Back on the same address, with a change made while the client was away.
-        let server = ServerProcess::start_on(dir.path(), ADMIN, &address, &[]);
+        // Back where the client expects it, with a change made while the client was away.
+        let server = ServerProcess::start(dir.path(), ADMIN);
+        door.forward_to(Some(&server));
         let restarted = std::time::Instant::now();
         eventually("ready again", || client.status() == Status::Ready).await;
         eprintln!(
@@ -284,16 +287,20 @@ mod sdk {
     async fn the_cache_serves_when_the_server_is_down_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("flags-cache.json");
+        let door = FrontDoor::open();
         let mut server = ServerProcess::start(dir.path().join("data").as_path(), ADMIN);
+        door.forward_to(Some(&server));
         put(&server.base_url, "cached", "on").await;
         let token = sdk_token(&server.base_url).await;
-        let base = server.base_url.clone();
+        // The cache is kept for the server URL it came from: both clients use the door's.
+        let base = door.base_url();
         {
             let client = client(&base, &token, Some(&cache));
             client.wait_ready(WAIT).await.unwrap();
             eventually("cache written", || cache.exists()).await;
             client.close().await;
         }
+        door.forward_to(None);
         server.kill();
         let client = client(&base, &token, Some(&cache));
         assert_eq!(
@@ -307,14 +314,14 @@ mod sdk {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_cache_and_no_server_gives_defaults_then_flags_when_the_server_appears() {
         let dir = tempfile::tempdir().unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
+        let door = FrontDoor::open();
         // The token must exist when the server starts: seed it by starting once.
-        let seed = ServerProcess::start_on(dir.path(), ADMIN, &address, &[]);
+        let seed = ServerProcess::start(dir.path(), ADMIN);
         put(&seed.base_url, "late", "on").await;
         let token = sdk_token(&seed.base_url).await;
         drop(seed);
 
-        let client = client(&format!("http://{address}"), &token, None);
+        let client = client(&door.base_url(), &token, None);
         let user = EvaluationContext::new("u");
         assert_eq!(client.status(), Status::NotReady);
         let details = client.bool_details("late", &user, false);
@@ -324,7 +331,8 @@ mod sdk {
         );
         assert!(client.wait_ready(Duration::from_millis(300)).await.is_err());
 
-        let _server = ServerProcess::start_on(dir.path(), ADMIN, &address, &[]);
+        let server = ServerProcess::start(dir.path(), ADMIN);
+        door.forward_to(Some(&server));
         assert_eq!(client.wait_ready(WAIT).await.unwrap(), Status::Ready);
         assert!(client.bool_value("late", &user, false));
         client.close().await;
