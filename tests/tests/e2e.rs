@@ -22,13 +22,16 @@ async fn acknowledged_writes_survive_sigkill() {
         .build()
         .unwrap();
     let acknowledged: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
+    // Why each writer stopped, for the message if the burst never comes.
+    let stopped: Arc<Mutex<Vec<String>>> = Arc::default();
 
     let mut writers = Vec::new();
     for writer in 0..4 {
-        let (client, base, acknowledged) = (
+        let (client, base, acknowledged, stopped) = (
             client.clone(),
             server.base_url.clone(),
             acknowledged.clone(),
+            stopped.clone(),
         );
         writers.push(tokio::spawn(async move {
             for i in 0.. {
@@ -44,14 +47,32 @@ async fn acknowledged_writes_survive_sigkill() {
                     Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
                         acknowledged.lock().unwrap().push((key, default))
                     }
-                    // The server died mid-burst: stop writing.
-                    _ => break,
+                    // The server died mid-burst (or refused a write): say why, stop writing.
+                    outcome => {
+                        let outcome = outcome.map(|r| r.status());
+                        stopped
+                            .lock()
+                            .unwrap()
+                            .push(format!("writer {writer} at {key}: {outcome:?}"));
+                        break;
+                    }
                 }
             }
         }));
     }
     // Let a burst of writes through, then pull the plug while requests are in flight.
-    while acknowledged.lock().unwrap().len() < 120 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = acknowledged.lock().unwrap().len();
+        if count >= 120 {
+            break;
+        }
+        let stopped = stopped.lock().unwrap().clone();
+        assert!(
+            tokio::time::Instant::now() < deadline && stopped.len() < 4,
+            "waited for 120 acknowledged writes: {count} acknowledged, writers stopped: \
+             {stopped:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.kill();
@@ -187,12 +208,21 @@ mod sdk {
         builder.build().unwrap()
     }
 
-    async fn eventually(what: &str, check: impl Fn() -> bool) {
+    /// Waits until what `observe` sees is `done`, or fails saying what it last saw.
+    async fn eventually<T: std::fmt::Debug>(
+        what: &str,
+        observe: impl Fn() -> T,
+        done: impl Fn(&T) -> bool,
+    ) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !check() {
+        loop {
+            let seen = observe();
+            if done(&seen) {
+                return;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
+                "timed out after {WAIT:?} waiting for: {what}; last saw {seen:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -213,9 +243,11 @@ mod sdk {
         let seen = changed.clone();
         client.on_change(move |change| seen.lock().unwrap().extend(change.keys.clone()));
         put(&server.base_url, "checkout", "on").await;
-        eventually("the write reaches the SDK", || {
-            client.bool_value("checkout", &user, false)
-        })
+        eventually(
+            "the write reaches the SDK",
+            || client.bool_value("checkout", &user, false),
+            |on| *on,
+        )
         .await;
         assert_eq!(*changed.lock().unwrap(), ["checkout"]);
 
@@ -245,15 +277,17 @@ mod sdk {
         put(&server.base_url, "f", "off").await;
         let token = sdk_token(&server.base_url).await;
         let client = client(&door.base_url(), &token, None);
-        client.wait_ready(WAIT).await.unwrap();
+        assert_eq!(client.wait_ready(WAIT).await.unwrap(), Status::Ready);
         let user = EvaluationContext::new("u1");
 
         let killed = std::time::Instant::now();
         door.forward_to(None);
         server.kill();
-        eventually("stale while the server is down", || {
-            client.status() == Status::Stale
-        })
+        eventually(
+            "stale while the server is down",
+            || client.status(),
+            |status| *status == Status::Stale,
+        )
         .await;
         eprintln!("stale {:?} after the kill", killed.elapsed());
         assert!(
@@ -265,16 +299,23 @@ mod sdk {
         let server = ServerProcess::start(dir.path(), ADMIN);
         door.forward_to(Some(&server));
         let restarted = std::time::Instant::now();
-        eventually("ready again", || client.status() == Status::Ready).await;
+        eventually(
+            "ready again",
+            || client.status(),
+            |status| *status == Status::Ready,
+        )
+        .await;
         eprintln!(
             "reconnected {:?} after the server printed its address",
             restarted.elapsed()
         );
         let written = std::time::Instant::now();
         put(&server.base_url, "f", "on").await;
-        eventually("converged after the restart", || {
-            client.bool_value("f", &user, false)
-        })
+        eventually(
+            "converged after the restart",
+            || client.bool_value("f", &user, false),
+            |on| *on,
+        )
         .await;
         eprintln!(
             "a write reached the SDK {:?} after the PUT was sent",
@@ -297,7 +338,7 @@ mod sdk {
         {
             let client = client(&base, &token, Some(&cache));
             client.wait_ready(WAIT).await.unwrap();
-            eventually("cache written", || cache.exists()).await;
+            eventually("cache written", || cache.exists(), |exists| *exists).await;
             client.close().await;
         }
         door.forward_to(None);
