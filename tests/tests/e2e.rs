@@ -8,6 +8,15 @@ use tests::ServerProcess;
 
 const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
+/// An HTTP client whose requests fail after a while instead of waiting forever on a server that
+/// stopped answering.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 fn flag(default: &str) -> Value {
     json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default})
 }
@@ -125,7 +134,7 @@ async fn acknowledged_writes_survive_sigkill() {
 async fn sigterm_shuts_down_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path(), ADMIN);
-    let client = reqwest::Client::new();
+    let client = http();
     let status = client
         .put(format!(
             "{}/api/v1/environments/default/flags/kept",
@@ -166,12 +175,12 @@ mod sdk {
     use serde_json::{Value, json};
     use tests::{FrontDoor, ServerProcess};
 
-    use super::{ADMIN, flag};
+    use super::{ADMIN, flag, http};
 
     const WAIT: Duration = Duration::from_secs(15);
 
     async fn sdk_token(base: &str) -> String {
-        let created: Value = reqwest::Client::new()
+        let created: Value = http()
             .post(format!("{base}/api/v1/tokens"))
             .bearer_auth(ADMIN)
             .json(&json!({"name": "sdk-e2e", "role": "sdk", "environment": "default"}))
@@ -185,7 +194,7 @@ mod sdk {
     }
 
     async fn put(base: &str, key: &str, default: &str) {
-        let status = reqwest::Client::new()
+        let status = http()
             .put(format!("{base}/api/v1/environments/default/flags/{key}"))
             .bearer_auth(ADMIN)
             .json(&flag(default))
@@ -252,7 +261,7 @@ mod sdk {
         assert_eq!(*changed.lock().unwrap(), ["checkout"]);
 
         // The server sees this client and its acknowledged version.
-        let clients: Value = reqwest::Client::new()
+        let clients: Value = http()
             .get(format!(
                 "{}/api/v1/environments/default/clients",
                 server.base_url
@@ -386,7 +395,7 @@ mod sdk {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
         let (_, document, cases) = tests::conformance();
-        let status = reqwest::Client::new()
+        let status = http()
             .put(format!(
                 "{}/api/v1/environments/default/document",
                 server.base_url
@@ -436,7 +445,7 @@ mod cli {
     use serde_json::{Value, json};
     use tests::{ServerProcess, binary};
 
-    use super::ADMIN;
+    use super::{ADMIN, http};
 
     /// Runs flagctl with the server and token in the environment, from `dir` (so files in it
     /// can be named plainly), with a config directory of its own.
@@ -792,17 +801,27 @@ mod cli {
     fn watch_prints_each_change() {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
-        let mut watch = Command::new(binary("flag-cli", "flagctl"))
-            .args(["watch"])
-            .env("FLAGCTL_SERVER", &server.base_url)
-            .env("FLAGCTL_TOKEN", ADMIN)
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        /// Kills the watcher however the test ends, so a failure leaves no process behind.
+        struct Watch(std::process::Child);
+        impl Drop for Watch {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut watch = Watch(
+            Command::new(binary("flag-cli", "flagctl"))
+                .args(["watch"])
+                .env("FLAGCTL_SERVER", &server.base_url)
+                .env("FLAGCTL_TOKEN", ADMIN)
+                .env("XDG_CONFIG_HOME", dir.path().join("config"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let (lines, receiver) = std::sync::mpsc::channel();
-        let stdout = watch.stdout.take().unwrap();
+        let stdout = watch.0.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = lines.send(line);
@@ -811,9 +830,10 @@ mod cli {
         let next = || {
             receiver
                 .recv_timeout(Duration::from_secs(10))
-                .expect("a line from watch")
+                .expect("no line from flagctl watch within 10 s")
         };
-        assert!(next().contains("snapshot: 0 flag(s)"));
+        let snapshot = next();
+        assert!(snapshot.contains("snapshot: 0 flag(s)"), "{snapshot}");
         flagctl(&server, dir.path(), &["flag", "create", "live"]);
         let created = next();
         assert!(created.contains("v1  live created"), "{created}");
@@ -824,9 +844,8 @@ mod cli {
             "{updated}"
         );
         flagctl(&server, dir.path(), &["flag", "delete", "live"]);
-        assert!(next().contains("v3  live deleted"));
-        let _ = watch.kill();
-        let _ = watch.wait();
+        let deleted = next();
+        assert!(deleted.contains("v3  live deleted"), "{deleted}");
     }
 
     #[test]
@@ -1094,7 +1113,7 @@ mod cli {
         );
         assert_eq!(code, 0, "{stderr}");
         assert!(stdout.contains("ops-recovery"), "{stdout}");
-        let audit: Value = reqwest::Client::new()
+        let audit: Value = http()
             .get(format!("{}/api/v1/audit?limit=5", server.base_url))
             .bearer_auth(&token)
             .send()
@@ -1352,7 +1371,7 @@ mod ramps {
     use serde_json::{Value, json};
     use tests::ServerProcess;
 
-    use super::ADMIN;
+    use super::{ADMIN, http};
 
     /// A one-second ramp to 100 % while an SDK client watches: every user who was in at a lower
     /// step is still in at every later one.
@@ -1360,7 +1379,7 @@ mod ramps {
     async fn a_live_ramp_is_sticky_for_ten_thousand_users() {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(dir.path(), ADMIN);
-        let http = reqwest::Client::new();
+        let http = http();
         let base = server.base_url.clone();
         let put = http
             .put(format!("{base}/api/v1/environments/default/flags/checkout"))
