@@ -37,19 +37,27 @@ impl Connection {
             .unwrap();
     }
 
-    /// The next client message of a type (skipping others), or `None` if the client went away.
-    async fn next_of(&mut self, kind: &str) -> Option<Value> {
+    /// The next client message of a type, skipping others; fails the test, saying what came
+    /// instead, if none comes in time or the client goes away.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = Vec::new();
         loop {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .ok()??
-                .ok()?;
-            if let Message::Text(text) = message {
-                let value: Value = serde_json::from_str(&text).ok()?;
-                if value["type"] == kind {
-                    return Some(value);
+            let message = match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(error))) => {
+                    panic!("the stream failed ({error}) before a {kind:?} message; got {skipped:?}")
                 }
+                Ok(None) => panic!("the client left before a {kind:?} message; got {skipped:?}"),
+                Err(_) => panic!("no {kind:?} message within {WAIT:?}; got {skipped:?}"),
+            };
+            if let Message::Text(text) = &message
+                && let Ok(value) = serde_json::from_str::<Value>(text)
+                && value["type"] == kind
+            {
+                return value;
             }
+            skipped.push(message);
         }
     }
 
@@ -114,13 +122,22 @@ async fn accept(connections: &mut mpsc::UnboundedReceiver<Connection>) -> Connec
         .unwrap()
 }
 
-/// Waits until `check` holds (the client applies messages on its own task).
-async fn eventually(what: &str, check: impl Fn() -> bool) {
+/// Waits until what `observe` sees is `done` (the client applies messages on its own task), or
+/// fails saying what it last saw.
+async fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    observe: impl Fn() -> T,
+    done: impl Fn(&T) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
+    loop {
+        let seen = observe();
+        if done(&seen) {
+            return;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
+            "timed out after {WAIT:?} waiting for: {what}; last saw {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -146,13 +163,13 @@ async fn snapshot_then_patches_with_acks_hello_and_listeners() {
     client.on_status(move |status| seen.lock().unwrap().push(status));
 
     let mut connection = accept(&mut connections).await;
-    let hello = connection.next_of("hello").await.unwrap();
+    let hello = connection.next_of("hello").await;
     assert_eq!(hello["sdk"], "flag-sdk-rust");
     assert!(hello["clientId"].is_string());
     connection
         .send(snapshot(5, json!({"a": flag("off"), "b": flag("on")})))
         .await;
-    assert_eq!(connection.next_of("ack").await.unwrap()["version"], 5);
+    assert_eq!(connection.next_of("ack").await["version"], 5);
     client.wait_ready(WAIT).await.unwrap();
     assert_eq!(client.status(), Status::Ready);
     assert!(!client.bool_value("a", &anyone, true));
@@ -160,8 +177,8 @@ async fn snapshot_then_patches_with_acks_hello_and_listeners() {
     connection
         .send(patch(6, json!({"a": flag("on")}), json!(["b"])))
         .await;
-    assert_eq!(connection.next_of("ack").await.unwrap()["version"], 6);
-    eventually("patch applied", || client.version() == Some(6)).await;
+    assert_eq!(connection.next_of("ack").await["version"], 6);
+    eventually("patch applied", || client.version(), |v| *v == Some(6)).await;
     assert!(client.bool_value("a", &anyone, false));
     assert_eq!(
         client.bool_details("b", &anyone, false).error_code,
@@ -188,7 +205,7 @@ async fn malformed_json_resyncs_without_since() {
     let client = client(&url);
     let mut first = accept(&mut connections).await;
     first.send(snapshot(1, json!({"a": flag("on")}))).await;
-    first.next_of("ack").await.unwrap();
+    first.next_of("ack").await;
     first.send_raw("{ not json").await;
     let mut second = accept(&mut connections).await;
     assert_eq!(
@@ -199,8 +216,8 @@ async fn malformed_json_resyncs_without_since() {
     // Still serving the last good flags meanwhile.
     assert!(client.bool_value("a", &EvaluationContext::new("u"), false));
     second.send(snapshot(2, json!({"a": flag("off")}))).await;
-    second.next_of("ack").await.unwrap();
-    eventually("resynced", || client.version() == Some(2)).await;
+    second.next_of("ack").await;
+    eventually("resynced", || client.version(), |v| *v == Some(2)).await;
 }
 
 #[tokio::test]
@@ -210,7 +227,7 @@ async fn a_gap_or_a_duplicate_resyncs_and_never_serves_a_mixed_state() {
     let anyone = EvaluationContext::new("u");
     let mut first = accept(&mut connections).await;
     first.send(snapshot(10, json!({"a": flag("off")}))).await;
-    first.next_of("ack").await.unwrap();
+    first.next_of("ack").await;
     // Version 12 after 10: a gap. The patch must not be applied.
     first
         .send(patch(12, json!({"a": flag("on")}), json!([])))
@@ -223,7 +240,7 @@ async fn a_gap_or_a_duplicate_resyncs_and_never_serves_a_mixed_state() {
         "the gapped patch was not applied"
     );
     second.send(snapshot(12, json!({"a": flag("on")}))).await;
-    second.next_of("ack").await.unwrap();
+    second.next_of("ack").await;
     // A duplicate of version 12.
     second
         .send(patch(12, json!({"a": flag("off")}), json!([])))
@@ -235,8 +252,8 @@ async fn a_gap_or_a_duplicate_resyncs_and_never_serves_a_mixed_state() {
         "the duplicate was not applied"
     );
     third.send(snapshot(13, json!({"a": flag("on")}))).await;
-    third.next_of("ack").await.unwrap();
-    eventually("resynced", || client.version() == Some(13)).await;
+    third.next_of("ack").await;
+    eventually("resynced", || client.version(), |v| *v == Some(13)).await;
 }
 
 #[tokio::test]
@@ -245,7 +262,7 @@ async fn missed_pings_mean_a_dead_stream_and_a_resume_with_since() {
     let client = client(&url);
     let mut first = accept(&mut connections).await;
     first.send(snapshot(3, json!({"a": flag("on")}))).await;
-    first.next_of("ack").await.unwrap();
+    first.next_of("ack").await;
     // Say nothing for longer than the ping timeout (500 ms): the client gives up on us.
     let mut second = accept(&mut connections).await;
     assert_eq!(
@@ -253,14 +270,18 @@ async fn missed_pings_mean_a_dead_stream_and_a_resume_with_since() {
         Some(3),
         "a dead stream resumes from the last version"
     );
-    eventually("stale while disconnected", || {
-        client.status() != Status::Ready || client.version() == Some(3)
-    })
+    eventually(
+        "stale while disconnected",
+        || (client.status(), client.version()),
+        |(status, version)| *status != Status::Ready || *version == Some(3),
+    )
     .await;
     second.send(json!({"type": "ping", "version": 3})).await;
-    eventually("ready again after the ping", || {
-        client.status() == Status::Ready
-    })
+    eventually(
+        "ready again after the ping",
+        || client.status(),
+        |status| *status == Status::Ready,
+    )
     .await;
     drop(first);
 }
@@ -272,7 +293,7 @@ async fn an_abrupt_reset_keeps_the_flags_and_resumes() {
     let anyone = EvaluationContext::new("u");
     let mut first = accept(&mut connections).await;
     first.send(snapshot(7, json!({"a": flag("on")}))).await;
-    first.next_of("ack").await.unwrap();
+    first.next_of("ack").await;
     drop(first); // TCP closed without a close handshake
     let mut second = accept(&mut connections).await;
     assert_eq!(second.since(), Some(7));
@@ -283,8 +304,8 @@ async fn an_abrupt_reset_keeps_the_flags_and_resumes() {
     second
         .send(patch(8, json!({"a": flag("off")}), json!([])))
         .await;
-    second.next_of("ack").await.unwrap();
-    eventually("patch after resume", || client.version() == Some(8)).await;
+    second.next_of("ack").await;
+    eventually("patch after resume", || client.version(), |v| *v == Some(8)).await;
     assert!(!client.bool_value("a", &anyone, true));
 }
 
@@ -294,7 +315,7 @@ async fn goodbye_is_honoured() {
     let client = client(&url);
     let mut first = accept(&mut connections).await;
     first.send(snapshot(1, json!({"a": flag("on")}))).await;
-    first.next_of("ack").await.unwrap();
+    first.next_of("ack").await;
     let started = std::time::Instant::now();
     first
         .send(json!({"type": "goodbye", "version": 1, "reason": "shutdown", "retryAfterMs": 300}))
@@ -311,7 +332,12 @@ async fn goodbye_is_honoured() {
             json!({"type": "goodbye", "version": 1, "reason": "token_revoked", "retryAfterMs": 0}),
         )
         .await;
-    eventually("error status", || client.status() == Status::Error).await;
+    eventually(
+        "error status",
+        || client.status(),
+        |status| *status == Status::Error,
+    )
+    .await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), connections.recv())
             .await
@@ -327,7 +353,7 @@ async fn close_sends_the_socket_away() {
     let client = client(&url);
     let mut connection = accept(&mut connections).await;
     connection.send(snapshot(1, json!({"a": flag("on")}))).await;
-    connection.next_of("ack").await.unwrap();
+    connection.next_of("ack").await;
     client.close().await;
     // A Close frame, not just a dropped connection.
     let frame = tokio::time::timeout(WAIT, connection.socket.next())
@@ -390,7 +416,12 @@ async fn no_torn_reads_while_a_thousand_updates_arrive() {
             ))
             .await;
     }
-    eventually("all updates applied", || client.version() == Some(1001)).await;
+    eventually(
+        "all updates applied",
+        || client.version(),
+        |v| *v == Some(1001),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         reader
@@ -480,10 +511,12 @@ async fn the_cache_serves_when_the_server_is_down_and_bad_caches_are_ignored() {
             .unwrap();
         let mut connection = accept(&mut connections).await;
         connection.send(snapshot(9, json!({"a": flag("on")}))).await;
-        connection.next_of("ack").await.unwrap();
-        eventually("cache written", || {
-            std::fs::read_to_string(&cache).is_ok_and(|t| t.contains("\"version\":9"))
-        })
+        connection.next_of("ack").await;
+        eventually(
+            "cache written",
+            || std::fs::read_to_string(&cache).ok(),
+            |text| text.as_ref().is_some_and(|t| t.contains("\"version\":9")),
+        )
         .await;
         client.close().await;
     }
@@ -563,7 +596,7 @@ async fn a_malformed_flag_in_a_patch_is_isolated_and_the_rest_keep_working() {
     connection
         .send(snapshot(1, json!({"a": flag("on"), "b": flag("on")})))
         .await;
-    connection.next_of("ack").await.unwrap();
+    connection.next_of("ack").await;
     // `b` arrives broken (an unknown state), `a` changes: the patch still applies.
     connection
         .send(patch(
@@ -572,8 +605,8 @@ async fn a_malformed_flag_in_a_patch_is_isolated_and_the_rest_keep_working() {
             json!([]),
         ))
         .await;
-    connection.next_of("ack").await.unwrap();
-    eventually("patch applied", || client.version() == Some(2)).await;
+    connection.next_of("ack").await;
+    eventually("patch applied", || client.version(), |v| *v == Some(2)).await;
     assert!(!client.bool_value("a", &anyone, true));
     let broken = client.bool_details("b", &anyone, true);
     assert_eq!(
@@ -584,8 +617,8 @@ async fn a_malformed_flag_in_a_patch_is_isolated_and_the_rest_keep_working() {
     connection
         .send(patch(3, json!({"b": flag("off")}), json!([])))
         .await;
-    connection.next_of("ack").await.unwrap();
-    eventually("fixed", || client.version() == Some(3)).await;
+    connection.next_of("ack").await;
+    eventually("fixed", || client.version(), |v| *v == Some(3)).await;
     assert!(!client.bool_value("b", &anyone, true));
 }
 
