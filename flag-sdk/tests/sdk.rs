@@ -256,34 +256,76 @@ async fn a_gap_or_a_duplicate_resyncs_and_never_serves_a_mixed_state() {
     eventually("resynced", || client.version(), |v| *v == Some(13)).await;
 }
 
+/// A stream that goes quiet for longer than the ping timeout is dead: the client turns Ready →
+/// Stale, keeps serving its flags, and reconnects asking for what came after its version; the
+/// first ping at that version makes it Ready again.
+///
+/// Real time, not a paused clock: the client's timers share the runtime with real sockets, and a
+/// paused clock jumps to the next timer whenever the runtime waits for the network (tried: the
+/// ping timeout fired before the test had read the client's ack).
 #[tokio::test]
 async fn missed_pings_mean_a_dead_stream_and_a_resume_with_since() {
     let (url, mut connections) = fake_server().await;
     let client = client(&url);
+    let (sender, mut statuses) = mpsc::unbounded_channel();
+    client.on_status(move |status| {
+        let _ = sender.send(status);
+    });
+    let anyone = EvaluationContext::new("u");
     let mut first = accept(&mut connections).await;
     first.send(snapshot(3, json!({"a": flag("on")}))).await;
+    let last_message = tokio::time::Instant::now();
     first.next_of("ack").await;
+    assert_eq!(next_status(&mut statuses, &client).await, Status::Ready);
+
     // Say nothing for longer than the ping timeout (500 ms): the client gives up on us.
+    assert_eq!(next_status(&mut statuses, &client).await, Status::Stale);
+    assert!(
+        last_message.elapsed() >= Duration::from_millis(500),
+        "stale {:?} after the last message, before the ping timeout",
+        last_message.elapsed()
+    );
+    assert_eq!(client.version(), Some(3));
+    assert!(
+        client.bool_value("a", &anyone, false),
+        "stale flags keep serving"
+    );
+
     let mut second = accept(&mut connections).await;
     assert_eq!(
         second.since(),
         Some(3),
         "a dead stream resumes from the last version"
     );
-    eventually(
-        "stale while disconnected",
-        || (client.status(), client.version()),
-        |(status, version)| *status != Status::Ready || *version == Some(3),
-    )
-    .await;
+    assert_eq!(
+        client.status(),
+        Status::Stale,
+        "connected again, but nothing heard yet"
+    );
     second.send(json!({"type": "ping", "version": 3})).await;
-    eventually(
-        "ready again after the ping",
-        || client.status(),
-        |status| *status == Status::Ready,
-    )
-    .await;
+    assert_eq!(
+        next_status(&mut statuses, &client).await,
+        Status::Ready,
+        "ready again after the ping"
+    );
+    assert!(client.bool_value("a", &anyone, false));
     drop(first);
+}
+
+/// The client's next status change, as its status listener reports it.
+async fn next_status(
+    statuses: &mut mpsc::UnboundedReceiver<Status>,
+    client: &FlagClient,
+) -> Status {
+    tokio::time::timeout(WAIT, statuses.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no status change within {WAIT:?}; the status is still {:?}",
+                client.status()
+            )
+        })
+        .expect("the client keeps its status listener")
 }
 
 #[tokio::test]
