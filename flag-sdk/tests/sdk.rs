@@ -1,7 +1,7 @@
 //! The SDK against a scripted fake stream server (every recovery path), offline modes, the cache,
 //! and concurrent evaluation during updates.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -414,42 +414,80 @@ async fn close_sends_the_socket_away() {
     );
 }
 
+/// Two flags, `n` and `m`, serve 7 × version at every version. Reader threads evaluate them while
+/// a thousand patches arrive, each changing both: every value read was published, no reader goes
+/// back in time, and the two flags agree. Reads of two flags are two evaluations, so they may see
+/// two versions; but reading `n`, then `m`, then `n` again, the versions seen never go down, and
+/// none is newer than the version the client reports afterwards. A patch applied one flag at a
+/// time would show as an `m` older than the `n` before it, or an `n` older than the `m`.
 #[tokio::test]
 async fn no_torn_reads_while_a_thousand_updates_arrive() {
+    const UPDATES: i64 = 1000;
     let (url, mut connections) = fake_server().await;
     let client = client(&url);
     let mut connection = accept(&mut connections).await;
-    // Flag `n` serves 7 × version at every version; `m` mirrors it.
     let numbers = |v: i64| json!({"state": "ENABLED", "variants": {"value": v * 7}, "defaultVariant": "value"});
     connection
         .send(snapshot(1, json!({"n": numbers(1), "m": numbers(1)})))
         .await;
     client.wait_ready(WAIT).await.unwrap();
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // However the test ends, the readers stop.
+    let _stop_readers = StopOnDrop(stop.clone());
+    let newest_read = Arc::new(AtomicI64::new(1));
     let evaluations = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     for t in 0..3 {
-        let (client, stop, evaluations) = (client.clone(), stop.clone(), evaluations.clone());
+        let (client, stop, newest_read, evaluations) = (
+            client.clone(),
+            stop.clone(),
+            newest_read.clone(),
+            evaluations.clone(),
+        );
         readers.push(std::thread::spawn(move || {
             let context = EvaluationContext::new(format!("reader-{t}"));
-            let mut last = 0;
+            // One way of evaluating per reader, both ways among the readers: the typed getters
+            // (which keep a per-thread snapshot) and `evaluate`. Mixed on one thread they are not
+            // yet monotonic: while a new version is being stored, the per-thread snapshot can
+            // serve the old one after `evaluate` has served the new.
+            let read = |key: &str| {
+                if t % 2 == 0 {
+                    client.int_value(key, &context, -1)
+                } else {
+                    client
+                        .evaluate(key, &context, |r| r.value.and_then(Value::as_i64))
+                        .unwrap_or(-1)
+                }
+            };
+            let mut last = 7;
             while !stop.load(Ordering::Relaxed) {
-                let value = client.int_value("n", &context, -1);
-                assert!(
-                    value > 0 && value % 7 == 0,
-                    "value {value} was never published"
+                let n = read("n");
+                let m = read("m");
+                let n_again = read("n");
+                let reported = client.version().map_or(-1, |v| v * 7);
+                let seen = format!(
+                    "reader {t}: n = {n}, then m = {m}, then n = {n_again}, then version {}, \
+                     after n = {last}",
+                    reported / 7
                 );
-                assert!(value >= last, "went back in time: {value} after {last}");
-                // One evaluation sees one version: both flags of a result agree.
-                let both = client.evaluate("m", &context, |r| r.value.and_then(Value::as_i64));
-                assert!(both.is_some_and(|m| m % 7 == 0));
-                last = value;
+                for value in [n, m, n_again] {
+                    assert!(
+                        (7..=7 * (UPDATES + 1)).contains(&value) && value % 7 == 0,
+                        "{seen}: {value} was never published"
+                    );
+                }
+                assert!(
+                    last <= n && n <= m && m <= n_again && n_again <= reported,
+                    "{seen}: the flags disagree or went back in time"
+                );
+                last = n_again;
+                newest_read.fetch_max(n_again / 7, Ordering::Relaxed);
                 evaluations.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
-    for version in 2..=1001 {
+    'updates: for version in 2..=UPDATES + 1 {
         connection
             .send(patch(
                 version,
@@ -457,24 +495,53 @@ async fn no_torn_reads_while_a_thousand_updates_arrive() {
                 json!([]),
             ))
             .await;
+        // Every hundred versions, wait until a reader has read this one: the reads interleave
+        // with the updates instead of all coming before or after them.
+        if version % 100 == 0 {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while newest_read.load(Ordering::Relaxed) < version {
+                if readers.iter().any(|reader| reader.is_finished()) {
+                    break 'updates; // A reader failed: joining it below says why.
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "waited for a reader to read version {version}; the newest read is {}, \
+                     the client is at {:?}",
+                    newest_read.load(Ordering::Relaxed),
+                    client.version()
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
     }
-    eventually(
-        "all updates applied",
-        || client.version(),
-        |v| *v == Some(1001),
-    )
-    .await;
+    if !readers.iter().any(|reader| reader.is_finished()) {
+        eventually(
+            "all updates applied",
+            || client.version(),
+            |v| *v == Some(UPDATES + 1),
+        )
+        .await;
+    }
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
-        reader
-            .join()
-            .expect("a reader saw a torn or unpublished value");
+        if let Err(panic) = reader.join() {
+            std::panic::resume_unwind(panic);
+        }
     }
     assert!(evaluations.load(Ordering::Relaxed) > 1000);
     assert_eq!(
         client.int_value("n", &EvaluationContext::new("u"), -1),
-        7007
+        7 * (UPDATES + 1)
     );
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 // ------------------------------------------------------------------------------------------
