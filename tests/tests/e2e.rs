@@ -642,15 +642,13 @@ mod cli {
         text.push_str(&format!(
             "$ flagctl flag list  # with a bad token\n[exit {code}]\n[stderr]\n{stderr}\n"
         ));
+        // Bound and never listening: connections are refused, and no other process can start
+        // listening there while the socket is held.
+        let nothing = tokio::net::TcpSocket::new_v4().unwrap();
+        nothing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let nowhere = format!("http://{}", nothing.local_addr().unwrap());
         let (code, _, stderr) = Command::new(binary("flag-cli", "flagctl"))
-            .args([
-                "--server",
-                "http://127.0.0.1:9",
-                "--token",
-                "t",
-                "flag",
-                "list",
-            ])
+            .args(["--server", &nowhere, "--token", "t", "flag", "list"])
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .output()
             .map(|o| {
@@ -661,7 +659,9 @@ mod cli {
                 )
             })
             .unwrap();
-        text.push_str(&format!("$ flagctl --server http://127.0.0.1:9 flag list  # nothing listens\n[exit {code}]\n[stderr]\n{stderr}\n"));
+        text.push_str(&format!(
+            "$ flagctl --server {nowhere} flag list  # nothing listens\n[exit {code}]\n[stderr]\n{stderr}\n"
+        ));
         settings().bind(|| insta::assert_snapshot!("errors_and_exit_codes", text));
     }
 
