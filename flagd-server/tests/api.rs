@@ -195,6 +195,84 @@ async fn the_router_serves_every_route_in_the_table() {
     );
 }
 
+/// The other direction: every method and path the router serves is in `ROUTES`, so no route
+/// escapes the auth matrix and the OpenAPI document.
+///
+/// axum has no API that lists a router's routes, but the router's `Debug` output prints its
+/// path table, and that is where the paths come from. Every path in `ROUTES` must be found there
+/// too, so if an axum upgrade changes that output this test fails instead of finding nothing.
+/// Methods are probed: on a routed path, a method without a handler gets the 405 fallback.
+#[tokio::test]
+async fn every_route_the_router_serves_is_in_the_table() {
+    let app = TestApp::new();
+    let routed = routed_paths(&app.router);
+    let listed: BTreeSet<String> = ROUTES
+        .iter()
+        .map(|(_, path, _)| (*path).to_owned())
+        .collect();
+    let not_found: Vec<_> = listed.difference(&routed).collect();
+    assert!(
+        not_found.is_empty(),
+        "paths in ROUTES not found in the router's Debug output: {not_found:?}; \
+         has its format changed? (paths found: {routed:?})"
+    );
+    let unlisted: Vec<_> = routed.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "the router serves paths that ROUTES does not list: {unlisted:?}"
+    );
+
+    let mut unlisted = Vec::new();
+    for path in &routed {
+        for method in [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+        ] {
+            // axum answers HEAD with the GET handler; ROUTES and OpenAPI list only the GET.
+            let listed = ROUTES.iter().any(|(listed_method, listed_path, _)| {
+                listed_path == path
+                    && (*listed_method == method || (method == "HEAD" && *listed_method == "GET"))
+            });
+            if listed {
+                continue;
+            }
+            let body = matches!(method, "POST" | "PUT" | "PATCH").then(|| json!({}));
+            let (status, _, response) = app
+                .send(TestApp::request(
+                    method,
+                    &concrete(path),
+                    Some(&app.admin),
+                    body.as_ref(),
+                ))
+                .await;
+            if status != StatusCode::METHOD_NOT_ALLOWED {
+                unlisted.push(format!("{method} {path}: {status} {response}"));
+            }
+        }
+    }
+    assert!(
+        unlisted.is_empty(),
+        "the router serves methods that ROUTES does not list:\n{}",
+        unlisted.join("\n")
+    );
+}
+
+/// The path templates of a router's routes, read from its `Debug` output (see above).
+fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
+    let debug = format!("{router:?}");
+    // The fallback router has paths of its own (`/` and a catch-all); only the routes count.
+    let routes = debug
+        .split_once("fallback_router")
+        .map_or(debug.as_str(), |(routes, _)| routes);
+    // Split at quotes, every second piece is a quoted string; the paths start with a slash.
+    routes
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|text| text.starts_with('/'))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[tokio::test]
 async fn auth_matrix() {
     let app = TestApp::new();

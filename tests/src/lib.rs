@@ -1,40 +1,74 @@
 //! End-to-end helpers: run the real binaries as child processes.
 //!
-//! Binaries are found next to the test executable (`target/<profile>/`) and built first if
-//! needed, so `cargo test -p tests` works on its own as well as under `cargo test --workspace`.
+//! Binaries are built first, in the test executable's profile, and run from where cargo says it
+//! put them, so `cargo test -p tests` works on its own as well as under `cargo test --workspace`,
+//! and never runs a stale binary. Servers listen on port 0; a client that must outlive a server
+//! restart talks to a [`FrontDoor`], so no test ever picks a port or frees one it needs again.
 
 use std::io::{BufRead, BufReader};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary, built if missing or stale (once per binary per test run).
+/// The path of a workspace binary, built first (once per binary per test run) so that a test
+/// never runs a stale one.
+///
+/// Cargo names the file it built (`--message-format=json`), so the path is not a guess about the
+/// target directory. A failed build fails the test that asked for it, with cargo's output.
 pub fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let profile_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_owned))
-        .unwrap_or_else(|| PathBuf::from("target/debug"));
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|b| b == name) {
-        // Cheap when up to date; makes sure a `cargo test -p tests` run never uses a stale binary.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command.args(["build", "--quiet", "-p", package, "--bin", name]);
-        // Benches run from target/release: build the binary they will find there.
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            command.arg("--release");
-        }
-        let status = command.status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("warning: building {name} failed ({status:?}); using whatever binary exists");
-        }
-        built.push(name.to_owned());
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    // Held during the build: tests that need the same binary wait for it instead of racing.
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, path)) = built.iter().find(|(built, _)| built == name) {
+        return path.clone();
     }
-    profile_dir.join(name)
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(&cargo);
+    command.args([
+        "build",
+        "--quiet",
+        "--message-format=json-render-diagnostics",
+        "-p",
+        package,
+        "--bin",
+        name,
+    ]);
+    // Benches run from target/release: build the binary they expect, in the same profile.
+    let release = std::env::current_exe().is_ok_and(|exe| {
+        exe.parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .is_some_and(|profile| profile == "release")
+    });
+    if release {
+        command.arg("--release");
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {cargo} to build {name}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Diagnostics are rendered on stderr; stdout carries one JSON message per line.
+    assert!(
+        output.status.success(),
+        "building {name} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let executable = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact" && message["target"]["name"] == name
+        })
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo built {name} but named no executable for it:\n{stdout}"));
+    built.push((name.to_owned(), executable.clone()));
+    executable
 }
 
 /// A `flagd-server` child process.
@@ -56,18 +90,8 @@ impl ServerProcess {
 
     /// [`start`](Self::start) with extra command-line arguments.
     pub fn start_with(data_dir: &Path, admin_token: &str, extra: &[&str]) -> ServerProcess {
-        ServerProcess::start_on(data_dir, admin_token, "127.0.0.1:0", extra)
-    }
-
-    /// Starts the server on a given address (to restart it where its clients expect it).
-    pub fn start_on(
-        data_dir: &Path,
-        admin_token: &str,
-        listen: &str,
-        extra: &[&str],
-    ) -> ServerProcess {
         let mut child = Command::new(binary("flagd-server", "flagd-server"))
-            .args(["--listen", listen, "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("FLAGD_ADMIN_TOKEN", admin_token)
@@ -78,6 +102,7 @@ impl ServerProcess {
             .unwrap_or_else(|error| panic!("cannot start flagd-server: {error}"));
         let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
         let (sender, receiver) = std::sync::mpsc::channel();
+        // Reads stdout to the end, so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("listening on ") {
@@ -85,9 +110,19 @@ impl ServerProcess {
                 }
             }
         });
-        let base_url = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("flagd-server did not print its address within 30 s"));
+        let base_url = match receiver.recv_timeout(Duration::from_secs(30)) {
+            Ok(base_url) => base_url,
+            // Stdout closed without the line: the server exited (its stderr says why).
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = child.wait();
+                panic!("flagd-server exited before printing its address: {status:?}")
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("flagd-server did not print its address within 30 s")
+            }
+        };
         ServerProcess {
             child,
             base_url,
@@ -134,12 +169,90 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A port nothing listens on right now (for a server that should appear later).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap_or_else(|error| panic!("no free port: {error}"))
+/// An address the test holds for its whole life that forwards each connection to the server
+/// behind it at the time, if any.
+///
+/// A client that must outlive a server restart is given this address: the server can stop and
+/// start again on port 0, and no port is ever freed and bound again, which another process
+/// could take in between. With no server behind it, a connection is accepted and closed at once,
+/// so a client finds the server unreachable. Connections already forwarded stay with their server
+/// and close when it goes away.
+#[derive(Debug)]
+pub struct FrontDoor {
+    address: SocketAddr,
+    server: Arc<Mutex<Option<SocketAddr>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl FrontDoor {
+    /// Opens a front door on port 0, with no server behind it yet.
+    pub fn open() -> FrontDoor {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|error| panic!("cannot open a front door: {error}"));
+        let address = listener
+            .local_addr()
+            .unwrap_or_else(|error| panic!("a front door without an address: {error}"));
+        let server: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let closed: Arc<AtomicBool> = Arc::default();
+        let (behind, stop) = (server.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let server = *behind.lock().unwrap_or_else(PoisonError::into_inner);
+                // No server (or it died): dropping the connection closes it.
+                if let (Ok(client), Some(server)) = (client, server)
+                    && let Ok(server) = TcpStream::connect(server)
+                {
+                    forward(client, server);
+                }
+            }
+        });
+        FrontDoor {
+            address,
+            server,
+            closed,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Sends new connections to `server`, or, with `None`, closes them at once.
+    pub fn forward_to(&self, server: Option<&ServerProcess>) {
+        let address = server.map(|server| {
+            server
+                .address()
+                .parse()
+                .unwrap_or_else(|error| panic!("{}: {error}", server.address()))
+        });
+        *self.server.lock().unwrap_or_else(PoisonError::into_inner) = address;
+    }
+}
+
+impl Drop for FrontDoor {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        // Wakes the accepting thread so it sees `closed` and lets go of the port.
+        let _ = TcpStream::connect(self.address);
+    }
+}
+
+/// Copies bytes both ways until either side closes, then closes both, as a dropped connection.
+fn forward(client: TcpStream, server: TcpStream) {
+    let (Ok(client_too), Ok(server_too)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    for (mut from, mut to) in [(client, server), (server_too, client_too)] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        });
+    }
 }
 
 /// The flagd conformance table (`flag-core/tests/data/conformance/`): the document, and its rows.

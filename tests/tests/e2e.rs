@@ -8,6 +8,15 @@ use tests::ServerProcess;
 
 const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
+/// An HTTP client whose requests fail after a while instead of waiting forever on a server that
+/// stopped answering.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 fn flag(default: &str) -> Value {
     json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default})
 }
@@ -22,13 +31,16 @@ async fn acknowledged_writes_survive_sigkill() {
         .build()
         .unwrap();
     let acknowledged: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
+    // Why each writer stopped, for the message if the burst never comes.
+    let stopped: Arc<Mutex<Vec<String>>> = Arc::default();
 
     let mut writers = Vec::new();
     for writer in 0..4 {
-        let (client, base, acknowledged) = (
+        let (client, base, acknowledged, stopped) = (
             client.clone(),
             server.base_url.clone(),
             acknowledged.clone(),
+            stopped.clone(),
         );
         writers.push(tokio::spawn(async move {
             for i in 0.. {
@@ -44,14 +56,32 @@ async fn acknowledged_writes_survive_sigkill() {
                     Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
                         acknowledged.lock().unwrap().push((key, default))
                     }
-                    // The server died mid-burst: stop writing.
-                    _ => break,
+                    // The server died mid-burst (or refused a write): say why, stop writing.
+                    outcome => {
+                        let outcome = outcome.map(|r| r.status());
+                        stopped
+                            .lock()
+                            .unwrap()
+                            .push(format!("writer {writer} at {key}: {outcome:?}"));
+                        break;
+                    }
                 }
             }
         }));
     }
     // Let a burst of writes through, then pull the plug while requests are in flight.
-    while acknowledged.lock().unwrap().len() < 120 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let count = acknowledged.lock().unwrap().len();
+        if count >= 120 {
+            break;
+        }
+        let stopped = stopped.lock().unwrap().clone();
+        assert!(
+            tokio::time::Instant::now() < deadline && stopped.len() < 4,
+            "waited for 120 acknowledged writes: {count} acknowledged, writers stopped: \
+             {stopped:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.kill();
@@ -104,7 +134,7 @@ async fn acknowledged_writes_survive_sigkill() {
 async fn sigterm_shuts_down_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path(), ADMIN);
-    let client = reqwest::Client::new();
+    let client = http();
     let status = client
         .put(format!(
             "{}/api/v1/environments/default/flags/kept",
@@ -143,14 +173,14 @@ mod sdk {
 
     use flag_sdk::{ErrorCode, EvaluationContext, FlagClient, Status};
     use serde_json::{Value, json};
-    use tests::{ServerProcess, free_port};
+    use tests::{FrontDoor, ServerProcess};
 
-    use super::{ADMIN, flag};
+    use super::{ADMIN, flag, http};
 
     const WAIT: Duration = Duration::from_secs(15);
 
     async fn sdk_token(base: &str) -> String {
-        let created: Value = reqwest::Client::new()
+        let created: Value = http()
             .post(format!("{base}/api/v1/tokens"))
             .bearer_auth(ADMIN)
             .json(&json!({"name": "sdk-e2e", "role": "sdk", "environment": "default"}))
@@ -164,7 +194,7 @@ mod sdk {
     }
 
     async fn put(base: &str, key: &str, default: &str) {
-        let status = reqwest::Client::new()
+        let status = http()
             .put(format!("{base}/api/v1/environments/default/flags/{key}"))
             .bearer_auth(ADMIN)
             .json(&flag(default))
@@ -187,12 +217,21 @@ mod sdk {
         builder.build().unwrap()
     }
 
-    async fn eventually(what: &str, check: impl Fn() -> bool) {
+    /// Waits until what `observe` sees is `done`, or fails saying what it last saw.
+    async fn eventually<T: std::fmt::Debug>(
+        what: &str,
+        observe: impl Fn() -> T,
+        done: impl Fn(&T) -> bool,
+    ) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !check() {
+        loop {
+            let seen = observe();
+            if done(&seen) {
+                return;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
+                "timed out after {WAIT:?} waiting for: {what}; last saw {seen:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -213,14 +252,16 @@ mod sdk {
         let seen = changed.clone();
         client.on_change(move |change| seen.lock().unwrap().extend(change.keys.clone()));
         put(&server.base_url, "checkout", "on").await;
-        eventually("the write reaches the SDK", || {
-            client.bool_value("checkout", &user, false)
-        })
+        eventually(
+            "the write reaches the SDK",
+            || client.bool_value("checkout", &user, false),
+            |on| *on,
+        )
         .await;
         assert_eq!(*changed.lock().unwrap(), ["checkout"]);
 
         // The server sees this client and its acknowledged version.
-        let clients: Value = reqwest::Client::new()
+        let clients: Value = http()
             .get(format!(
                 "{}/api/v1/environments/default/clients",
                 server.base_url
@@ -239,19 +280,23 @@ mod sdk {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_server_restart_is_survived_and_converges() {
         let dir = tempfile::tempdir().unwrap();
+        let door = FrontDoor::open();
         let mut server = ServerProcess::start(dir.path(), ADMIN);
-        let address = server.address().to_owned();
+        door.forward_to(Some(&server));
         put(&server.base_url, "f", "off").await;
         let token = sdk_token(&server.base_url).await;
-        let client = client(&server.base_url, &token, None);
-        client.wait_ready(WAIT).await.unwrap();
+        let client = client(&door.base_url(), &token, None);
+        assert_eq!(client.wait_ready(WAIT).await.unwrap(), Status::Ready);
         let user = EvaluationContext::new("u1");
 
         let killed = std::time::Instant::now();
+        door.forward_to(None);
         server.kill();
-        eventually("stale while the server is down", || {
-            client.status() == Status::Stale
-        })
+        eventually(
+            "stale while the server is down",
+            || client.status(),
+            |status| *status == Status::Stale,
+        )
         .await;
         eprintln!("stale {:?} after the kill", killed.elapsed());
         assert!(
@@ -259,19 +304,27 @@ mod sdk {
             "last known good flags keep serving"
         );
 
-        // Back on the same address, with a change made while the client was away.
-        let server = ServerProcess::start_on(dir.path(), ADMIN, &address, &[]);
+        // Back where the client expects it, with a change made while the client was away.
+        let server = ServerProcess::start(dir.path(), ADMIN);
+        door.forward_to(Some(&server));
         let restarted = std::time::Instant::now();
-        eventually("ready again", || client.status() == Status::Ready).await;
+        eventually(
+            "ready again",
+            || client.status(),
+            |status| *status == Status::Ready,
+        )
+        .await;
         eprintln!(
             "reconnected {:?} after the server printed its address",
             restarted.elapsed()
         );
         let written = std::time::Instant::now();
         put(&server.base_url, "f", "on").await;
-        eventually("converged after the restart", || {
-            client.bool_value("f", &user, false)
-        })
+        eventually(
+            "converged after the restart",
+            || client.bool_value("f", &user, false),
+            |on| *on,
+        )
         .await;
         eprintln!(
             "a write reached the SDK {:?} after the PUT was sent",
@@ -284,16 +337,20 @@ mod sdk {
     async fn the_cache_serves_when_the_server_is_down_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("flags-cache.json");
+        let door = FrontDoor::open();
         let mut server = ServerProcess::start(dir.path().join("data").as_path(), ADMIN);
+        door.forward_to(Some(&server));
         put(&server.base_url, "cached", "on").await;
         let token = sdk_token(&server.base_url).await;
-        let base = server.base_url.clone();
+        // The cache is kept for the server URL it came from: both clients use the door's.
+        let base = door.base_url();
         {
             let client = client(&base, &token, Some(&cache));
             client.wait_ready(WAIT).await.unwrap();
-            eventually("cache written", || cache.exists()).await;
+            eventually("cache written", || cache.exists(), |exists| *exists).await;
             client.close().await;
         }
+        door.forward_to(None);
         server.kill();
         let client = client(&base, &token, Some(&cache));
         assert_eq!(
@@ -307,14 +364,14 @@ mod sdk {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_cache_and_no_server_gives_defaults_then_flags_when_the_server_appears() {
         let dir = tempfile::tempdir().unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
+        let door = FrontDoor::open();
         // The token must exist when the server starts: seed it by starting once.
-        let seed = ServerProcess::start_on(dir.path(), ADMIN, &address, &[]);
+        let seed = ServerProcess::start(dir.path(), ADMIN);
         put(&seed.base_url, "late", "on").await;
         let token = sdk_token(&seed.base_url).await;
         drop(seed);
 
-        let client = client(&format!("http://{address}"), &token, None);
+        let client = client(&door.base_url(), &token, None);
         let user = EvaluationContext::new("u");
         assert_eq!(client.status(), Status::NotReady);
         let details = client.bool_details("late", &user, false);
@@ -324,7 +381,8 @@ mod sdk {
         );
         assert!(client.wait_ready(Duration::from_millis(300)).await.is_err());
 
-        let _server = ServerProcess::start_on(dir.path(), ADMIN, &address, &[]);
+        let server = ServerProcess::start(dir.path(), ADMIN);
+        door.forward_to(Some(&server));
         assert_eq!(client.wait_ready(WAIT).await.unwrap(), Status::Ready);
         assert!(client.bool_value("late", &user, false));
         client.close().await;
@@ -337,7 +395,7 @@ mod sdk {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
         let (_, document, cases) = tests::conformance();
-        let status = reqwest::Client::new()
+        let status = http()
             .put(format!(
                 "{}/api/v1/environments/default/document",
                 server.base_url
@@ -387,7 +445,7 @@ mod cli {
     use serde_json::{Value, json};
     use tests::{ServerProcess, binary};
 
-    use super::ADMIN;
+    use super::{ADMIN, http};
 
     /// Runs flagctl with the server and token in the environment, from `dir` (so files in it
     /// can be named plainly), with a config directory of its own.
@@ -584,15 +642,13 @@ mod cli {
         text.push_str(&format!(
             "$ flagctl flag list  # with a bad token\n[exit {code}]\n[stderr]\n{stderr}\n"
         ));
+        // Bound and never listening: connections are refused, and no other process can start
+        // listening there while the socket is held.
+        let nothing = tokio::net::TcpSocket::new_v4().unwrap();
+        nothing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let nowhere = format!("http://{}", nothing.local_addr().unwrap());
         let (code, _, stderr) = Command::new(binary("flag-cli", "flagctl"))
-            .args([
-                "--server",
-                "http://127.0.0.1:9",
-                "--token",
-                "t",
-                "flag",
-                "list",
-            ])
+            .args(["--server", &nowhere, "--token", "t", "flag", "list"])
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .output()
             .map(|o| {
@@ -603,7 +659,9 @@ mod cli {
                 )
             })
             .unwrap();
-        text.push_str(&format!("$ flagctl --server http://127.0.0.1:9 flag list  # nothing listens\n[exit {code}]\n[stderr]\n{stderr}\n"));
+        text.push_str(&format!(
+            "$ flagctl --server {nowhere} flag list  # nothing listens\n[exit {code}]\n[stderr]\n{stderr}\n"
+        ));
         settings().bind(|| insta::assert_snapshot!("errors_and_exit_codes", text));
     }
 
@@ -893,17 +951,27 @@ mod cli {
     fn watch_prints_each_change() {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
-        let mut watch = Command::new(binary("flag-cli", "flagctl"))
-            .args(["watch"])
-            .env("FLAGCTL_SERVER", &server.base_url)
-            .env("FLAGCTL_TOKEN", ADMIN)
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        /// Kills the watcher however the test ends, so a failure leaves no process behind.
+        struct Watch(std::process::Child);
+        impl Drop for Watch {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut watch = Watch(
+            Command::new(binary("flag-cli", "flagctl"))
+                .args(["watch"])
+                .env("FLAGCTL_SERVER", &server.base_url)
+                .env("FLAGCTL_TOKEN", ADMIN)
+                .env("XDG_CONFIG_HOME", dir.path().join("config"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let (lines, receiver) = std::sync::mpsc::channel();
-        let stdout = watch.stdout.take().unwrap();
+        let stdout = watch.0.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = lines.send(line);
@@ -912,9 +980,10 @@ mod cli {
         let next = || {
             receiver
                 .recv_timeout(Duration::from_secs(10))
-                .expect("a line from watch")
+                .expect("no line from flagctl watch within 10 s")
         };
-        assert!(next().contains("snapshot: 0 flag(s)"));
+        let snapshot = next();
+        assert!(snapshot.contains("snapshot: 0 flag(s)"), "{snapshot}");
         flagctl(&server, dir.path(), &["flag", "create", "live"]);
         let created = next();
         assert!(created.contains("v1  live created"), "{created}");
@@ -925,9 +994,8 @@ mod cli {
             "{updated}"
         );
         flagctl(&server, dir.path(), &["flag", "delete", "live"]);
-        assert!(next().contains("v3  live deleted"));
-        let _ = watch.kill();
-        let _ = watch.wait();
+        let deleted = next();
+        assert!(deleted.contains("v3  live deleted"), "{deleted}");
     }
 
     #[test]
@@ -1195,7 +1263,7 @@ mod cli {
         );
         assert_eq!(code, 0, "{stderr}");
         assert!(stdout.contains("ops-recovery"), "{stdout}");
-        let audit: Value = reqwest::Client::new()
+        let audit: Value = http()
             .get(format!("{}/api/v1/audit?limit=5", server.base_url))
             .bearer_auth(&token)
             .send()
@@ -1465,7 +1533,7 @@ mod ramps {
     use serde_json::{Value, json};
     use tests::ServerProcess;
 
-    use super::ADMIN;
+    use super::{ADMIN, http};
 
     /// A one-second ramp to 100 % while an SDK client watches: every user who was in at a lower
     /// step is still in at every later one.
@@ -1473,7 +1541,7 @@ mod ramps {
     async fn a_live_ramp_is_sticky_for_ten_thousand_users() {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(dir.path(), ADMIN);
-        let http = reqwest::Client::new();
+        let http = http();
         let base = server.base_url.clone();
         let put = http
             .put(format!("{base}/api/v1/environments/default/flags/checkout"))
