@@ -107,7 +107,7 @@ impl FlagClient {
 
     /// The environment version of the flags in use (`None` before any, or for a bootstrap).
     pub fn version(&self) -> Option<i64> {
-        self.shared.version()
+        self.with_flags(|flags| flags.and_then(|state| state.version))
     }
 
     /// Waits until flags are available (a snapshot, the cache file or a bootstrap document).
@@ -152,11 +152,10 @@ impl FlagClient {
         context: &EvaluationContext,
         inspect: impl FnOnce(&Resolution<'_>) -> R,
     ) -> R {
-        let guard = self.shared.load();
-        match guard.as_ref() {
+        self.with_flags(|flags| match flags {
             Some(state) => inspect(&state.compiled.evaluate_at(key, context.inner(), CLOCK)),
             None => inspect(&not_ready()),
-        }
+        })
     }
 
     /// A boolean flag's value, or `default`. No lock, no allocation.
@@ -177,21 +176,19 @@ impl FlagClient {
     /// A string flag's value, or `default` (allocates the returned `String`; use `evaluate` to
     /// borrow instead).
     pub fn string_value(&self, key: &str, context: &EvaluationContext, default: &str) -> String {
-        let guard = self.shared.load();
-        match guard.as_ref() {
+        self.with_flags(|flags| match flags {
             Some(state) => state
                 .compiled
                 .resolve_at(key, context.inner(), default, CLOCK)
                 .value
                 .to_owned(),
             None => default.to_owned(),
-        }
+        })
     }
 
     /// An object flag's value, or `default`.
     pub fn json_value(&self, key: &str, context: &EvaluationContext, default: Value) -> Value {
-        let guard = self.shared.load();
-        match guard.as_ref() {
+        self.with_flags(|flags| match flags {
             Some(state) => {
                 let details = state
                     .compiled
@@ -203,7 +200,7 @@ impl FlagClient {
                 }
             }
             None => default,
-        }
+        })
     }
 
     /// [`bool_value`](Self::bool_value) with variant, reason, error and metadata.
@@ -284,14 +281,17 @@ impl FlagClient {
     }
 
     /// Runs `read` on the current flags, from this thread's cached snapshot when it is still
-    /// current. Only for code that cannot call back into the client (the typed getters).
+    /// current. Every read goes through here (getters, `evaluate`, `version`), so the versions
+    /// one thread sees never go backwards, whichever methods it mixes.
+    ///
+    /// The cache is held with a shared borrow while `read` runs, so `read` may call back into
+    /// the client (an `evaluate` closure may): the nested call reuses the cached snapshot or, if
+    /// a newer one was published meanwhile, loads it directly.
     fn with_flags<R>(&self, read: impl FnOnce(Option<&Snapshot>) -> R) -> R {
         let (client, generation) = self.shared.generation();
         SNAPSHOT.with(|cache| {
-            let Ok(mut cached) = cache.try_borrow_mut() else {
-                return read(self.shared.load().as_deref());
-            };
-            if let Some((id, seen, state)) = cached.as_ref()
+            if let Ok(cached) = cache.try_borrow()
+                && let Some((id, seen, state)) = cached.as_ref()
                 && *id == client
                 && *seen == generation
             {
@@ -299,7 +299,9 @@ impl FlagClient {
             }
             // Loaded after reading the generation: at least as new as it, never older.
             let state = self.shared.snapshot();
-            *cached = state.clone().map(|state| (client, generation, state));
+            if let Ok(mut cached) = cache.try_borrow_mut() {
+                *cached = state.clone().map(|state| (client, generation, state));
+            }
             read(state.as_deref())
         })
     }
@@ -327,8 +329,7 @@ impl FlagClient {
         default: T,
         resolve: impl FnOnce(&Snapshot, Timestamp) -> EvaluationDetails<T>,
     ) -> EvaluationDetails<T> {
-        let guard = self.shared.load();
-        match guard.as_ref() {
+        self.with_flags(|flags| match flags {
             Some(state) => resolve(state, CLOCK),
             None => EvaluationDetails {
                 value: default,
@@ -341,7 +342,7 @@ impl FlagClient {
                 ),
                 flag_metadata: Metadata::new(),
             },
-        }
+        })
     }
 
     /// Stops syncing: sends a Close frame, ends the background task. Evaluation keeps working on

@@ -438,7 +438,7 @@ async fn no_torn_reads_while_a_thousand_updates_arrive() {
     let newest_read = Arc::new(AtomicI64::new(1));
     let evaluations = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
-    for t in 0..3 {
+    for t in 0..4 {
         let (client, stop, newest_read, evaluations) = (
             client.clone(),
             stop.clone(),
@@ -447,12 +447,19 @@ async fn no_torn_reads_while_a_thousand_updates_arrive() {
         );
         readers.push(std::thread::spawn(move || {
             let context = EvaluationContext::new(format!("reader-{t}"));
-            // One way of evaluating per reader, both ways among the readers: the typed getters
-            // (which keep a per-thread snapshot) and `evaluate`. Mixed on one thread they are not
-            // yet monotonic: while a new version is being stored, the per-thread snapshot can
-            // serve the old one after `evaluate` has served the new.
+            // Reader 0 uses the typed getters, reader 1 `evaluate`, readers 2 and 3 alternate
+            // between them call by call: mixed on one thread, the versions must still never go
+            // back (a typed getter once served its per-thread snapshot after `evaluate` had
+            // already served a newer one).
+            let calls = std::cell::Cell::new(0u64);
             let read = |key: &str| {
-                if t % 2 == 0 {
+                calls.set(calls.get() + 1);
+                let typed = match t {
+                    0 => true,
+                    1 => false,
+                    _ => (calls.get() + t) % 2 == 0,
+                };
+                if typed {
                     client.int_value(key, &context, -1)
                 } else {
                     client
@@ -751,4 +758,60 @@ async fn two_clients_on_one_thread_never_see_each_others_flags() {
         assert!(on.bool_value("f", &user, false));
         assert!(!off.bool_value("f", &user, true));
     }
+}
+
+/// A refused token (HTTP 401) is `Status::Error` while the client keeps retrying, not the terminal
+/// `Status::Fatal`: once the server accepts the token, the client syncs and is `Ready`.
+#[tokio::test]
+async fn a_refused_token_is_an_error_that_heals() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let (sender, mut connections) = mpsc::unbounded_channel();
+    let counted = refusals.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            // The first three connections are refused as a server refuses an unknown token.
+            if counted.load(Ordering::SeqCst) < 3 {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                counted.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            if let Ok(socket) = tokio_tungstenite::accept_async(stream).await {
+                let _ = sender.send(Connection {
+                    socket,
+                    query: String::new(),
+                });
+            }
+        }
+    });
+    let client = client(&url);
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let seen = statuses.clone();
+    client.on_status(move |status| seen.lock().unwrap().push(status));
+    let mut connection = accept(&mut connections).await;
+    assert_eq!(
+        refusals.load(Ordering::SeqCst),
+        3,
+        "it retried after each refusal"
+    );
+    connection.send(snapshot(1, json!({"a": flag("on")}))).await;
+    eventually("ready", || client.status(), |s| *s == Status::Ready).await;
+    let statuses = statuses.lock().unwrap().clone();
+    assert_eq!(
+        statuses,
+        [Status::Error, Status::Ready],
+        "refused: Error (never Fatal); accepted: Ready"
+    );
 }
