@@ -136,10 +136,9 @@ impl Api {
 
 fn network_error(server: &str, error: &reqwest::Error) -> CliError {
     // reqwest's own message is terse ("client error (Connect)"): the root cause says more.
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
+    let cause = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
+        .last()
+        .unwrap_or(error);
     CliError::new(
         Kind::Network,
         format!("cannot reach the flag server at {server}: {cause}"),

@@ -457,7 +457,7 @@ async fn no_torn_reads_while_a_thousand_updates_arrive() {
                 let typed = match t {
                     0 => true,
                     1 => false,
-                    _ => (calls.get() + t) % 2 == 0,
+                    _ => (calls.get() + t).is_multiple_of(2),
                 };
                 if typed {
                     client.int_value(key, &context, -1)

@@ -7,6 +7,7 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+#![deny(missing_docs)]
 
 pub mod api;
 pub mod config;
@@ -444,7 +445,8 @@ fn warn_if_readable(path: &Path) {
     let _ = path;
 }
 
-/// Writes a file readable only by its owner, atomically (temp file, fsync, rename).
+/// Writes a file readable only by its owner, atomically and durably: a temporary file in the
+/// same directory (`tempfile` creates it 0600), fsync, rename over `path`, fsync of the directory.
 fn write_private_file(path: &Path, contents: &str) -> Result<(), StartError> {
     let io = |what: &'static str| {
         move |source| StartError::Io {
@@ -453,18 +455,20 @@ fn write_private_file(path: &Path, contents: &str) -> Result<(), StartError> {
             source,
         }
     };
-    let temp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temp).map_err(io("cannot write"))?;
-    #[cfg(unix)]
-    std::fs::set_permissions(&temp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(io("cannot restrict"))?;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(directory).map_err(io("cannot write"))?;
     file.write_all(format!("{contents}\n").as_bytes())
         .map_err(io("cannot write"))?;
-    file.sync_all().map_err(io("cannot sync"))?;
-    std::fs::rename(&temp, path).map_err(io("cannot write"))?;
+    file.as_file().sync_all().map_err(io("cannot sync"))?;
+    file.persist(path)
+        .map_err(|error| error.error)
+        .map_err(io("cannot write"))?;
+    #[cfg(unix)]
+    std::fs::File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io("cannot sync"))?;
     Ok(())
 }

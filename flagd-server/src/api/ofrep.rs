@@ -97,13 +97,7 @@ pub async fn evaluate_all(
     let body = serde_json::to_vec(&answer).map_err(ApiError::internal)?;
     // The ETag is a digest of the answer itself: it changes exactly when the answer does.
     let digest = Sha256::digest(&body);
-    let etag = format!(
-        "\"{}\"",
-        digest[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let etag = format!("\"{}\"", hex::encode(&digest[..16]));
     let matches = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()

@@ -107,7 +107,9 @@ pub struct Ramp {
     /// The store's id (not part of the stored definition).
     #[serde(skip)]
     pub id: Option<i64>,
+    /// The environment.
     pub environment: String,
+    /// The flag whose rollout it raises.
     pub flag: String,
     /// The rolled-out variant, when named (default: a boolean flag's `true` variant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,7 +122,9 @@ pub struct Ramp {
     pub steps: Vec<f64>,
     /// Seconds from step `i` to step `i + 1`.
     pub durations: Vec<i64>,
+    /// The health check before each step, if any.
     pub guard: Option<Guard>,
+    /// Active, paused, completed, aborted or failed.
     pub state: RampState,
     /// Index of the last applied step.
     pub current_step: usize,
@@ -132,10 +136,15 @@ pub struct Ramp {
     pub previous_share: Option<Share>,
     /// When the next step is due (active ramps).
     pub next_at: Option<i64>,
+    /// When it started (unix seconds).
     pub started_at: i64,
+    /// Who started it.
     pub started_by: String,
+    /// Consecutive failed guard checks (the guard's budget aborts the ramp).
     pub guard_failures: u32,
+    /// Why it was aborted or failed.
     pub abort_reason: Option<String>,
+    /// Every step, pause, resume and abort, oldest first.
     pub history: Vec<RampEvent>,
     /// A stored definition that could not be read, kept for whoever investigates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,6 +325,7 @@ pub struct StartRequest {
     message: Option<String>,
 }
 
+/// A ramp start request's `guard`: the health URL, checked before each step.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuardRequest {
@@ -531,11 +541,12 @@ async fn check_guard(guard: &Guard) -> Result<(), String> {
             ))
         }
         Err(error) => {
-            let mut cause: &dyn std::error::Error = &error;
-            while let Some(source) = cause.source() {
-                cause = source;
-            }
-            Err(format!("{shown} failed: {}", redacted(&cause.to_string())))
+            // reqwest's own message is terse; the root cause says what happened.
+            let cause =
+                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+                    .last()
+                    .map_or_else(|| error.to_string(), ToString::to_string);
+            Err(format!("{shown} failed: {}", redacted(&cause)))
         }
     }
 }
@@ -808,8 +819,11 @@ pub async fn start(
 /// What `pause`, `resume` and `abort` do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Hold the current step until resumed.
     Pause,
+    /// Continue a paused ramp (the next step is due one interval from now).
     Resume,
+    /// Stop and restore the rollout from before the ramp.
     Abort,
 }
 
