@@ -14,6 +14,11 @@ use flag_protocol::{ErrorBody, ErrorDetail};
 use crate::domain::{DomainError, Rejection};
 use crate::store::StoreError;
 
+/// Marks a response that reports a store failure, for the metrics middleware (an error is
+/// built where no server state is at hand; the middleware has it).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreFailure;
+
 /// An error answer. Client errors keep their message; internal errors are logged and answered
 /// with a generic one.
 #[derive(Debug)]
@@ -22,6 +27,8 @@ pub struct ApiError {
     message: String,
     /// For internal errors: what the log gets (the client gets a generic message).
     detail: Option<String>,
+    /// The store failed: the metrics middleware counts it (see [`StoreFailure`]).
+    store_failure: bool,
     path: Option<String>,
     problems: Vec<Problem>,
 }
@@ -33,6 +40,7 @@ impl ApiError {
             code,
             message: message.into(),
             detail: None,
+            store_failure: false,
             path: None,
             problems: Vec::new(),
         }
@@ -82,6 +90,7 @@ impl ApiError {
             .filter(|p| !p.is_empty());
         ApiError {
             detail: None,
+            store_failure: false,
             code: ErrorCode::InvalidFlag,
             message: error.to_string(),
             path: first,
@@ -142,7 +151,11 @@ impl IntoResponse for ApiError {
                 problems: self.problems,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if self.store_failure {
+            response.extensions_mut().insert(StoreFailure);
+        }
+        response
     }
 }
 
@@ -175,8 +188,9 @@ impl From<StoreError> for ApiError {
             )),
             StoreError::VersionConflict { .. } => ApiError::precondition_failed(error.to_string()),
             StoreError::Database(_) | StoreError::Migration(_) | StoreError::Corrupt { .. } => {
-                crate::metrics::store_error();
-                ApiError::internal(error)
+                let mut api = ApiError::internal(error);
+                api.store_failure = true;
+                api
             }
         }
     }

@@ -180,7 +180,8 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let router = self.router();
-        let connections = listener::Connections::new(self.options.max_connections);
+        let connections =
+            listener::Connections::new(self.options.max_connections, self.state.metrics.clone());
         let stopping = self.state.shutdown.clone();
         let signal = stopping.clone();
         tokio::spawn(async move {
@@ -220,6 +221,7 @@ impl Server {
             let builder = builder.clone();
             let router = router.clone();
             let stopping = stopping.clone();
+            let metrics = self.state.metrics.clone();
             tokio::spawn(async move {
                 let first = tokio::select! {
                     first = connection.first_byte(header_timeout) => first,
@@ -229,7 +231,7 @@ impl Server {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(_) => {
-                        metrics::connection_closed("header_timeout");
+                        metrics.connection_closed("header_timeout");
                         return;
                     }
                 }
@@ -250,7 +252,7 @@ impl Server {
                         .downcast_ref::<hyper::Error>()
                         .is_some_and(hyper::Error::is_timeout);
                     if timed_out {
-                        metrics::connection_closed("header_timeout");
+                        metrics.connection_closed("header_timeout");
                     }
                     tracing::debug!(%error, "connection closed");
                 }

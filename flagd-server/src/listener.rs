@@ -27,6 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub struct Connections {
     cap: usize,
     slots: Mutex<Slots>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, Default)]
@@ -50,11 +51,12 @@ const SPEAKING: u8 = 1;
 const REQUESTED: u8 = 2;
 
 impl Connections {
-    /// At most `cap` open connections.
-    pub fn new(cap: usize) -> Arc<Connections> {
+    /// At most `cap` open connections; evictions are counted in `metrics`.
+    pub fn new(cap: usize, metrics: Arc<crate::metrics::Metrics>) -> Arc<Connections> {
         Arc::new(Connections {
             cap: cap.max(1),
             slots: Mutex::new(Slots::default()),
+            metrics,
         })
     }
 
@@ -82,7 +84,7 @@ impl Connections {
             let victim = oldest_at(SILENT).or_else(|| oldest_at(SPEAKING))?;
             if let Some(slot) = slots.live.remove(&victim) {
                 slot.evict.cancel();
-                crate::metrics::connection_closed("evicted");
+                self.metrics.connection_closed("evicted");
             }
         }
         let id = slots.next_id;

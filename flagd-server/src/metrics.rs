@@ -1,16 +1,13 @@
 //! Prometheus metrics, rendered as text at `/metrics`.
 //!
-//! Hand-rolled rather than a metrics crate: four families, a fixed bucket layout, and `dashmap`
-//! (already in the stack) for the label sets. A process has one registry, as Prometheus expects.
+//! Hand-rolled rather than a metrics crate: a few families, a fixed bucket layout, and `dashmap`
+//! (already in the stack) for the label sets. Each server (`AppState`) has its own [`Metrics`]
+//! registry, so servers in one process (tests, embedders) never mix their numbers.
 
 use std::fmt::Write as _;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use dashmap::DashMap;
 
 /// Latency histogram bucket bounds, in seconds.
@@ -64,8 +61,9 @@ impl Histogram {
     }
 }
 
+/// One server's metrics.
 #[derive(Default)]
-struct Registry {
+pub struct Metrics {
     requests: DashMap<(String, String, u16), AtomicU64>,
     latency: DashMap<String, Histogram>,
     flag_writes: DashMap<String, AtomicU64>,
@@ -77,78 +75,70 @@ struct Registry {
     propagation: Histogram,
 }
 
-static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
-
-/// Middleware: counts requests by route template and status, and times them.
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await;
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    REGISTRY
-        .requests
-        .entry((method, route.clone(), status))
-        .or_default()
-        .fetch_add(1, Ordering::Relaxed);
-    REGISTRY
-        .latency
-        .entry(route)
-        .or_default()
-        .observe(&BUCKETS, elapsed);
-    response
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
-/// Counts committed flag writes (one per changed flag).
-pub fn flag_writes(environment: &str, count: usize) {
-    REGISTRY
-        .flag_writes
-        .entry(environment.to_owned())
-        .or_default()
-        .fetch_add(count as u64, Ordering::Relaxed);
-}
+impl Metrics {
+    /// Counts a request by method, route template and status, and its latency.
+    pub fn request(&self, method: &str, route: &str, status: u16, started: Instant) {
+        let elapsed = started.elapsed();
+        self.requests
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+        self.latency
+            .entry(route.to_owned())
+            .or_default()
+            .observe(&BUCKETS, elapsed);
+    }
 
-/// Adds `delta` to an environment's connected stream clients.
-pub fn connected_clients(environment: &str, delta: i64) {
-    REGISTRY
-        .connected_clients
-        .entry(environment.to_owned())
-        .or_default()
-        .fetch_add(delta, Ordering::Relaxed);
-}
+    /// Counts committed flag writes (one per changed flag).
+    pub fn flag_writes(&self, environment: &str, count: usize) {
+        self.flag_writes
+            .entry(environment.to_owned())
+            .or_default()
+            .fetch_add(count as u64, Ordering::Relaxed);
+    }
 
-/// Records how long a change took from commit to a client's acknowledgement.
-pub fn propagation(elapsed: std::time::Duration) {
-    REGISTRY.propagation.observe(&PROPAGATION_BUCKETS, elapsed);
-}
+    /// Adds `delta` to an environment's connected stream clients.
+    pub fn connected_clients(&self, environment: &str, delta: i64) {
+        self.connected_clients
+            .entry(environment.to_owned())
+            .or_default()
+            .fetch_add(delta, Ordering::Relaxed);
+    }
 
-/// Counts a store failure.
-pub fn store_error() {
-    REGISTRY.store_errors.fetch_add(1, Ordering::Relaxed);
-}
+    /// Records how long a change took from commit to a client's acknowledgement.
+    pub fn propagation(&self, elapsed: std::time::Duration) {
+        self.propagation.observe(&PROPAGATION_BUCKETS, elapsed);
+    }
 
-/// Counts a connection the server closed for `reason` (`evicted`, `header_timeout`,
-/// `request_timeout`).
-pub fn connection_closed(reason: &'static str) {
-    REGISTRY
-        .connections_closed
-        .entry(reason)
-        .or_default()
-        .fetch_add(1, Ordering::Relaxed);
-}
+    /// Counts a store failure.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
 
-/// Counts a ramp scheduler failure (an error or a panic) after which it is restarted.
-pub fn ramp_scheduler_restart() {
-    REGISTRY.scheduler_restarts.fetch_add(1, Ordering::Relaxed);
-}
+    /// Counts a connection the server closed for `reason` (`evicted`, `header_timeout`,
+    /// `request_timeout`).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .entry(reason)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
 
-/// Counts a stored ramp that was unreadable or invalid and was marked failed.
-pub fn invalid_ramp() {
-    REGISTRY.invalid_ramps.fetch_add(1, Ordering::Relaxed);
+    /// Counts a ramp scheduler failure (an error or a panic) after which it is restarted.
+    pub fn ramp_scheduler_restart(&self) {
+        self.scheduler_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a stored ramp that was unreadable or invalid and was marked failed.
+    pub fn invalid_ramp(&self) {
+        self.invalid_ramps.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Escapes a label value for the text exposition format.
@@ -159,114 +149,118 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The text exposition of every metric.
-pub fn render() -> String {
-    let mut out = String::new();
-    out.push_str("# HELP flagd_http_requests_total HTTP requests by method, route and status.\n");
-    out.push_str("# TYPE flagd_http_requests_total counter\n");
-    let mut rows: Vec<_> = REGISTRY
-        .requests
-        .iter()
-        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-        .collect();
-    rows.sort();
-    for ((method, route, status), count) in rows {
-        let _ = writeln!(
-            out,
-            "flagd_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
-            label(&method),
-            label(&route)
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP flagd_http_requests_total HTTP requests by method, route and status.\n",
         );
-    }
-    out.push_str("# HELP flagd_http_request_duration_seconds HTTP request latency by route.\n");
-    out.push_str("# TYPE flagd_http_request_duration_seconds histogram\n");
-    let mut routes: Vec<String> = REGISTRY.latency.iter().map(|e| e.key().clone()).collect();
-    routes.sort();
-    for route in routes {
-        let Some(histogram) = REGISTRY.latency.get(&route) else {
-            continue;
-        };
-        let labels = format!("route=\"{}\"", label(&route));
-        histogram.render(
+        out.push_str("# TYPE flagd_http_requests_total counter\n");
+        let mut rows: Vec<_> = self
+            .requests
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for ((method, route, status), count) in rows {
+            let _ = writeln!(
+                out,
+                "flagd_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
+                label(&method),
+                label(&route)
+            );
+        }
+        out.push_str("# HELP flagd_http_request_duration_seconds HTTP request latency by route.\n");
+        out.push_str("# TYPE flagd_http_request_duration_seconds histogram\n");
+        let mut routes: Vec<String> = self.latency.iter().map(|e| e.key().clone()).collect();
+        routes.sort();
+        for route in routes {
+            let Some(histogram) = self.latency.get(&route) else {
+                continue;
+            };
+            let labels = format!("route=\"{}\"", label(&route));
+            histogram.render(
+                &mut out,
+                "flagd_http_request_duration_seconds",
+                &labels,
+                &BUCKETS,
+            );
+        }
+        out.push_str("# HELP flagd_flag_writes_total Committed flag writes by environment.\n");
+        out.push_str("# TYPE flagd_flag_writes_total counter\n");
+        let mut writes: Vec<_> = self
+            .flag_writes
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        writes.sort();
+        for (environment, count) in writes {
+            let _ = writeln!(
+                out,
+                "flagd_flag_writes_total{{environment=\"{}\"}} {count}",
+                label(&environment)
+            );
+        }
+        let counters = [
+            (
+                "flagd_store_errors_total",
+                "Store operations that failed.",
+                &self.store_errors,
+            ),
+            (
+                "flagd_ramp_scheduler_restarts_total",
+                "Times the ramp scheduler failed (an error or a panic) and was restarted.",
+                &self.scheduler_restarts,
+            ),
+            (
+                "flagd_ramps_invalid_total",
+                "Stored ramps that could not be read or were invalid, and were marked failed.",
+                &self.invalid_ramps,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        out.push_str("# HELP flagd_connections_closed_total Connections the server closed, by reason (evicted: idle or slow at the connection limit; header_timeout; request_timeout).\n");
+        out.push_str("# TYPE flagd_connections_closed_total counter\n");
+        let mut closed: Vec<_> = self
+            .connections_closed
+            .iter()
+            .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        closed.sort();
+        for (reason, count) in closed {
+            let _ = writeln!(
+                out,
+                "flagd_connections_closed_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP flagd_stream_clients Connected stream clients by environment.\n");
+        out.push_str("# TYPE flagd_stream_clients gauge\n");
+        let mut clients: Vec<_> = self
+            .connected_clients
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        clients.sort();
+        for (environment, count) in clients {
+            let _ = writeln!(
+                out,
+                "flagd_stream_clients{{environment=\"{}\"}} {count}",
+                label(&environment)
+            );
+        }
+        out.push_str("# HELP flagd_stream_propagation_seconds Time from commit to a stream client's acknowledgement.\n");
+        out.push_str("# TYPE flagd_stream_propagation_seconds histogram\n");
+        self.propagation.render(
             &mut out,
-            "flagd_http_request_duration_seconds",
-            &labels,
-            &BUCKETS,
+            "flagd_stream_propagation_seconds",
+            "",
+            &PROPAGATION_BUCKETS,
         );
+        out
     }
-    out.push_str("# HELP flagd_flag_writes_total Committed flag writes by environment.\n");
-    out.push_str("# TYPE flagd_flag_writes_total counter\n");
-    let mut writes: Vec<_> = REGISTRY
-        .flag_writes
-        .iter()
-        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-        .collect();
-    writes.sort();
-    for (environment, count) in writes {
-        let _ = writeln!(
-            out,
-            "flagd_flag_writes_total{{environment=\"{}\"}} {count}",
-            label(&environment)
-        );
-    }
-    let counters = [
-        (
-            "flagd_store_errors_total",
-            "Store operations that failed.",
-            &REGISTRY.store_errors,
-        ),
-        (
-            "flagd_ramp_scheduler_restarts_total",
-            "Times the ramp scheduler failed (an error or a panic) and was restarted.",
-            &REGISTRY.scheduler_restarts,
-        ),
-        (
-            "flagd_ramps_invalid_total",
-            "Stored ramps that could not be read or were invalid, and were marked failed.",
-            &REGISTRY.invalid_ramps,
-        ),
-    ];
-    for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
-    }
-    out.push_str("# HELP flagd_connections_closed_total Connections the server closed, by reason (evicted: idle or slow at the connection limit; header_timeout; request_timeout).\n");
-    out.push_str("# TYPE flagd_connections_closed_total counter\n");
-    let mut closed: Vec<_> = REGISTRY
-        .connections_closed
-        .iter()
-        .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
-        .collect();
-    closed.sort();
-    for (reason, count) in closed {
-        let _ = writeln!(
-            out,
-            "flagd_connections_closed_total{{reason=\"{reason}\"}} {count}"
-        );
-    }
-    out.push_str("# HELP flagd_stream_clients Connected stream clients by environment.\n");
-    out.push_str("# TYPE flagd_stream_clients gauge\n");
-    let mut clients: Vec<_> = REGISTRY
-        .connected_clients
-        .iter()
-        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-        .collect();
-    clients.sort();
-    for (environment, count) in clients {
-        let _ = writeln!(
-            out,
-            "flagd_stream_clients{{environment=\"{}\"}} {count}",
-            label(&environment)
-        );
-    }
-    out.push_str("# HELP flagd_stream_propagation_seconds Time from commit to a stream client's acknowledgement.\n");
-    out.push_str("# TYPE flagd_stream_propagation_seconds histogram\n");
-    REGISTRY.propagation.render(
-        &mut out,
-        "flagd_stream_propagation_seconds",
-        "",
-        &PROPAGATION_BUCKETS,
-    );
-    out
 }

@@ -1068,21 +1068,60 @@ async fn health_ready_and_metrics() {
         Some(boolean_flag()),
     )
     .await;
+    // The same flag again (an update) and a delete: three flag writes in all. A fresh server has
+    // a registry of its own, so the numbers are exact.
+    app.call(
+        "PUT",
+        "/api/v1/environments/default/flags/m",
+        Some(boolean_flag()),
+    )
+    .await;
+    app.call("DELETE", "/api/v1/environments/default/flags/m", None)
+        .await;
     let (status, _, body) = app
         .send(TestApp::request("GET", "/metrics", None, None))
         .await;
     assert_eq!(status, StatusCode::OK);
     let text = body.as_str().unwrap();
-    assert!(text.contains("flagd_http_requests_total{method=\"PUT\",route=\"/api/v1/environments/{env}/flags/{key}\",status=\"201\"}"), "{text}");
-    assert!(
-        text.contains("flagd_http_request_duration_seconds_bucket"),
-        "{text}"
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(
+        value(
+            "flagd_http_requests_total{method=\"PUT\",route=\"/api/v1/environments/{env}/flags/{key}\",status=\"201\"}"
+        ),
+        "1"
     );
-    assert!(
-        text.contains("flagd_flag_writes_total{environment=\"default\"}"),
-        "{text}"
+    assert_eq!(
+        value(
+            "flagd_http_requests_total{method=\"PUT\",route=\"/api/v1/environments/{env}/flags/{key}\",status=\"200\"}"
+        ),
+        "1"
     );
-    assert!(text.contains("flagd_store_errors_total"), "{text}");
+    assert_eq!(
+        value(
+            "flagd_http_request_duration_seconds_count{route=\"/api/v1/environments/{env}/flags/{key}\"}"
+        ),
+        "3"
+    );
+    assert_eq!(
+        value("flagd_flag_writes_total{environment=\"default\"}"),
+        "3"
+    );
+    assert_eq!(value("flagd_store_errors_total"), "0");
+    // Another server in the same process counts on its own.
+    let other = TestApp::new();
+    let (_, _, body) = other
+        .send(TestApp::request("GET", "/metrics", None, None))
+        .await;
+    let other_text = body.as_str().unwrap();
+    assert!(
+        !other_text.contains("flagd_flag_writes_total{environment=\"default\"}"),
+        "{other_text}"
+    );
 }
 
 /// A real server on port 0 with a data directory: restart keeps data, versions and tokens.

@@ -955,8 +955,9 @@ impl FlagStore for FlakyStore {
     }
 }
 
-fn restarts() -> u64 {
-    flagd_server::metrics::render()
+fn restarts(metrics: &flagd_server::metrics::Metrics) -> u64 {
+    metrics
+        .render()
         .lines()
         .find_map(|line| line.strip_prefix("flagd_ramp_scheduler_restarts_total "))
         .and_then(|n| n.parse().ok())
@@ -994,19 +995,22 @@ async fn the_scheduler_restarts_after_an_error_or_a_panic_and_readyz_says_so() {
         response.status()
     };
     for failure in [1u8, 2] {
-        let before = restarts();
+        let before = restarts(&h.state.metrics);
         mode.store(failure, Ordering::SeqCst);
         let mut saw_unready = false;
         for _ in 0..500 {
             if readyz().await == StatusCode::SERVICE_UNAVAILABLE {
                 saw_unready = true;
             }
-            if restarts() > before && saw_unready {
+            if restarts(&h.state.metrics) > before && saw_unready {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        assert!(restarts() > before, "failure mode {failure} was counted");
+        assert!(
+            restarts(&h.state.metrics) > before,
+            "failure mode {failure} was counted"
+        );
         assert!(saw_unready, "/readyz reported the failing scheduler");
         mode.store(0, Ordering::SeqCst);
         let mut ready = false;

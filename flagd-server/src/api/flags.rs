@@ -186,7 +186,6 @@ pub async fn delete(
             expected_version: if_match,
         };
         store.commit(&env, &[change], None, &by)?;
-        crate::metrics::flag_writes(&env, 1);
         Ok(())
     })
     .await?;

@@ -181,8 +181,35 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             request_deadline,
         ))
         .layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// Counts each request by method, route template and status, and times it; and counts the
+/// store failures behind error responses (`ApiError` marks them on the response).
+async fn track(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    if response
+        .extensions()
+        .get::<crate::error::StoreFailure>()
+        .is_some()
+    {
+        state.metrics.store_error();
+    }
+    state
+        .metrics
+        .request(method.as_str(), &route, response.status().as_u16(), started);
+    response
 }
 
 /// A request, its body included, is answered within `--request-timeout` or gets 408 and its
@@ -201,7 +228,7 @@ async fn request_deadline(
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
-            crate::metrics::connection_closed("request_timeout");
+            state.metrics.connection_closed("request_timeout");
             let mut response = ApiError::request_timeout(format!(
                 "the request took longer than {}s (was the body shorter than its Content-Length?)",
                 limit.as_secs()

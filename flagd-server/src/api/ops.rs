@@ -27,10 +27,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     Ok(axum::Json(json!({"status": "ready"})))
 }
 
-pub async fn metrics() -> impl IntoResponse {
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(),
+        state.metrics.render(),
     )
 }
 

@@ -408,7 +408,7 @@ impl Session {
                 if (0..=self.last_sent).contains(&version) {
                     if let Some(committed) = self.state.hub.committed_at(&self.environment, version)
                     {
-                        crate::metrics::propagation(committed.elapsed());
+                        self.state.metrics.propagation(committed.elapsed());
                     }
                     self.state.hub.update_client(self.id, |info| {
                         info.acked_version = Some(version);

@@ -150,7 +150,6 @@ pub fn put_flag(
         expected_version: if_match,
     };
     let commit = store.commit(environment, &[change], None, by)?;
-    crate::metrics::flag_writes(environment, 1);
     let created = commit
         .changes
         .iter()
@@ -207,7 +206,6 @@ pub fn modify_flag(
         };
         match store.commit(environment, &[change], None, by) {
             Ok(_) => {
-                crate::metrics::flag_writes(environment, 1);
                 let stored = store.flag(environment, key)?.ok_or_else(|| {
                     DomainError::internal(format!("flag {key:?} missing after commit"))
                 })?;
@@ -454,7 +452,6 @@ pub fn apply_document(
             )),
             other => other.into(),
         })?;
-        crate::metrics::flag_writes(environment, changes.len());
         version = commit.version;
     }
     Ok(ApplyReport {

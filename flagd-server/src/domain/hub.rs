@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::metrics::Metrics;
 use crate::store::{
     Attribution, AuditQuery, ChangeRecord, Commit, Environment, EnvironmentSettings, FlagChange,
     FlagStore, Operation, RampQuery, RampRecord, StoreError, StoredFlag, TokenRecord,
@@ -235,17 +236,12 @@ pub struct Hub {
     events: broadcast::Sender<HubEvent>,
     clients: DashMap<u64, ClientInfo>,
     next_session: AtomicU64,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Hub::new()
-    }
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new() -> Hub {
+    /// An empty hub, counting its stream clients in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Hub {
         // Sessions only need the latest version, so a lagging receiver loses nothing it cannot
         // recompute; the capacity just bounds memory.
         let (events, _) = broadcast::channel(1024);
@@ -255,6 +251,7 @@ impl Hub {
             events,
             clients: DashMap::new(),
             next_session: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -384,7 +381,7 @@ impl Hub {
     pub fn register(&self, mut info: ClientInfo) -> u64 {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         info.session = session;
-        crate::metrics::connected_clients(&info.environment, 1);
+        self.metrics.connected_clients(&info.environment, 1);
         self.clients.insert(session, info);
         session
     }
@@ -399,7 +396,7 @@ impl Hub {
     /// Forgets a disconnected client.
     pub fn unregister(&self, session: u64) {
         if let Some((_, info)) = self.clients.remove(&session) {
-            crate::metrics::connected_clients(&info.environment, -1);
+            self.metrics.connected_clients(&info.environment, -1);
         }
     }
 
@@ -523,6 +520,8 @@ impl FlagStore for PublishingStore {
     ) -> Result<Commit, StoreError> {
         let _order = self.ordered();
         let commit = self.inner.commit(environment, changes, settings, by)?;
+        let flag_writes = commit.changes.iter().filter(|c| c.flag.is_some()).count();
+        self.hub.metrics.flag_writes(environment, flag_writes);
         self.hub.publish(environment, &commit);
         Ok(commit)
     }
@@ -607,7 +606,7 @@ mod tests {
 
     #[test]
     fn the_patch_ring_keeps_a_bounded_number_of_bytes() {
-        let hub = Hub::new();
+        let hub = Hub::new(Arc::default());
         hub.load("e", 0, FlagSet::default());
         // 40 patches of 1 MiB: far fewer than PATCH_RING, far more than PATCH_RING_BYTES.
         for version in 1..=40 {
@@ -626,7 +625,7 @@ mod tests {
         assert!(hub.patches_between("e", 0, 40).is_none());
         assert!(hub.patches_between("e", 39, 40).is_some());
         // Small patches still fill the count bound.
-        let small = Hub::new();
+        let small = Hub::new(Arc::default());
         small.load("e", 0, FlagSet::default());
         for version in 1..=300 {
             small.publish("e", &commit(version, 10));

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use flag_core::ValidationError;
 
+use crate::metrics::Metrics;
 use crate::store::{FlagStore, StoreError};
 
 /// The current time in unix seconds. Injected so tests control time.
@@ -81,6 +82,8 @@ pub struct DomainState {
     pub scheduler: ramp::SchedulerHealth,
     /// Whether writes refuse warnings by default (`--strict`; `?strict=` overrides per request).
     pub strict_writes: AtomicBool,
+    /// This server's Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Domain {
@@ -91,7 +94,8 @@ impl Domain {
         tokens: tokens::TokenCache,
         clock: Clock,
     ) -> Result<Domain, StoreError> {
-        let hub = Arc::new(hub::Hub::new());
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(hub::Hub::new(metrics.clone()));
         let store: Arc<dyn FlagStore> = Arc::new(hub::PublishingStore::new(store, hub.clone())?);
         Ok(Domain(Arc::new(DomainState {
             store,
@@ -102,6 +106,7 @@ impl Domain {
             guard_checks: ramp::GuardChecks::default(),
             scheduler: ramp::SchedulerHealth::default(),
             strict_writes: AtomicBool::new(false),
+            metrics,
         })))
     }
 

@@ -1108,7 +1108,7 @@ async fn fail(state: &Domain, mut ramp: Ramp, now: i64) {
         reason,
         "stored ramp is invalid; marked failed"
     );
-    crate::metrics::invalid_ramp();
+    state.metrics.invalid_ramp();
     let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
     let details = json!({"ramp": ramp.id, "reason": reason, "definition": ramp.invalid_definition});
     let audited = by(ACTOR, format!("ramp marked failed: {reason}"), now);
@@ -1283,7 +1283,7 @@ pub async fn run_scheduler(state: Domain, stop: CancellationToken, settings: Sch
             Err(panic) => tracing::error!(%panic, "ramp scheduler panicked; restarting it"),
         }
         state.scheduler.set(RESTARTING);
-        crate::metrics::ramp_scheduler_restart();
+        state.metrics.ramp_scheduler_restart();
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(settings.restart_after) => {}
