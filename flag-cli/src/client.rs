@@ -29,7 +29,10 @@ pub struct Answer {
 impl Api {
     pub fn new(server: &str, token: &str, strict: bool) -> Result<Api> {
         let server = server.trim_end_matches('/').to_owned();
-        if !(server.starts_with("http://") || server.starts_with("https://")) {
+        let usable = url::Url::parse(&server).is_ok_and(|url| {
+            matches!(url.scheme(), "http" | "https") && url.has_host() && url.query().is_none()
+        });
+        if !usable {
             return Err(CliError::config(format!(
                 "invalid server URL {server:?}: use http://host:port"
             ))
@@ -94,13 +97,15 @@ impl Api {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> Result<(StatusCode, Option<i64>, Value)> {
-        let mut url = format!("{}{path}", self.server);
-        if self.strict && method != Method::GET {
+        let strict = self.strict && method != Method::GET;
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(&self.token);
+        if strict {
             // Writes that check flags honour it; the others ignore unknown query parameters.
-            url.push(if path.contains('?') { '&' } else { '?' });
-            url.push_str("strict=true");
+            request = request.query(&[("strict", "true")]);
         }
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         for (name, value) in headers {
             request = request.header(*name, value);
         }
