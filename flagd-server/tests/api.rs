@@ -1824,3 +1824,33 @@ async fn healthz_metrics(address: std::net::SocketAddr) -> String {
     stream.read_to_end(&mut body).await.unwrap();
     String::from_utf8_lossy(&body).into_owned()
 }
+
+/// A request whose body never finishes is answered 408 when `--request-timeout` (30 s by
+/// default) runs out, not before: the deadline is logic, so the clock is paused and advances
+/// only when everything waits.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_ends_gets_408_at_the_request_timeout() {
+    let app = TestApp::new();
+    let body = Body::from_stream(futures_util::stream::pending::<
+        Result<axum::body::Bytes, std::io::Error>,
+    >());
+    let request = Request::builder()
+        .method("PUT")
+        .uri("/api/v1/environments/default/flags/slow")
+        .header("authorization", format!("Bearer {}", app.admin))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    // Without a deadline the request would wait forever: fail after a minute of paused time.
+    let (status, headers, body) =
+        tokio::time::timeout(std::time::Duration::from_secs(60), app.send(request))
+            .await
+            .expect("no answer within a minute: the request timeout did not apply");
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "request_timeout");
+    assert_eq!(headers["connection"], "close");
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(30));
+    // Nothing was written.
+    assert!(app.store.flag("default", "slow").unwrap().is_none());
+}
