@@ -2,6 +2,7 @@
 
 // Results go through `output::line`, which handles a closed stdout; `println!` panics there.
 #![warn(clippy::print_stdout)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod cli;
 mod client;

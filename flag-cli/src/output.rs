@@ -164,12 +164,14 @@ pub fn diff(before: &Value, after: &Value) -> Vec<String> {
     lines
 }
 
-/// One problem (`{path, code, severity, message}`) as a line: `warning: PATH: MESSAGE [code]`.
-pub fn problem(problem: &Value) -> String {
-    let severity = problem["severity"].as_str().unwrap_or("error");
-    let path = problem["path"].as_str().unwrap_or_default();
-    let message = problem["message"].as_str().unwrap_or_default();
-    let code = problem["code"].as_str().unwrap_or("invalid");
+/// One problem as a line: `warning: PATH: MESSAGE [code]`.
+pub fn problem(problem: &flag_core::Problem) -> String {
+    let severity = if problem.is_warning() {
+        "warning"
+    } else {
+        "error"
+    };
+    let (path, message, code) = (&problem.path, &problem.message, problem.code);
     if path.is_empty() {
         format!("{severity}: {message} [{code}]")
     } else {

@@ -28,7 +28,10 @@ pub mod ofrep;
 pub mod stream;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
-pub use ofrep::{OfrepBulkEvaluation, OfrepEvaluation, OfrepFailure, OfrepRequest};
+pub use ofrep::{
+    OfrepBulkEvaluation, OfrepCapabilities, OfrepConfiguration, OfrepEvaluation, OfrepFailure,
+    OfrepRequest,
+};
 pub use stream::{
     Ack, Change, ClientMessage, Document, Goodbye, GoodbyeReason, Hello, Patch, Ping,
     ServerMessage, Snapshot,

@@ -12,8 +12,58 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OfrepRequest {
     /// The evaluation context; absent or null is an empty one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub context: Map<String, Value>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Map<String, Value>, D::Error> {
+    Ok(Option::<Map<String, Value>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+impl OfrepRequest {
+    /// Reads a request body. An empty body, no `context` or a null one is an empty context; the
+    /// error says what is wrong in words an OFREP client's developer understands (it becomes
+    /// the `errorDetails` of an `INVALID_CONTEXT` answer).
+    pub fn from_slice(body: &[u8]) -> Result<OfrepRequest, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OfrepRequest::default());
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|error| format!("request body is not valid JSON: {error}"))?;
+        let Value::Object(mut request) = value else {
+            return Err("request body must be a JSON object: {\"context\": {...}}".to_owned());
+        };
+        match request.remove("context") {
+            None | Some(Value::Null) => Ok(OfrepRequest::default()),
+            Some(Value::Object(context)) => Ok(OfrepRequest { context }),
+            Some(other) => Err(format!(
+                "context must be an object, found {}",
+                flag_core::json_type_name(&other)
+            )),
+        }
+    }
+}
+
+/// `GET /ofrep/v1/configuration`: what the server supports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfrepConfiguration {
+    /// The server's name.
+    pub name: String,
+    /// What it supports.
+    pub capabilities: OfrepCapabilities,
+}
+
+/// `capabilities` of [`OfrepConfiguration`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfrepCapabilities {
+    /// How providers learn of changes: `{"polling": {"enabled", "minPollingIntervalMs"}}`.
+    pub cache_invalidation: Value,
+    /// `{"supportedTypes": [...]}`.
+    pub flag_evaluation: Value,
 }
 
 /// The bulk answer: every flag's evaluation.
@@ -157,5 +207,44 @@ impl OfrepEvaluation {
             Some(code) if code == ErrorCode::FlagNotFound.as_str() => 404,
             Some(_) => 400,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(request: &OfrepRequest) -> Option<&str> {
+        request.context.get("targetingKey").and_then(Value::as_str)
+    }
+
+    #[test]
+    fn requests() {
+        assert!(key(&OfrepRequest::from_slice(b"").unwrap()).is_none());
+        assert!(key(&OfrepRequest::from_slice(b"  \n").unwrap()).is_none());
+        assert_eq!(
+            key(&OfrepRequest::from_slice(br#"{"context":{"targetingKey":"u"}}"#).unwrap()),
+            Some("u")
+        );
+        assert!(key(&OfrepRequest::from_slice(br#"{}"#).unwrap()).is_none());
+        assert!(key(&OfrepRequest::from_slice(br#"{"context": null}"#).unwrap()).is_none());
+        assert!(
+            OfrepRequest::from_slice(br#"{"context": 5}"#)
+                .unwrap_err()
+                .contains("context must be an object")
+        );
+        assert!(
+            OfrepRequest::from_slice(br#"[1]"#)
+                .unwrap_err()
+                .contains("JSON object")
+        );
+        assert!(
+            OfrepRequest::from_slice(b"{")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        // serde agrees with from_slice on null.
+        let null: OfrepRequest = serde_json::from_str(r#"{"context": null}"#).unwrap();
+        assert!(null.context.is_empty());
     }
 }

@@ -14,6 +14,13 @@ use crate::state::{Persist, Shared, Snapshot};
 use crate::status::{Error, Status};
 use crate::sync::{self, SyncSettings};
 
+impl FlagClient {
+    /// Starts building a client.
+    pub fn builder() -> FlagClientBuilder {
+        FlagClientBuilder::default()
+    }
+}
+
 /// Builds a [`FlagClient`].
 #[derive(Debug, Clone, Default)]
 pub struct FlagClientBuilder {

@@ -7,7 +7,6 @@ use std::time::Duration;
 use flag_core::{ErrorCode, EvaluationError, Metadata, Reason, Resolution, Timestamp};
 use serde_json::Value;
 
-use crate::builder::FlagClientBuilder;
 use crate::context::EvaluationContext;
 use crate::state::{Shared, Snapshot, Task};
 use crate::status::{Error, FlagsChanged, Status};
@@ -87,11 +86,6 @@ pub struct FlagClient {
 }
 
 impl FlagClient {
-    /// Starts building a client.
-    pub fn builder() -> FlagClientBuilder {
-        FlagClientBuilder::default()
-    }
-
     /// A client over `shared`, owning its sync task, if any (for the builder).
     pub(crate) fn new(shared: Arc<Shared>, sync: Option<Task>) -> FlagClient {
         FlagClient {

@@ -1,7 +1,7 @@
 //! Prometheus metrics, rendered as text at `/metrics`.
 //!
 //! Hand-rolled rather than a metrics crate: a few families, a fixed bucket layout, and `dashmap`
-//! (already in the stack) for the label sets. Each server (`AppState`) has its own [`Metrics`]
+//! (already in the stack) for the label sets. Each server (its `Domain`) has its own [`Metrics`]
 //! registry, so servers in one process (tests, embedders) never mix their numbers.
 
 use std::fmt::Write as _;

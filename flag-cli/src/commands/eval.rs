@@ -1,6 +1,6 @@
 //! `flagctl eval`: evaluate a flag on the server (OFREP) or locally from a flagd file.
 
-use flag_protocol::{OfrepEvaluation, OfrepRequest};
+use flag_protocol::{OfrepEvaluation, OfrepFailure, OfrepRequest};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -94,14 +94,22 @@ async fn remote(
         )
         .await?;
     // OFREP reports evaluation errors (404 FLAG_NOT_FOUND, 400 GENERAL...) as results, with a
-    // body of its own; anything else (401, 403, 5xx) is an error of the request.
-    if !status.is_success() && answer.get("errorCode").is_none() {
+    // body of its own; a malformed request as an `OfrepFailure`; anything else (401, 403, 5xx)
+    // is an error of the request, in our error shape.
+    if let Ok(evaluation) = serde_json::from_value::<OfrepEvaluation>(answer.clone()) {
+        return Ok(evaluation);
+    }
+    if let Ok(failure) = serde_json::from_value::<OfrepFailure>(answer.clone()) {
+        return Err(CliError::input(format!(
+            "the server refused the context ({}): {}",
+            failure.error_code, failure.error_details
+        )));
+    }
+    if !status.is_success() {
         return Err(crate::client::server_error(status, &answer));
     }
-    serde_json::from_value(answer).map_err(|error| {
-        CliError::new(
-            crate::error::Kind::Server,
-            format!("the server's OFREP answer does not decode: {error}"),
-        )
-    })
+    Err(CliError::new(
+        crate::error::Kind::Server,
+        "the server's OFREP answer does not decode as an evaluation",
+    ))
 }

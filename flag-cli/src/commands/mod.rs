@@ -92,7 +92,11 @@ pub fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
 
 /// Prints a write's warnings (what flagd loads but handles at evaluation time) on stderr.
 pub fn print_warnings(body: &serde_json::Value) {
-    for warning in body["warnings"].as_array().into_iter().flatten() {
+    let warnings: Vec<flag_core::Problem> = body
+        .get("warnings")
+        .and_then(|warnings| serde_json::from_value(warnings.clone()).ok())
+        .unwrap_or_default();
+    for warning in &warnings {
         eprintln!("{}", crate::output::problem(warning));
     }
 }

@@ -53,7 +53,7 @@ pub fn check(
                 || path.starts_with("$evaluators")
         };
         for warning in loaded.warnings.iter().filter(|w| own(&w.path)) {
-            eprintln!("{}", output::problem(&json!(warning)));
+            eprintln!("{}", output::problem(warning));
         }
     }
     Ok(loaded)
@@ -93,7 +93,7 @@ pub fn run(context: &Context, args: &ValidateArgs) -> Result<u8> {
         }))?;
     } else {
         for problem in errors.iter().chain(&warnings) {
-            outln!("{}", output::problem(&json!(problem)))?;
+            outln!("{}", output::problem(problem))?;
         }
         let verdict = if valid { "valid" } else { "not valid" };
         outln!(

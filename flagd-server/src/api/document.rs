@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::blocking;
 use super::{JsonBody, PathParams, QueryParams, Strict, attribution, change_message, etag};
 use crate::api::auth::Admin;
-use crate::domain::flags as service;
+use crate::domain::flags as domain_flags;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -18,8 +18,10 @@ pub async fn export(
     _admin: Admin,
     PathParams(env): PathParams<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (document, version) =
-        blocking(&state, move |store| Ok(service::document(store, &env)?)).await?;
+    let (document, version) = blocking(&state, move |store| {
+        Ok(domain_flags::document(store, &env)?)
+    })
+    .await?;
     Ok(([(header::ETAG, etag(version))], axum::Json(document)))
 }
 
@@ -46,7 +48,7 @@ pub async fn apply(
     let env_name = env.clone();
     let dry_run = options.dry_run;
     let report = blocking(&state, move |store| {
-        Ok(service::apply_document(
+        Ok(domain_flags::apply_document(
             store,
             &env,
             &document,

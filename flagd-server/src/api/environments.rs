@@ -9,7 +9,6 @@ use serde_json::json;
 use super::blocking;
 use super::{JsonBody, PathParams, QueryParams, attribution, change_message};
 use crate::api::auth::Admin;
-use crate::domain::flags::check_environment_name;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -35,13 +34,9 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateEnvironment>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_environment_name(&body.name)?;
     let message = change_message(&headers, None)?.or(body.message);
     let by = attribution(&state, &admin, message);
-    let environment = blocking(&state, move |store| {
-        Ok(store.create_environment(&body.name, &by)?)
-    })
-    .await?;
+    let environment = crate::domain::create_environment(&state, &body.name, by).await?;
     Ok((StatusCode::CREATED, axum::Json(environment)))
 }
 
@@ -60,15 +55,7 @@ pub async fn delete(
     QueryParams(options): QueryParams<DeleteOptions>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, None)?);
-    let name = env.clone();
-    // The emptiness check and the deletion are one store transaction: a flag created in
-    // between cannot be deleted without ?force=true.
-    blocking(&state, move |store| {
-        Ok(store.delete_environment(&name, options.force, &by)?)
-    })
-    .await?;
-    state.tokens.remove_environment(&env);
-    crate::domain::ramp::close_deleted(&state, &env, None).await;
+    crate::domain::delete_environment(&state, &env, options.force, by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::blocking;
 use super::{IfMatch, JsonBody, PathParams, Strict, attribution, change_message, etag};
 use crate::api::auth::Admin;
-use crate::domain::flags::{self as service, Written};
+use crate::domain::flags::{self as domain_flags, Written};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::StoredFlag;
@@ -82,7 +82,7 @@ pub async fn list(
     PathParams(env): PathParams<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (environment, flags) = blocking(&state, move |store| {
-        let environment = service::environment_or_404(store, &env)?;
+        let environment = domain_flags::environment_or_not_found(store, &env)?;
         Ok((environment, store.flags(&env)?))
     })
     .await?;
@@ -102,7 +102,7 @@ pub async fn get(
     PathParams((env, key)): PathParams<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let stored = blocking(&state, move |store| {
-        service::environment_or_404(store, &env)?;
+        domain_flags::environment_or_not_found(store, &env)?;
         store.flag(&env, &key)?.ok_or_else(|| {
             ApiError::not_found(format!(
                 "flag {key:?} does not exist in environment {env:?}"
@@ -124,7 +124,7 @@ pub async fn put(
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, Some(&mut body))?);
     let (write, created) = blocking(&state, move |store| {
-        Ok(service::put_flag(
+        Ok(domain_flags::put_flag(
             store, &env, &key, &body, if_match, mode, &by,
         )?)
     })
@@ -153,7 +153,7 @@ pub async fn patch(
     }
     let by = attribution(&state, &admin, change_message(&headers, Some(&mut patch))?);
     let write = blocking(&state, move |store| {
-        Ok(service::modify_flag(
+        Ok(domain_flags::modify_flag(
             store,
             &env,
             &key,
@@ -161,7 +161,7 @@ pub async fn patch(
             mode,
             &by,
             |_, definition| {
-                service::merge_patch(definition, &patch);
+                domain_flags::merge_patch(definition, &patch);
                 Ok(())
             },
         )?)
@@ -178,18 +178,7 @@ pub async fn delete(
     PathParams((env, key)): PathParams<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = attribution(&state, &admin, change_message(&headers, None)?);
-    let (environment, flag_key) = (env.clone(), key.clone());
-    blocking(&state, move |store| {
-        service::environment_or_404(store, &env)?;
-        let change = crate::store::FlagChange::Delete {
-            key,
-            expected_version: if_match,
-        };
-        store.commit(&env, &[change], None, &by)?;
-        Ok(())
-    })
-    .await?;
-    crate::domain::ramp::close_deleted(&state, &environment, Some(&flag_key)).await;
+    crate::domain::delete_flag(&state, &env, &key, if_match, by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -220,8 +209,8 @@ pub async fn rollout(
     PathParams((env, key)): PathParams<(String, String)>,
     JsonBody(request): JsonBody<RolloutRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let share = Share::from_percentage(request.percentage).map_err(service::rollout_error)?;
-    let change = service::RolloutChange {
+    let share = Share::from_percentage(request.percentage).map_err(domain_flags::rollout_error)?;
+    let change = domain_flags::RolloutChange {
         share,
         variants: RolloutVariants {
             variant: request.variant,
@@ -246,7 +235,7 @@ pub async fn rollout(
         change_message(&headers, None)?.or(request.message),
     );
     let write = blocking(&state, move |store| {
-        Ok(service::rollout(
+        Ok(domain_flags::rollout(
             store, &env, &key, &change, if_match, mode, &by,
         )?)
     })

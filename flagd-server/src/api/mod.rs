@@ -100,7 +100,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/tokens", Access::Admin),
     ("POST", "/api/v1/tokens", Access::Admin),
     ("DELETE", "/api/v1/tokens/{id}", Access::Admin),
-    ("GET", "/api/v1/stream", Access::Environment),
+    (
+        "GET",
+        flag_protocol::stream::STREAM_PATH,
+        Access::Environment,
+    ),
     (
         "POST",
         "/ofrep/v1/evaluate/flags/{key}",
@@ -165,7 +169,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/audit", get(audit::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route("/api/v1/stream", get(stream::stream))
+        .route(flag_protocol::stream::STREAM_PATH, get(stream::stream))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/configuration", get(ofrep::configuration))
@@ -221,7 +225,7 @@ async fn request_deadline(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    if request.uri().path() == "/api/v1/stream" {
+    if request.uri().path() == flag_protocol::stream::STREAM_PATH {
         return next.run(request).await;
     }
     let limit = state.request_timeout();

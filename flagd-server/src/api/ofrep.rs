@@ -7,8 +7,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flag_core::{EvaluationContext, Resolution};
-use flag_protocol::{OfrepBulkEvaluation, OfrepEvaluation, OfrepFailure};
-use serde_json::{Value, json};
+use flag_protocol::{
+    OfrepBulkEvaluation, OfrepCapabilities, OfrepConfiguration, OfrepEvaluation, OfrepFailure,
+    OfrepRequest,
+};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::PathParams;
@@ -16,24 +19,10 @@ use crate::api::auth::EnvironmentAccess;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Reads `{"context": {...}}`. An empty body, or no `context`, is an empty context.
+/// Reads `{"context": {...}}` (`OfrepRequest`). An empty body, or no `context`, is an empty
+/// context.
 fn parse_context(body: &[u8]) -> Result<EvaluationContext, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(EvaluationContext::anonymous());
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| format!("request body is not valid JSON: {error}"))?;
-    let Value::Object(mut request) = value else {
-        return Err("request body must be a JSON object: {\"context\": {...}}".to_owned());
-    };
-    match request.remove("context") {
-        None | Some(Value::Null) => Ok(EvaluationContext::anonymous()),
-        Some(Value::Object(context)) => Ok(EvaluationContext::from_json(context)),
-        Some(other) => Err(format!(
-            "context must be an object, found {}",
-            flag_core::json_type_name(&other)
-        )),
-    }
+    OfrepRequest::from_slice(body).map(|request| EvaluationContext::from_json(request.context))
 }
 
 /// One evaluation as OFREP renders it: a success, or a failure with its status.
@@ -131,41 +120,18 @@ fn if_none_match(list: &str, etag: &str) -> bool {
 
 /// `GET /ofrep/v1/configuration`: what this server supports, for OFREP providers.
 pub async fn configuration(_access: EnvironmentAccess) -> impl IntoResponse {
-    axum::Json(json!({
-        "name": "flagd-rs",
-        "capabilities": {
-            "cacheInvalidation": {"polling": {"enabled": true, "minPollingIntervalMs": 1000}},
-            "flagEvaluation": {"supportedTypes": ["boolean", "string", "int", "float", "object"]}
-        }
-    }))
+    axum::Json(OfrepConfiguration {
+        name: "flagd-rs".to_owned(),
+        capabilities: OfrepCapabilities {
+            cache_invalidation: json!({"polling": {"enabled": true, "minPollingIntervalMs": 1000}}),
+            flag_evaluation: json!({"supportedTypes": ["boolean", "string", "int", "float", "object"]}),
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn contexts() {
-        assert!(parse_context(b"").unwrap().targeting_key().is_none());
-        assert_eq!(
-            parse_context(br#"{"context":{"targetingKey":"u"}}"#)
-                .unwrap()
-                .targeting_key(),
-            Some("u")
-        );
-        assert!(parse_context(br#"{}"#).unwrap().targeting_key().is_none());
-        assert!(
-            parse_context(br#"{"context": 5}"#)
-                .unwrap_err()
-                .contains("context must be an object")
-        );
-        assert!(
-            parse_context(br#"[1]"#)
-                .unwrap_err()
-                .contains("JSON object")
-        );
-        assert!(parse_context(b"{").unwrap_err().contains("not valid JSON"));
-    }
 
     #[test]
     fn if_none_match_uses_the_weak_comparison() {

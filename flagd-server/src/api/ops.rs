@@ -1,7 +1,7 @@
 //! Health, readiness, metrics, the OpenAPI document, and the fallbacks.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::json;
 
@@ -42,7 +42,9 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see /api/v1/openapi.json")
 }
 
-pub async fn method_not_allowed() -> impl IntoResponse {
-    let body = json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route; see /api/v1/openapi.json"}});
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        crate::error::ErrorCode::MethodNotAllowed,
+        "method not allowed on this route; see /api/v1/openapi.json",
+    )
 }

@@ -28,8 +28,8 @@ pub async fn status(
     PathParams((env, key)): PathParams<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = env.clone();
-    crate::domain::flags::blocking(&state, move |store| {
-        crate::domain::flags::environment_or_404(store, &name).map(drop)
+    crate::domain::blocking(&state, move |store| {
+        crate::domain::flags::environment_or_not_found(store, &name).map(drop)
     })
     .await?;
     let ramp = ramp::latest(&state, &env, &key).await?.ok_or_else(|| {

@@ -39,12 +39,12 @@ pub fn check_environment_name(name: &str) -> Result<(), DomainError> {
 /// How a write treats warnings (what flagd loads and handles at evaluation time).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteMode {
-    /// Refuse (422) any write with a warning, as well as errors.
+    /// Refuse any write with a warning (`DomainError::Invalid`), as well as errors.
     pub strict: bool,
 }
 
 impl WriteMode {
-    /// `Err(422)` listing the warnings in strict mode; the warnings otherwise.
+    /// `Err(Invalid)` listing the warnings in strict mode; the warnings otherwise.
     fn check(self, warnings: Vec<Problem>) -> Result<Vec<Problem>, DomainError> {
         if self.strict && !warnings.is_empty() {
             return Err(DomainError::invalid(ValidationError { problems: warnings }));
@@ -53,7 +53,7 @@ impl WriteMode {
     }
 }
 
-pub(crate) fn environment_or_404(
+pub(crate) fn environment_or_not_found(
     store: &dyn FlagStore,
     name: &str,
 ) -> Result<Environment, DomainError> {
@@ -66,7 +66,7 @@ pub(crate) fn environment_or_404(
 /// stream messages, audit record, SDK caches) multiplies its size.
 pub const MAX_FLAG_BYTES: usize = 1 << 20;
 
-/// Refuses a definition larger than `MAX_FLAG_BYTES` (422 `flag_too_large`).
+/// Refuses a definition larger than `MAX_FLAG_BYTES` (`Rejection::FlagTooLarge`).
 fn check_flag_size(key: &str, definition: &Value) -> Result<(), DomainError> {
     /// Counts serialized bytes without keeping them (a refused definition can be megabytes).
     struct Counter(usize);
@@ -142,7 +142,7 @@ pub fn put_flag(
     mode: WriteMode,
     by: &Attribution,
 ) -> Result<(Written, bool), DomainError> {
-    let env = environment_or_404(store, environment)?;
+    let env = environment_or_not_found(store, environment)?;
     let (flag, warnings) = validate_flag(&env, key, definition, mode)?;
     let change = FlagChange::Upsert {
         key: key.to_owned(),
@@ -162,7 +162,7 @@ pub fn put_flag(
 
 /// Read, transform, validate, commit: the shape of PATCH and of the rollout endpoint. Without
 /// `If-Match`, a write that loses a race to another writer is retried on the new state; with it,
-/// the race is reported (412), as the client asked.
+/// the race is reported (a version conflict), as the client asked.
 pub fn modify_flag(
     store: &dyn FlagStore,
     environment: &str,
@@ -173,7 +173,7 @@ pub fn modify_flag(
     transform: impl Fn(&Environment, &mut Value) -> Result<(), DomainError>,
 ) -> Result<Written, DomainError> {
     for _ in 0..RETRIES {
-        let env = environment_or_404(store, environment)?;
+        let env = environment_or_not_found(store, environment)?;
         let current = store.flag(environment, key)?.ok_or_else(|| {
             DomainError::not_found(format!(
                 "flag {key:?} does not exist in environment {environment:?}"
@@ -277,7 +277,7 @@ pub fn rollout(
     )
 }
 
-/// A rollout that cannot be read or set, as the API answers it (422).
+/// A rollout that cannot be read or set, as a rejection naming the field at fault.
 pub fn rollout_error(error: RolloutError) -> DomainError {
     match error {
         RolloutError::OutOfRange(_) | RolloutError::TooFine(_) => {
@@ -298,7 +298,7 @@ pub fn rollout_error(error: RolloutError) -> DomainError {
 
 /// The environment as one flagd document, and its version.
 pub fn document(store: &dyn FlagStore, environment: &str) -> Result<(FlagSet, i64), DomainError> {
-    let env = environment_or_404(store, environment)?;
+    let env = environment_or_not_found(store, environment)?;
     let flags = store.flags(environment)?;
     Ok((super::hub::document_of(&env, flags), env.version))
 }
@@ -355,7 +355,7 @@ pub fn apply_document(
     mode: WriteMode,
     by: &Attribution,
 ) -> Result<ApplyReport, DomainError> {
-    let env = environment_or_404(store, environment)?;
+    let env = environment_or_not_found(store, environment)?;
     let loaded = CompiledFlagSet::load(document).map_err(DomainError::invalid)?;
     for (key, flag) in &loaded.set.flags {
         check_flag_size(

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use flag_core::ValidationError;
 
 use crate::metrics::Metrics;
-use crate::store::{FlagStore, StoreError};
+use crate::store::{Attribution, Environment, FlagChange, FlagStore, StoreError};
 
 /// The current time in unix seconds. Injected so tests control time.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -131,6 +131,63 @@ where
     tokio::task::spawn_blocking(move || work(store.as_ref()))
         .await
         .map_err(DomainError::internal)?
+}
+
+/// Deletes a flag (refused unless it is at `expected_version`, when given), then closes its
+/// open ramp, if any.
+pub async fn delete_flag(
+    domain: &Domain,
+    environment: &str,
+    key: &str,
+    expected_version: Option<i64>,
+    by: Attribution,
+) -> Result<(), DomainError> {
+    let (env, flag) = (environment.to_owned(), key.to_owned());
+    blocking(domain, move |store| {
+        flags::environment_or_not_found(store, &env)?;
+        let change = FlagChange::Delete {
+            key: flag,
+            expected_version,
+        };
+        store.commit(&env, &[change], None, &by)?;
+        Ok(())
+    })
+    .await?;
+    ramp::close_deleted(domain, environment, Some(key)).await;
+    Ok(())
+}
+
+/// Creates an environment (its name checked first).
+pub async fn create_environment(
+    domain: &Domain,
+    name: &str,
+    by: Attribution,
+) -> Result<Environment, DomainError> {
+    flags::check_environment_name(name)?;
+    let name = name.to_owned();
+    blocking(domain, move |store| {
+        Ok(store.create_environment(&name, &by)?)
+    })
+    .await
+}
+
+/// Deletes an environment (refused while it has flags, unless `force`), its sdk tokens from the
+/// cache, and closes its open ramps. The emptiness check and the deletion are one store
+/// transaction: a flag created in between cannot be deleted without `force`.
+pub async fn delete_environment(
+    domain: &Domain,
+    name: &str,
+    force: bool,
+    by: Attribution,
+) -> Result<(), DomainError> {
+    let environment = name.to_owned();
+    blocking(domain, move |store| {
+        Ok(store.delete_environment(&environment, force, &by)?)
+    })
+    .await?;
+    domain.tokens.remove_environment(name);
+    ramp::close_deleted(domain, name, None).await;
+    Ok(())
 }
 
 /// Why a request was refused, in domain terms (the HTTP layer picks the status and wire code).

@@ -330,14 +330,14 @@ pub struct StartRequest {
 #[serde(deny_unknown_fields)]
 pub struct GuardRequest {
     url: String,
-    /// Wider than the stored `u32` so an out-of-range number is a 422 naming the field.
+    /// Wider than the stored `u32` so an out-of-range number is `OutOfRange` naming the field.
     #[serde(default)]
     failures: Option<i64>,
     #[serde(default)]
     timeout: Option<String>,
 }
 
-/// A value outside its range: 422, naming the field.
+/// A value outside its range (`Rejection::OutOfRange`), naming the field.
 fn out_of_range(message: impl Into<String>, field: impl Into<String>) -> DomainError {
     DomainError::rejected(Rejection::OutOfRange, message).at(field)
 }
@@ -397,7 +397,7 @@ struct Plan {
     guard: Option<Guard>,
 }
 
-/// Checks a start request: shape errors are 400, values out of range 422.
+/// Checks a start request: shape errors are `BadRequest`, values out of range `OutOfRange`.
 fn validate(request: &StartRequest) -> Result<Plan, DomainError> {
     let steps = request.steps.clone();
     check_steps(&steps).map_err(|(message, field)| out_of_range(message, field))?;
@@ -491,7 +491,7 @@ fn validate(request: &StartRequest) -> Result<Plan, DomainError> {
     })
 }
 
-/// `now + seconds`, or a 422 when the sum does not fit (only a clock gone wrong can do that).
+/// `now + seconds`, or `OutOfRange` when the sum does not fit (only a clock gone wrong can do that).
 fn later(now: i64, seconds: i64) -> Result<i64, DomainError> {
     now.checked_add(seconds)
         .ok_or_else(|| out_of_range("the next step's time is out of range", "interval"))
@@ -628,7 +628,7 @@ pub async fn latest(
 pub async fn list(state: &Domain, environment: &str) -> Result<Vec<Ramp>, DomainError> {
     let env = environment.to_owned();
     blocking(state, move |store| {
-        flags::environment_or_404(store, &env).map(drop)
+        flags::environment_or_not_found(store, &env).map(drop)
     })
     .await?;
     query(
@@ -725,7 +725,7 @@ pub async fn start(
     }
     let (env, key) = (environment.to_owned(), flag.to_owned());
     let (environment_record, current) = blocking(state, move |store| {
-        let environment = flags::environment_or_404(store, &env)?;
+        let environment = flags::environment_or_not_found(store, &env)?;
         let flag = store.flag(&env, &key)?.ok_or_else(|| {
             DomainError::not_found(format!(
                 "flag {key:?} does not exist in environment {env:?}"
@@ -887,7 +887,7 @@ async fn changed_outside(state: &Domain, ramp: &Ramp) -> Result<Option<String>, 
         let Some(current) = store.flag(&environment, &flag)? else {
             return Ok(Some(format!("flag {flag:?} no longer exists")));
         };
-        let evaluators = flags::environment_or_404(store, &environment)?.evaluators;
+        let evaluators = flags::environment_or_not_found(store, &environment)?.evaluators;
         Ok(match current_rollout(&current.flag, &evaluators, &variants) {
             Ok(now) if u128::from(now.share.weight) * u128::from(expected.total)
                 == u128::from(expected.weight) * u128::from(now.share.total) =>

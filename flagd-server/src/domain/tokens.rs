@@ -13,6 +13,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::{Domain, DomainError, blocking};
 use crate::store::{Role, TokenRecord};
 
 /// A new secret: a readable prefix naming the role, then 256 random bits in hex.
@@ -86,6 +87,63 @@ impl TokenCache {
             .filter(|t| t.role == Role::Admin)
             .count()
     }
+}
+
+/// Creates a token; returns its record and its secret (shown once, never stored). A name is 1 to
+/// 100 printable characters (names become audit actors and log fields: no control characters,
+/// so no forged lines); an sdk token names its environment, an admin token none.
+pub async fn create(
+    domain: &Domain,
+    name: &str,
+    role: Role,
+    environment: Option<String>,
+) -> Result<(TokenRecord, String), DomainError> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(DomainError::bad_request(
+            "a token name must be 1 to 100 printable characters (no line breaks or control characters)",
+        )
+        .at("name"));
+    }
+    match (role, &environment) {
+        (Role::Sdk, None) => {
+            return Err(
+                DomainError::bad_request("an sdk token needs the environment it may read")
+                    .at("environment"),
+            );
+        }
+        (Role::Admin, Some(_)) => {
+            return Err(DomainError::bad_request(
+                "admin tokens cover every environment: omit environment",
+            )
+            .at("environment"));
+        }
+        _ => {}
+    }
+    let secret = generate_secret(role);
+    let record = TokenRecord {
+        id: generate_id(),
+        name,
+        role,
+        environment,
+        hash: hash_secret(&secret),
+        created_at: domain.now(),
+        revoked_at: None,
+    };
+    let stored = record.clone();
+    blocking(domain, move |store| Ok(store.insert_token(&stored)?)).await?;
+    domain.tokens.insert(record.clone());
+    Ok((record, secret))
+}
+
+/// Revokes a token. The last-admin check and the revocation are one store transaction
+/// (`FlagStore::revoke_token`), so two admins revoking each other cannot both succeed.
+pub async fn revoke(domain: &Domain, id: &str) -> Result<(), DomainError> {
+    let at = domain.now();
+    let revoke_id = id.to_owned();
+    blocking(domain, move |store| Ok(store.revoke_token(&revoke_id, at)?)).await?;
+    domain.tokens.remove(id);
+    Ok(())
 }
 
 #[cfg(test)]

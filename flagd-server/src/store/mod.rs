@@ -1,8 +1,8 @@
 //! Storage: the `FlagStore` trait and its records.
 //!
-//! Handlers never touch a store directly: they go through `service.rs`, which validates with
-//! flag-core and then asks the store to commit. The trait is synchronous (SQLite is); the
-//! service runs it on tokio's blocking pool. A PostgreSQL store can implement the same trait.
+//! Writes go through the domain (`domain::flags`, `domain::ramp`), which validates with flag-core
+//! and then asks the store to commit. The trait is synchronous (SQLite is); `domain::blocking`
+//! runs it on tokio's blocking pool. A PostgreSQL store can implement the same trait.
 
 mod sqlite;
 
@@ -234,8 +234,13 @@ impl Operation {
 impl ChangeRecord {
     /// The change to the environment's flag-set document this record made, as the stream sends
     /// it; `None` for records that only a snapshot can express (environment creation and
-    /// deletion) and for audit-only events. The only place a record becomes a [`Change`].
+    /// deletion), for audit-only events, and for records whose stored value did not decode
+    /// (the reader marks them `{"$error": ...}`): a client resuming across one gets a snapshot
+    /// rather than a marker. The only place a record becomes a [`Change`].
     pub fn change(&self) -> Option<Change> {
+        if self.after.get("$error").is_some() {
+            return None;
+        }
         match (self.operation, &self.flag) {
             (Operation::Create | Operation::Update, Some(key)) => Some(Change::Upsert {
                 key: key.clone(),
@@ -243,11 +248,9 @@ impl ChangeRecord {
             }),
             (Operation::Delete, Some(key)) => Some(Change::Delete { key: key.clone() }),
             (Operation::UpdateSettings, None) => Some(Change::Settings {
-                metadata: Some(
-                    serde_json::from_value(self.after["metadata"].clone()).unwrap_or_default(),
-                ),
+                metadata: Some(serde_json::from_value(self.after.get("metadata")?.clone()).ok()?),
                 evaluators: Some(
-                    serde_json::from_value(self.after["$evaluators"].clone()).unwrap_or_default(),
+                    serde_json::from_value(self.after.get("$evaluators")?.clone()).ok()?,
                 ),
             }),
             _ => None,
@@ -320,7 +323,7 @@ pub struct TokenRecord {
     pub revoked_at: Option<i64>,
 }
 
-/// A stored ramp. `definition` is the ramp's whole state as JSON (see `ramp.rs`); `state` and
+/// A stored ramp. `definition` is the ramp's whole state as JSON (see `domain/ramp.rs`); `state` and
 /// `next_at` are also columns so due ramps can be found by index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RampRecord {
