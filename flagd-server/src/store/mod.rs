@@ -421,3 +421,72 @@ pub trait FlagStore: Send + Sync + 'static {
         by: &Attribution,
     ) -> Result<ChangeRecord, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(operation: Operation, flag: Option<&str>, after: Value) -> ChangeRecord {
+        ChangeRecord {
+            id: 1,
+            environment: "e".into(),
+            version: 1,
+            flag: flag.map(str::to_owned),
+            operation,
+            before: Value::Null,
+            after,
+            actor: "a".into(),
+            at: 0,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn records_become_changes_only_when_they_change_the_document() {
+        let flag = json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"});
+        assert_eq!(
+            record(Operation::Update, Some("f"), flag.clone()).change(),
+            Some(Change::Upsert {
+                key: "f".into(),
+                flag
+            })
+        );
+        assert_eq!(
+            record(Operation::Delete, Some("f"), Value::Null).change(),
+            Some(Change::Delete { key: "f".into() })
+        );
+        let settings = record(
+            Operation::UpdateSettings,
+            None,
+            json!({"metadata": {"team": "a"}, "$evaluators": {}}),
+        );
+        assert!(matches!(
+            settings.change(),
+            Some(Change::Settings {
+                metadata: Some(_),
+                evaluators: Some(_)
+            })
+        ));
+        // Only a snapshot expresses these.
+        for operation in [
+            Operation::CreateEnvironment,
+            Operation::DeleteEnvironment,
+            Operation::RampFailed,
+            Operation::Unknown,
+        ] {
+            assert_eq!(record(operation, None, Value::Null).change(), None);
+        }
+        // A stored value that did not decode (the reader's marker) is never streamed, and
+        // settings that do not decode never empty a client's settings.
+        let marker = json!({"$error": "this stored value does not decode"});
+        assert_eq!(record(Operation::Update, Some("f"), marker).change(), None);
+        let bad = json!({"metadata": [1], "$evaluators": {}});
+        assert_eq!(record(Operation::UpdateSettings, None, bad).change(), None);
+        assert_eq!(
+            Operation::parse("update_settings"),
+            Operation::UpdateSettings
+        );
+        assert_eq!(Operation::parse("something_new"), Operation::Unknown);
+    }
+}
