@@ -90,6 +90,11 @@ pub enum Command {
     /// Evaluate a flag for a context: on the server (OFREP), or locally from a file.
     Eval(EvalArgs),
     /// Print changes to the environment as they happen, until interrupted.
+    ///
+    /// One line per flag created, updated (with what changed) or deleted, and one line when the
+    /// flag set's shared settings (metadata, $evaluators) are replaced. With -o json, one object
+    /// per line: {"time", "version", "key", "action", "changes"} for a flag, {"time", "version",
+    /// "type": "settings", "changes"} for settings.
     Watch,
     /// Show the environment's version and its connected SDK clients.
     Status,

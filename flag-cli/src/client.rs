@@ -154,12 +154,18 @@ fn network_error(server: &str, error: &reqwest::Error) -> CliError {
 /// The server's `{"error": {"code", "message", "path", "problems"}}` as a `CliError` carrying
 /// the code.
 pub fn server_error(status: StatusCode, body: &Value) -> CliError {
-    let Ok(ErrorBody { error }) = serde_json::from_value::<ErrorBody>(body.clone()) else {
-        // Not our error shape (a proxy in between, say): the status is all there is.
-        let mut cli = CliError::new(Kind::Server, format!("the server answered {status}"));
-        cli.server_code = Some(ErrorCode::for_status(status.as_u16()));
-        return cli;
+    // A code this build does not know, or no body of ours at all (a proxy in between, say):
+    // decide by the status, as docs/API.md tells clients to.
+    let by_status = ErrorCode::for_status(status.as_u16());
+    let Ok(ErrorBody { mut error }) = serde_json::from_value::<ErrorBody>(body.clone()) else {
+        return with_hint(
+            CliError::new(Kind::Server, format!("the server answered {status}")),
+            by_status,
+        );
     };
+    if error.code == ErrorCode::Unknown {
+        error.code = by_status;
+    }
     // A validation error's message already lists its problems; show them one per line instead.
     let problems: Vec<String> = error
         .problems
@@ -175,7 +181,7 @@ pub fn server_error(status: StatusCode, body: &Value) -> CliError {
         .collect();
     let all_warnings =
         !error.problems.is_empty() && error.problems.iter().all(flag_core::Problem::is_warning);
-    let mut cli = if problems.is_empty() {
+    let cli = if problems.is_empty() {
         let message = match &error.path {
             Some(path) => format!("{} (at {path})", error.message),
             None => error.message.clone(),
@@ -199,13 +205,54 @@ pub fn server_error(status: StatusCode, body: &Value) -> CliError {
         }
         cli
     };
-    cli = match error.code {
+    with_hint(cli, error.code)
+}
+
+/// Adds the hint for a server error code and records the code.
+fn with_hint(cli: CliError, code: ErrorCode) -> CliError {
+    let mut cli = match code {
         ErrorCode::Unauthorized => cli.hint("check the token: --token / FLAGCTL_TOKEN (or `flagctl login`)"),
         ErrorCode::Forbidden => cli.hint("this needs an admin token"),
         ErrorCode::PreconditionFailed => cli.hint("someone else changed it since it was read; look at `flagctl flag get`, then run the command again"),
         ErrorCode::RolloutVariants => cli.hint("name the variant to roll out with --variant NAME"),
         _ => cli,
     };
-    cli.server_code = Some(error.code);
+    cli.server_code = Some(code);
     cli
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn server_errors_are_decided_by_code_and_by_status_when_the_code_is_unknown() {
+        let ours = server_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": {"code": "rollout_variants", "message": "which variant?"}}),
+        );
+        assert_eq!(ours.server_code, Some(ErrorCode::RolloutVariants));
+        assert_eq!(ours.message, "which variant?");
+        assert!(ours.hint.is_some_and(|h| h.contains("--variant")));
+        // A code from a newer server: the status decides, the message is kept.
+        let newer = server_error(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": {"code": "token_expired", "message": "expired"}}),
+        );
+        assert_eq!(newer.server_code, Some(ErrorCode::Unauthorized));
+        assert_eq!(newer.message, "expired");
+        assert!(newer.hint.is_some_and(|h| h.contains("token")));
+        // A proxy's body without a code keeps its message.
+        let proxy = server_error(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {"message": "custom message from a proxy"}}),
+        );
+        assert_eq!(proxy.message, "custom message from a proxy");
+        assert_eq!(proxy.server_code, Some(ErrorCode::BadRequest));
+        // No JSON at all: the status says it, with its hint.
+        let bare = server_error(StatusCode::FORBIDDEN, &Value::Null);
+        assert_eq!(bare.server_code, Some(ErrorCode::Forbidden));
+        assert!(bare.hint.is_some_and(|h| h.contains("admin token")));
+    }
 }

@@ -152,7 +152,8 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// For programs.
+    /// For programs (`unknown` when a body has none: a proxy's, say).
+    #[serde(default = "unknown_code")]
     pub code: ErrorCode,
     /// For people.
     pub message: String,
@@ -162,6 +163,10 @@ pub struct ErrorDetail {
     /// Every validation problem, for `invalid_flag` (errors and, in strict mode, warnings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
+}
+
+fn unknown_code() -> ErrorCode {
+    ErrorCode::Unknown
 }
 
 impl ErrorBody {

@@ -77,13 +77,13 @@ pub struct OfrepBulkEvaluation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OfrepFailure {
-    /// The flag key, for a single-flag request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
     /// `INVALID_CONTEXT`, `PARSE_ERROR`...
     pub error_code: String,
     /// What went wrong, for people.
     pub error_details: String,
+    /// The flag key, for a single-flag request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl OfrepFailure {
@@ -99,11 +99,28 @@ impl OfrepFailure {
 
 /// An OFREP evaluation result: a success (`value`, `variant`, `reason`, `metadata`) or a failure
 /// (`errorCode`, `errorDetails`).
+///
+/// The fields are declared in alphabetical order of their JSON names, so the serialised bytes
+/// are those the server wrote before this type existed (through a sorted JSON map): the bulk
+/// endpoint's `ETag` is a digest of those bytes, and keeping them keeps clients' cached tags
+/// valid across an upgrade.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OfrepEvaluation {
+    /// `FLAG_NOT_FOUND`, `PARSE_ERROR`, `TYPE_MISMATCH`, `GENERAL`...; absent on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// What went wrong, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_details: Option<String>,
     /// The flag key.
     pub key: String,
+    /// Flag-set metadata merged with the flag's own (the flag's winning); on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// Why (`STATIC`, `TARGETING_MATCH`, `DEFAULT`, `DISABLED`); absent on failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The variant's value; absent for DISABLED and code-default results (the caller's default
     /// applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,18 +128,6 @@ pub struct OfrepEvaluation {
     /// The variant's name; absent when `value` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    /// Why (`STATIC`, `TARGETING_MATCH`, `DEFAULT`, `DISABLED`); absent on failures.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// `FLAG_NOT_FOUND`, `PARSE_ERROR`, `TYPE_MISMATCH`, `GENERAL`...; absent on success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<String>,
-    /// What went wrong, for people.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_details: Option<String>,
-    /// Flag-set metadata merged with the flag's own (the flag's winning); on success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Metadata>,
 }
 
 impl OfrepEvaluation {

@@ -393,19 +393,42 @@ pub enum ClientMessage {
     Unknown,
 }
 
-/// `hello`.
+/// `hello`. Every field is optional and informational: one of the wrong type is read as absent
+/// rather than costing the others.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hello {
     /// The SDK's name (`flag-sdk-rust`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_absent"
+    )]
     pub sdk: Option<String>,
     /// The SDK's version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_absent"
+    )]
     pub sdk_version: Option<String>,
     /// A name for this client instance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_absent"
+    )]
     pub client_id: Option<String>,
+}
+
+/// A string, or `None` for any other JSON value.
+fn string_or_absent<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::String(text) => Some(text),
+        _ => None,
+    })
 }
 
 /// `ack`.
@@ -444,6 +467,17 @@ mod tests {
         let client: ClientMessage =
             serde_json::from_value(json!({"type": "subscribe", "keys": []})).unwrap();
         assert_eq!(client, ClientMessage::Unknown);
+        // A hello field of the wrong type is absent; the others are kept.
+        let hello: ClientMessage =
+            serde_json::from_value(json!({"type": "hello", "sdk": "odd", "clientId": 5})).unwrap();
+        assert_eq!(
+            hello,
+            ClientMessage::Hello(Hello {
+                sdk: Some("odd".into()),
+                sdk_version: None,
+                client_id: None
+            })
+        );
     }
 
     #[test]

@@ -188,6 +188,16 @@ fn ofrep_bodies() {
         error_details: Some("flag \"nope\" not found".to_owned()),
         metadata: None,
     };
+    // The exact bytes, not just the JSON: the bulk ETag is a digest of them (keys in sorted
+    // order, as the server wrote them before these types existed).
+    assert_eq!(
+        serde_json::to_string(&success).unwrap(),
+        r#"{"key":"new-checkout","metadata":{"flagSetId":"checkout"},"reason":"TARGETING_MATCH","value":true,"variant":"on"}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&failure).unwrap(),
+        r#"{"errorCode":"FLAG_NOT_FOUND","errorDetails":"flag \"nope\" not found","key":"nope"}"#
+    );
     check("ofrep_success", &success);
     check("ofrep_flag_not_found", &failure);
     check(

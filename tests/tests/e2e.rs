@@ -996,6 +996,21 @@ mod cli {
         flagctl(&server, dir.path(), &["flag", "delete", "live"]);
         let deleted = next();
         assert!(deleted.contains("v3  live deleted"), "{deleted}");
+        // Shared settings: one line saying what changed.
+        let file = dir.path().join("settings.json");
+        std::fs::write(&file, r#"{"metadata": {"team": "checkout"}, "flags": {}}"#).unwrap();
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &["apply", "-f", file.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let settings = next();
+        assert!(
+            settings.contains("v4  flag-set settings replaced: ")
+                && settings.contains("+ metadata.team: \"checkout\""),
+            "{settings}"
+        );
     }
 
     #[test]

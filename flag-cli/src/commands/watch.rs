@@ -92,20 +92,24 @@ pub async fn run(context: &Context) -> Result<u8> {
             ServerMessage::Patch(patch) => {
                 let version = patch.version;
                 for change in patch.into_changes() {
-                    let (key, action, after) = match &change {
-                        Change::Upsert { key, flag } => (key.clone(), "", Some(flag.clone())),
-                        Change::Delete { key } => (key.clone(), "deleted", None),
-                        Change::Settings { .. } => ("$settings".to_owned(), "updated", None),
+                    if let Change::Settings { .. } = change {
+                        let settings = |d: &Document| serde_json::json!({"metadata": d.metadata, "$evaluators": d.evaluators});
+                        let before = settings(&document);
+                        document.apply(change);
+                        let changes = output::diff(&before, &settings(&document));
+                        print_settings(context, version, &changes)?;
+                        continue;
+                    }
+                    let (key, after) = match &change {
+                        Change::Upsert { key, flag } => (key.clone(), Some(flag.clone())),
+                        Change::Delete { key } => (key.clone(), None),
+                        Change::Settings { .. } => continue,
                     };
                     let before = document.apply(change);
-                    let changes = match &after {
-                        Some(after) => output::diff(before.as_ref().unwrap_or(&Value::Null), after),
-                        None => Vec::new(),
-                    };
-                    let action = match (action, &before) {
-                        ("", Some(_)) => "updated",
-                        ("", None) => "created",
-                        (action, _) => action,
+                    let (action, changes) = match (&before, &after) {
+                        (_, None) => ("deleted", Vec::new()),
+                        (None, Some(after)) => ("created", output::diff(&Value::Null, after)),
+                        (Some(before), Some(after)) => ("updated", output::diff(before, after)),
                     };
                     print_change(context, version, &key, action, &changes)?;
                 }
@@ -116,6 +120,26 @@ pub async fn run(context: &Context) -> Result<u8> {
             }
             ServerMessage::Ping(_) | ServerMessage::Unknown => {}
         }
+    }
+}
+
+/// The flag set's shared settings (metadata, `$evaluators`) were replaced.
+fn print_settings(context: &Context, version: i64, changes: &[String]) -> Result<()> {
+    if context.output == Format::Json {
+        outln!(
+            "{}",
+            serde_json::json!({"time": now(), "version": version, "type": "settings", "changes": changes})
+        )
+    } else {
+        let summary = if changes.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", changes.join("; "))
+        };
+        outln!(
+            "{}  v{version}  flag-set settings replaced{summary}",
+            output::time(now())
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use flag_core::{Flag, Metadata};
 use flag_protocol::Change;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
@@ -185,8 +185,7 @@ pub struct ChangeRecord {
 }
 
 /// What a change record records. Stored and shown (audit) as its snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// A flag was created.
     Create,
@@ -204,14 +203,14 @@ pub enum Operation {
     RampFailed,
     /// Audit only: the first admin token was created at start.
     AdminTokenCreated,
-    /// A stored name this build does not know (written by a newer server): shown, never applied.
-    #[serde(other)]
-    Unknown,
+    /// A stored name this build does not know (written by a newer server): shown as stored,
+    /// never applied.
+    Other(String),
 }
 
 impl Operation {
     /// The stored name.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             Operation::Create => "create",
             Operation::Update => "update",
@@ -221,13 +220,29 @@ impl Operation {
             Operation::DeleteEnvironment => "delete_environment",
             Operation::RampFailed => "ramp_failed",
             Operation::AdminTokenCreated => "admin_token_created",
-            Operation::Unknown => "unknown",
+            Operation::Other(name) => name,
         }
     }
 
-    /// Reads a stored name; [`Operation::Unknown`] for one this build does not know.
+    /// Reads a stored name; [`Operation::Other`] for one this build does not know.
     pub fn parse(name: &str) -> Operation {
-        serde_json::from_value(Value::String(name.to_owned())).unwrap_or(Operation::Unknown)
+        match name {
+            "create" => Operation::Create,
+            "update" => Operation::Update,
+            "delete" => Operation::Delete,
+            "update_settings" => Operation::UpdateSettings,
+            "create_environment" => Operation::CreateEnvironment,
+            "delete_environment" => Operation::DeleteEnvironment,
+            "ramp_failed" => Operation::RampFailed,
+            "admin_token_created" => Operation::AdminTokenCreated,
+            other => Operation::Other(other.to_owned()),
+        }
+    }
+}
+
+impl Serialize for Operation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -241,7 +256,7 @@ impl ChangeRecord {
         if self.after.get("$error").is_some() {
             return None;
         }
-        match (self.operation, &self.flag) {
+        match (&self.operation, &self.flag) {
             (Operation::Create | Operation::Update, Some(key)) => Some(Change::Upsert {
                 key: key.clone(),
                 flag: self.after.clone(),
@@ -473,7 +488,7 @@ mod tests {
             Operation::CreateEnvironment,
             Operation::DeleteEnvironment,
             Operation::RampFailed,
-            Operation::Unknown,
+            Operation::Other("something_new".into()),
         ] {
             assert_eq!(record(operation, None, Value::Null).change(), None);
         }
@@ -487,6 +502,13 @@ mod tests {
             Operation::parse("update_settings"),
             Operation::UpdateSettings
         );
-        assert_eq!(Operation::parse("something_new"), Operation::Unknown);
+        assert_eq!(
+            Operation::parse("something_new"),
+            Operation::Other("something_new".into())
+        );
+        assert_eq!(
+            serde_json::to_value(Operation::parse("something_new")).unwrap(),
+            "something_new"
+        );
     }
 }
