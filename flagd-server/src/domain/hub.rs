@@ -17,6 +17,9 @@ use flag_protocol::{Change, Document, Patch, ServerMessage};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
+// The one transport type the domain names, as a data container: an immutable, reference-counted
+// buffer known to be UTF-8. Serialised messages are stored in it once and every stream session
+// sends the same buffer, without a copy and without validating the UTF-8 again per session.
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
