@@ -78,6 +78,39 @@ pub struct Config {
     #[arg(long, env = "FLAGD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Serve HTTPS (and WSS for the stream) with this certificate chain (PEM, leaf first).
+    /// Needs --tls-key. The files are re-read when they change (see --tls-reload-interval) and
+    /// on SIGHUP; a pair that does not load is logged and the current one kept.
+    #[arg(
+        long,
+        env = "FLAGD_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "FLAGD_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by one of these CAs (PEM): mutual TLS.
+    #[arg(
+        long,
+        env = "FLAGD_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a change (modification time or size), e.g. `10s`.
+    #[arg(long, env = "FLAGD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
     /// Run a maintenance command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod units;
 
 use std::future::Future;
@@ -60,6 +61,9 @@ pub enum StartError {
     /// The runtime failed.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    /// The TLS certificate, key or client CA could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// What the server needs to know (the binary fills it from `config::Config`).
@@ -81,6 +85,8 @@ pub struct ServerOptions {
     pub header_timeout: Duration,
     /// How long a request may take, its body included.
     pub request_timeout: Duration,
+    /// HTTPS and WSS instead of plain HTTP.
+    pub tls: Option<tls::TlsOptions>,
 }
 
 impl ServerOptions {
@@ -96,6 +102,7 @@ impl ServerOptions {
             strict: false,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -111,6 +118,15 @@ impl From<&config::Config> for ServerOptions {
             strict: config.strict,
             header_timeout: config.header_timeout,
             request_timeout: config.request_timeout,
+            tls: match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => Some(tls::TlsOptions {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: config.tls_client_ca.clone(),
+                    reload_interval: config.tls_reload_interval,
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -130,6 +146,7 @@ pub struct Server {
     state: AppState,
     options: ServerOptions,
     access: AdminAccess,
+    tls: Option<tls::Tls>,
 }
 
 impl Server {
@@ -151,11 +168,24 @@ impl Server {
         })
         .await
         .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
+        let tls = options.tls.clone().map(tls::Tls::load).transpose()?;
         Ok(Server {
             state,
             options,
             access,
+            tls,
         })
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The TLS reloader, when serving TLS: `reload_now` re-reads the files (the binary calls it
+    /// on SIGHUP).
+    pub fn tls(&self) -> Option<&tls::Tls> {
+        self.tls.as_ref()
     }
 
     /// How the operator authenticates.
@@ -212,6 +242,10 @@ impl Server {
             .half_close(true);
         let header_timeout = self.options.header_timeout;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch(stopping.clone()));
+        }
+        let acceptor = self.tls.as_ref().map(|tls| tls.acceptor().clone());
         loop {
             let mut connection = tokio::select! {
                 () = stopping.cancelled() => break,
@@ -222,6 +256,7 @@ impl Server {
             let router = router.clone();
             let stopping = stopping.clone();
             let metrics = self.state.metrics.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let first = tokio::select! {
                     first = connection.first_byte(header_timeout) => first,
@@ -241,13 +276,43 @@ impl Server {
                     marker.requested();
                     hyper::service::Service::call(&tower, request)
                 });
-                let serving = builder
-                    .serve_connection_with_upgrades(
-                        hyper_util::rt::TokioIo::new(connection),
-                        service,
-                    )
-                    .into_owned();
-                if let Err(error) = watcher.watch(serving).await {
+                let result = match acceptor {
+                    None => {
+                        let serving = builder
+                            .serve_connection_with_upgrades(
+                                hyper_util::rt::TokioIo::new(connection),
+                                service,
+                            )
+                            .into_owned();
+                        watcher.watch(serving).await
+                    }
+                    Some(acceptor) => {
+                        // The handshake shares the header timeout: a client that stalls in it
+                        // holds a connection like one that stalls in its headers.
+                        let stream =
+                            match tokio::time::timeout(header_timeout, acceptor.accept(connection))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    metrics.connection_closed("header_timeout");
+                                    return;
+                                }
+                            };
+                        let serving = builder
+                            .serve_connection_with_upgrades(
+                                hyper_util::rt::TokioIo::new(stream),
+                                service,
+                            )
+                            .into_owned();
+                        watcher.watch(serving).await
+                    }
+                };
+                if let Err(error) = result {
                     let timed_out = error
                         .downcast_ref::<hyper::Error>()
                         .is_some_and(hyper::Error::is_timeout);

@@ -86,11 +86,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     // Scripts and tests read this exact line for the real address (port 0 is allowed).
-    println!("listening on http://{address}");
+    let scheme = server.scheme();
+    println!("listening on {scheme}://{address}");
+    #[cfg(unix)]
+    if let Some(tls) = server.tls().cloned() {
+        // SIGHUP re-reads the certificate and key now (they are also checked periodically).
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("SIGHUP: re-reading the TLS certificate and key");
+                        tls.reload_now();
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
+        }
+    }
     match server.admin_access() {
         AdminAccess::Created(path) => tracing::info!(
             "created the first admin token in {} (mode 0600; it is never logged). Authenticate with: \
-             curl -H \"Authorization: Bearer $(cat {})\" http://{address}/api/v1/environments",
+             curl -H \"Authorization: Bearer $(cat {})\" {scheme}://{address}/api/v1/environments",
             path.display(),
             path.display()
         ),

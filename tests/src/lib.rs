@@ -132,7 +132,9 @@ impl ServerProcess {
 
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> &str {
-        self.base_url.trim_start_matches("http://")
+        self.base_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
     }
 
     /// The process id.

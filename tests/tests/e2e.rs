@@ -1717,3 +1717,112 @@ mod ramp_cli {
         settings.bind(|| insta::assert_snapshot!("ramp_commands", text));
     }
 }
+
+/// The binary with `--tls-cert`/`--tls-key`: it says `listening on https://`, serves HTTPS, and
+/// re-reads the pair on SIGHUP.
+#[cfg(unix)]
+mod tls {
+    use std::time::Duration;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use tests::ServerProcess;
+
+    const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+
+    fn leaf(ca: &rcgen::Certificate, ca_key: &KeyPair, name: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        (
+            params.signed_by(&key, ca, ca_key).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
+
+    /// The common name the server presents to a fresh connection (read with a client that
+    /// trusts the CA and reports the leaf through reqwest's TLS info).
+    async fn presented(client_ca: &str, address: &str) -> Vec<u8> {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(client_ca.as_bytes()).unwrap())
+            .resolve("localhost", address.parse().unwrap())
+            .tls_info(true)
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let port = address.rsplit(':').next().unwrap();
+        let response = client
+            .get(format!("https://localhost:{port}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate().map(<[u8]>::to_vec))
+            .unwrap()
+    }
+
+    fn contains(der: &[u8], marker: &str) -> bool {
+        der.windows(marker.len()).any(|w| w == marker.as_bytes())
+    }
+
+    #[test]
+    fn the_binary_serves_https_and_reloads_on_sighup() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "e2e CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let (cert, key) = leaf(&ca, &ca_key, "first-leaf");
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let server = ServerProcess::start_with(
+            &dir.path().join("data"),
+            ADMIN,
+            &[
+                "--tls-cert",
+                cert_path.to_str().unwrap(),
+                "--tls-key",
+                key_path.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            server.base_url.starts_with("https://"),
+            "{}",
+            server.base_url
+        );
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let first = runtime.block_on(presented(&ca.pem(), server.address()));
+        assert!(contains(&first, "first-leaf"));
+        // Rotate the files and send SIGHUP.
+        let (cert, key) = leaf(&ca, &ca_key, "second-leaf");
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let der = runtime.block_on(presented(&ca.pem(), server.address()));
+            if contains(&der, "second-leaf") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rotated certificate was not served within 10 s of SIGHUP"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
