@@ -117,6 +117,16 @@ impl FlagClientBuilder {
                 let token = self.token.clone().ok_or_else(|| {
                     Error::Config("a server needs a token (`.token(...)`)".to_owned())
                 })?;
+                if tokio_tungstenite::tungstenite::http::HeaderValue::try_from(format!(
+                    "Bearer {token}"
+                ))
+                .is_err()
+                {
+                    return Err(Error::Config(
+                        "the token contains characters an HTTP header cannot carry (a line break?)"
+                            .to_owned(),
+                    ));
+                }
                 let url = sync::stream_url(server, self.environment.as_deref())?;
                 let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
                     Error::Config(
@@ -146,20 +156,24 @@ impl FlagClientBuilder {
             }
         };
 
-        let persist = match (&self.cache_file, &stream) {
-            (Some(path), Some((server, ..))) => Some(Box::new(cache::CacheWriter::start(
+        let origin = stream
+            .as_ref()
+            .map(|(_, token, url, _)| cache::Origin::new(url, token));
+        let persist = match (&self.cache_file, &origin) {
+            (Some(path), Some(origin)) => Some(Box::new(cache::CacheWriter::start(
                 path.clone(),
-                server.clone(),
+                origin.clone(),
             )) as Box<dyn Persist>),
             _ => None,
         };
         let shared = Arc::new(Shared::new(persist));
 
-        // Last known good first: the cache, when it matches this server; else the bootstrap.
+        // Last known good first: the cache, when it is of this origin (server, environment,
+        // token); else the bootstrap.
         let cached = self
             .cache_file
             .as_deref()
-            .and_then(|path| cache::load(path, self.server.as_deref()));
+            .and_then(|path| cache::load(path, origin.as_ref()));
         let offline = self.server.is_none();
         let first =
             cached.or_else(|| bootstrap.map(|document| Snapshot::compile(None, None, document)));

@@ -12,21 +12,47 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{Persist, Snapshot};
 
-/// Bumped when the file layout changes; other versions are ignored.
-const FORMAT: u32 = 1;
+/// Bumped when the file layout changes; other versions are ignored. 2: the origin is the stream
+/// URL (server and requested environment) and a token fingerprint, not the server URL alone.
+const FORMAT: u32 = 2;
+
+/// Where cached flags came from. A cache is used only by a client of the same origin: the same
+/// server and requested environment (the stream URL says both) and the same token (an sdk token
+/// names its environment). Otherwise a client could serve, and resume with `since` from, another
+/// environment's flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Origin {
+    stream: String,
+    /// A 64-bit fingerprint of the token (std's SipHash): tells tokens apart, reveals nothing
+    /// useful about a 256-bit secret. If a Rust release changes the hash, old caches are simply
+    /// not used once.
+    token: String,
+}
+
+impl Origin {
+    pub(crate) fn new(stream: &url::Url, token: &str) -> Origin {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        token.hash(&mut hasher);
+        Origin {
+            stream: stream.to_string(),
+            token: format!("{:016x}", hasher.finish()),
+        }
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct CacheFile<D> {
     format: u32,
-    /// The server the flags came from: a cache from another server is not used.
-    server: Option<String>,
+    origin: Option<Origin>,
     environment: Option<String>,
     version: Option<i64>,
     document: D,
 }
 
-/// Reads the cache; `None` (with a warning) when it is missing, corrupt or from another server.
-pub(crate) fn load(path: &Path, server: Option<&str>) -> Option<Snapshot> {
+/// Reads the cache; `None` (with a warning) when it is missing, corrupt or of another origin
+/// (`origin` is `None` for an offline client, which takes any cache).
+pub(crate) fn load(path: &Path, origin: Option<&Origin>) -> Option<Snapshot> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
@@ -46,10 +72,10 @@ pub(crate) fn load(path: &Path, server: Option<&str>) -> Option<Snapshot> {
         tracing::warn!(path = %path.display(), format = cache.format, "the flag cache has another format; ignoring it");
         return None;
     }
-    if let (Some(expected), Some(cached)) = (server, cache.server.as_deref())
-        && expected != cached
+    if let Some(expected) = origin
+        && cache.origin.as_ref() != Some(expected)
     {
-        tracing::warn!(path = %path.display(), cached, expected, "the flag cache is from another server; ignoring it");
+        tracing::warn!(path = %path.display(), cached = ?cache.origin.map(|o| o.stream), expected = %expected.stream, "the flag cache is from another server, environment or token; ignoring it");
         return None;
     }
     let document = match Document::from_value(cache.document) {
@@ -70,10 +96,10 @@ pub(crate) fn load(path: &Path, server: Option<&str>) -> Option<Snapshot> {
 /// Writes `snapshot` to `path` atomically and durably: a temporary file in the same directory,
 /// fsync, rename over the old file, fsync of the directory (so the rename itself survives a
 /// crash).
-fn store(path: &Path, server: &str, snapshot: &Snapshot) -> std::io::Result<()> {
+fn store(path: &Path, origin: &Origin, snapshot: &Snapshot) -> std::io::Result<()> {
     let cache = CacheFile {
         format: FORMAT,
-        server: Some(server.to_owned()),
+        origin: Some(origin.clone()),
         environment: snapshot.environment.clone(),
         version: snapshot.version,
         document: &snapshot.document,
@@ -106,22 +132,40 @@ fn sync_directory(_directory: &Path) -> std::io::Result<()> {
 /// with it this writer) is dropped.
 #[derive(Debug)]
 pub(crate) struct CacheWriter {
-    sender: mpsc::Sender<Arc<Snapshot>>,
+    sender: mpsc::Sender<Job>,
+}
+
+/// What the writer thread is asked to do.
+enum Job {
+    Write(Arc<Snapshot>),
+    /// Answer once everything sent before is on disk.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl CacheWriter {
-    pub(crate) fn start(path: PathBuf, server: String) -> CacheWriter {
-        let (sender, receiver) = mpsc::channel::<Arc<Snapshot>>();
+    pub(crate) fn start(path: PathBuf, origin: Origin) -> CacheWriter {
+        let (sender, receiver) = mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("flag-sdk-cache".to_owned())
             .spawn(move || {
-                while let Ok(mut snapshot) = receiver.recv() {
-                    // Only the newest matters.
-                    while let Ok(newer) = receiver.try_recv() {
-                        snapshot = newer;
+                let mut pending: Option<Arc<Snapshot>> = None;
+                let mut waiting = Vec::new();
+                while let Ok(job) = receiver.recv() {
+                    let mut next = Some(job);
+                    // Take everything queued: only the newest snapshot matters.
+                    while let Some(job) = next.take().or_else(|| receiver.try_recv().ok()) {
+                        match job {
+                            Job::Write(snapshot) => pending = Some(snapshot),
+                            Job::Flush(done) => waiting.push(done),
+                        }
                     }
-                    if let Err(error) = store(&path, &server, &snapshot) {
+                    if let Some(snapshot) = pending.take()
+                        && let Err(error) = store(&path, &origin, &snapshot)
+                    {
                         tracing::warn!(path = %path.display(), %error, "cannot write the flag cache");
+                    }
+                    for done in waiting.drain(..) {
+                        let _ = done.send(());
                     }
                 }
             });
@@ -135,7 +179,13 @@ impl CacheWriter {
 
 impl Persist for CacheWriter {
     fn persist(&self, snapshot: Arc<Snapshot>) {
-        let _ = self.sender.send(snapshot);
+        let _ = self.sender.send(Job::Write(snapshot));
+    }
+
+    fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.sender.send(Job::Flush(done)).ok()?;
+        Some(flushed)
     }
 }
 
@@ -155,7 +205,9 @@ mod tests {
     fn the_writer_leaves_the_newest_version_and_no_temporary_files() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("flags.json");
-        let writer = CacheWriter::start(path.clone(), "http://s".into());
+        let stream = url::Url::parse("ws://s/api/v1/stream").unwrap();
+        let origin = Origin::new(&stream, "token");
+        let writer = CacheWriter::start(path.clone(), origin.clone());
         for version in 1..=50 {
             writer.persist(snapshot(version));
         }
@@ -163,7 +215,7 @@ mod tests {
         drop(writer);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            if let Some(loaded) = load(&path, Some("http://s"))
+            if let Some(loaded) = load(&path, Some(&origin))
                 && loaded.version == Some(50)
             {
                 break;
@@ -176,7 +228,10 @@ mod tests {
         }
         let files: Vec<_> = std::fs::read_dir(directory.path()).unwrap().collect();
         assert_eq!(files.len(), 1, "temporary files left: {files:?}");
-        // Another server's cache is not used.
-        assert!(load(&path, Some("http://other")).is_none());
+        // Another server's, environment's or token's cache is not used; offline, any is.
+        let other = url::Url::parse("ws://s/api/v1/stream?environment=prod").unwrap();
+        assert!(load(&path, Some(&Origin::new(&other, "token"))).is_none());
+        assert!(load(&path, Some(&Origin::new(&stream, "another token"))).is_none());
+        assert!(load(&path, None).is_some());
     }
 }

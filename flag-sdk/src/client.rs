@@ -109,7 +109,8 @@ impl FlagClient {
         let mut statuses = self.shared.watch_status();
         let wait = async {
             loop {
-                if self.shared.load().is_some() {
+                // With flags, or never to get any (the server ended this client for good).
+                if self.shared.load().is_some() || self.status() == Status::Fatal {
                     return self.status();
                 }
                 if statuses.changed().await.is_err() {
@@ -283,6 +284,12 @@ impl FlagClient {
     /// a newer one was published meanwhile, loads it directly.
     fn with_flags<R>(&self, read: impl FnOnce(Option<&Snapshot>) -> R) -> R {
         let (client, generation) = self.shared.generation();
+        // While this thread's locals are being destroyed (a read from a thread-local's
+        // destructor) the cache is gone: read directly. On one thread this cannot change between
+        // the check and the use below.
+        if SNAPSHOT.try_with(|_| ()).is_err() {
+            return read(self.shared.snapshot().as_deref());
+        }
         SNAPSHOT.with(|cache| {
             if let Ok(cached) = cache.try_borrow()
                 && let Some((id, seen, state)) = cached.as_ref()
@@ -345,6 +352,9 @@ impl FlagClient {
         if let Some(sync) = &self.sync {
             sync.stop().await;
         }
+        // The newest flags reach the cache file before `close` returns (dropping the client
+        // without `close` may leave the last few versions unwritten).
+        self.shared.flush(Duration::from_secs(5)).await;
     }
 }
 

@@ -66,6 +66,8 @@ pub(crate) fn log_problems(problems: Vec<flag_core::Problem>) {
 pub(crate) trait Persist: Send + Sync + std::fmt::Debug {
     /// Keeps `snapshot`; must not block (it is called from the sync task).
     fn persist(&self, snapshot: Arc<Snapshot>);
+    /// Completes once everything persisted before is on disk (`None`: nothing to wait for).
+    fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>>;
 }
 
 type ChangeListener = Arc<dyn Fn(&FlagsChanged) + Send + Sync>;
@@ -169,7 +171,7 @@ impl Shared {
         self.status_watch.send_replace(status);
         let listeners: Vec<StatusListener> = lock(&self.status_listeners).clone();
         for listener in listeners {
-            listener(status);
+            guarded("status", || listener(status));
         }
     }
 
@@ -189,7 +191,7 @@ impl Shared {
         };
         let listeners: Vec<ChangeListener> = lock(&self.change_listeners).clone();
         for listener in listeners {
-            listener(&event);
+            guarded("change", || listener(&event));
         }
     }
 
@@ -201,12 +203,27 @@ impl Shared {
         }
     }
 
+    /// Waits (at most `limit`) until every snapshot handed to the cache is on disk.
+    pub(crate) async fn flush(&self, limit: Duration) {
+        if let Some(flushed) = self.persist.as_ref().and_then(|p| p.flush()) {
+            let _ = tokio::time::timeout(limit, flushed).await;
+        }
+    }
+
     pub(crate) fn on_change(&self, listener: impl Fn(&FlagsChanged) + Send + Sync + 'static) {
         lock(&self.change_listeners).push(Arc::new(listener));
     }
 
     pub(crate) fn on_status(&self, listener: impl Fn(Status) + Send + Sync + 'static) {
         lock(&self.status_listeners).push(Arc::new(listener));
+    }
+}
+
+/// Runs an application's listener. A panic in it is logged and contained: it must not take the
+/// sync task (and with it every future update) down.
+fn guarded(kind: &str, listener: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(listener)).is_err() {
+        tracing::error!(kind, "a flag listener panicked; the client carries on");
     }
 }
 

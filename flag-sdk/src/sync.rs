@@ -36,6 +36,9 @@ impl Default for SyncSettings {
     }
 }
 
+/// The longest `retryAfterMs` a goodbye can impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// The stream URL for a server URL (`http://host:port[/prefix]`), the environment percent-encoded
 /// in the query.
 pub(crate) fn stream_url(server: &str, environment: Option<&str>) -> Result<url::Url, Error> {
@@ -302,7 +305,7 @@ impl StreamFollower {
                 }
                 ServerMessage::Patch(patch) => {
                     let current = self.shared.version();
-                    if current != Some(patch.version - 1) {
+                    if current.and_then(|v| v.checked_add(1)) != Some(patch.version) {
                         tracing::warn!(
                             ?current,
                             received = patch.version,
@@ -323,7 +326,10 @@ impl StreamFollower {
                     continue;
                 }
                 ServerMessage::Goodbye(goodbye) => {
-                    let retry_after = Duration::from_millis(goodbye.retry_after_ms);
+                    // Honoured up to five minutes: a bogus huge value must not stop the client
+                    // from ever coming back.
+                    let retry_after =
+                        Duration::from_millis(goodbye.retry_after_ms).min(MAX_RETRY_AFTER);
                     let reason = goodbye.reason.as_str();
                     tracing::info!(reason, ?retry_after, "the flag server said goodbye");
                     return if goodbye.reason.is_final() {

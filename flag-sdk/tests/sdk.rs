@@ -815,3 +815,174 @@ async fn a_refused_token_is_an_error_that_heals() {
         "refused: Error (never Fatal); accepted: Ready"
     );
 }
+
+/// A cache written for one environment is never served (nor resumed with `since`) by a client of
+/// another environment of the same server.
+#[tokio::test]
+async fn a_cache_from_another_environment_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.json");
+    let (url, mut connections) = fake_server().await;
+    let staging = FlagClient::builder()
+        .server(&url)
+        .token("flg_admin_test")
+        .environment("staging")
+        .cache_file(&path)
+        .build()
+        .unwrap();
+    let mut connection = accept(&mut connections).await;
+    connection
+        .send(
+            json!({"type": "snapshot", "environment": "staging", "version": 7,
+                     "document": {"flags": {"a": flag("on")}}}),
+        )
+        .await;
+    connection.next_of("ack").await;
+    staging.close().await;
+    // Same server, same token, another environment: no cached flags, no `since`.
+    let production = FlagClient::builder()
+        .server(&url)
+        .token("flg_admin_test")
+        .environment("production")
+        .cache_file(&path)
+        .build()
+        .unwrap();
+    assert_eq!(production.status(), Status::NotReady);
+    assert_eq!(production.version(), None);
+    let connection = accept(&mut connections).await;
+    assert_eq!(connection.since(), None);
+    // The same environment again: the cache is used and resumed from.
+    let again = FlagClient::builder()
+        .server(&url)
+        .token("flg_admin_test")
+        .environment("staging")
+        .cache_file(&path)
+        .build()
+        .unwrap();
+    assert_eq!(again.status(), Status::Stale);
+    assert_eq!(again.version(), Some(7));
+}
+
+/// `close` leaves the newest flags in the cache file, and no temporary file beside it.
+#[tokio::test]
+async fn close_flushes_the_newest_version_to_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.json");
+    let (url, mut connections) = fake_server().await;
+    let client = FlagClient::builder()
+        .server(&url)
+        .token("flg_sdk_test")
+        .cache_file(&path)
+        .build()
+        .unwrap();
+    let mut connection = accept(&mut connections).await;
+    connection.send(snapshot(1, json!({"a": flag("on")}))).await;
+    for version in 2..=300 {
+        let default = if version % 2 == 0 { "off" } else { "on" };
+        connection
+            .send(patch(version, json!({"a": flag(default)}), json!([])))
+            .await;
+    }
+    eventually(
+        "all patches applied",
+        || client.version(),
+        |v| *v == Some(300),
+    )
+    .await;
+    client.close().await;
+    let cached: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(cached["version"], 300);
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+}
+
+/// A patch whose version cannot follow (here `i64::MIN`, whose predecessor overflows) makes the
+/// client resynchronise; it never panics the sync task.
+#[tokio::test]
+async fn an_impossible_patch_version_resynchronises() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let mut connection = accept(&mut connections).await;
+    connection.send(snapshot(1, json!({"a": flag("on")}))).await;
+    connection.next_of("ack").await;
+    connection
+        .send(json!({"type": "patch", "version": i64::MIN, "upserts": {}, "deletes": []}))
+        .await;
+    let mut again = accept(&mut connections).await;
+    assert_eq!(again.since(), None, "a resync asks for a snapshot");
+    again.send(snapshot(5, json!({"a": flag("off")}))).await;
+    eventually("synced again", || client.version(), |v| *v == Some(5)).await;
+}
+
+/// A listener that panics is contained: updates keep arriving.
+#[tokio::test]
+async fn a_panicking_listener_does_not_stop_updates() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    client.on_change(|_| panic!("a bug in the application's listener"));
+    let mut connection = accept(&mut connections).await;
+    connection.send(snapshot(1, json!({"a": flag("on")}))).await;
+    connection.next_of("ack").await;
+    connection
+        .send(patch(2, json!({"a": flag("off")}), json!([])))
+        .await;
+    connection.next_of("ack").await;
+    eventually("patch applied", || client.version(), |v| *v == Some(2)).await;
+    assert!(!client.bool_value("a", &EvaluationContext::new("u"), true));
+}
+
+/// `wait_ready` returns at once when the server ends the client for good before any flags.
+#[tokio::test]
+async fn wait_ready_returns_on_a_final_goodbye() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let mut connection = accept(&mut connections).await;
+    connection
+        .send(
+            json!({"type": "goodbye", "version": 0, "reason": "token_revoked", "retryAfterMs": 0}),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let error = client
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+    assert_eq!(client.status(), Status::Fatal);
+}
+
+/// A token that cannot be an HTTP header is a configuration error at `build()`.
+#[tokio::test]
+async fn a_token_that_cannot_be_a_header_is_refused_at_build() {
+    let error = FlagClient::builder()
+        .server("http://127.0.0.1:1")
+        .token("flg_sdk_x\nInjected: 1")
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("token"), "{error}");
+}
+
+/// Reading a flag from a thread-local's destructor (the per-thread cache is gone then) works.
+#[test]
+fn reads_from_a_thread_local_destructor_work() {
+    struct ReadOnDrop(FlagClient);
+    impl Drop for ReadOnDrop {
+        fn drop(&mut self) {
+            assert!(self.0.bool_value("a", &EvaluationContext::new("u"), false));
+        }
+    }
+    thread_local! {
+        static GUARD: std::cell::RefCell<Option<ReadOnDrop>> = const { std::cell::RefCell::new(None) };
+    }
+    let client = FlagClient::builder()
+        .bootstrap_document(json!({"flags": {"a": flag("on")}}))
+        .build()
+        .unwrap();
+    std::thread::spawn(move || {
+        // Registered before the client's per-thread cache, so destroyed after it.
+        GUARD.with(|guard| *guard.borrow_mut() = Some(ReadOnDrop(client.clone())));
+        assert!(client.bool_value("a", &EvaluationContext::new("u"), false));
+    })
+    .join()
+    .unwrap();
+}
