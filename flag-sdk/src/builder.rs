@@ -30,6 +30,7 @@ pub struct FlagClientBuilder {
     bootstrap: Option<Bootstrap>,
     cache_file: Option<PathBuf>,
     settings: SyncSettings,
+    ca_certificates: Vec<crate::tls::CaCertificate>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +84,14 @@ impl FlagClientBuilder {
         self
     }
 
+    /// Trusts this CA for an `https://` server, besides the public (Mozilla) roots: a PEM file
+    /// path, or PEM text. May be called several times. Host names are always verified.
+    #[must_use]
+    pub fn ca_certificate(mut self, path_or_pem: impl Into<crate::tls::CaCertificate>) -> Self {
+        self.ca_certificates.push(path_or_pem.into());
+        self
+    }
+
     /// How long connecting may take (default 5 s).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -128,13 +137,14 @@ impl FlagClientBuilder {
                     ));
                 }
                 let url = sync::stream_url(server, self.environment.as_deref())?;
+                let tls = crate::tls::client_config(&self.ca_certificates)?;
                 let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
                     Error::Config(
                         "build() needs a running tokio runtime to sync in the background"
                             .to_owned(),
                     )
                 })?;
-                Some((server.clone(), token, url, runtime))
+                Some((server.clone(), token, url, runtime, tls))
             }
         };
         let bootstrap = match &self.bootstrap {
@@ -158,7 +168,7 @@ impl FlagClientBuilder {
 
         let origin = stream
             .as_ref()
-            .map(|(_, token, url, _)| cache::Origin::new(url, token));
+            .map(|(_, token, url, _, _)| cache::Origin::new(url, token));
         let persist = match (&self.cache_file, &origin) {
             (Some(path), Some(origin)) => Some(Box::new(cache::CacheWriter::start(
                 path.clone(),
@@ -187,8 +197,18 @@ impl FlagClientBuilder {
             });
         }
 
-        let task = stream.map(|(server, token, url, runtime)| {
-            sync::start(&runtime, shared.clone(), url, token, server, self.settings)
+        let task = stream.map(|(server, token, url, runtime, tls)| {
+            sync::start(
+                &runtime,
+                shared.clone(),
+                sync::Target {
+                    url,
+                    token,
+                    server,
+                    tls,
+                },
+                self.settings,
+            )
         });
         Ok(FlagClient::new(shared, task))
     }

@@ -99,6 +99,13 @@ impl FlagClient {
         self.shared.status()
     }
 
+    /// Why the client is not in sync (status `Error`, `Stale` or `NotReady`), when it knows: a
+    /// refused token, a certificate problem with its fix, an unreachable server. `None` once
+    /// synced.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error()
+    }
+
     /// The environment version of the flags in use (`None` before any, or for a bootstrap).
     pub fn version(&self) -> Option<i64> {
         self.with_flags(|flags| flags.and_then(|state| state.version))

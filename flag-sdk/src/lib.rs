@@ -37,9 +37,11 @@ pub mod openfeature;
 mod state;
 mod status;
 mod sync;
+mod tls;
 
 pub use builder::FlagClientBuilder;
 pub use client::{EvaluationDetails, FlagClient};
 pub use context::EvaluationContext;
 pub use flag_core::{ErrorCode, Metadata, MetadataValue, Reason, Resolution};
 pub use status::{Error, FlagsChanged, Status};
+pub use tls::CaCertificate;

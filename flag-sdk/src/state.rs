@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     change_listeners: Mutex<Vec<ChangeListener>>,
     status_listeners: Mutex<Vec<StatusListener>>,
     persist: Option<Box<dyn Persist>>,
+    /// Why the last connection attempt failed, for people (`None` once synced).
+    last_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -130,7 +132,18 @@ impl Shared {
             change_listeners: Mutex::default(),
             status_listeners: Mutex::default(),
             persist,
+            last_error: Mutex::default(),
         }
+    }
+
+    /// Why the client is not in sync, when it knows.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Records (or, with `None`, clears) why the client is not in sync.
+    pub(crate) fn set_last_error(&self, error: Option<String>) {
+        *lock(&self.last_error) = error;
     }
 
     /// The current snapshot.

@@ -44,16 +44,12 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub(crate) fn stream_url(server: &str, environment: Option<&str>) -> Result<url::Url, Error> {
     let mut url = url::Url::parse(server.trim_end_matches('/'))
         .map_err(|_| Error::ServerUrl(server.to_owned()))?;
-    match url.scheme() {
-        "http" | "ws" => {}
-        "https" | "wss" => {
-            return Err(Error::Config(
-                "this build of flag-sdk speaks plain http/ws only: terminate TLS in front of it, or use a private network".to_owned(),
-            ));
-        }
+    let scheme = match url.scheme() {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
         _ => return Err(Error::ServerUrl(server.to_owned())),
-    }
-    if url.set_scheme("ws").is_err() || url.cannot_be_a_base() {
+    };
+    if url.set_scheme(scheme).is_err() || url.cannot_be_a_base() {
         return Err(Error::ServerUrl(server.to_owned()));
     }
     let path = format!("{}{STREAM_PATH}", url.path().trim_end_matches('/'));
@@ -67,21 +63,31 @@ pub(crate) fn stream_url(server: &str, environment: Option<&str>) -> Result<url:
     Ok(url)
 }
 
+/// Where the stream is and how to reach it.
+pub(crate) struct Target {
+    /// `ws://` or `wss://`, with the environment in the query.
+    pub(crate) url: url::Url,
+    pub(crate) token: String,
+    /// The server URL as configured (for logs).
+    pub(crate) server: String,
+    /// Trust for `wss://`.
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+}
+
 /// Starts the sync task.
 pub(crate) fn start(
     runtime: &tokio::runtime::Handle,
     shared: Arc<Shared>,
-    url: url::Url,
-    token: String,
-    server: String,
+    target: Target,
     settings: SyncSettings,
 ) -> Task {
     let client_id = format!("{:016x}", rand::rng().random::<u64>());
     let follower = StreamFollower {
         shared,
-        url,
-        token,
-        server,
+        url: target.url,
+        token: target.token,
+        server: target.server,
+        tls: target.tls,
         settings,
         client_id,
     };
@@ -94,6 +100,7 @@ struct StreamFollower {
     url: url::Url,
     token: String,
     server: String,
+    tls: Arc<rustls::ClientConfig>,
     settings: SyncSettings,
     client_id: String,
 }
@@ -223,7 +230,12 @@ impl StreamFollower {
         request.headers_mut().insert("authorization", authorization);
         let connecting = tokio::time::timeout(
             self.settings.connect_timeout,
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                None,
+                false,
+                Some(tokio_tungstenite::Connector::Rustls(self.tls.clone())),
+            ),
         );
         let connected = tokio::select! {
             connected = connecting => connected,
@@ -237,6 +249,9 @@ impl StreamFollower {
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 let status = response.status();
                 tracing::warn!(server = %self.server, %status, "the flag server refused the stream");
+                self.shared.set_last_error(Some(format!(
+                    "the flag server refused the stream: {status}"
+                )));
                 if status == 401 || status == 403 {
                     // A bad token does not heal by retrying fast; keep trying at the backoff cap
                     // (the token may be fixed on the server side) and say so in the status.
@@ -250,7 +265,23 @@ impl StreamFollower {
                 return lost(false);
             }
             Ok(Err(error)) => {
+                if let Some(problem) = crate::tls::certificate_problem(&error) {
+                    // Retrying fast will not fix a certificate: keep trying at the backoff cap
+                    // (it may be replaced on the server) and say what is wrong.
+                    tracing::error!(server = %self.server, problem, "TLS certificate refused");
+                    self.shared.set_last_error(Some(problem));
+                    self.shared.set_status(Status::Error);
+                    return Ended::Disconnected {
+                        synced: false,
+                        resync: false,
+                        retry_after: self.settings.backoff_cap,
+                    };
+                }
                 tracing::warn!(server = %self.server, %error, "cannot reach the flag server");
+                self.shared.set_last_error(Some(format!(
+                    "cannot reach the flag server at {}: {error}",
+                    self.server
+                )));
                 return lost(false);
             }
             Ok(Ok((socket, _))) => socket,
@@ -321,6 +352,7 @@ impl StreamFollower {
                     // A ping at our version right after resuming means "already up to date".
                     if !synced && self.shared.version() == Some(ping.version) {
                         synced = true;
+                        self.shared.set_last_error(None);
                         self.shared.set_status(Status::Ready);
                     }
                     continue;
@@ -345,6 +377,7 @@ impl StreamFollower {
                 ServerMessage::Unknown => continue,
             }
             synced = true;
+            self.shared.set_last_error(None);
             self.shared.set_status(Status::Ready);
             if let Some(version) = version {
                 let ack = ClientMessage::Ack(Ack { version });
@@ -442,7 +475,10 @@ mod tests {
             "ws://h:1/flags/api/v1/stream?environment=a+b%26c"
         );
         assert!(url("ftp://h", None).is_err());
-        assert!(url("https://h", None).is_err());
+        assert_eq!(
+            url("https://h:8443", None).unwrap(),
+            "wss://h:8443/api/v1/stream"
+        );
         assert!(url("not a url", None).is_err());
     }
 

@@ -686,19 +686,36 @@ async fn the_cache_serves_when_the_server_is_down_and_bad_caches_are_ignored() {
 }
 
 #[tokio::test]
-async fn a_server_without_a_token_or_with_https_is_a_configuration_error() {
+async fn a_server_without_a_token_or_a_bad_url_or_ca_is_a_configuration_error() {
     assert!(
         FlagClient::builder()
             .server("http://127.0.0.1:1")
             .build()
             .is_err()
     );
+    // https is fine; a CA that is not a certificate is not.
+    let https = FlagClient::builder()
+        .server("https://flags.example.com")
+        .token("t")
+        .build()
+        .unwrap();
+    https.close().await;
+    let error = FlagClient::builder()
+        .server("https://flags.example.com")
+        .token("t")
+        .ca_certificate("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("CA certificate"), "{error}");
+    let missing = FlagClient::builder()
+        .server("https://flags.example.com")
+        .token("t")
+        .ca_certificate(std::path::Path::new("/nonexistent/ca.pem"))
+        .build()
+        .unwrap_err();
     assert!(
-        FlagClient::builder()
-            .server("https://flags.example.com")
-            .token("t")
-            .build()
-            .is_err()
+        missing.to_string().contains("/nonexistent/ca.pem"),
+        "{missing}"
     );
     assert!(
         FlagClient::builder()

@@ -1730,14 +1730,170 @@ mod tls {
     const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
     fn leaf(ca: &rcgen::Certificate, ca_key: &KeyPair, name: &str) -> (String, String) {
+        leaf_for(ca, ca_key, name, &["localhost", "127.0.0.1"], false)
+    }
+
+    /// A leaf for `hosts`; `expired` makes one that ran out in 2020.
+    fn leaf_for(
+        ca: &rcgen::Certificate,
+        ca_key: &KeyPair,
+        name: &str,
+        hosts: &[&str],
+        expired: bool,
+    ) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+            CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())
+                .unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
         (
             params.signed_by(&key, ca, ca_key).unwrap().pem(),
             key.serialize_pem(),
         )
+    }
+
+    fn authority(name: &str) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        (params.self_signed(&key).unwrap(), key)
+    }
+
+    /// The binary serving TLS with this pair, in `dir`.
+    fn start(dir: &std::path::Path, (cert, key): &(String, String)) -> ServerProcess {
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        ServerProcess::start_with(
+            &dir.join("data"),
+            ADMIN,
+            &[
+                "--tls-cert",
+                cert_path.to_str().unwrap(),
+                "--tls-key",
+                key_path.to_str().unwrap(),
+            ],
+        )
+    }
+
+    fn port(server: &ServerProcess) -> &str {
+        server.address().rsplit(':').next().unwrap()
+    }
+
+    /// The SDK over `https://`: the snapshot, then a patch, through WSS, trusting a private CA.
+    #[test]
+    fn the_sdk_syncs_over_tls_with_a_private_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, ca_key) = authority("e2e CA");
+        let server = start(dir.path(), &leaf(&ca, &ca_key, "first-leaf"));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let base = format!("https://localhost:{}", port(&server));
+        let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let put = |key: &'static str, default: &'static str| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let status = http
+                    .put(format!("{base}/api/v1/environments/default/flags/{key}"))
+                    .bearer_auth(ADMIN)
+                    .json(&serde_json::json!({"state": "ENABLED",
+                        "variants": {"on": true, "off": false}, "defaultVariant": default}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert!(status.is_success(), "{status}");
+            }
+        };
+        runtime.block_on(put("checkout", "on"));
+        let client = runtime.block_on(async {
+            let client = flag_sdk::FlagClient::builder()
+                .server(&base)
+                .token(ADMIN)
+                .environment("default")
+                .ca_certificate(ca.pem())
+                .build()
+                .unwrap();
+            client.wait_ready(Duration::from_secs(10)).await.unwrap();
+            client
+        });
+        let user = flag_sdk::EvaluationContext::new("u");
+        assert!(client.bool_value("checkout", &user, false));
+        runtime.block_on(put("checkout", "off"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while client.bool_value("checkout", &user, true) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the patch did not arrive over WSS within 10 s (status {:?}, {:?})",
+                client.status(),
+                client.last_error()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(client.status(), flag_sdk::Status::Ready);
+        assert_eq!(client.last_error(), None);
+        runtime.block_on(client.close());
+    }
+
+    /// An untrusted issuer, a certificate for another name and an expired one: each leaves the
+    /// SDK in `Status::Error` with a message naming the problem.
+    #[test]
+    fn certificate_problems_are_named_in_the_sdk_status() {
+        let (ca, ca_key) = authority("e2e CA");
+        let (stranger, _) = authority("stranger CA");
+        let cases = [
+            (
+                "UnknownIssuer",
+                leaf(&ca, &ca_key, "first-leaf"),
+                stranger.pem(),
+            ),
+            (
+                "NotValidForName",
+                leaf_for(&ca, &ca_key, "first-leaf", &["elsewhere.example"], false),
+                ca.pem(),
+            ),
+            (
+                "Expired",
+                leaf_for(&ca, &ca_key, "first-leaf", &["localhost"], true),
+                ca.pem(),
+            ),
+        ];
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for (problem, pair, trusted) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let server = start(dir.path(), &pair);
+            let client = runtime.block_on(async {
+                flag_sdk::FlagClient::builder()
+                    .server(format!("https://localhost:{}", port(&server)))
+                    .token(ADMIN)
+                    .environment("default")
+                    .ca_certificate(trusted)
+                    .build()
+                    .unwrap()
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while client.status() != flag_sdk::Status::Error {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{problem}: status {:?}, {:?}",
+                    client.status(),
+                    client.last_error()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let message = client.last_error().unwrap_or_default();
+            assert!(message.contains(problem), "{problem}: {message}");
+            runtime.block_on(client.close());
+        }
     }
 
     /// The common name the server presents to a fresh connection (read with a client that
