@@ -37,6 +37,11 @@ pub struct Global {
     #[arg(long, env = "FLAGCTL_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 
+    /// A CA certificate (PEM file) to trust for an https:// server, besides the public roots:
+    /// for servers with a private CA. `flagctl login --ca-cert FILE` saves it.
+    #[arg(long, env = "FLAGCTL_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
     /// The environment to work in.
     #[arg(
         short = 'e',

@@ -16,6 +16,8 @@ pub struct Api {
     token: String,
     /// Send `strict=true` with every write.
     strict: bool,
+    /// The private CA (PEM) from `--ca-cert`, for connections reqwest does not make (`watch`).
+    ca_pem: Option<Vec<u8>>,
 }
 
 /// A successful answer: status, body and the `ETag` version, if any.
@@ -27,7 +29,12 @@ pub struct Answer {
 }
 
 impl Api {
-    pub fn new(server: &str, token: &str, strict: bool) -> Result<Api> {
+    pub fn new(
+        server: &str,
+        token: &str,
+        strict: bool,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Api> {
         let server = server.trim_end_matches('/').to_owned();
         let usable = url::Url::parse(&server).is_ok_and(|url| {
             matches!(url.scheme(), "http" | "https") && url.has_host() && url.query().is_none()
@@ -38,25 +45,70 @@ impl Api {
             ))
             .hint("set --server or FLAGCTL_SERVER, e.g. http://127.0.0.1:8016"));
         }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|error| {
-                CliError::new(
-                    Kind::Network,
-                    format!("cannot create an HTTP client: {error}"),
-                )
-            })?;
+        let ca_pem = ca_cert
+            .map(|path| {
+                std::fs::read(path).map_err(|error| {
+                    CliError::config(format!(
+                        "cannot read the CA certificate {}: {error}",
+                        path.display()
+                    ))
+                    .hint("--ca-cert / FLAGCTL_CA_CERT names a PEM file")
+                })
+            })
+            .transpose()?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(pem) = &ca_pem {
+            for certificate in reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
+                CliError::config(format!("the CA certificate is not PEM: {error}"))
+                    .hint("--ca-cert / FLAGCTL_CA_CERT names a PEM file")
+            })? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().map_err(|error| {
+            CliError::new(
+                Kind::Network,
+                format!("cannot create an HTTP client: {error}"),
+            )
+        })?;
         Ok(Api {
             http,
             server,
             token: token.to_owned(),
             strict,
+            ca_pem,
         })
     }
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// A rustls client configuration with the same trust as the HTTP client: the public roots
+    /// and the `--ca-cert` CA (for the WebSocket of `watch`).
+    pub fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(pem) = &self.ca_pem {
+            for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                let certificate = certificate.map_err(|error| {
+                    CliError::config(format!("the CA certificate is not PEM: {error}"))
+                })?;
+                roots.add(certificate).map_err(|error| {
+                    CliError::config(format!("the CA certificate is not usable: {error}"))
+                })?;
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| CliError::config(format!("TLS: {error}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
     }
 
     /// Sends a request; any non-2xx answer becomes an error carrying the server's message.
@@ -139,7 +191,57 @@ impl Api {
     }
 }
 
+/// A refused server certificate in an error chain, in one line with the fix.
+pub fn certificate_error(
+    server: &str,
+    error: &(dyn std::error::Error + 'static),
+) -> Option<CliError> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(rustls::Error::InvalidCertificate(problem)) =
+            error.downcast_ref::<rustls::Error>()
+        {
+            use rustls::CertificateError as E;
+            let (what, hint) = match problem {
+                E::UnknownIssuer => (
+                    "is not signed by a trusted CA (UnknownIssuer)",
+                    "pass the server's CA with --ca-cert FILE (or FLAGCTL_CA_CERT)",
+                ),
+                E::NotValidForName | E::NotValidForNameContext { .. } => (
+                    "is not valid for this host name (NotValidForName)",
+                    "use a --server host name the certificate lists",
+                ),
+                E::Expired | E::ExpiredContext { .. } => (
+                    "has expired (Expired)",
+                    "the server's certificate must be renewed",
+                ),
+                _ => (
+                    "was refused",
+                    "check the server's certificate and --ca-cert",
+                ),
+            };
+            return Some(
+                CliError::new(Kind::Network, format!("the certificate of {server} {what}"))
+                    .hint(hint),
+            );
+        }
+        // An io::Error that wraps another error reports that error's source, not the error.
+        if let Some(wrapped) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(found) = certificate_error(server, wrapped)
+        {
+            return Some(found);
+        }
+        cause = error.source();
+    }
+    None
+}
+
 fn network_error(server: &str, error: &reqwest::Error) -> CliError {
+    if let Some(certificate) = certificate_error(server, error) {
+        return certificate;
+    }
     // reqwest's own message is terse ("client error (Connect)"): the root cause says more.
     let cause = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
         .last()

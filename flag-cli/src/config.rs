@@ -14,6 +14,8 @@ pub struct ConfigFile {
     pub server: Option<String>,
     pub token: Option<String>,
     pub environment: Option<String>,
+    /// A private CA to trust for the server (`--ca-cert`), as an absolute path.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/flagctl/config.toml`, else `~/.config/flagctl/config.toml`.

@@ -50,6 +50,7 @@ pub struct Context {
     pub strict: bool,
     server: Option<String>,
     token: Option<String>,
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Context {
@@ -73,14 +74,18 @@ impl Context {
             CliError::config("no token configured")
                 .hint("pass --token, set FLAGCTL_TOKEN, or run `flagctl login --server URL --token TOKEN`")
         })?;
-        Api::new(server, token, self.strict)
+        Api::new(server, token, self.strict, self.ca_cert.as_deref())
     }
 }
 
 async fn run(cli: Cli) -> Result<u8> {
     if let Command::Login = &cli.command {
-        return commands::login::run(cli.global.server.as_deref(), cli.global.token.as_deref())
-            .await;
+        return commands::login::run(
+            cli.global.server.as_deref(),
+            cli.global.token.as_deref(),
+            cli.global.ca_cert.as_deref(),
+        )
+        .await;
     }
     let file = config::load()?;
     let context = Context {
@@ -93,6 +98,7 @@ async fn run(cli: Cli) -> Result<u8> {
         strict: cli.global.strict,
         server: cli.global.server.or(file.server),
         token: cli.global.token.or(file.token),
+        ca_cert: cli.global.ca_cert.or(file.ca_cert),
     };
     match cli.command {
         Command::Login => Ok(error::exit::OK),

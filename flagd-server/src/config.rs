@@ -111,6 +111,10 @@ pub struct Config {
     #[arg(long, env = "FLAGD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
 
+    /// A CA certificate (PEM) to trust for https:// ramp guards, besides the public roots.
+    #[arg(long, env = "FLAGD_GUARD_CA", value_name = "FILE")]
+    pub guard_ca: Option<PathBuf>,
+
     /// Run a maintenance command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -87,6 +87,8 @@ pub struct ServerOptions {
     pub request_timeout: Duration,
     /// HTTPS and WSS instead of plain HTTP.
     pub tls: Option<tls::TlsOptions>,
+    /// A CA (PEM) trusted for `https://` ramp guards besides the public roots.
+    pub guard_ca: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -103,6 +105,7 @@ impl ServerOptions {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             tls: None,
+            guard_ca: None,
         }
     }
 }
@@ -127,6 +130,7 @@ impl From<&config::Config> for ServerOptions {
                 }),
                 _ => None,
             },
+            guard_ca: config.guard_ca.clone(),
         }
     }
 }
@@ -169,6 +173,20 @@ impl Server {
         .await
         .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
         let tls = options.tls.clone().map(tls::Tls::load).transpose()?;
+        if let Some(path) = &options.guard_ca {
+            let pem = std::fs::read(path).map_err(|source| StartError::Io {
+                what: "cannot read the guard CA",
+                path: path.clone(),
+                source,
+            })?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+                StartError::Config(format!(
+                    "{}: not a PEM certificate: {error}",
+                    path.display()
+                ))
+            })?;
+            let _ = state.guard_ca.set(roots);
+        }
         Ok(Server {
             state,
             options,

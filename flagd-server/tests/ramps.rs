@@ -462,9 +462,9 @@ async fn bad_ramps_are_refused_and_change_nothing() {
             "durations has 1",
         ),
         (
-            json!({"steps": [10, 20], "interval": "1m", "guard": {"url": "https://x"}}),
+            json!({"steps": [10, 20], "interval": "1m", "guard": {"url": "ftp://x"}}),
             StatusCode::BAD_REQUEST,
-            "http://",
+            "http:// or https://",
         ),
         (
             json!({"steps": [10, 20], "every": "1m"}),

@@ -76,6 +76,14 @@ fn write_pair(dir: &Path, (certificate, key): &(String, String)) {
 }
 
 async fn start(pair: &(String, String), client_ca: Option<&str>) -> TlsServer {
+    start_with_guard_ca(pair, client_ca, None).await
+}
+
+async fn start_with_guard_ca(
+    pair: &(String, String),
+    client_ca: Option<&str>,
+    guard_ca: Option<&str>,
+) -> TlsServer {
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), pair);
     let client_ca = client_ca.map(|pem| {
@@ -83,9 +91,15 @@ async fn start(pair: &(String, String), client_ca: Option<&str>) -> TlsServer {
         std::fs::write(&path, pem).unwrap();
         path
     });
+    let guard_ca = guard_ca.map(|pem| {
+        let path = dir.path().join("guards.crt");
+        std::fs::write(&path, pem).unwrap();
+        path
+    });
     let options = ServerOptions {
         admin_token: Some(ADMIN.to_owned()),
         shutdown_timeout: Duration::from_secs(2),
+        guard_ca,
         tls: Some(TlsOptions {
             cert: dir.path().join("server.crt"),
             key: dir.path().join("server.key"),
@@ -449,4 +463,82 @@ async fn unusable_files_are_refused_at_start_naming_the_file() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("absent.crt"), "{error}");
+}
+
+/// An HTTPS health endpoint answering 200 to every request, with a certificate from `pair`.
+async fn https_health(pair: &(String, String)) -> String {
+    let (certificate, key) = pair;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    format!("https://localhost:{port}/health")
+}
+
+/// Ramp guards may be `https://`: trusted through `--guard-ca` (a private CA), refused with the
+/// certificate problem named without it.
+#[tokio::test]
+async fn https_guards_trust_the_guard_ca() {
+    let authority = Authority::new("test CA");
+    let health = https_health(&authority.leaf("first-leaf")).await;
+    let ramp = |server: &TlsServer| {
+        let client = https(&authority, server.address);
+        let base = format!("https://localhost:{}", server.address.port());
+        let health = health.clone();
+        async move {
+            let put = client
+                .put(format!("{base}/api/v1/environments/default/flags/f"))
+                .bearer_auth(ADMIN)
+                .json(&serde_json::json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}))
+                .send()
+                .await
+                .unwrap();
+            assert!(put.status().is_success());
+            let response = client
+                .post(format!("{base}/api/v1/environments/default/flags/f/ramp"))
+                .bearer_auth(ADMIN)
+                .json(&serde_json::json!({"steps": [10, 50], "interval": "10m", "guard": {"url": health}}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let trusting =
+        start_with_guard_ca(&authority.leaf("first-leaf"), None, Some(&authority.pem())).await;
+    let (status, body) = ramp(&trusting).await;
+    assert_eq!(status, 201, "{body}");
+    let untrusting = start(&authority.leaf("first-leaf"), None).await;
+    let (status, body) = ramp(&untrusting).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("certificate"), "{body}");
 }

@@ -1982,3 +1982,150 @@ mod tls {
         }
     }
 }
+
+/// flagctl against the TLS server: a private CA from --ca-cert, FLAGCTL_CA_CERT or the config
+/// file `login` writes; without it, one line naming the problem and the fix; `watch` over WSS.
+#[cfg(unix)]
+mod tls_cli {
+    use std::io::{BufRead as _, BufReader};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use tests::{ServerProcess, binary};
+
+    const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+
+    fn flagctl(
+        server: &ServerProcess,
+        dir: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> (i32, String, String) {
+        let mut command = Command::new(binary("flag-cli", "flagctl"));
+        command
+            .args(args)
+            .current_dir(dir)
+            .env("FLAGCTL_SERVER", &server.base_url)
+            .env("FLAGCTL_TOKEN", ADMIN)
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env_remove("FLAGCTL_ENV")
+            .env_remove("FLAGCTL_CA_CERT")
+            .stdin(Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn flagctl_trusts_a_private_ca_and_explains_a_refused_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "cli CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let (cert_path, key_path, ca_path) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert_path, leaf.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let server = ServerProcess::start_with(
+            &dir.path().join("data"),
+            ADMIN,
+            &[
+                "--tls-cert",
+                cert_path.to_str().unwrap(),
+                "--tls-key",
+                key_path.to_str().unwrap(),
+            ],
+        );
+        let ca = ca_path.to_str().unwrap();
+
+        // Without the CA: one line saying what is wrong, and the fix.
+        let (code, _, stderr) = flagctl(&server, dir.path(), &[], &["flag", "list"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+        assert!(stderr.contains("--ca-cert"), "{stderr}");
+
+        // --ca-cert, then FLAGCTL_CA_CERT.
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &[],
+            &["--ca-cert", ca, "flag", "create", "tls-flag"],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let (code, stdout, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &[("FLAGCTL_CA_CERT", ca)],
+            &["flag", "list"],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("tls-flag"), "{stdout}");
+
+        // login saves it: later commands need nothing else.
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &[],
+            &[
+                "login",
+                "--server",
+                &server.base_url,
+                "--token",
+                ADMIN,
+                "--ca-cert",
+                ca,
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let config =
+            std::fs::read_to_string(dir.path().join("config/flagctl/config.toml")).unwrap();
+        assert!(config.contains("ca_cert"), "{config}");
+        let (code, stdout, stderr) = flagctl(&server, dir.path(), &[], &["flag", "list"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("tls-flag"), "{stdout}");
+
+        // watch over WSS, with the CA from the config file.
+        let mut watch = Command::new(binary("flag-cli", "flagctl"))
+            .args(["watch"])
+            .current_dir(dir.path())
+            .env("FLAGCTL_SERVER", &server.base_url)
+            .env("FLAGCTL_TOKEN", ADMIN)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env_remove("FLAGCTL_CA_CERT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = watch.stdout.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let first = received.recv_timeout(Duration::from_secs(10));
+        let _ = watch.kill();
+        let _ = watch.wait();
+        let first = first.expect("no line from flagctl watch over TLS within 10 s");
+        assert!(first.contains("snapshot: 1 flag(s)"), "{first}");
+    }
+}

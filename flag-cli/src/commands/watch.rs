@@ -32,19 +32,25 @@ pub async fn run(context: &Context) -> Result<u8> {
         .parse()
         .map_err(|_| CliError::config("the token contains characters an HTTP header cannot"))?;
     request.headers_mut().insert("authorization", authorization);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|error| match error {
-            tokio_tungstenite::tungstenite::Error::Http(response) => CliError::new(
-                Kind::Server,
-                format!("the server refused the stream: {}", response.status()),
-            )
-            .hint("watch needs an admin token"),
-            other => CliError::new(
-                Kind::Network,
-                format!("cannot reach the flag server at {}: {other}", api.server),
-            ),
-        })?;
+    let connector = tokio_tungstenite::Connector::Rustls(api.tls_config()?);
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+            .await
+            .map_err(|error| match error {
+                tokio_tungstenite::tungstenite::Error::Http(response) => CliError::new(
+                    Kind::Server,
+                    format!("the server refused the stream: {}", response.status()),
+                )
+                .hint("watch needs an admin token"),
+                other => {
+                    crate::client::certificate_error(&api.server, &other).unwrap_or_else(|| {
+                        CliError::new(
+                            Kind::Network,
+                            format!("cannot reach the flag server at {}: {other}", api.server),
+                        )
+                    })
+                }
+            })?;
     eprintln!("watching {} (Ctrl-C to stop)", context.environment);
     let mut document = Document::default();
     loop {

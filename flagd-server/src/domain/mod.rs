@@ -84,6 +84,9 @@ pub struct DomainState {
     pub strict_writes: AtomicBool,
     /// This server's Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// CAs trusted for `https://` ramp guards besides the public roots (`--guard-ca`), set once
+    /// at start.
+    pub guard_ca: std::sync::OnceLock<Vec<reqwest::Certificate>>,
 }
 
 impl Domain {
@@ -107,12 +110,18 @@ impl Domain {
             scheduler: ramp::SchedulerHealth::default(),
             strict_writes: AtomicBool::new(false),
             metrics,
+            guard_ca: std::sync::OnceLock::new(),
         })))
     }
 
     /// The current time (unix seconds).
     pub fn now(&self) -> i64 {
         (self.clock)()
+    }
+
+    /// The extra CAs for `https://` guards.
+    pub fn guard_roots(&self) -> &[reqwest::Certificate] {
+        self.guard_ca.get().map_or(&[], Vec::as_slice)
     }
 
     /// Whether writes refuse warnings unless a request says otherwise.

@@ -435,9 +435,9 @@ fn validate(request: &StartRequest) -> Result<Plan, DomainError> {
     let guard = match &request.guard {
         None => None,
         Some(guard) => {
-            if !guard.url.starts_with("http://") {
+            if !(guard.url.starts_with("http://") || guard.url.starts_with("https://")) {
                 return Err(DomainError::bad_request(
-                    "the guard URL must be http:// (this build has no TLS client): point it at your own health or metrics endpoint",
+                    "the guard URL must be http:// or https://: point it at your own health or metrics endpoint",
                 )
                 .at("guard.url"));
             }
@@ -498,14 +498,17 @@ fn later(now: i64, seconds: i64) -> Result<i64, DomainError> {
 }
 
 /// Runs the guard check: `Err` carries what failed (the status, or the error).
-async fn check_guard(guard: &Guard) -> Result<(), String> {
+async fn check_guard(guard: &Guard, roots: &[reqwest::Certificate]) -> Result<(), String> {
     // Redirects are not followed: a guard must not become a way to reach other internal
     // services through this server, nor to return their answers.
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(Duration::from_millis(guard.timeout_ms))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|error| error.to_string())?;
+        .redirect(reqwest::redirect::Policy::none());
+    // https:// guards trust the public roots and `--guard-ca`.
+    for root in roots {
+        client = client.add_root_certificate(root.clone());
+    }
+    let client = client.build().map_err(|error| error.to_string())?;
     let shown = redacted(&guard.url);
     match client.get(&guard.url).send().await {
         Ok(response) if response.status().is_success() => Ok(()),
@@ -706,7 +709,7 @@ pub async fn start(
         guard,
     } = validate(&request)?;
     if let Some(guard) = &guard
-        && let Err(failure) = check_guard(guard).await
+        && let Err(failure) = check_guard(guard, state.guard_roots()).await
     {
         return Err(DomainError::conflict(format!(
             "the guard is unhealthy, so the ramp did not start: {failure}"
@@ -1015,7 +1018,7 @@ pub async fn tick(state: &Domain) -> Result<usize, DomainError> {
         Some(async move {
             let _claim = claim;
             let result = match &ramp.guard {
-                Some(guard) => check_guard(guard).await,
+                Some(guard) => check_guard(guard, state.guard_roots()).await,
                 None => Ok(()),
             };
             apply_due(state, ramp, Some(result)).await
