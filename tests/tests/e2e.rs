@@ -1844,6 +1844,85 @@ mod tls {
         runtime.block_on(client.close());
     }
 
+    /// The SDK over TLS survives a server restart: stale while it is down, resumed over WSS,
+    /// converged with a change made meanwhile.
+    #[test]
+    fn the_sdk_reconnects_over_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, ca_key) = authority("e2e CA");
+        let pair = leaf(&ca, &ca_key, "first-leaf");
+        let door = tests::FrontDoor::open();
+        let mut server = start(dir.path(), &pair);
+        door.forward_to(Some(&server));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let put = |base: String, default: &'static str| {
+            let http = http.clone();
+            async move {
+                let status = http
+                    .put(format!("{base}/api/v1/environments/default/flags/f"))
+                    .bearer_auth(ADMIN)
+                    .json(&serde_json::json!({"state": "ENABLED",
+                        "variants": {"on": true, "off": false}, "defaultVariant": default}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert!(status.is_success(), "{status}");
+            }
+        };
+        runtime.block_on(put(server.base_url.clone(), "off"));
+        let through_door = door.base_url().replacen("http://", "https://", 1);
+        let client = runtime.block_on(async {
+            let client = flag_sdk::FlagClient::builder()
+                .server(&through_door)
+                .token(ADMIN)
+                .environment("default")
+                .ca_certificate(ca.pem())
+                .ping_timeout(Duration::from_secs(2))
+                .backoff(Duration::from_millis(50), Duration::from_millis(200))
+                .build()
+                .unwrap();
+            client.wait_ready(Duration::from_secs(10)).await.unwrap();
+            client
+        });
+        let user = flag_sdk::EvaluationContext::new("u");
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while !done() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what} within 15 s (status {:?}, {:?})",
+                    client.status(),
+                    client.last_error()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        door.forward_to(None);
+        server.kill();
+        wait("stale while the server is down", &|| {
+            client.status() == flag_sdk::Status::Stale
+        });
+        assert!(
+            !client.bool_value("f", &user, true),
+            "last known good flags"
+        );
+        let server = start(dir.path(), &pair);
+        door.forward_to(Some(&server));
+        runtime.block_on(put(server.base_url.clone(), "on"));
+        wait("converged after the restart", &|| {
+            client.bool_value("f", &user, false)
+        });
+        assert_eq!(client.status(), flag_sdk::Status::Ready);
+        runtime.block_on(client.close());
+    }
+
     /// An untrusted issuer, a certificate for another name and an expired one: each leaves the
     /// SDK in `Status::Error` with a message naming the problem.
     #[test]
