@@ -70,7 +70,7 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Save --server and --token (checked first) to the config file, readable only by you.
+    /// Save --server, --token and --ca-cert (checked first) to the config file, readable only by you.
     Login,
     /// List, create and delete environments.
     #[command(subcommand)]

@@ -57,11 +57,19 @@ impl Api {
             })
             .transpose()?;
         let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-        if let Some(pem) = &ca_pem {
-            for certificate in reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
-                CliError::config(format!("the CA certificate is not PEM: {error}"))
-                    .hint("--ca-cert / FLAGCTL_CA_CERT names a PEM file")
-            })? {
+        if let (Some(pem), Some(path)) = (&ca_pem, ca_cert) {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
+                CliError::config(format!("{} is not PEM: {error}", path.display()))
+                    .hint("--ca-cert / FLAGCTL_CA_CERT names a PEM file with the CA certificate")
+            })?;
+            if certificates.is_empty() {
+                return Err(
+                    CliError::config(format!("{} holds no CERTIFICATE", path.display())).hint(
+                        "--ca-cert / FLAGCTL_CA_CERT names a PEM file with the CA certificate",
+                    ),
+                );
+            }
+            for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
         }
@@ -198,6 +206,17 @@ pub fn certificate_error(
 ) -> Option<CliError> {
     let mut cause = Some(error);
     while let Some(error) = cause {
+        if let Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)) =
+            error.downcast_ref::<rustls::Error>()
+        {
+            return Some(
+                CliError::new(
+                    Kind::Network,
+                    format!("{server} requires a client certificate (mutual TLS)"),
+                )
+                .hint("flagctl cannot present one yet: reach the server through a proxy that does, or without --tls-client-ca"),
+            );
+        }
         if let Some(rustls::Error::InvalidCertificate(problem)) =
             error.downcast_ref::<rustls::Error>()
         {

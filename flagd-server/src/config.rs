@@ -14,7 +14,7 @@ pub use crate::units::{DurationError, parse_duration, parse_size};
 #[command(name = "flagd-server", version, about, long_about = None)]
 pub struct Config {
     /// Address to listen on. Port 0 picks a free port; the real address is printed as
-    /// `listening on http://ADDR`.
+    /// `listening on http://ADDR` (`https://` with --tls-cert).
     #[arg(long, env = "FLAGD_LISTEN", default_value = "127.0.0.1:8016")]
     pub listen: SocketAddr,
 
@@ -107,7 +107,8 @@ pub struct Config {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// How often the TLS files are checked for a change (modification time or size), e.g. `10s`.
+    /// How often the TLS certificate and key are checked for a change (modification time or
+    /// size), e.g. `10s`; at least 1 s. The client CA (--tls-client-ca) is read at start only.
     #[arg(long, env = "FLAGD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
 

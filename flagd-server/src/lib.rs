@@ -43,7 +43,7 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A file or directory could not be used.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -53,7 +53,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The store could not be opened.
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store")]
     Store(#[from] StoreError),
     /// A setting is unusable.
     #[error("{0}")]
@@ -62,7 +62,7 @@ pub enum StartError {
     #[error("server failed: {0}")]
     Serve(std::io::Error),
     /// The TLS certificate, key or client CA could not be used.
-    #[error("TLS: {0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
 
@@ -157,6 +157,10 @@ impl Server {
     /// Opens (creating if needed) the data directory and the store, and bootstraps the admin
     /// token on an empty store.
     pub async fn open(options: ServerOptions, clock: Clock) -> Result<Server, StartError> {
+        // TLS material and the guard CA first: a bad file stops the start before anything is
+        // created in the data directory.
+        let tls = options.tls.clone().map(tls::Tls::load).transpose()?;
+        let guard_roots = options.guard_ca.as_deref().map(guard_roots).transpose()?;
         let opened = options.clone();
         let start_clock = clock.clone();
         let (state, access) = tokio::task::spawn_blocking(move || {
@@ -172,19 +176,7 @@ impl Server {
         })
         .await
         .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
-        let tls = options.tls.clone().map(tls::Tls::load).transpose()?;
-        if let Some(path) = &options.guard_ca {
-            let pem = std::fs::read(path).map_err(|source| StartError::Io {
-                what: "cannot read the guard CA",
-                path: path.clone(),
-                source,
-            })?;
-            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
-                StartError::Config(format!(
-                    "{}: not a PEM certificate: {error}",
-                    path.display()
-                ))
-            })?;
+        if let Some(roots) = guard_roots {
             let _ = state.guard_ca.set(roots);
         }
         Ok(Server {
@@ -369,6 +361,28 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The CAs of `--guard-ca`.
+fn guard_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, StartError> {
+    let pem = std::fs::read(path).map_err(|source| StartError::Io {
+        what: "cannot read the guard CA",
+        path: path.to_owned(),
+        source,
+    })?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+        StartError::Config(format!(
+            "--guard-ca {}: not a PEM certificate: {error}",
+            path.display()
+        ))
+    })?;
+    if roots.is_empty() {
+        return Err(StartError::Config(format!(
+            "--guard-ca {}: no CERTIFICATE in it",
+            path.display()
+        )));
+    }
+    Ok(roots)
 }
 
 fn open_blocking(

@@ -79,12 +79,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         flagd_server::state::system_clock(),
     )
     .await
-    .with_context(|| {
-        format!(
-            "cannot open the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    .context("cannot start")?;
     // Scripts and tests read this exact line for the real address (port 0 is allowed).
     let scheme = server.scheme();
     println!("listening on {scheme}://{address}");
@@ -103,10 +98,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
         }
     }
+    if let Some(tls) = &config.tls_cert {
+        tracing::info!(
+            cert = %tls.display(),
+            client_certificates = if config.tls_client_ca.is_some() { "required" } else { "not asked for" },
+            "serving HTTPS and WSS"
+        );
+    }
+    // With a private CA, curl needs it too (and a client certificate under mTLS).
+    let curl_tls = match (&config.tls_cert, &config.tls_client_ca) {
+        (None, _) => "",
+        (Some(_), None) => "--cacert <your CA> ",
+        (Some(_), Some(_)) => "--cacert <your CA> --cert <client.crt> --key <client.key> ",
+    };
     match server.admin_access() {
         AdminAccess::Created(path) => tracing::info!(
             "created the first admin token in {} (mode 0600; it is never logged). Authenticate with: \
-             curl -H \"Authorization: Bearer $(cat {})\" {scheme}://{address}/api/v1/environments",
+             curl {curl_tls}-H \"Authorization: Bearer $(cat {})\" {scheme}://{address}/api/v1/environments",
             path.display(),
             path.display()
         ),

@@ -35,7 +35,7 @@ pub struct TlsOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("TLS: cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -43,7 +43,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// A file holds no usable PEM item of the expected kind.
-    #[error("{path}: {what}")]
+    #[error("TLS: {path}: {what}")]
     Pem {
         /// The file.
         path: PathBuf,
@@ -51,7 +51,7 @@ pub enum TlsError {
         what: String,
     },
     /// rustls refused the material (a key that does not match the certificate, say).
-    #[error("{0}")]
+    #[error("TLS: {0}")]
     Rustls(String),
 }
 
@@ -92,8 +92,14 @@ fn certified_key(options: &TlsOptions) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = read_certificates(&options.cert)?;
     let key = private_key(&options.key)?;
     let provider = rustls::crypto::ring::default_provider();
-    let key = CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|error| TlsError::Rustls(format!("{}: {error}", options.key.display())))?;
+    let key = CertifiedKey::from_der(chain, key, &provider).map_err(|error| match error {
+        rustls::Error::InconsistentKeys(_) => TlsError::Rustls(format!(
+            "the key in {} does not belong to the certificate in {} (replace both together)",
+            options.key.display(),
+            options.cert.display()
+        )),
+        other => TlsError::Rustls(format!("{}: {other}", options.key.display())),
+    })?;
     Ok(Arc::new(key))
 }
 
@@ -187,7 +193,9 @@ impl Tls {
     /// size changed) and whenever [`Tls::reload_now`] is called.
     pub async fn watch(self, stop: CancellationToken) {
         let mut seen = self.stamp();
-        let mut interval = tokio::time::interval(self.options.reload_interval);
+        // At least a second: a zero period would make `interval` panic (and is no use).
+        let period = self.options.reload_interval.max(Duration::from_secs(1));
+        let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let forced = tokio::select! {
@@ -203,6 +211,9 @@ impl Tls {
             match self.reload() {
                 Ok(true) => {
                     tracing::info!(cert = %self.options.cert.display(), "TLS certificate reloaded")
+                }
+                Ok(false) if forced => {
+                    tracing::info!("TLS files re-read; the certificate is unchanged");
                 }
                 Ok(false) => tracing::debug!("TLS files checked; the certificate is unchanged"),
                 Err(error) => {

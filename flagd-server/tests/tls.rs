@@ -449,6 +449,10 @@ async fn unusable_files_are_refused_at_start_naming_the_file() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("server.crt"), "{error}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the TLS files are checked"
+    );
     let missing = ServerOptions {
         tls: Some(TlsOptions {
             cert: dir.path().join("absent.crt"),
@@ -541,4 +545,48 @@ async fn https_guards_trust_the_guard_ca() {
     let (status, body) = ramp(&untrusting).await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("certificate"), "{body}");
+}
+
+/// A zero reload interval is treated as the minimum (1 s), never a panic of the watch task:
+/// changed files are picked up by the polling alone.
+#[tokio::test]
+async fn a_zero_reload_interval_still_reloads() {
+    let authority = Authority::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &authority.leaf("first-leaf"));
+    let options = ServerOptions {
+        admin_token: Some(ADMIN.to_owned()),
+        tls: Some(TlsOptions {
+            cert: dir.path().join("server.crt"),
+            key: dir.path().join("server.key"),
+            client_ca: None,
+            reload_interval: Duration::ZERO,
+        }),
+        ..ServerOptions::new(dir.path().join("data"))
+    };
+    let server = Server::open(options, flagd_server::state::system_clock())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    // A second later, so the modification time surely differs.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_pair(dir.path(), &authority.leaf("second-leaf"));
+    let config = client_config(&authority, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = connect(address, config.clone()).await.unwrap();
+        if presented(&stream) == "second-leaf" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "polling never picked up the new pair"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

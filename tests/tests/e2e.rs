@@ -2142,6 +2142,18 @@ mod tls_cli {
         assert!(stderr.contains("UnknownIssuer"), "{stderr}");
         assert!(stderr.contains("--ca-cert"), "{stderr}");
 
+        // A file that holds no certificate is named as such.
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let (code, _, stderr) = flagctl(
+            &server,
+            dir.path(),
+            &[],
+            &["--ca-cert", garbage.to_str().unwrap(), "flag", "list"],
+        );
+        assert_ne!(code, 0);
+        assert!(stderr.contains("holds no CERTIFICATE"), "{stderr}");
+
         // --ca-cert, then FLAGCTL_CA_CERT.
         let (code, _, stderr) = flagctl(
             &server,
