@@ -42,6 +42,27 @@ pub struct Global {
     #[arg(long, env = "FLAGCTL_CA_CERT", global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
 
+    /// A client certificate (PEM file) to present to a server that requires one (mutual TLS).
+    /// Needs --client-key. `flagctl login` saves both.
+    #[arg(
+        long,
+        env = "FLAGCTL_CLIENT_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key (PEM file) of --client-cert.
+    #[arg(
+        long,
+        env = "FLAGCTL_CLIENT_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
     /// The environment to work in.
     #[arg(
         short = 'e',

@@ -18,6 +18,26 @@ pub struct Api {
     strict: bool,
     /// The private CA (PEM) from `--ca-cert`, for connections reqwest does not make (`watch`).
     ca_pem: Option<Vec<u8>>,
+    /// The client certificate and key (PEM) for mutual TLS, likewise.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The TLS files flagctl was given: a private CA, and a client certificate with its key.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca_cert: Option<std::path::PathBuf>,
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+fn read_pem(path: &std::path::Path, what: &str, option: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|error| {
+        CliError::config(format!(
+            "cannot read the {what} {}: {error}",
+            path.display()
+        ))
+        .hint(format!("{option} names a PEM file"))
+    })
 }
 
 /// A successful answer: status, body and the `ETag` version, if any.
@@ -29,12 +49,8 @@ pub struct Answer {
 }
 
 impl Api {
-    pub fn new(
-        server: &str,
-        token: &str,
-        strict: bool,
-        ca_cert: Option<&std::path::Path>,
-    ) -> Result<Api> {
+    pub fn new(server: &str, token: &str, strict: bool, tls: &TlsFiles) -> Result<Api> {
+        let ca_cert = tls.ca_cert.as_deref();
         let server = server.trim_end_matches('/').to_owned();
         let usable = url::Url::parse(&server).is_ok_and(|url| {
             matches!(url.scheme(), "http" | "https") && url.has_host() && url.query().is_none()
@@ -46,16 +62,20 @@ impl Api {
             .hint("set --server or FLAGCTL_SERVER, e.g. http://127.0.0.1:8016"));
         }
         let ca_pem = ca_cert
-            .map(|path| {
-                std::fs::read(path).map_err(|error| {
-                    CliError::config(format!(
-                        "cannot read the CA certificate {}: {error}",
-                        path.display()
-                    ))
-                    .hint("--ca-cert / FLAGCTL_CA_CERT names a PEM file")
-                })
-            })
+            .map(|path| read_pem(path, "CA certificate", "--ca-cert / FLAGCTL_CA_CERT"))
             .transpose()?;
+        let identity = match (&tls.client_cert, &tls.client_key) {
+            (Some(certificate), Some(key)) => Some((
+                read_pem(certificate, "client certificate", "--client-cert")?,
+                read_pem(key, "client key", "--client-key")?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(CliError::usage(
+                    "--client-cert and --client-key go together",
+                ));
+            }
+        };
         let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
         if let (Some(pem), Some(path)) = (&ca_pem, ca_cert) {
             let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|error| {
@@ -73,6 +93,16 @@ impl Api {
                 builder = builder.add_root_certificate(certificate);
             }
         }
+        if let Some((certificate, key)) = &identity {
+            let mut pem = certificate.clone();
+            pem.push(b'\n');
+            pem.extend_from_slice(key);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|error| {
+                CliError::config(format!("the client certificate and key do not load: {error}"))
+                    .hint("--client-cert and --client-key name PEM files: a certificate and its private key")
+            })?;
+            builder = builder.identity(identity);
+        }
         let http = builder.build().map_err(|error| {
             CliError::new(
                 Kind::Network,
@@ -85,6 +115,7 @@ impl Api {
             token: token.to_owned(),
             strict,
             ca_pem,
+            identity,
         })
     }
 
@@ -109,13 +140,31 @@ impl Api {
                 })?;
             }
         }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|error| CliError::config(format!("TLS: {error}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((certificate, key)) => {
+                let chain = rustls_pki_types::CertificateDer::pem_slice_iter(certificate)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|error| {
+                        CliError::config(format!("the client certificate is not PEM: {error}"))
+                    })?;
+                let key =
+                    rustls_pki_types::PrivateKeyDer::from_pem_slice(key).map_err(|error| {
+                        CliError::config(format!(
+                            "the client key is not a PEM private key: {error}"
+                        ))
+                    })?;
+                builder.with_client_auth_cert(chain, key).map_err(|error| {
+                    CliError::config(format!("the client certificate and key: {error}"))
+                })?
+            }
+        };
         Ok(std::sync::Arc::new(config))
     }
 
@@ -214,7 +263,7 @@ pub fn certificate_error(
                     Kind::Network,
                     format!("{server} requires a client certificate (mutual TLS)"),
                 )
-                .hint("flagctl cannot present one yet: reach the server through a proxy that does, or without --tls-client-ca"),
+                .hint("pass --client-cert FILE and --client-key FILE (a certificate from the server's client CA)"),
             );
         }
         if let Some(rustls::Error::InvalidCertificate(problem)) =

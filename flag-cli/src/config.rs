@@ -16,6 +16,10 @@ pub struct ConfigFile {
     pub environment: Option<String>,
     /// A private CA to trust for the server (`--ca-cert`), as an absolute path.
     pub ca_cert: Option<PathBuf>,
+    /// A client certificate and its key for mutual TLS (`--client-cert`, `--client-key`),
+    /// as absolute paths.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/flagctl/config.toml`, else `~/.config/flagctl/config.toml`.

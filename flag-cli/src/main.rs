@@ -50,7 +50,7 @@ pub struct Context {
     pub strict: bool,
     server: Option<String>,
     token: Option<String>,
-    ca_cert: Option<std::path::PathBuf>,
+    tls: client::TlsFiles,
 }
 
 impl std::fmt::Debug for Context {
@@ -74,16 +74,21 @@ impl Context {
             CliError::config("no token configured")
                 .hint("pass --token, set FLAGCTL_TOKEN, or run `flagctl login --server URL --token TOKEN`")
         })?;
-        Api::new(server, token, self.strict, self.ca_cert.as_deref())
+        Api::new(server, token, self.strict, &self.tls)
     }
 }
 
 async fn run(cli: Cli) -> Result<u8> {
     if let Command::Login = &cli.command {
+        let tls = client::TlsFiles {
+            ca_cert: cli.global.ca_cert,
+            client_cert: cli.global.client_cert,
+            client_key: cli.global.client_key,
+        };
         return commands::login::run(
             cli.global.server.as_deref(),
             cli.global.token.as_deref(),
-            cli.global.ca_cert.as_deref(),
+            &tls,
         )
         .await;
     }
@@ -98,7 +103,16 @@ async fn run(cli: Cli) -> Result<u8> {
         strict: cli.global.strict,
         server: cli.global.server.or(file.server),
         token: cli.global.token.or(file.token),
-        ca_cert: cli.global.ca_cert.or(file.ca_cert),
+        tls: client::TlsFiles {
+            ca_cert: cli.global.ca_cert.or(file.ca_cert),
+            // A certificate and its key come as a pair, from the command line or from the file.
+            client_cert: cli.global.client_cert.clone().or(file.client_cert.clone()),
+            client_key: if cli.global.client_cert.is_some() {
+                cli.global.client_key
+            } else {
+                file.client_key
+            },
+        },
     };
     match cli.command {
         Command::Login => Ok(error::exit::OK),

@@ -30,7 +30,8 @@ pub struct FlagClientBuilder {
     bootstrap: Option<Bootstrap>,
     cache_file: Option<PathBuf>,
     settings: SyncSettings,
-    ca_certificates: Vec<crate::tls::CaCertificate>,
+    ca_certificates: Vec<crate::tls::Pem>,
+    client_identity: Option<(crate::tls::Pem, crate::tls::Pem)>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,8 +88,20 @@ impl FlagClientBuilder {
     /// Trusts this CA for an `https://` server, besides the public (Mozilla) roots: a PEM file
     /// path, or PEM text. May be called several times. Host names are always verified.
     #[must_use]
-    pub fn ca_certificate(mut self, path_or_pem: impl Into<crate::tls::CaCertificate>) -> Self {
+    pub fn ca_certificate(mut self, path_or_pem: impl Into<crate::tls::Pem>) -> Self {
         self.ca_certificates.push(path_or_pem.into());
+        self
+    }
+
+    /// Presents this client certificate (and its private key), each a PEM file path or PEM text,
+    /// to a server that requires one (mutual TLS, the server's `--tls-client-ca`).
+    #[must_use]
+    pub fn client_certificate(
+        mut self,
+        certificate: impl Into<crate::tls::Pem>,
+        key: impl Into<crate::tls::Pem>,
+    ) -> Self {
+        self.client_identity = Some((certificate.into(), key.into()));
         self
     }
 
@@ -137,7 +150,10 @@ impl FlagClientBuilder {
                     ));
                 }
                 let url = sync::stream_url(server, self.environment.as_deref())?;
-                let tls = crate::tls::client_config(&self.ca_certificates)?;
+                let tls = crate::tls::client_config(
+                    &self.ca_certificates,
+                    self.client_identity.as_ref(),
+                )?;
                 let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
                     Error::Config(
                         "build() needs a running tokio runtime to sync in the background"

@@ -44,4 +44,4 @@ pub use client::{EvaluationDetails, FlagClient};
 pub use context::EvaluationContext;
 pub use flag_core::{ErrorCode, Metadata, MetadataValue, Reason, Resolution};
 pub use status::{Error, FlagsChanged, Status};
-pub use tls::CaCertificate;
+pub use tls::Pem;

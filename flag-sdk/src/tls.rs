@@ -10,74 +10,86 @@ use rustls_pki_types::pem::PemObject as _;
 
 use crate::status::Error;
 
-/// A CA certificate to trust besides the public roots: a PEM file, or PEM text.
+/// PEM material for TLS (a CA certificate to trust, a client certificate or its key): a file,
+/// or the PEM text itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CaCertificate {
-    /// A PEM file (one or more certificates).
+pub enum Pem {
+    /// A PEM file.
     File(PathBuf),
-    /// PEM text (one or more certificates).
+    /// PEM text.
     Pem(Vec<u8>),
 }
 
-impl From<PathBuf> for CaCertificate {
-    fn from(path: PathBuf) -> Self {
-        CaCertificate::File(path)
-    }
-}
-
-impl From<&std::path::Path> for CaCertificate {
-    fn from(path: &std::path::Path) -> Self {
-        CaCertificate::File(path.to_owned())
-    }
-}
-
-impl From<Vec<u8>> for CaCertificate {
-    fn from(pem: Vec<u8>) -> Self {
-        CaCertificate::Pem(pem)
-    }
-}
-
-impl From<&[u8]> for CaCertificate {
-    fn from(pem: &[u8]) -> Self {
-        CaCertificate::Pem(pem.to_vec())
-    }
-}
-
-/// Text that holds a PEM block is PEM; anything else is a path.
-impl From<&str> for CaCertificate {
-    fn from(text: &str) -> Self {
-        if text.contains("-----BEGIN") {
-            CaCertificate::Pem(text.as_bytes().to_vec())
-        } else {
-            CaCertificate::File(PathBuf::from(text))
+impl Pem {
+    /// The bytes, and a name for messages.
+    fn read(&self, what: &str) -> Result<(String, Vec<u8>), Error> {
+        match self {
+            Pem::File(path) => Ok((
+                path.display().to_string(),
+                std::fs::read(path).map_err(|error| {
+                    Error::Config(format!(
+                        "cannot read the {what} {}: {error}",
+                        path.display()
+                    ))
+                })?,
+            )),
+            Pem::Pem(pem) => Ok((format!("the {what} given"), pem.clone())),
         }
     }
 }
 
-impl From<String> for CaCertificate {
-    fn from(text: String) -> Self {
-        CaCertificate::from(text.as_str())
+impl From<PathBuf> for Pem {
+    fn from(path: PathBuf) -> Self {
+        Pem::File(path)
     }
 }
 
-/// The client configuration: public roots plus `extra` CAs.
-pub(crate) fn client_config(extra: &[CaCertificate]) -> Result<Arc<rustls::ClientConfig>, Error> {
+impl From<&std::path::Path> for Pem {
+    fn from(path: &std::path::Path) -> Self {
+        Pem::File(path.to_owned())
+    }
+}
+
+impl From<Vec<u8>> for Pem {
+    fn from(pem: Vec<u8>) -> Self {
+        Pem::Pem(pem)
+    }
+}
+
+impl From<&[u8]> for Pem {
+    fn from(pem: &[u8]) -> Self {
+        Pem::Pem(pem.to_vec())
+    }
+}
+
+/// Text that holds a PEM block is PEM; anything else is a path.
+impl From<&str> for Pem {
+    fn from(text: &str) -> Self {
+        if text.contains("-----BEGIN") {
+            Pem::Pem(text.as_bytes().to_vec())
+        } else {
+            Pem::File(PathBuf::from(text))
+        }
+    }
+}
+
+impl From<String> for Pem {
+    fn from(text: String) -> Self {
+        Pem::from(text.as_str())
+    }
+}
+
+/// The client configuration: public roots plus `extra` CAs, and a client certificate (mutual
+/// TLS) when `identity` is given.
+pub(crate) fn client_config(
+    extra: &[Pem],
+    identity: Option<&(Pem, Pem)>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     for source in extra {
-        let (name, pem) = match source {
-            CaCertificate::File(path) => (
-                path.display().to_string(),
-                std::fs::read(path).map_err(|error| {
-                    Error::Config(format!(
-                        "cannot read the CA certificate {}: {error}",
-                        path.display()
-                    ))
-                })?,
-            ),
-            CaCertificate::Pem(pem) => ("the CA certificate given".to_owned(), pem.clone()),
-        };
+        let (name, pem) = source.read("CA certificate")?;
         let certificates = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| Error::Config(format!("{name} is not PEM: {error}")))?;
@@ -90,13 +102,36 @@ pub(crate) fn client_config(extra: &[CaCertificate]) -> Result<Arc<rustls::Clien
             })?;
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|error| Error::Config(format!("TLS: {error}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((certificate, key)) => {
+            let (certificate_name, certificate_pem) = certificate.read("client certificate")?;
+            let chain = CertificateDer::pem_slice_iter(&certificate_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| {
+                    Error::Config(format!("{certificate_name} is not PEM: {error}"))
+                })?;
+            if chain.is_empty() {
+                return Err(Error::Config(format!(
+                    "{certificate_name} holds no CERTIFICATE"
+                )));
+            }
+            let (key_name, key_pem) = key.read("client key")?;
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+                    Error::Config(format!("{key_name} holds no PEM private key: {error}"))
+                })?;
+            builder.with_client_auth_cert(chain, key).map_err(|error| {
+                Error::Config(format!("the client certificate and key: {error}"))
+            })?
+        }
+    };
     Ok(Arc::new(config))
 }
 
@@ -105,10 +140,16 @@ pub(crate) fn client_config(extra: &[CaCertificate]) -> Result<Arc<rustls::Clien
 pub(crate) fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if let Some(rustls::Error::InvalidCertificate(problem)) =
-            error.downcast_ref::<rustls::Error>()
-        {
-            return Some(explain(problem));
+        match error.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(problem)) => return Some(explain(problem)),
+            Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)) => {
+                return Some(
+                    "the server requires a client certificate (mutual TLS, CertificateRequired): \
+                     give the builder one with .client_certificate(cert, key)"
+                        .to_owned(),
+                );
+            }
+            _ => {}
         }
         // An `io::Error` that wraps another error reports that error's source, not the error:
         // look inside it (tokio-rustls wraps rustls errors that way).

@@ -2220,3 +2220,134 @@ mod tls_cli {
         assert!(first.contains("snapshot: 1 flag(s)"), "{first}");
     }
 }
+
+/// Mutual TLS end to end: the server requires client certificates from a client CA; the SDK and
+/// flagctl present one, and without one they say what is missing.
+#[cfg(unix)]
+mod mutual_tls {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use tests::{ServerProcess, binary};
+
+    const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+
+    fn authority(name: &str) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        (params.self_signed(&key).unwrap(), key)
+    }
+
+    fn leaf(ca: &(rcgen::Certificate, KeyPair), hosts: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        (
+            params.signed_by(&key, &ca.0, &ca.1).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
+
+    #[test]
+    fn the_sdk_and_flagctl_present_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let servers = authority("server CA");
+        let clients = authority("client CA");
+        let (cert, key) = leaf(&servers, &["localhost", "127.0.0.1"]);
+        let (client_cert, client_key) = leaf(&clients, &["checkout-service"]);
+        for (name, text) in [
+            ("tls.crt", cert),
+            ("tls.key", key),
+            ("ca.pem", servers.0.pem()),
+            ("clients.pem", clients.0.pem()),
+            ("client.crt", client_cert.clone()),
+            ("client.key", client_key.clone()),
+        ] {
+            std::fs::write(path(name), text).unwrap();
+        }
+        let file = |name: &str| path(name).to_str().unwrap().to_owned();
+        let server = ServerProcess::start_with(
+            &path("data"),
+            ADMIN,
+            &[
+                "--tls-cert",
+                &file("tls.crt"),
+                "--tls-key",
+                &file("tls.key"),
+                "--tls-client-ca",
+                &file("clients.pem"),
+            ],
+        );
+        let flagctl = |extra: &[&str]| {
+            let output = Command::new(binary("flag-cli", "flagctl"))
+                .args(["--ca-cert", &file("ca.pem")])
+                .args(extra)
+                .args(["flag", "list"])
+                .current_dir(dir.path())
+                .env("FLAGCTL_SERVER", &server.base_url)
+                .env("FLAGCTL_TOKEN", ADMIN)
+                .env("XDG_CONFIG_HOME", path("config"))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            (
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        let (code, stderr) = flagctl(&[]);
+        assert_ne!(code, 0);
+        assert!(stderr.contains("requires a client certificate"), "{stderr}");
+        assert!(stderr.contains("--client-cert"), "{stderr}");
+        let (code, stderr) = flagctl(&[
+            "--client-cert",
+            &file("client.crt"),
+            "--client-key",
+            &file("client.key"),
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let base = format!(
+            "https://localhost:{}",
+            server.address().rsplit(':').next().unwrap()
+        );
+        let build = |identity: bool| {
+            let mut builder = flag_sdk::FlagClient::builder()
+                .server(&base)
+                .token(ADMIN)
+                .environment("default")
+                .ca_certificate(servers.0.pem());
+            if identity {
+                builder = builder.client_certificate(client_cert.clone(), client_key.clone());
+            }
+            builder.build().unwrap()
+        };
+        let with = runtime.block_on(async {
+            let client = build(true);
+            client.wait_ready(Duration::from_secs(10)).await.unwrap();
+            client
+        });
+        assert_eq!(with.status(), flag_sdk::Status::Ready);
+        let without = runtime.block_on(async { build(false) });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while without.status() != flag_sdk::Status::Error {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "status {:?}, {:?}",
+                without.status(),
+                without.last_error()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let message = without.last_error().unwrap_or_default();
+        assert!(message.contains("client certificate"), "{message}");
+        runtime.block_on(with.close());
+        runtime.block_on(without.close());
+    }
+}
