@@ -284,7 +284,19 @@ impl StreamFollower {
                 )));
                 return lost(false);
             }
-            Ok(Ok((socket, _))) => socket,
+            Ok(Ok((socket, _))) => {
+                // The server took the token and the certificate: whatever `Error` said no longer
+                // holds. Until flags arrive the client is as stale (or as empty) as it was.
+                if self.shared.status() == Status::Error {
+                    self.shared.set_last_error(None);
+                    self.shared.set_status(if self.shared.load().is_some() {
+                        Status::Stale
+                    } else {
+                        Status::NotReady
+                    });
+                }
+                socket
+            }
         };
         let hello = ClientMessage::Hello(Hello {
             sdk: Some("flag-sdk-rust".to_owned()),

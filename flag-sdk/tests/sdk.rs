@@ -828,8 +828,8 @@ async fn a_refused_token_is_an_error_that_heals() {
     let statuses = statuses.lock().unwrap().clone();
     assert_eq!(
         statuses,
-        [Status::Error, Status::Ready],
-        "refused: Error (never Fatal); accepted: Ready"
+        [Status::Error, Status::NotReady, Status::Ready],
+        "refused: Error (never Fatal); accepted: no longer Error; synced: Ready"
     );
 }
 
