@@ -325,17 +325,14 @@ pub struct PathParams<T>(pub T);
 #[from_request(via(Query), rejection(ApiError))]
 pub struct QueryParams<T>(pub T);
 
-/// Runs store work for a handler on the blocking pool: like `domain::blocking`, but the work
-/// answers in `ApiError`s (domain errors convert with `?`).
+/// `domain::blocking` for handlers: the work answers in `ApiError`s (domain errors convert with
+/// `?`), which fixes the error type the handlers' closures would otherwise leave open.
 pub async fn blocking<T, F>(state: &AppState, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&dyn FlagStore) -> Result<T, ApiError> + Send + 'static,
 {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || work(store.as_ref()))
-        .await
-        .map_err(ApiError::internal)?
+    crate::domain::blocking_as(state, work).await
 }
 
 /// `?strict=true|false` on a write: whether warnings refuse it (default: the server's

@@ -136,10 +136,22 @@ where
     T: Send + 'static,
     F: FnOnce(&dyn FlagStore) -> Result<T, DomainError> + Send + 'static,
 {
+    blocking_as(domain, work).await
+}
+
+/// [`blocking`] for work that answers in another error type a `DomainError` converts into (the
+/// HTTP layer's `ApiError`). Callers name the type through their own wrapper, which keeps the
+/// closures' `?` unambiguous.
+pub async fn blocking_as<T, E, F>(domain: &Domain, work: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<DomainError> + Send + 'static,
+    F: FnOnce(&dyn FlagStore) -> Result<T, E> + Send + 'static,
+{
     let store = domain.store.clone();
     tokio::task::spawn_blocking(move || work(store.as_ref()))
         .await
-        .map_err(DomainError::internal)?
+        .map_err(|error| E::from(DomainError::internal(error)))?
 }
 
 /// Deletes a flag (refused unless it is at `expected_version`, when given), then closes its
