@@ -157,12 +157,13 @@ async fn run(follower: StreamFollower, mut stop: watch::Receiver<bool>) {
         }
         // A refused token stays an error while retrying; otherwise the flags are now stale.
         if follower.shared.status() != Status::Error {
-            let has_flags = follower.shared.version().is_some() || follower.shared.load().is_some();
-            follower.shared.set_status(if has_flags {
-                Status::Stale
-            } else {
-                Status::NotReady
-            });
+            follower
+                .shared
+                .set_status(if follower.shared.load().is_some() {
+                    Status::Stale
+                } else {
+                    Status::NotReady
+                });
         }
         let delay = backoff(&follower.settings, attempt).max(retry_after);
         attempt = attempt.saturating_add(1);

@@ -131,22 +131,14 @@ pub async fn run(context: &Context) -> Result<u8> {
 
 /// The flag set's shared settings (metadata, `$evaluators`) were replaced.
 fn print_settings(context: &Context, version: i64, changes: &[String]) -> Result<()> {
-    if context.output == Format::Json {
-        outln!(
-            "{}",
-            serde_json::json!({"time": now(), "version": version, "type": "settings", "changes": changes})
-        )
-    } else {
-        let summary = if changes.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", changes.join("; "))
-        };
-        outln!(
-            "{}  v{version}  flag-set settings replaced{summary}",
-            output::time(now())
-        )
-    }
+    let fields = serde_json::json!({"type": "settings"});
+    print_line(
+        context,
+        version,
+        fields,
+        "flag-set settings replaced",
+        changes,
+    )
 }
 
 fn print_change(
@@ -156,20 +148,37 @@ fn print_change(
     action: &str,
     changes: &[String],
 ) -> Result<()> {
+    let fields = serde_json::json!({"key": key, "action": action});
+    print_line(
+        context,
+        version,
+        fields,
+        &format!("{key} {action}"),
+        changes,
+    )
+}
+
+/// One line: `{"time", "version", ...fields, "changes"}` with `-o json`, else
+/// `TIME  vVERSION  SUBJECT: change; change`.
+fn print_line(
+    context: &Context,
+    version: i64,
+    fields: Value,
+    subject: &str,
+    changes: &[String],
+) -> Result<()> {
     if context.output == Format::Json {
-        outln!(
-            "{}",
-            serde_json::json!({"time": now(), "version": version, "key": key, "action": action, "changes": changes})
-        )
+        let mut line = serde_json::json!({"time": now(), "version": version, "changes": changes});
+        if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+        outln!("{line}")
     } else {
         let summary = if changes.is_empty() {
             String::new()
         } else {
             format!(": {}", changes.join("; "))
         };
-        outln!(
-            "{}  v{version}  {key} {action}{summary}",
-            output::time(now())
-        )
+        outln!("{}  v{version}  {subject}{summary}", output::time(now()))
     }
 }
