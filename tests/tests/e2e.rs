@@ -1720,21 +1720,27 @@ mod ramp_cli {
 
 /// The binary with `--tls-cert`/`--tls-key`: it says `listening on https://`, serves HTTPS, and
 /// re-reads the pair on SIGHUP.
+/// Certificates for the TLS tests (made with rcgen) and an HTTPS client that trusts them.
 #[cfg(unix)]
-mod tls {
+mod certs {
     use std::time::Duration;
 
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    use tests::ServerProcess;
 
-    const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+    pub const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
-    fn leaf(ca: &rcgen::Certificate, ca_key: &KeyPair, name: &str) -> (String, String) {
-        leaf_for(ca, ca_key, name, &["localhost", "127.0.0.1"], false)
+    /// A CA: its certificate and key.
+    pub fn authority(name: &str) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        (params.self_signed(&key).unwrap(), key)
     }
 
-    /// A leaf for `hosts`; `expired` makes one that ran out in 2020.
-    fn leaf_for(
+    /// A leaf named `name` for `hosts`, signed by the CA (`expired`: one that ran out in 2020):
+    /// the certificate and key as PEM.
+    pub fn leaf_for(
         ca: &rcgen::Certificate,
         ca_key: &KeyPair,
         name: &str,
@@ -1756,13 +1762,42 @@ mod tls {
         )
     }
 
-    fn authority(name: &str) -> (rcgen::Certificate, KeyPair) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        (params.self_signed(&key).unwrap(), key)
+    /// A leaf for localhost and 127.0.0.1.
+    pub fn leaf(ca: &rcgen::Certificate, ca_key: &KeyPair, name: &str) -> (String, String) {
+        leaf_for(ca, ca_key, name, &["localhost", "127.0.0.1"], false)
     }
+
+    /// An HTTPS client that trusts only `ca_pem`.
+    pub fn https_client(ca_pem: &str) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// Writes a boolean flag `key` whose default variant is `default`, as the admin.
+    pub async fn put_flag(http: &reqwest::Client, base: &str, key: &str, default: &str) {
+        let status = http
+            .put(format!("{base}/api/v1/environments/default/flags/{key}"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"state": "ENABLED",
+                "variants": {"on": true, "off": false}, "defaultVariant": default}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{status}");
+    }
+}
+
+#[cfg(unix)]
+mod tls {
+    use std::time::Duration;
+
+    use super::certs::{ADMIN, authority, https_client, leaf, leaf_for, put_flag};
+    use tests::ServerProcess;
 
     /// The binary serving TLS with this pair, in `dir`.
     fn start(dir: &std::path::Path, (cert, key): &(String, String)) -> ServerProcess {
@@ -1793,28 +1828,8 @@ mod tls {
         let server = start(dir.path(), &leaf(&ca, &ca_key, "first-leaf"));
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let base = format!("https://localhost:{}", port(&server));
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let put = |key: &'static str, default: &'static str| {
-            let (http, base) = (http.clone(), base.clone());
-            async move {
-                let status = http
-                    .put(format!("{base}/api/v1/environments/default/flags/{key}"))
-                    .bearer_auth(ADMIN)
-                    .json(&serde_json::json!({"state": "ENABLED",
-                        "variants": {"on": true, "off": false}, "defaultVariant": default}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                assert!(status.is_success(), "{status}");
-            }
-        };
-        runtime.block_on(put("checkout", "on"));
+        let http = https_client(&ca.pem());
+        runtime.block_on(put_flag(&http, &base, "checkout", "on"));
         let client = runtime.block_on(async {
             let client = flag_sdk::FlagClient::builder()
                 .server(&base)
@@ -1828,7 +1843,7 @@ mod tls {
         });
         let user = flag_sdk::EvaluationContext::new("u");
         assert!(client.bool_value("checkout", &user, false));
-        runtime.block_on(put("checkout", "off"));
+        runtime.block_on(put_flag(&http, &base, "checkout", "off"));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while client.bool_value("checkout", &user, true) {
             assert!(
@@ -1855,28 +1870,8 @@ mod tls {
         let mut server = start(dir.path(), &pair);
         door.forward_to(Some(&server));
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let put = |base: String, default: &'static str| {
-            let http = http.clone();
-            async move {
-                let status = http
-                    .put(format!("{base}/api/v1/environments/default/flags/f"))
-                    .bearer_auth(ADMIN)
-                    .json(&serde_json::json!({"state": "ENABLED",
-                        "variants": {"on": true, "off": false}, "defaultVariant": default}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                assert!(status.is_success(), "{status}");
-            }
-        };
-        runtime.block_on(put(server.base_url.clone(), "off"));
+        let http = https_client(&ca.pem());
+        runtime.block_on(put_flag(&http, &server.base_url, "f", "off"));
         let through_door = door.base_url().replacen("http://", "https://", 1);
         let client = runtime.block_on(async {
             let client = flag_sdk::FlagClient::builder()
@@ -1915,7 +1910,7 @@ mod tls {
         );
         let server = start(dir.path(), &pair);
         door.forward_to(Some(&server));
-        runtime.block_on(put(server.base_url.clone(), "on"));
+        runtime.block_on(put_flag(&http, &server.base_url, "f", "on"));
         wait("converged after the restart", &|| {
             client.bool_value("f", &user, false)
         });
@@ -2009,13 +2004,7 @@ mod tls {
     #[test]
     fn the_binary_serves_https_and_reloads_on_sighup() {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "e2e CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let (ca, ca_key) = authority("e2e CA");
         let (cert, key) = leaf(&ca, &ca_key, "first-leaf");
         let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         std::fs::write(&cert_path, cert).unwrap();
@@ -2071,10 +2060,8 @@ mod tls_cli {
     use std::process::{Command, Stdio};
     use std::time::Duration;
 
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use super::certs::{ADMIN, authority, leaf};
     use tests::{ServerProcess, binary};
-
-    const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
     fn flagctl(
         server: &ServerProcess,
@@ -2106,23 +2093,15 @@ mod tls_cli {
     #[test]
     fn flagctl_trusts_a_private_ca_and_explains_a_refused_certificate() {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "cli CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
+        let (ca, ca_key) = authority("cli CA");
+        let (leaf_pem, key_pem) = leaf(&ca, &ca_key, "cli-leaf");
         let (cert_path, key_path, ca_path) = (
             dir.path().join("tls.crt"),
             dir.path().join("tls.key"),
             dir.path().join("ca.pem"),
         );
-        std::fs::write(&cert_path, leaf.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_path, leaf_pem).unwrap();
+        std::fs::write(&key_path, key_pem).unwrap();
         std::fs::write(&ca_path, ca.pem()).unwrap();
         let server = ServerProcess::start_with(
             &dir.path().join("data"),
@@ -2228,29 +2207,8 @@ mod mutual_tls {
     use std::process::{Command, Stdio};
     use std::time::Duration;
 
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use super::certs::{ADMIN, authority, leaf_for};
     use tests::{ServerProcess, binary};
-
-    const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
-
-    fn authority(name: &str) -> (rcgen::Certificate, KeyPair) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        (params.self_signed(&key).unwrap(), key)
-    }
-
-    fn leaf(ca: &(rcgen::Certificate, KeyPair), hosts: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        (
-            params.signed_by(&key, &ca.0, &ca.1).unwrap().pem(),
-            key.serialize_pem(),
-        )
-    }
 
     #[test]
     fn the_sdk_and_flagctl_present_client_certificates() {
@@ -2258,8 +2216,20 @@ mod mutual_tls {
         let path = |name: &str| dir.path().join(name);
         let servers = authority("server CA");
         let clients = authority("client CA");
-        let (cert, key) = leaf(&servers, &["localhost", "127.0.0.1"]);
-        let (client_cert, client_key) = leaf(&clients, &["checkout-service"]);
+        let (cert, key) = leaf_for(
+            &servers.0,
+            &servers.1,
+            "server",
+            &["localhost", "127.0.0.1"],
+            false,
+        );
+        let (client_cert, client_key) = leaf_for(
+            &clients.0,
+            &clients.1,
+            "client",
+            &["checkout-service"],
+            false,
+        );
         for (name, text) in [
             ("tls.crt", cert),
             ("tls.key", key),
