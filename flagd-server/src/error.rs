@@ -179,6 +179,9 @@ impl From<StoreError> for ApiError {
             StoreError::EnvironmentExists(_)
             | StoreError::LastAdmin
             | StoreError::EnvironmentNotEmpty { .. } => ApiError::conflict(error.to_string()),
+            StoreError::RampConflict { .. } => ApiError::conflict(format!(
+                "{error}: the ramp was changed at the same moment (a step being applied, or a request on another replica); read it again and retry"
+            )),
             StoreError::VersionConflict {
                 key,
                 expected,
@@ -187,7 +190,11 @@ impl From<StoreError> for ApiError {
                 "flag {key:?} does not exist, but If-Match expected version {expected}"
             )),
             StoreError::VersionConflict { .. } => ApiError::precondition_failed(error.to_string()),
-            StoreError::Database(_) | StoreError::Migration(_) | StoreError::Corrupt { .. } => {
+            StoreError::Database(_)
+            | StoreError::Postgres(_)
+            | StoreError::Unreachable(_)
+            | StoreError::Migration(_)
+            | StoreError::Corrupt { .. } => {
                 let mut api = ApiError::internal(error);
                 api.store_failure = true;
                 api

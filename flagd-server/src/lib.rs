@@ -17,6 +17,8 @@ pub mod listener;
 pub mod metrics;
 pub mod state;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod tls;
 pub mod units;
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flags;
 use super::{Domain, DomainError, Rejection, blocking};
-use crate::store::{Attribution, RampQuery, RampRecord};
+use crate::store::{Attribution, RampQuery, RampRecord, StoreError};
 use crate::units::DurationError;
 
 /// The actor recorded for steps the scheduler applies.
@@ -107,6 +107,9 @@ pub struct Ramp {
     /// The store's id (not part of the stored definition).
     #[serde(skip)]
     pub id: Option<i64>,
+    /// The stored revision it was read at (compare-and-set on save; not part of the definition).
+    #[serde(skip)]
+    pub revision: i64,
     /// The environment.
     pub environment: String,
     /// The flag whose rollout it raises.
@@ -164,6 +167,7 @@ impl Ramp {
             state: self.state.as_str().to_owned(),
             next_at: self.next_at,
             updated_at: now,
+            revision: self.revision,
             definition: serde_json::to_value(self).map_err(DomainError::internal)?,
         })
     }
@@ -177,10 +181,12 @@ impl Ramp {
         match checked {
             Ok(mut ramp) => {
                 ramp.id = record.id;
+                ramp.revision = record.revision;
                 ramp
             }
             Err(problem) => Ramp {
                 id: record.id,
+                revision: record.revision,
                 environment: record.environment,
                 flag: record.flag,
                 variant: None,
@@ -644,9 +650,17 @@ pub async fn list(state: &Domain, environment: &str) -> Result<Vec<Ramp>, Domain
     .await
 }
 
+/// Saves a ramp if nobody else saved it since it was read (compare-and-set on its revision;
+/// `StoreError::RampConflict` otherwise: another replica's scheduler or an API call on another
+/// replica got there first).
 async fn save(state: &Domain, ramp: &mut Ramp, now: i64) -> Result<(), DomainError> {
     let record = ramp.record(now)?;
     let id = blocking(state, move |store| Ok(store.save_ramp(&record)?)).await?;
+    ramp.revision = if ramp.id.is_some() {
+        ramp.revision + 1
+    } else {
+        0
+    };
     ramp.id = Some(id);
     Ok(())
 }
@@ -763,6 +777,7 @@ pub async fn start(
     }
     let mut ramp = Ramp {
         id: None,
+        revision: 0,
         environment: environment.to_owned(),
         flag: flag.to_owned(),
         variant: request.variant,
@@ -851,7 +866,7 @@ pub async fn control(
             ramp.event(now, "paused", None, actor, message);
         }
         (Control::Resume, RampState::Paused) => {
-            if let Some(changed) = changed_outside(state, &ramp).await? {
+            if let Some(changed) = changed_outside(state, &ramp, ramp.current_step).await? {
                 return Err(DomainError::conflict(format!(
                     "{changed}; resuming would move users the ramp did not place. Abort the ramp (or set the rollout back) first"
                 )));
@@ -880,12 +895,16 @@ pub async fn control(
     Ok(ramp)
 }
 
-/// Whether the flag's rollout is no longer what the ramp last set: `Some(what happened)`.
-async fn changed_outside(state: &Domain, ramp: &Ramp) -> Result<Option<String>, DomainError> {
+/// Whether the flag's rollout is no longer at step `step` of the ramp: `Some(what happened)`.
+async fn changed_outside(
+    state: &Domain,
+    ramp: &Ramp,
+    step: usize,
+) -> Result<Option<String>, DomainError> {
     let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
     let variants = ramp.variants();
-    let expected = step_share(ramp.steps[ramp.current_step])?;
-    let percentage = ramp.steps[ramp.current_step];
+    let expected = step_share(ramp.steps[step])?;
+    let percentage = ramp.steps[step];
     blocking(state, move |store| {
         let Some(current) = store.flag(&environment, &flag)? else {
             return Ok(Some(format!("flag {flag:?} no longer exists")));
@@ -1059,6 +1078,23 @@ async fn apply_due(
     }) else {
         return 0;
     };
+    // Claim the step before touching the flag: with several replicas, two schedulers may
+    // briefly both believe they lead; only the one whose save of the ramp as read succeeds
+    // applies the step (the other sees `RampConflict` and leaves it).
+    match save(state, &mut ramp, now).await {
+        Ok(()) => {}
+        Err(DomainError::Store(StoreError::RampConflict { .. })) => {
+            tracing::info!(
+                flag = ramp.flag,
+                "ramp step claimed by another replica; leaving it"
+            );
+            return 0;
+        }
+        Err(error) => {
+            tracing::error!(flag = ramp.flag, %error, "cannot claim a ramp step");
+            return 0;
+        }
+    }
     if let Err(error) = advance(state, &mut ramp, now, guard_result).await {
         tracing::error!(flag = ramp.flag, %error, "ramp step failed");
     }
@@ -1162,23 +1198,6 @@ async fn advance(
             }
         }
     }
-    // Someone changed the rollout outside the ramp (a PATCH, a document apply): the next step
-    // could take users away. Stop, and leave the flag as they set it.
-    match changed_outside(state, ramp).await {
-        Ok(None) => {}
-        Ok(Some(changed)) => {
-            stop(
-                ramp,
-                now,
-                &format!("{changed}; the ramp stopped and left the flag as it is"),
-            );
-            return Ok(());
-        }
-        Err(error) => {
-            let reason = format!("could not read the flag: {error}");
-            return abort(state, ramp, now, ACTOR, &reason).await;
-        }
-    }
     // Jump to the step due now: after downtime, skip the steps whose time has passed.
     let last = ramp.steps.len() - 1;
     let mut step = ramp.current_step + 1;
@@ -1189,6 +1208,30 @@ async fn advance(
                 step += 1;
             }
             _ => break,
+        }
+    }
+    // Someone changed the rollout outside the ramp (a PATCH, a document apply): the next step
+    // could take users away. Stop, and leave the flag as they set it. One exception: the flag is
+    // already at the step due now, because a scheduler (another replica's, which then died)
+    // applied it and did not get to record it; the step is recorded, not applied twice.
+    let mut applied_before = false;
+    match changed_outside(state, ramp, ramp.current_step).await {
+        Ok(None) => {}
+        Ok(Some(changed)) => {
+            if let Ok(None) = changed_outside(state, ramp, step).await {
+                applied_before = true;
+            } else {
+                stop(
+                    ramp,
+                    now,
+                    &format!("{changed}; the ramp stopped and left the flag as it is"),
+                );
+                return Ok(());
+            }
+        }
+        Err(error) => {
+            let reason = format!("could not read the flag: {error}");
+            return abort(state, ramp, now, ACTOR, &reason).await;
         }
     }
     let skipped: Vec<String> = ramp.steps[ramp.current_step + 1..step]
@@ -1207,7 +1250,11 @@ async fn advance(
             skipped.join(", ")
         ));
     }
+    if applied_before {
+        message.push_str(" (already applied by a scheduler that stopped before recording it)");
+    }
     let applied = match step_share(percentage) {
+        Ok(_) if applied_before => Ok(()),
         Ok(share) => set_share(state, ramp, share, by(ACTOR, message.clone(), now)).await,
         Err(error) => Err(error),
     };

@@ -1,10 +1,14 @@
 //! Storage: the `FlagStore` trait and its records.
 //!
 //! Writes go through the domain (`domain::flags`, `domain::ramp`), which validates with flag-core
-//! and then asks the store to commit. The trait is synchronous (SQLite is); `domain::blocking`
-//! runs it on tokio's blocking pool. A PostgreSQL store can implement the same trait.
+//! and then asks the store to commit. The trait is synchronous (SQLite is, and the PostgreSQL
+//! store uses the synchronous `postgres` client); `domain::blocking` runs it on tokio's blocking
+//! pool. Both stores pass the same suite (`store/suite.rs`).
 
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use std::collections::BTreeMap;
 
@@ -13,6 +17,7 @@ use flag_protocol::Change;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use postgres::{Leadership, Notice, PostgresStore, redacted_url};
 pub use sqlite::SqliteStore;
 
 /// The environment every fresh store starts with.
@@ -63,9 +68,24 @@ pub enum StoreError {
         "refusing to revoke the last admin token: nobody could administer the server afterwards; create another admin token first (or recover with `flagd-server admin-token`)"
     )]
     LastAdmin,
+    /// The ramp was saved by someone else since it was read (another replica's scheduler, an
+    /// API call): re-read it.
+    #[error("ramp {id} changed since it was read (revision {expected} is no longer current)")]
+    RampConflict {
+        /// The ramp.
+        id: i64,
+        /// The revision the writer read.
+        expected: i64,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// No PostgreSQL connection could be had in time.
+    #[error("cannot reach PostgreSQL: {0}")]
+    Unreachable(String),
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migration(#[from] rusqlite_migration::Error),
@@ -273,6 +293,43 @@ impl ChangeRecord {
     }
 }
 
+/// Operations that record an event and change no flag: never streamed, not part of a commit's
+/// digest.
+pub const AUDIT_ONLY: [&str; 2] = ["ramp_failed", "admin_token_created"];
+
+impl Operation {
+    /// Whether it only records an event (see [`AUDIT_ONLY`]).
+    pub fn is_audit_only(&self) -> bool {
+        AUDIT_ONLY.contains(&self.as_str())
+    }
+}
+
+/// A short digest of the commit that produced one environment version: 16 hex digits of SHA-256
+/// over its records (id, operation, flag, state after, actor, time, message). A stream client
+/// resumes with its version *and* this digest, so a server whose history differs at that version
+/// (another database, a restored backup, a different lineage) sends a snapshot instead of
+/// patches. Audit-only records are left out (they are written later at the same version).
+pub fn commit_digest(records: &[ChangeRecord]) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for record in records.iter().filter(|r| !r.operation.is_audit_only()) {
+        let line = serde_json::json!([
+            record.id,
+            record.version,
+            record.operation.as_str(),
+            record.flag,
+            record.after,
+            record.actor,
+            record.at,
+            record.message,
+        ]);
+        hasher.update(line.to_string().as_bytes());
+        hasher.update(b"\n");
+    }
+    let digest = hasher.finalize();
+    hex::encode(&digest[..8])
+}
+
 /// The result of a commit.
 #[derive(Debug, Clone)]
 pub struct Commit {
@@ -354,6 +411,9 @@ pub struct RampRecord {
     pub next_at: Option<i64>,
     /// Unix seconds.
     pub updated_at: i64,
+    /// Bumped by every save; a save names the revision it read and is refused
+    /// ([`StoreError::RampConflict`]) when the stored one moved on (compare-and-set).
+    pub revision: i64,
     /// Everything else.
     pub definition: Value,
 }
@@ -421,7 +481,9 @@ pub trait FlagStore: Send + Sync + 'static {
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError>;
     /// Whether the store can serve queries (for `/readyz`).
     fn ping(&self) -> Result<(), StoreError>;
-    /// Inserts (no id) or updates a ramp; returns its id.
+    /// Inserts (no id, revision 0) or updates a ramp, if its stored revision is still
+    /// `ramp.revision` (else `RampConflict`); returns its id. The stored revision is then
+    /// `ramp.revision + 1` for an update.
     fn save_ramp(&self, ramp: &RampRecord) -> Result<i64, StoreError>;
     /// Ramps matching the query, newest first.
     fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError>;

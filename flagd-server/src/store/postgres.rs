@@ -1,0 +1,1217 @@
+//! The PostgreSQL store, for several server replicas on one database.
+//!
+//! The same semantics as the SQLite store, held across processes by PostgreSQL itself:
+//! - every commit is one transaction that first locks its environment's row
+//!   (`SELECT … FOR UPDATE`), so the versions of one environment are assigned one after another
+//!   whichever replica writes, and `If-Match` is checked against what is committed;
+//! - every commit sends `NOTIFY` (delivered when the transaction commits), and token changes do
+//!   too: other replicas [`listen`](PostgresStore::listen) and catch up from the change log;
+//! - migrations are versioned (`flagd_schema_migrations`) and applied at start under an advisory
+//!   lock, so replicas starting together apply each exactly once;
+//! - one replica [leads](PostgresStore::elect) (runs the ramp scheduler) by holding an advisory
+//!   lock on a connection of its own: when it dies, PostgreSQL ends its session, frees the lock,
+//!   and another replica takes it.
+//!
+//! Channel names and lock keys are derived from the schema the connection uses (`search_path`),
+//! so several deployments (or parallel tests) can share one database in different schemas.
+//!
+//! Crates: the synchronous `postgres` client (our store trait is synchronous and runs on tokio's
+//! blocking pool, like SQLite) and `r2d2` for the pool, both well kept by the rust-postgres
+//! project. `sqlx` would need the trait to become async, and brings its own macro-heavy stack.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use flag_core::{Flag, Metadata};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{
+    Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
+    EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role, StoreError,
+    StoredFlag, TokenRecord,
+};
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Schema migrations, applied in order at start. Never edit one that has shipped: add another.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE environments (
+        name        TEXT PRIMARY KEY,
+        version     BIGINT NOT NULL DEFAULT 0,
+        metadata    TEXT NOT NULL DEFAULT '{}',
+        evaluators  TEXT NOT NULL DEFAULT '{}',
+        created_at  BIGINT NOT NULL
+    );
+    CREATE TABLE flags (
+        environment TEXT NOT NULL REFERENCES environments(name) ON DELETE CASCADE,
+        key         TEXT NOT NULL,
+        definition  TEXT NOT NULL,
+        version     BIGINT NOT NULL,
+        created_at  BIGINT NOT NULL,
+        updated_at  BIGINT NOT NULL,
+        updated_by  TEXT NOT NULL,
+        PRIMARY KEY (environment, key)
+    );
+    -- Append-only: the audit log and the stream's resume log. No foreign key, so the history
+    -- of a deleted environment stays. JSON is kept as TEXT, byte for byte as written.
+    CREATE TABLE changes (
+        id          BIGSERIAL PRIMARY KEY,
+        environment TEXT NOT NULL,
+        version     BIGINT NOT NULL,
+        flag_key    TEXT,
+        operation   TEXT NOT NULL,
+        before      TEXT NOT NULL,
+        after       TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        at          BIGINT NOT NULL,
+        message     TEXT
+    );
+    CREATE INDEX changes_by_environment ON changes (environment, version);
+    CREATE INDEX changes_by_flag ON changes (environment, flag_key, id);
+    CREATE TABLE tokens (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('admin', 'sdk')),
+        environment TEXT,
+        hash        BYTEA NOT NULL UNIQUE,
+        created_at  BIGINT NOT NULL,
+        revoked_at  BIGINT
+    );
+    CREATE TABLE ramps (
+        id          BIGSERIAL PRIMARY KEY,
+        environment TEXT NOT NULL,
+        flag_key    TEXT NOT NULL,
+        definition  TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        next_at     BIGINT,
+        created_at  BIGINT NOT NULL,
+        updated_at  BIGINT NOT NULL,
+        revision    BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX ramps_by_flag ON ramps (environment, flag_key, id);
+    CREATE INDEX ramps_due ON ramps (state, next_at);
+"#];
+
+/// A connection string with its password replaced by `***`, for logs and messages.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(a connection string that is not a URL)".to_owned(),
+    }
+}
+
+/// Names derived from the schema: notification channels and advisory lock keys.
+#[derive(Debug, Clone)]
+struct Namespace {
+    schema: String,
+    changes_channel: String,
+    tokens_channel: String,
+    migration_key: i64,
+    leader_key: i64,
+    tokens_key: i64,
+}
+
+impl Namespace {
+    fn new(schema: &str) -> Namespace {
+        let hash = Sha256::digest(format!("flagd-rs:{schema}").as_bytes());
+        let tag = hex::encode(&hash[..6]);
+        let key = |salt: u8| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&hash[8..16]);
+            bytes[0] ^= salt;
+            i64::from_be_bytes(bytes)
+        };
+        Namespace {
+            schema: schema.to_owned(),
+            changes_channel: format!("flagd_changes_{tag}"),
+            tokens_channel: format!("flagd_tokens_{tag}"),
+            migration_key: key(1),
+            leader_key: key(2),
+            tokens_key: key(3),
+        }
+    }
+}
+
+/// What the database told a replica, from [`PostgresStore::listen`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Listening (again): anything may have been missed before, so catch up on everything.
+    Connected,
+    /// The listening connection is lost (why); reconnecting.
+    Disconnected(String),
+    /// An environment was committed to (or created, or deleted) at this version.
+    Changed {
+        /// The environment.
+        environment: String,
+        /// Its version after the commit.
+        version: i64,
+    },
+    /// A token was created or revoked.
+    Tokens,
+}
+
+/// Whether this replica runs the ramp scheduler. A single-process store always leads; a
+/// PostgreSQL replica leads while it holds the leader lock ([`PostgresStore::elect`]).
+#[derive(Debug, Clone)]
+pub struct Leadership(Arc<LeadershipState>);
+
+#[derive(Debug)]
+struct LeadershipState {
+    elected: bool,
+    leading: AtomicBool,
+}
+
+impl Leadership {
+    /// Always the leader (one server on its own store).
+    pub fn sole() -> Leadership {
+        Leadership(Arc::new(LeadershipState {
+            elected: false,
+            leading: AtomicBool::new(true),
+        }))
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self) -> bool {
+        self.0.leading.load(Ordering::Acquire)
+    }
+
+    /// Whether leadership is elected among replicas (PostgreSQL) rather than given.
+    pub fn is_elected(&self) -> bool {
+        self.0.elected
+    }
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: Pool,
+    config: Config,
+    namespace: Namespace,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.namespace.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unreachable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unreachable(error.to_string())
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database?options=...`), migrates
+    /// the schema and makes sure a fresh store has the `default` environment. Fails (within
+    /// about five seconds) when the database cannot be reached.
+    pub fn connect(url: &str, now: i64) -> Result<PostgresStore, StoreError> {
+        let mut config: Config = url.parse()?;
+        config
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives_idle(Duration::from_secs(10))
+            .application_name("flagd-server");
+        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(16)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(5))
+            // r2d2 logs through `log`, which we do not collect: errors reach us as results.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(unreachable)?;
+        let mut client = pool.get().map_err(unreachable)?;
+        let schema: Option<String> = client.query_one("SELECT current_schema()", &[])?.get(0);
+        let schema = schema.ok_or_else(|| {
+            StoreError::Unreachable(
+                "the connection's search_path names no existing schema: create it first".into(),
+            )
+        })?;
+        let namespace = Namespace::new(&schema);
+        migrate(&mut client, &namespace, now)?;
+        drop(client);
+        Ok(PostgresStore {
+            pool,
+            config,
+            namespace,
+        })
+    }
+
+    /// The schema it stores in.
+    pub fn schema(&self) -> &str {
+        &self.namespace.schema
+    }
+
+    fn client(
+        &self,
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+        self.pool.get().map_err(unreachable)
+    }
+
+    /// Listens for other replicas' commits and token changes on a dedicated connection, on a
+    /// thread of its own, sending what it hears to `notices` (first [`Notice::Connected`]). A
+    /// lost connection is reported ([`Notice::Disconnected`]) and re-established every second;
+    /// the connection is checked every two seconds, so a silently dead one is noticed too. The
+    /// thread ends when `notices` is closed.
+    pub fn listen(
+        &self,
+        notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    ) -> std::io::Result<()> {
+        let store = Listener {
+            config: self.config.clone(),
+            namespace: self.namespace.clone(),
+        };
+        std::thread::Builder::new()
+            .name("flagd-listen".into())
+            .spawn(move || store.run(&notices))
+            .map(|_| ())
+    }
+
+    /// Takes part in the leader election on a thread of its own: tries the leader lock every
+    /// second; while held, checks its connection every second and steps down the moment it
+    /// fails. Ends (releasing the lock) when every clone of the returned [`Leadership`] is gone.
+    pub fn elect(&self) -> std::io::Result<Leadership> {
+        let leadership = Leadership(Arc::new(LeadershipState {
+            elected: true,
+            leading: AtomicBool::new(false),
+        }));
+        let weak = Arc::downgrade(&leadership.0);
+        let listener = Listener {
+            config: self.config.clone(),
+            namespace: self.namespace.clone(),
+        };
+        std::thread::Builder::new()
+            .name("flagd-leader".into())
+            .spawn(move || listener.lead(&weak))?;
+        Ok(leadership)
+    }
+}
+
+/// The connection settings the background threads use.
+struct Listener {
+    config: Config,
+    namespace: Namespace,
+}
+
+impl Listener {
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        let mut client = self.config.connect(NoTls)?;
+        client.batch_execute(&format!(
+            "SET search_path TO {}",
+            quote_identifier(&self.namespace.schema)
+        ))?;
+        Ok(client)
+    }
+
+    fn run(&self, notices: &tokio::sync::mpsc::UnboundedSender<Notice>) {
+        let mut reported_down = false;
+        loop {
+            if notices.is_closed() {
+                return;
+            }
+            let error = match self.connect() {
+                Ok(mut client) => match self.follow(&mut client, notices) {
+                    Ok(()) => return,
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            if !reported_down {
+                tracing::warn!(%error, "lost the PostgreSQL notification connection; reconnecting");
+                if notices
+                    .send(Notice::Disconnected(error.to_string()))
+                    .is_err()
+                {
+                    return;
+                }
+                reported_down = true;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            // Reported again only after the next successful connection.
+            if self.connect().is_ok() {
+                reported_down = false;
+            }
+        }
+    }
+
+    /// `Ok` when `notices` closed; `Err` when the connection failed.
+    fn follow(
+        &self,
+        client: &mut Client,
+        notices: &tokio::sync::mpsc::UnboundedSender<Notice>,
+    ) -> Result<(), postgres::Error> {
+        client.batch_execute(&format!(
+            "LISTEN {}; LISTEN {}",
+            self.namespace.changes_channel, self.namespace.tokens_channel
+        ))?;
+        if notices.send(Notice::Connected).is_err() {
+            return Ok(());
+        }
+        let mut checked = Instant::now();
+        loop {
+            let next = client
+                .notifications()
+                .timeout_iter(Duration::from_millis(500))
+                .next()?;
+            if let Some(notification) = next {
+                let notice = if notification.channel() == self.namespace.tokens_channel {
+                    Some(Notice::Tokens)
+                } else {
+                    parse_change(notification.payload())
+                };
+                if let Some(notice) = notice
+                    && notices.send(notice).is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if notices.is_closed() {
+                return Ok(());
+            }
+            if checked.elapsed() >= Duration::from_secs(2) {
+                client.simple_query("SELECT 1")?;
+                checked = Instant::now();
+            }
+        }
+    }
+
+    fn lead(&self, leadership: &Weak<LeadershipState>) {
+        loop {
+            let Some(state) = leadership.upgrade() else {
+                return;
+            };
+            drop(state);
+            if let Ok(mut client) = self.connect() {
+                let held = self.hold(&mut client, leadership);
+                if let Some(state) = leadership.upgrade()
+                    && state.leading.swap(false, Ordering::AcqRel)
+                {
+                    tracing::warn!(error = ?held.err(), "stepped down as ramp scheduler leader");
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Tries the lock every second and keeps it while the connection lives. `Ok` when the
+    /// leadership handle is gone.
+    fn hold(
+        &self,
+        client: &mut Client,
+        leadership: &Weak<LeadershipState>,
+    ) -> Result<(), postgres::Error> {
+        loop {
+            let Some(state) = leadership.upgrade() else {
+                return Ok(());
+            };
+            if state.leading.load(Ordering::Acquire) {
+                client.simple_query("SELECT 1")?;
+            } else {
+                let acquired: bool = client
+                    .query_one(
+                        "SELECT pg_try_advisory_lock($1)",
+                        &[&self.namespace.leader_key],
+                    )?
+                    .get(0);
+                if acquired {
+                    tracing::info!("this replica now leads the ramp scheduler");
+                    state.leading.store(true, Ordering::Release);
+                }
+            }
+            drop(state);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A `changes` notification's payload: `VERSION ENVIRONMENT`.
+fn parse_change(payload: &str) -> Option<Notice> {
+    let (version, environment) = payload.split_once(' ')?;
+    Some(Notice::Changed {
+        environment: environment.to_owned(),
+        version: version.parse().ok()?,
+    })
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn migrate(client: &mut Client, namespace: &Namespace, now: i64) -> Result<(), StoreError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&namespace.migration_key])?;
+    let result = migrate_locked(client, now);
+    // Also released when the session ends, should this fail.
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&namespace.migration_key]);
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+fn migrate_locked(client: &mut Client, now: i64) -> Result<(), StoreError> {
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS flagd_schema_migrations (
+            version     INTEGER PRIMARY KEY,
+            applied_at  BIGINT NOT NULL
+        )",
+    )?;
+    let applied: i32 = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM flagd_schema_migrations",
+            &[],
+        )?
+        .get(0);
+    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+    if applied > known {
+        return Err(StoreError::Unreachable(format!(
+            "the database schema is at version {applied}, newer than this server's {known}: a newer flagd-server wrote it; upgrade this one"
+        )));
+    }
+    for (number, sql) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(applied).unwrap_or(0))
+    {
+        let mut tx = client.transaction()?;
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO flagd_schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&number, &now],
+        )?;
+        tx.commit()?;
+        tracing::info!(version = number, "applied PostgreSQL schema migration");
+    }
+    let mut tx = client.transaction()?;
+    let environments: i64 = tx
+        .query_one("SELECT COUNT(*) FROM environments", &[])?
+        .get(0);
+    let history: i64 = tx.query_one("SELECT COUNT(*) FROM changes", &[])?.get(0);
+    if environments == 0 && history == 0 {
+        tx.execute(
+            "INSERT INTO environments (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&DEFAULT_ENVIRONMENT, &now],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what: what(),
+        source,
+    })
+}
+
+fn encode(value: &impl serde::Serialize) -> String {
+    // Serialising our own model types to a string cannot fail (no non-string map keys).
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn flag_json(flag: &Flag) -> Value {
+    serde_json::to_value(flag).unwrap_or(Value::Null)
+}
+
+fn read_environment(
+    client: &mut impl GenericClient,
+    name: &str,
+    lock: bool,
+) -> Result<Option<Environment>, StoreError> {
+    let sql = if lock {
+        "SELECT name, version, metadata, evaluators, created_at FROM environments WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT name, version, metadata, evaluators, created_at FROM environments WHERE name = $1"
+    };
+    let Some(row) = client.query_opt(sql, &[&name])? else {
+        return Ok(None);
+    };
+    environment_from_row(&row).map(Some)
+}
+
+fn environment_from_row(row: &Row) -> Result<Environment, StoreError> {
+    let name: String = row.try_get(0)?;
+    let metadata: String = row.try_get(2)?;
+    let evaluators: String = row.try_get(3)?;
+    let metadata: Metadata = decode(&metadata, || format!("environment {name:?} metadata"))?;
+    let evaluators: BTreeMap<String, Value> =
+        decode(&evaluators, || format!("environment {name:?} evaluators"))?;
+    Ok(Environment {
+        version: row.try_get(1)?,
+        created_at: row.try_get(4)?,
+        name,
+        metadata,
+        evaluators,
+    })
+}
+
+const FLAG_COLUMNS: &str =
+    "environment, key, definition, version, created_at, updated_at, updated_by";
+
+fn flag_from_row(row: &Row) -> Result<StoredFlag, StoreError> {
+    let environment: String = row.try_get(0)?;
+    let key: String = row.try_get(1)?;
+    let definition: String = row.try_get(2)?;
+    let flag: Flag = decode(&definition, || {
+        format!("flag {key:?} in environment {environment:?}")
+    })?;
+    Ok(StoredFlag {
+        version: row.try_get(3)?,
+        created_at: row.try_get(4)?,
+        updated_at: row.try_get(5)?,
+        updated_by: row.try_get(6)?,
+        environment,
+        key,
+        flag,
+    })
+}
+
+fn read_flag(
+    client: &mut impl GenericClient,
+    environment: &str,
+    key: &str,
+) -> Result<Option<StoredFlag>, StoreError> {
+    client
+        .query_opt(
+            &format!("SELECT {FLAG_COLUMNS} FROM flags WHERE environment = $1 AND key = $2"),
+            &[&environment, &key],
+        )?
+        .as_ref()
+        .map(flag_from_row)
+        .transpose()
+}
+
+fn read_flags(
+    client: &mut impl GenericClient,
+    environment: &str,
+) -> Result<Vec<StoredFlag>, StoreError> {
+    let rows = client.query(
+        &format!("SELECT {FLAG_COLUMNS} FROM flags WHERE environment = $1 ORDER BY key"),
+        &[&environment],
+    )?;
+    let mut flags = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // As in SQLite: one flag that does not decode is left out (and logged), never an error
+        // for the whole environment.
+        match flag_from_row(row) {
+            Ok(flag) => flags.push(flag),
+            Err(error) => {
+                tracing::error!(environment, %error, "stored flag does not decode; left out")
+            }
+        }
+    }
+    Ok(flags)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append_change(
+    tx: &mut Transaction<'_>,
+    environment: &str,
+    version: i64,
+    flag: Option<&str>,
+    operation: Operation,
+    before: &Value,
+    after: &Value,
+    by: &Attribution,
+) -> Result<ChangeRecord, StoreError> {
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO changes (environment, version, flag_key, operation, before, after, actor, at, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            &[
+                &environment,
+                &version,
+                &flag,
+                &operation.as_str(),
+                &encode(before),
+                &encode(after),
+                &by.actor,
+                &by.at,
+                &by.message,
+            ],
+        )?
+        .get(0);
+    Ok(ChangeRecord {
+        id,
+        environment: environment.to_owned(),
+        version,
+        flag: flag.map(str::to_owned),
+        operation,
+        before: before.clone(),
+        after: after.clone(),
+        actor: by.actor.clone(),
+        at: by.at,
+        message: by.message.clone(),
+    })
+}
+
+/// Tells every replica (at commit) that `environment` is at `version`.
+fn notify(
+    tx: &mut Transaction<'_>,
+    namespace: &Namespace,
+    environment: &str,
+    version: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[
+            &namespace.changes_channel,
+            &format!("{version} {environment}"),
+        ],
+    )?;
+    Ok(())
+}
+
+fn change_from_row(row: &Row) -> Result<ChangeRecord, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    // One record that does not decode is shown with a marker, never an error for the listing.
+    let readable = |text: &str| {
+        serde_json::from_str(text).unwrap_or_else(|error| {
+            tracing::error!(id, %error, "stored change record does not decode");
+            serde_json::json!({"$error": format!("this stored value does not decode: {error}")})
+        })
+    };
+    let operation: String = row.try_get(4)?;
+    let before: String = row.try_get(5)?;
+    let after: String = row.try_get(6)?;
+    Ok(ChangeRecord {
+        id,
+        environment: row.try_get(1)?,
+        version: row.try_get(2)?,
+        flag: row.try_get(3)?,
+        operation: Operation::parse(&operation),
+        before: readable(&before),
+        after: readable(&after),
+        actor: row.try_get(7)?,
+        at: row.try_get(8)?,
+        message: row.try_get(9)?,
+    })
+}
+
+const CHANGE_COLUMNS: &str =
+    "id, environment, version, flag_key, operation, before, after, actor, at, message";
+
+const TOKEN_COLUMNS: &str = "id, name, role, environment, hash, created_at, revoked_at";
+
+fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
+    let role: String = row.try_get(2)?;
+    let hash: Vec<u8> = row.try_get(4)?;
+    let mut fixed = [0u8; 32];
+    if hash.len() == 32 {
+        fixed.copy_from_slice(&hash);
+    }
+    Ok(TokenRecord {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        role: if role == "admin" {
+            Role::Admin
+        } else {
+            Role::Sdk
+        },
+        environment: row.try_get(3)?,
+        hash: fixed,
+        created_at: row.try_get(5)?,
+        revoked_at: row.try_get(6)?,
+    })
+}
+
+impl FlagStore for PostgresStore {
+    fn environments(&self) -> Result<Vec<Environment>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT name, version, metadata, evaluators, created_at FROM environments ORDER BY name",
+            &[],
+        )?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
+    fn environment(&self, name: &str) -> Result<Option<Environment>, StoreError> {
+        read_environment(&mut *self.client()?, name, false)
+    }
+
+    fn create_environment(&self, name: &str, by: &Attribution) -> Result<Environment, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        // Continue the version sequence of an earlier environment of the same name, so a stream
+        // client holding an old version can never mistake new history for old.
+        let previous: Option<i64> = tx
+            .query_one(
+                "SELECT MAX(version) FROM changes WHERE environment = $1",
+                &[&name],
+            )?
+            .get(0);
+        let version = previous.unwrap_or(0) + 1;
+        let inserted = tx.execute(
+            "INSERT INTO environments (name, version, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            &[&name, &version, &by.at],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::EnvironmentExists(name.to_owned()));
+        }
+        append_change(
+            &mut tx,
+            name,
+            version,
+            None,
+            Operation::CreateEnvironment,
+            &Value::Null,
+            &serde_json::json!({"name": name}),
+            by,
+        )?;
+        let environment = read_environment(&mut tx, name, false)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))?;
+        notify(&mut tx, &self.namespace, name, version)?;
+        tx.commit()?;
+        Ok(environment)
+    }
+
+    fn delete_environment(
+        &self,
+        name: &str,
+        force: bool,
+        by: &Attribution,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        let environment = read_environment(&mut tx, name, true)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))?;
+        let flags = read_flags(&mut tx, name)?;
+        let count: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM flags WHERE environment = $1",
+                &[&name],
+            )?
+            .get(0);
+        if count > 0 && !force {
+            return Err(StoreError::EnvironmentNotEmpty {
+                name: name.to_owned(),
+                flags: count,
+            });
+        }
+        let before = serde_json::json!({
+            "metadata": environment.metadata,
+            "$evaluators": environment.evaluators,
+            "flags": flags.iter().map(|f| (f.key.clone(), flag_json(&f.flag))).collect::<serde_json::Map<_, _>>(),
+        });
+        let version = environment.version + 1;
+        append_change(
+            &mut tx,
+            name,
+            version,
+            None,
+            Operation::DeleteEnvironment,
+            &before,
+            &Value::Null,
+            by,
+        )?;
+        tx.execute("DELETE FROM environments WHERE name = $1", &[&name])?;
+        tx.execute(
+            "UPDATE tokens SET revoked_at = $2 WHERE environment = $1 AND revoked_at IS NULL",
+            &[&name, &by.at],
+        )?;
+        notify(&mut tx, &self.namespace, name, version)?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.namespace.tokens_channel, &name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn flags(&self, environment: &str) -> Result<Vec<StoredFlag>, StoreError> {
+        let mut client = self.client()?;
+        if read_environment(&mut *client, environment, false)?.is_none() {
+            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+        }
+        read_flags(&mut *client, environment)
+    }
+
+    fn flag(&self, environment: &str, key: &str) -> Result<Option<StoredFlag>, StoreError> {
+        let mut client = self.client()?;
+        if read_environment(&mut *client, environment, false)?.is_none() {
+            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+        }
+        read_flag(&mut *client, environment, key)
+    }
+
+    fn commit(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        settings: Option<&EnvironmentSettings>,
+        by: &Attribution,
+    ) -> Result<Commit, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        // The row lock orders this environment's commits across every replica.
+        let env = read_environment(&mut tx, environment, true)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(environment.to_owned()))?;
+        let version = env.version + 1;
+
+        // Check every precondition before writing anything.
+        let mut current = Vec::with_capacity(changes.len());
+        for change in changes {
+            let (key, expected) = match change {
+                FlagChange::Upsert {
+                    key,
+                    expected_version,
+                    ..
+                }
+                | FlagChange::Delete {
+                    key,
+                    expected_version,
+                } => (key, *expected_version),
+            };
+            let existing = read_flag(&mut tx, environment, key)?;
+            let actual = existing.as_ref().map_or(0, |f| f.version);
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(StoreError::VersionConflict {
+                    key: key.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
+                return Err(StoreError::UnknownFlag {
+                    environment: environment.to_owned(),
+                    key: key.clone(),
+                });
+            }
+            current.push(existing);
+        }
+
+        let mut records = Vec::with_capacity(changes.len() + 1);
+        if let Some(settings) = settings {
+            let before =
+                serde_json::json!({"metadata": env.metadata, "$evaluators": env.evaluators});
+            let after = serde_json::json!({"metadata": settings.metadata, "$evaluators": settings.evaluators});
+            tx.execute(
+                "UPDATE environments SET metadata = $2, evaluators = $3 WHERE name = $1",
+                &[
+                    &environment,
+                    &encode(&settings.metadata),
+                    &encode(&settings.evaluators),
+                ],
+            )?;
+            records.push(append_change(
+                &mut tx,
+                environment,
+                version,
+                None,
+                Operation::UpdateSettings,
+                &before,
+                &after,
+                by,
+            )?);
+        }
+        for (change, existing) in changes.iter().zip(current) {
+            let before = existing
+                .as_ref()
+                .map_or(Value::Null, |f| flag_json(&f.flag));
+            match change {
+                FlagChange::Upsert { key, flag, .. } => {
+                    let created_at = existing.as_ref().map_or(by.at, |f| f.created_at);
+                    tx.execute(
+                        "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         ON CONFLICT (environment, key) DO UPDATE SET
+                           definition = excluded.definition, version = excluded.version,
+                           updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                        &[&environment, key, &encode(flag), &version, &created_at, &by.at, &by.actor],
+                    )?;
+                    let operation = if existing.is_some() {
+                        Operation::Update
+                    } else {
+                        Operation::Create
+                    };
+                    records.push(append_change(
+                        &mut tx,
+                        environment,
+                        version,
+                        Some(key),
+                        operation,
+                        &before,
+                        &flag_json(flag),
+                        by,
+                    )?);
+                }
+                FlagChange::Delete { key, .. } => {
+                    tx.execute(
+                        "DELETE FROM flags WHERE environment = $1 AND key = $2",
+                        &[&environment, key],
+                    )?;
+                    records.push(append_change(
+                        &mut tx,
+                        environment,
+                        version,
+                        Some(key),
+                        Operation::Delete,
+                        &before,
+                        &Value::Null,
+                        by,
+                    )?);
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE environments SET version = $2 WHERE name = $1",
+            &[&environment, &version],
+        )?;
+        notify(&mut tx, &self.namespace, environment, version)?;
+        tx.commit()?;
+        Ok(Commit {
+            version,
+            changes: records,
+        })
+    }
+
+    fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError> {
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = self.client()?.query(
+            &format!(
+                "SELECT {CHANGE_COLUMNS} FROM changes
+                 WHERE ($1::TEXT IS NULL OR environment = $1) AND ($2::TEXT IS NULL OR flag_key = $2)
+                   AND ($3::BIGINT IS NULL OR id < $3)
+                 ORDER BY id DESC LIMIT $4"
+            ),
+            &[&query.environment, &query.flag, &query.before, &limit],
+        )?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    fn changes_since(
+        &self,
+        environment: &str,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let audit_only: Vec<&str> = super::AUDIT_ONLY.to_vec();
+        let rows = self.client()?.query(
+            &format!(
+                "SELECT {CHANGE_COLUMNS} FROM changes
+                 WHERE environment = $1 AND version > $2 AND NOT (operation = ANY($3))
+                 ORDER BY version, id LIMIT $4"
+            ),
+            &[&environment, &after_version, &audit_only, &limit],
+        )?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = self.client()?.query(
+            &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"),
+            &[],
+        )?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        if let Some(environment) = &token.environment
+            && read_environment(&mut tx, environment, true)?.is_none()
+        {
+            return Err(StoreError::UnknownEnvironment(environment.clone()));
+        }
+        tx.execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+            &[
+                &token.id,
+                &token.name,
+                &token.role.as_str(),
+                &token.environment,
+                &token.hash.as_slice(),
+                &token.created_at,
+                &token.revoked_at,
+            ],
+        )?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.namespace.tokens_channel, &token.id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        // Serialises revocations across replicas: two admins revoking each other at the same
+        // moment cannot both succeed.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&self.namespace.tokens_key],
+        )?;
+        let read = |tx: &mut Transaction<'_>| -> Result<TokenRecord, StoreError> {
+            let row = tx
+                .query_opt(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"),
+                    &[&id],
+                )?
+                .ok_or_else(|| StoreError::UnknownToken(id.to_owned()))?;
+            token_from_row(&row)
+        };
+        let token = read(&mut tx)?;
+        if token.role == Role::Admin && token.revoked_at.is_none() {
+            let active: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked_at IS NULL",
+                    &[],
+                )?
+                .get(0);
+            if active <= 1 {
+                return Err(StoreError::LastAdmin);
+            }
+        }
+        tx.execute(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+            &[&id, &at],
+        )?;
+        let token = read(&mut tx)?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.namespace.tokens_channel, &id],
+        )?;
+        tx.commit()?;
+        Ok(token)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        let mut client = self
+            .pool
+            .get_timeout(Duration::from_secs(2))
+            .map_err(unreachable)?;
+        client.simple_query("SELECT 1")?;
+        Ok(())
+    }
+
+    fn save_ramp(&self, ramp: &RampRecord) -> Result<i64, StoreError> {
+        let mut client = self.client()?;
+        let definition = encode(&ramp.definition);
+        match ramp.id {
+            Some(id) => {
+                let updated = client.execute(
+                    "UPDATE ramps SET definition = $2, state = $3, next_at = $4, updated_at = $5, revision = revision + 1
+                     WHERE id = $1 AND revision = $6",
+                    &[&id, &definition, &ramp.state, &ramp.next_at, &ramp.updated_at, &ramp.revision],
+                )?;
+                if updated == 0 {
+                    return Err(StoreError::RampConflict {
+                        id,
+                        expected: ramp.revision,
+                    });
+                }
+                Ok(id)
+            }
+            None => Ok(client
+                .query_one(
+                    "INSERT INTO ramps (environment, flag_key, definition, state, next_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
+                    &[&ramp.environment, &ramp.flag, &definition, &ramp.state, &ramp.next_at, &ramp.updated_at],
+                )?
+                .get(0)),
+        }
+    }
+
+    fn ramps(&self, query: &RampQuery) -> Result<Vec<RampRecord>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT id, environment, flag_key, definition, state, next_at, updated_at, revision FROM ramps
+             WHERE ($1::TEXT IS NULL OR environment = $1) AND ($2::TEXT IS NULL OR flag_key = $2)
+               AND (NOT $3 OR state IN ('active', 'paused'))
+               AND ($4::BIGINT IS NULL OR (state = 'active' AND next_at <= $4))
+             ORDER BY id DESC",
+            &[&query.environment, &query.flag, &query.open_only, &query.due_at],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get(0)?;
+                let definition: String = row.try_get(3)?;
+                // As in SQLite: a definition that is not JSON comes back as a JSON string, and
+                // the ramp layer marks that one ramp failed.
+                let definition = serde_json::from_str(&definition).unwrap_or_else(|error| {
+                    tracing::error!(id, %error, "stored ramp definition is not JSON");
+                    Value::String(definition)
+                });
+                Ok(RampRecord {
+                    id: Some(id),
+                    environment: row.try_get(1)?,
+                    flag: row.try_get(2)?,
+                    definition,
+                    state: row.try_get(4)?,
+                    next_at: row.try_get(5)?,
+                    updated_at: row.try_get(6)?,
+                    revision: row.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    fn record_event(
+        &self,
+        environment: &str,
+        flag: Option<&str>,
+        operation: Operation,
+        details: &Value,
+        by: &Attribution,
+    ) -> Result<ChangeRecord, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        // The environment may be gone (the event is about what it left behind): version 0.
+        let version = read_environment(&mut tx, environment, false)?.map_or(0, |env| env.version);
+        let record = append_change(
+            &mut tx,
+            environment,
+            version,
+            flag,
+            operation,
+            details,
+            &Value::Null,
+            by,
+        )?;
+        tx.commit()?;
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_notifications_parse() {
+        assert_eq!(
+            parse_change("12 production"),
+            Some(Notice::Changed {
+                environment: "production".into(),
+                version: 12
+            })
+        );
+        assert_eq!(parse_change("x production"), None);
+        assert_eq!(parse_change("12"), None);
+    }
+
+    #[test]
+    fn namespaces_differ_by_schema_and_passwords_are_redacted() {
+        let (a, b) = (Namespace::new("public"), Namespace::new("tenant_b"));
+        assert_ne!(a.changes_channel, b.changes_channel);
+        assert_ne!(a.leader_key, b.leader_key);
+        assert_ne!(a.leader_key, a.migration_key);
+        assert!(a.changes_channel.len() < 63);
+        assert_eq!(
+            redacted_url("postgres://flagd:s3cret@db:5432/flags"),
+            "postgres://flagd:***@db:5432/flags"
+        );
+        assert!(!redacted_url("not a url s3cret").contains("s3cret"));
+    }
+}

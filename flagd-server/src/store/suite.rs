@@ -1,0 +1,361 @@
+//! One suite, two backends: every test here runs against SQLite (in memory) and PostgreSQL (a
+//! scratch schema of its own, so the tests run in parallel; skipped with one line when there is
+//! no database, unless `FLAGD_REQUIRE_POSTGRES=1`).
+
+use serde_json::json;
+
+use super::*;
+use crate::testing::ScratchSchema;
+
+/// A store under test, keeping its scratch schema alive.
+struct Backend {
+    store: Box<dyn FlagStore>,
+    _schema: Option<ScratchSchema>,
+}
+
+impl std::ops::Deref for Backend {
+    type Target = dyn FlagStore;
+
+    fn deref(&self) -> &(dyn FlagStore + 'static) {
+        self.store.as_ref()
+    }
+}
+
+fn sqlite(_test: &str) -> Option<Backend> {
+    Some(Backend {
+        store: Box::new(SqliteStore::in_memory(1).unwrap()),
+        _schema: None,
+    })
+}
+
+fn postgres(test: &str) -> Option<Backend> {
+    let schema = ScratchSchema::create(test)?;
+    let store = PostgresStore::connect(&schema.url(), 1).unwrap();
+    Some(Backend {
+        store: Box::new(store),
+        _schema: Some(schema),
+    })
+}
+
+/// Runs each named test body against both stores.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[test] fn $name() { if let Some(store) = super::sqlite(stringify!($name)) { super::$name(&store) } })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() { if let Some(store) = super::postgres(stringify!($name)) { super::$name(&store) } })*
+        }
+    };
+}
+
+both_stores!(
+    a_fresh_store_has_the_default_environment,
+    commits_bump_versions_and_log_changes,
+    a_failed_precondition_changes_nothing,
+    deleting_an_environment_keeps_its_history_and_revokes_its_tokens,
+    ramp_saves_compare_and_set,
+    tokens_round_trip_and_the_last_admin_stays,
+    the_resume_log_leaves_out_audit_events,
+    settings_and_audit_filters_round_trip,
+);
+
+fn by(actor: &str) -> Attribution {
+    Attribution {
+        actor: actor.to_owned(),
+        message: Some("why".to_owned()),
+        at: 100,
+    }
+}
+
+fn flag(default: &str) -> Flag {
+    serde_json::from_value(json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default}))
+        .unwrap()
+}
+
+fn upsert(key: &str, default: &str, expected: Option<i64>) -> FlagChange {
+    FlagChange::Upsert {
+        key: key.into(),
+        flag: flag(default),
+        expected_version: expected,
+    }
+}
+
+fn token(id: &str, role: Role, environment: Option<&str>, hash: u8) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        name: format!("{id} name"),
+        role,
+        environment: environment.map(str::to_owned),
+        hash: [hash; 32],
+        created_at: 1,
+        revoked_at: None,
+    }
+}
+
+fn a_fresh_store_has_the_default_environment(store: &Backend) {
+    let envs = store.environments().unwrap();
+    assert_eq!(envs.len(), 1);
+    assert_eq!((envs[0].name.as_str(), envs[0].version), ("default", 0));
+}
+
+fn commits_bump_versions_and_log_changes(store: &Backend) {
+    let first = store
+        .commit(
+            "default",
+            &[upsert("f", "off", Some(0))],
+            None,
+            &by("alice"),
+        )
+        .unwrap();
+    assert_eq!(first.version, 1);
+    let second = store
+        .commit("default", &[upsert("f", "on", Some(1))], None, &by("bob"))
+        .unwrap();
+    assert_eq!(second.version, 2);
+    let stale = store
+        .commit(
+            "default",
+            &[upsert("f", "off", Some(1))],
+            None,
+            &by("carol"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            StoreError::VersionConflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{stale}"
+    );
+    let stored = store.flag("default", "f").unwrap().unwrap();
+    assert_eq!((stored.version, stored.updated_by.as_str()), (2, "bob"));
+    assert_eq!(stored.flag, flag("on"));
+    let log = store
+        .changes(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (&log[0].operation, log[0].actor.as_str()),
+        (&Operation::Update, "bob")
+    );
+    assert_eq!(log[0].before["defaultVariant"], "off");
+    assert_eq!(log[0].after["defaultVariant"], "on");
+    assert_eq!(log[1].operation, Operation::Create);
+    // What the commit returned is what the log reads back: the digest a stream client resumes
+    // with is the same whichever way the server learns of the commit.
+    let logged = store.changes_since("default", 1, 10).unwrap();
+    assert_eq!(logged, second.changes);
+    assert_eq!(commit_digest(&logged), commit_digest(&second.changes));
+    assert_ne!(
+        commit_digest(&first.changes),
+        commit_digest(&second.changes)
+    );
+}
+
+fn a_failed_precondition_changes_nothing(store: &Backend) {
+    let changes = [
+        upsert("a", "on", None),
+        FlagChange::Delete {
+            key: "missing".into(),
+            expected_version: None,
+        },
+    ];
+    assert!(matches!(
+        store.commit("default", &changes, None, &by("x")),
+        Err(StoreError::UnknownFlag { .. })
+    ));
+    assert!(store.flags("default").unwrap().is_empty());
+    assert_eq!(store.environment("default").unwrap().unwrap().version, 0);
+    assert!(matches!(
+        store.commit("nowhere", &[upsert("a", "on", None)], None, &by("x")),
+        Err(StoreError::UnknownEnvironment(_))
+    ));
+}
+
+fn deleting_an_environment_keeps_its_history_and_revokes_its_tokens(store: &Backend) {
+    store.create_environment("staging", &by("a")).unwrap();
+    assert!(matches!(
+        store.create_environment("staging", &by("a")),
+        Err(StoreError::EnvironmentExists(_))
+    ));
+    store
+        .commit("staging", &[upsert("f", "on", None)], None, &by("a"))
+        .unwrap();
+    store
+        .insert_token(&token("tok_1", Role::Sdk, Some("staging"), 7))
+        .unwrap();
+    assert!(matches!(
+        store.delete_environment("staging", false, &by("a")),
+        Err(StoreError::EnvironmentNotEmpty { flags: 1, .. })
+    ));
+    store.delete_environment("staging", true, &by("a")).unwrap();
+    assert!(store.environment("staging").unwrap().is_none());
+    let log = store
+        .changes(&AuditQuery {
+            environment: Some("staging".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(log[0].operation, Operation::DeleteEnvironment);
+    assert_eq!(log[0].before["flags"]["f"]["defaultVariant"], "on");
+    assert!(store.tokens().unwrap()[0].revoked_at.is_some());
+    // Re-created, it continues the version sequence.
+    let again = store.create_environment("staging", &by("a")).unwrap();
+    assert!(again.version > 2, "version {}", again.version);
+}
+
+fn ramp_saves_compare_and_set(store: &Backend) {
+    let mut ramp = RampRecord {
+        id: None,
+        environment: "default".into(),
+        flag: "f".into(),
+        state: "active".into(),
+        next_at: Some(50),
+        updated_at: 1,
+        revision: 0,
+        definition: json!({"step": 0}),
+    };
+    let id = store.save_ramp(&ramp).unwrap();
+    ramp.id = Some(id);
+    let read = store.ramps(&RampQuery::default()).unwrap();
+    assert_eq!(read, vec![ramp.clone()]);
+    // Two schedulers read revision 0; only the first save wins.
+    ramp.definition = json!({"step": 1});
+    store.save_ramp(&ramp).unwrap();
+    let loser = store.save_ramp(&ramp).unwrap_err();
+    assert!(
+        matches!(loser, StoreError::RampConflict { expected: 0, .. }),
+        "{loser}"
+    );
+    let stored = &store.ramps(&RampQuery::default()).unwrap()[0];
+    assert_eq!(
+        (stored.revision, &stored.definition),
+        (1, &json!({"step": 1}))
+    );
+    // Due and open filters.
+    let due = |at| {
+        store
+            .ramps(&RampQuery {
+                due_at: Some(at),
+                open_only: true,
+                ..RampQuery::default()
+            })
+            .unwrap()
+            .len()
+    };
+    assert_eq!((due(49), due(50)), (0, 1));
+}
+
+fn tokens_round_trip_and_the_last_admin_stays(store: &Backend) {
+    store
+        .insert_token(&token("tok_a", Role::Admin, None, 1))
+        .unwrap();
+    store
+        .insert_token(&token("tok_b", Role::Admin, None, 2))
+        .unwrap();
+    assert!(matches!(
+        store.insert_token(&token("tok_c", Role::Sdk, Some("nowhere"), 3)),
+        Err(StoreError::UnknownEnvironment(_))
+    ));
+    let tokens = store.tokens().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0].hash, [1; 32]);
+    assert_eq!(store.revoke_token("tok_a", 9).unwrap().revoked_at, Some(9));
+    assert!(matches!(
+        store.revoke_token("tok_b", 9),
+        Err(StoreError::LastAdmin)
+    ));
+    assert!(matches!(
+        store.revoke_token("tok_zz", 9),
+        Err(StoreError::UnknownToken(_))
+    ));
+    store.ping().unwrap();
+}
+
+fn the_resume_log_leaves_out_audit_events(store: &Backend) {
+    let commit = store
+        .commit("default", &[upsert("f", "on", None)], None, &by("a"))
+        .unwrap();
+    let digest = commit_digest(&commit.changes);
+    let event = store
+        .record_event(
+            "default",
+            Some("f"),
+            Operation::RampFailed,
+            &json!({"reason": "x"}),
+            &by("ramp"),
+        )
+        .unwrap();
+    assert_eq!(event.version, 1);
+    let log = store.changes_since("default", 0, 10).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        commit_digest(&log),
+        digest,
+        "an audit event changes no digest"
+    );
+    assert_eq!(
+        store
+            .changes(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .unwrap()[0]
+            .operation,
+        Operation::RampFailed
+    );
+}
+
+fn settings_and_audit_filters_round_trip(store: &Backend) {
+    let settings = EnvironmentSettings {
+        metadata: serde_json::from_value(json!({"team": "web"})).unwrap(),
+        evaluators: [("beta".to_owned(), json!({"in": ["x", ["a"]]}))].into(),
+    };
+    let commit = store
+        .commit(
+            "default",
+            &[upsert("a", "on", None), upsert("b", "off", None)],
+            Some(&settings),
+            &by("a"),
+        )
+        .unwrap();
+    assert_eq!(commit.changes.len(), 3);
+    let env = store.environment("default").unwrap().unwrap();
+    assert_eq!(
+        (env.metadata, env.evaluators),
+        (settings.metadata, settings.evaluators)
+    );
+    let keys: Vec<String> = store
+        .flags("default")
+        .unwrap()
+        .into_iter()
+        .map(|f| f.key)
+        .collect();
+    assert_eq!(keys, ["a", "b"]);
+    let only_b = store
+        .changes(&AuditQuery {
+            flag: Some("b".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    let page = store
+        .changes(&AuditQuery {
+            before: Some(only_b[0].id),
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert!(page[0].id < only_b[0].id);
+}
