@@ -22,6 +22,11 @@ pub const STREAM_PATH: &str = "/api/v1/stream";
 /// The query parameter a reconnecting client names its last applied version with.
 pub const SINCE_PARAMETER: &str = "since";
 
+/// The query parameter a reconnecting client names the `digest` of its last applied version with
+/// (with [`SINCE_PARAMETER`], its resume token). A server whose commit at that version has
+/// another digest (another database, a restored backup) sends a snapshot instead of patches.
+pub const DIGEST_PARAMETER: &str = "digest";
+
 /// Shared rules (`$evaluators`) by name.
 pub type Evaluators = BTreeMap<String, Value>;
 
@@ -238,6 +243,9 @@ pub struct Snapshot<F = Value> {
     pub environment: Option<String>,
     /// The environment version the document is at.
     pub version: i64,
+    /// A short digest of the commit that produced `version` (opaque: resume with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// The flag set.
     pub document: Document<F>,
 }
@@ -248,6 +256,9 @@ pub struct Snapshot<F = Value> {
 pub struct Patch<F = Value> {
     /// The version the client is at after applying it.
     pub version: i64,
+    /// A short digest of the commit that produced `version` (opaque: resume with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// Flags created or replaced, whole.
     #[serde(default = "BTreeMap::new")]
     pub upserts: BTreeMap<String, F>,
@@ -272,6 +283,7 @@ impl<F> Patch<F> {
     pub fn from_changes(version: i64, changes: impl IntoIterator<Item = Change<F>>) -> Patch<F> {
         let mut patch = Patch {
             version,
+            digest: None,
             upserts: BTreeMap::new(),
             deletes: Vec::new(),
             metadata: None,

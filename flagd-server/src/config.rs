@@ -28,6 +28,19 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
+    /// Store flags in this PostgreSQL database instead of SQLite in --data-dir, e.g.
+    /// `postgres://flagd:secret@db:5432/flags` (`?options=-csearch_path%3Dschema` picks a schema).
+    /// Several replicas may share one database: they follow each other's commits and elect one
+    /// ramp scheduler. Migrations are applied at start.
+    #[arg(
+        long,
+        env = "FLAGD_DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+
     /// Admin token to create on first start, instead of a random one. Prefer the environment
     /// variable: command-line arguments are visible to other users of the machine.
     #[arg(long, env = "FLAGD_ADMIN_TOKEN", hide_env_values = true)]

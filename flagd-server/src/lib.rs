@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 
 use crate::domain::tokens::{TokenCache, generate_id, generate_secret, hash_secret};
 use crate::state::{AppState, Clock};
-use crate::store::{FlagStore, Role, SqliteStore, StoreError, TokenRecord};
+use crate::store::{FlagStore, PostgresStore, Role, SqliteStore, StoreError, TokenRecord};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "flags.db";
@@ -73,6 +73,9 @@ pub enum StartError {
 pub struct ServerOptions {
     /// Directory for the database and the admin-token file.
     pub data_dir: PathBuf,
+    /// A PostgreSQL connection string: store there (several replicas may share it) instead of
+    /// SQLite in `data_dir`.
+    pub database_url: Option<String>,
     /// Admin token to create on first start instead of a random one.
     pub admin_token: Option<String>,
     /// Largest request body, in bytes.
@@ -99,6 +102,7 @@ impl ServerOptions {
     pub fn new(data_dir: PathBuf) -> ServerOptions {
         ServerOptions {
             data_dir,
+            database_url: None,
             admin_token: None,
             body_limit: 8 << 20,
             max_connections: 10_000,
@@ -116,6 +120,7 @@ impl From<&config::Config> for ServerOptions {
     fn from(config: &config::Config) -> Self {
         ServerOptions {
             data_dir: config.data_dir.clone(),
+            database_url: config.database_url.clone(),
             admin_token: config.admin_token.clone(),
             body_limit: config.body_limit,
             max_connections: config.max_connections,
@@ -165,21 +170,35 @@ impl Server {
         let guard_roots = options.guard_ca.as_deref().map(guard_roots).transpose()?;
         let opened = options.clone();
         let start_clock = clock.clone();
-        let (state, access) = tokio::task::spawn_blocking(move || {
-            let (store, access) = open_blocking(&opened, &start_clock)?;
+        let (state, access, postgres) = tokio::task::spawn_blocking(move || {
+            let (store, access, postgres) = open_blocking(&opened, &start_clock)?;
             let tokens = TokenCache::default();
             tokens.load(store.tokens()?);
-            let state = AppState::new(Arc::new(store), tokens, start_clock)?;
+            let state = AppState::new(store, tokens, start_clock)?;
             state
                 .strict_writes
                 .store(opened.strict, std::sync::atomic::Ordering::Relaxed);
             state.set_request_timeout(opened.request_timeout);
-            Ok::<_, StartError>((state, access))
+            Ok::<_, StartError>((state, access, postgres))
         })
         .await
         .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
         if let Some(roots) = guard_roots {
             let _ = state.guard_ca.set(roots);
+        }
+        if let Some(postgres) = postgres {
+            // Replicas: follow the others' commits, and take part in the leader election for
+            // the ramp scheduler. Both run on threads of their own with dedicated connections.
+            let (notices, received) = tokio::sync::mpsc::unbounded_channel();
+            let thread = |error: std::io::Error| StartError::Serve(error);
+            postgres.listen(notices).map_err(thread)?;
+            let leadership = postgres.elect().map_err(thread)?;
+            let _ = state.leadership.set(leadership);
+            tokio::spawn(domain::replication::follow(
+                state.domain.clone(),
+                received,
+                state.shutdown.clone(),
+            ));
         }
         Ok(Server {
             state,
@@ -387,7 +406,42 @@ fn guard_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, StartError> {
     Ok(roots)
 }
 
-fn open_blocking(
+/// The store the options name (PostgreSQL, or SQLite in the data directory), the admin access,
+/// and the PostgreSQL store again when it is one (for replication).
+type Opened = (Arc<dyn FlagStore>, AdminAccess, Option<Arc<PostgresStore>>);
+
+fn open_blocking(options: &ServerOptions, clock: &Clock) -> Result<Opened, StartError> {
+    let Some(url) = &options.database_url else {
+        let (store, access) = open_sqlite(options, clock)?;
+        return Ok((Arc::new(store), access, None));
+    };
+    let store = Arc::new(open_postgres(url, clock())?);
+    // The data directory only holds the bootstrap admin token here.
+    std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::Io {
+        what: "cannot create the data directory",
+        path: options.data_dir.clone(),
+        source,
+    })?;
+    let access = bootstrap_admin(
+        store.as_ref(),
+        &options.data_dir,
+        options.admin_token.as_deref(),
+        clock(),
+    )?;
+    Ok((store.clone(), access, Some(store)))
+}
+
+/// Connects to PostgreSQL, naming the server (never the password) when it fails.
+pub fn open_postgres(url: &str, now: i64) -> Result<PostgresStore, StartError> {
+    PostgresStore::connect(url, now).map_err(|error| {
+        StartError::Config(format!(
+            "cannot use the PostgreSQL database {}: {error}",
+            store::redacted_url(url)
+        ))
+    })
+}
+
+fn open_sqlite(
     options: &ServerOptions,
     clock: &Clock,
 ) -> Result<(SqliteStore, AdminAccess), StartError> {
@@ -459,7 +513,7 @@ fn bootstrap_admin(
     // The file first: if we crash before the token is stored, the next start simply makes a
     // new one; the other order could leave a stored token nobody can read.
     write_private_file(&path, &secret)?;
-    store.insert_token(&TokenRecord {
+    let inserted = store.insert_token(&TokenRecord {
         id: generate_id(),
         name: "bootstrap-admin".to_owned(),
         role: Role::Admin,
@@ -467,18 +521,31 @@ fn bootstrap_admin(
         hash: hash_secret(&secret),
         created_at: now,
         revoked_at: None,
-    })?;
+    });
+    if let Err(error) = inserted {
+        // Replicas starting together on an empty database may both bootstrap with the same
+        // FLAGD_ADMIN_TOKEN: the other one stored it first, which is as good.
+        let stored = store.tokens()?;
+        if !stored.iter().any(|t| t.hash == hash_secret(&secret)) {
+            return Err(error.into());
+        }
+    }
     Ok(AdminAccess::Created(path))
 }
 
 /// Offline recovery (`flagd-server admin-token`): mints an admin token in the store of
 /// `data_dir`, records it in the audit log (operation `admin_token_created`, environment `*`),
 /// and returns the secret. The store must exist.
-pub fn recover_admin_token(data_dir: &Path, name: &str, now: i64) -> Result<String, StartError> {
+pub fn recover_admin_token(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    name: &str,
+    now: i64,
+) -> Result<String, StartError> {
     let database = data_dir.join(DATABASE_FILE);
-    if !database.exists() {
+    if database_url.is_none() && !database.exists() {
         return Err(StartError::Config(format!(
-            "no store at {}: start the server once, or pass the right --data-dir",
+            "no store at {}: start the server once, or pass the right --data-dir (or --database-url)",
             database.display()
         )));
     }
@@ -488,7 +555,10 @@ pub fn recover_admin_token(data_dir: &Path, name: &str, now: i64) -> Result<Stri
             "the token name must be 1 to 100 printable characters".to_owned(),
         ));
     }
-    let store = SqliteStore::open(&database, now)?;
+    let store: Box<dyn FlagStore> = match database_url {
+        Some(url) => Box::new(open_postgres(url, now)?),
+        None => Box::new(SqliteStore::open(&database, now)?),
+    };
     let secret = generate_secret(Role::Admin);
     let record = TokenRecord {
         id: generate_id(),

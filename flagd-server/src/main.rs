@@ -13,7 +13,12 @@ fn main() -> ExitCode {
     init_tracing(&config);
     if let Some(Command::AdminToken(args)) = &config.command {
         let now = (flagd_server::state::system_clock())();
-        return match flagd_server::recover_admin_token(&config.data_dir, &args.name, now) {
+        return match flagd_server::recover_admin_token(
+            &config.data_dir,
+            config.database_url.as_deref(),
+            &args.name,
+            now,
+        ) {
             Ok(secret) => {
                 // The one place a secret is printed: the operator asked for it, on a terminal.
                 println!("{secret}");

@@ -264,3 +264,19 @@ impl Metrics {
         out
     }
 }
+
+/// Appends the replica's role: `flagd_ramp_scheduler_leader` (1 on the replica that runs the ramp
+/// scheduler; always 1 on a single server) and, with PostgreSQL, `flagd_replication_connected`
+/// (1 while following the database's change notifications).
+pub fn render_replica(out: &mut String, leader: bool, following: Option<bool>) {
+    out.push_str(
+        "# HELP flagd_ramp_scheduler_leader 1 on the replica that runs the ramp scheduler.\n",
+    );
+    out.push_str("# TYPE flagd_ramp_scheduler_leader gauge\n");
+    let _ = writeln!(out, "flagd_ramp_scheduler_leader {}", u8::from(leader));
+    if let Some(connected) = following {
+        out.push_str("# HELP flagd_replication_connected 1 while this replica follows the database's change notifications.\n");
+        out.push_str("# TYPE flagd_replication_connected gauge\n");
+        let _ = writeln!(out, "flagd_replication_connected {}", u8::from(connected));
+    }
+}

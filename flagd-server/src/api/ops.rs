@@ -18,6 +18,7 @@ pub async fn healthz() -> impl IntoResponse {
 
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.scheduler.check().map_err(ApiError::unavailable)?;
+    state.replication.check().map_err(ApiError::unavailable)?;
     blocking(&state, |store| {
         store
             .ping()
@@ -28,10 +29,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = state.metrics.render();
+        crate::metrics::render_replica(&mut text, state.is_leader(), state.replication.connected());
+        text
+    })
 }
 
 pub async fn openapi() -> impl IntoResponse {

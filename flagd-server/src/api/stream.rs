@@ -47,6 +47,9 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 pub struct StreamParams {
     /// The last version the client applied.
     since: Option<i64>,
+    /// The digest of the commit at `since`, as the server sent it (the rest of the resume
+    /// token).
+    digest: Option<String>,
     /// Used by the access extractor for admin tokens.
     #[serde(rename = "environment")]
     _environment: Option<String>,
@@ -84,7 +87,8 @@ pub async fn stream(
                     Some(config),
                 )
                 .await;
-                Session::run(socket, state, access, params.since).await;
+                let resume = params.since.map(|version| (version, params.digest));
+                Session::run(socket, state, access, resume).await;
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
@@ -152,6 +156,9 @@ struct Session {
     last_sent: i64,
 }
 
+/// A resume token: the version a reconnecting client applied, and that commit's digest.
+type Resume = (i64, Option<String>);
+
 enum Flow {
     Continue,
     Stop,
@@ -159,7 +166,12 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(socket: Socket, state: AppState, access: EnvironmentAccess, since: Option<i64>) {
+    async fn run(
+        socket: Socket,
+        state: AppState,
+        access: EnvironmentAccess,
+        since: Option<Resume>,
+    ) {
         // Subscribe before reading the snapshot: a commit in between is then seen as an event.
         let mut events = state.hub.subscribe();
         let id = state.hub.register(ClientInfo {
@@ -192,7 +204,7 @@ impl Session {
     async fn serve(
         &mut self,
         events: &mut tokio::sync::broadcast::Receiver<HubEvent>,
-        since: Option<i64>,
+        since: Option<Resume>,
     ) -> Flow {
         if let flow @ (Flow::Stop | Flow::Goodbye(_)) = self.initial_sync(since).await {
             return flow;
@@ -220,9 +232,25 @@ impl Session {
 
     /// The first message(s): patches since the client's version when they can be had, else a
     /// snapshot.
-    async fn initial_sync(&mut self, since: Option<i64>) -> Flow {
+    async fn initial_sync(&mut self, since: Option<Resume>) -> Flow {
         let Some(current) = self.state.hub.snapshot(&self.environment) else {
             return Flow::Goodbye(environment_deleted());
+        };
+        // A resume token from another history (another database, a restored backup) names a
+        // version this server may also have, with other contents: only a snapshot is right.
+        let since = match since {
+            Some((version, Some(digest))) => {
+                let same = Session::same_history(
+                    self.state.clone(),
+                    self.environment.clone(),
+                    version,
+                    digest,
+                )
+                .await;
+                same.then_some(version)
+            }
+            Some((version, None)) => Some(version),
+            None => None,
         };
         match since {
             Some(version) if version == current.version => {
@@ -261,6 +289,24 @@ impl Session {
         self.last_sent = current.version;
         self.record_sent();
         Flow::Continue
+    }
+
+    /// Whether this server's commit at `version` has `digest` (from the hub, or else the log).
+    async fn same_history(
+        state: AppState,
+        environment: String,
+        version: i64,
+        digest: String,
+    ) -> bool {
+        if let Some(known) = state.hub.digest(&environment, version) {
+            return known == digest;
+        }
+        let store = state.store.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            crate::domain::hub::version_digest(store.as_ref(), &environment, version)
+        })
+        .await;
+        matches!(stored, Ok(Ok(stored)) if stored == digest)
     }
 
     /// The patches after `since` up to `upto`: from the in-memory ring, or else from the change

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::store::{
     Attribution, AuditQuery, ChangeRecord, Commit, Environment, EnvironmentSettings, FlagChange,
     FlagStore, Operation, RampQuery, RampRecord, StoreError, StoredFlag, TokenRecord,
+    commit_digest,
 };
 
 /// How many recent patches each environment keeps in memory for reconnecting clients.
@@ -45,6 +46,8 @@ pub struct Snapshot {
     pub environment: String,
     /// The environment version it reflects.
     pub version: i64,
+    /// The digest of the commit that produced `version` (`store::commit_digest`).
+    pub digest: String,
     /// The flag set (settings and flags), changed only through [`Document::apply`].
     pub document: Document<Arc<Flag>>,
     /// The compiled flags (what OFREP evaluates).
@@ -81,13 +84,19 @@ fn decoded_change(record: &ChangeRecord) -> Option<Change<Arc<Flag>>> {
 
 impl Snapshot {
     /// A snapshot compiled from scratch.
-    fn new(environment: &str, version: i64, mut document: Document<Arc<Flag>>) -> Snapshot {
+    fn new(
+        environment: &str,
+        version: i64,
+        digest: String,
+        mut document: Document<Arc<Flag>>,
+    ) -> Snapshot {
         document.schema = Some(FLAGD_SCHEMA_URL.to_owned());
         let (compiled, problems) = CompiledFlagSet::compile_lenient(&flag_set(&document));
         report(environment, problems);
         Snapshot {
             environment: environment.to_owned(),
             version,
+            digest,
             document,
             compiled,
             message: OnceLock::new(),
@@ -96,6 +105,7 @@ impl Snapshot {
 
     /// The next snapshot after a commit's records.
     fn after(&self, version: i64, records: &[ChangeRecord]) -> Snapshot {
+        let digest = commit_digest(records);
         let mut document = self.document.clone();
         let mut upserts: Vec<(String, Arc<Flag>)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
@@ -110,7 +120,7 @@ impl Snapshot {
         }
         if settings_changed {
             // Shared evaluators or metadata changed: every flag may compile differently.
-            return Snapshot::new(&self.environment, version, document);
+            return Snapshot::new(&self.environment, version, digest, document);
         }
         let upsert_refs: Vec<(&str, &Flag)> = upserts
             .iter()
@@ -122,6 +132,7 @@ impl Snapshot {
         Snapshot {
             environment: self.environment.clone(),
             version,
+            digest,
             document,
             compiled,
             message: OnceLock::new(),
@@ -135,6 +146,7 @@ impl Snapshot {
                 let message = ServerMessage::Snapshot(protocol::Snapshot {
                     environment: Some(self.environment.clone()),
                     version: self.version,
+                    digest: Some(self.digest.clone()),
                     document: self.document.by_ref(|flag| flag.as_ref()),
                 });
                 encode(&message)
@@ -175,6 +187,8 @@ fn flag_set(document: &Document<Arc<Flag>>) -> FlagSet {
 pub struct RecentPatch {
     /// The environment version it produces.
     pub version: i64,
+    /// The digest of the commit.
+    pub digest: String,
     /// The stream's `patch` message.
     pub message: Utf8Bytes,
     /// When it was committed (for the propagation histogram).
@@ -258,8 +272,9 @@ impl Hub {
         }
     }
 
-    /// Loads an environment's state (at start, and when an environment is created).
-    pub fn load(&self, environment: &str, version: i64, document: FlagSet) {
+    /// Loads an environment's state (at start, when an environment is created, and when a
+    /// replica's catch-up needs a fresh start); `digest` is that of the commit at `version`.
+    pub fn load(&self, environment: &str, version: i64, digest: String, document: FlagSet) {
         let document = Document {
             schema: document.schema,
             metadata: document.metadata,
@@ -272,7 +287,7 @@ impl Hub {
         };
         self.snapshots.insert(
             environment.to_owned(),
-            Arc::new(Snapshot::new(environment, version, document)),
+            Arc::new(Snapshot::new(environment, version, digest, document)),
         );
         self.patches.insert(environment.to_owned(), Arc::default());
         let _ = self.events.send(HubEvent::Version {
@@ -296,6 +311,7 @@ impl Hub {
         let snapshot = Arc::new(previous.after(commit.version, &commit.changes));
         let patch = RecentPatch {
             version: commit.version,
+            digest: snapshot.digest.clone(),
             message,
             committed_at: Instant::now(),
         };
@@ -335,6 +351,11 @@ impl Hub {
         });
     }
 
+    /// The environments it holds.
+    pub fn environments(&self) -> Vec<String> {
+        self.snapshots.iter().map(|s| s.key().clone()).collect()
+    }
+
     /// The current snapshot of an environment.
     pub fn snapshot(&self, environment: &str) -> Option<Arc<Snapshot>> {
         self.snapshots.get(environment).map(|s| s.value().clone())
@@ -363,6 +384,21 @@ impl Hub {
             && patches.last().is_some_and(|p| p.version == upto)
             && patches.len() == usize::try_from(upto - after).ok()?;
         complete.then_some(patches)
+    }
+
+    /// The digest of the commit at `version`, if this hub still knows it (the current snapshot's,
+    /// or a patch in the ring).
+    pub fn digest(&self, environment: &str, version: i64) -> Option<String> {
+        if let Some(snapshot) = self.snapshot(environment)
+            && snapshot.version == version
+        {
+            return Some(snapshot.digest.clone());
+        }
+        let ring = self.patches.get(environment)?.value().clone();
+        let index = usize::try_from(version - ring.front()?.version).ok()?;
+        ring.get(index)
+            .filter(|p| p.version == version)
+            .map(|p| p.digest.clone())
     }
 
     /// When a version was committed, if it is still in the ring.
@@ -423,9 +459,9 @@ pub fn patch_message(version: i64, records: &[ChangeRecord]) -> Option<Utf8Bytes
         .iter()
         .map(ChangeRecord::change)
         .collect::<Option<Vec<Change>>>()?;
-    Some(encode(&ServerMessage::Patch(Patch::from_changes(
-        version, changes,
-    ))))
+    let mut patch = Patch::from_changes(version, changes);
+    patch.digest = Some(commit_digest(records));
+    Some(encode(&ServerMessage::Patch(patch)))
 }
 
 /// A store that publishes every committed change to the hub, in commit order.
@@ -447,8 +483,9 @@ impl PublishingStore {
     pub fn new(inner: Arc<dyn FlagStore>, hub: Arc<Hub>) -> Result<PublishingStore, StoreError> {
         for environment in inner.environments()? {
             let flags = inner.flags(&environment.name)?;
+            let digest = version_digest(inner.as_ref(), &environment.name, environment.version)?;
             let document = document_of(&environment, flags);
-            hub.load(&environment.name, environment.version, document);
+            hub.load(&environment.name, environment.version, digest, document);
         }
         Ok(PublishingStore {
             inner,
@@ -462,6 +499,107 @@ impl PublishingStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Brings the hub's view of `environment` up to the store's, from the change log, version
+    /// by version in order (no gap, no duplicate): how a replica learns of commits made by the
+    /// others. A version the log cannot express as a patch (an environment created or deleted,
+    /// a gap) reloads the environment from the store instead. Returns how many versions were
+    /// published.
+    pub fn catch_up(&self, environment: &str) -> Result<usize, StoreError> {
+        let _order = self.ordered();
+        self.catch_up_locked(environment)
+    }
+
+    fn catch_up_locked(&self, environment: &str) -> Result<usize, StoreError> {
+        const BATCH: usize = 1024;
+        let mut published = 0;
+        loop {
+            let Some(known) = self.hub.snapshot(environment).map(|s| s.version) else {
+                return self.reload(environment).map(|()| published + 1);
+            };
+            let mut records = self.inner.changes_since(environment, known, BATCH)?;
+            let full = records.len() == BATCH;
+            if full {
+                // The last version may be cut short by the limit: leave it to the next batch.
+                let last = records.last().map(|r| r.version);
+                let kept = records.iter().filter(|r| Some(r.version) != last).count();
+                if kept == 0 {
+                    // One version larger than a batch: only a reload shows it whole.
+                    return self.reload(environment).map(|()| published + 1);
+                }
+                records.truncate(kept);
+            }
+            let mut expected = known + 1;
+            let mut rest = records.as_slice();
+            while let Some(first) = rest.first() {
+                let count = rest
+                    .iter()
+                    .take_while(|r| r.version == first.version)
+                    .count();
+                let (group, tail) = rest.split_at(count);
+                let patchable =
+                    first.version == expected && group.iter().all(|r| r.change().is_some());
+                if !patchable {
+                    return self.reload(environment).map(|()| published + 1);
+                }
+                self.hub.publish(
+                    environment,
+                    &Commit {
+                        version: expected,
+                        changes: group.to_vec(),
+                    },
+                );
+                published += 1;
+                expected += 1;
+                rest = tail;
+            }
+            if !full {
+                return Ok(published);
+            }
+        }
+    }
+
+    /// Replaces the hub's view of `environment` with the store's (or forgets it, if deleted).
+    fn reload(&self, environment: &str) -> Result<(), StoreError> {
+        match self.inner.environment(environment)? {
+            None => {
+                if self.hub.snapshot(environment).is_some() {
+                    self.hub.remove(environment);
+                }
+            }
+            Some(stored) => {
+                let flags = match self.inner.flags(environment) {
+                    Err(StoreError::UnknownEnvironment(_)) => {
+                        self.hub.remove(environment);
+                        return Ok(());
+                    }
+                    other => other?,
+                };
+                let digest = version_digest(self.inner.as_ref(), environment, stored.version)?;
+                self.hub.load(
+                    environment,
+                    stored.version,
+                    digest,
+                    document_of(&stored, flags),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The digest of an environment's commit at `version`, from the change log.
+pub fn version_digest(
+    store: &dyn FlagStore,
+    environment: &str,
+    version: i64,
+) -> Result<String, StoreError> {
+    if version <= 0 {
+        return Ok(commit_digest(&[]));
+    }
+    let mut records = store.changes_since(environment, version - 1, usize::MAX)?;
+    records.retain(|r| r.version == version);
+    Ok(commit_digest(&records))
 }
 
 /// An environment's flagd document.
@@ -486,9 +624,11 @@ impl FlagStore for PublishingStore {
     fn create_environment(&self, name: &str, by: &Attribution) -> Result<Environment, StoreError> {
         let _order = self.ordered();
         let environment = self.inner.create_environment(name, by)?;
+        let digest = version_digest(self.inner.as_ref(), name, environment.version)?;
         self.hub.load(
             name,
             environment.version,
+            digest,
             document_of(&environment, Vec::new()),
         );
         Ok(environment)
@@ -525,7 +665,15 @@ impl FlagStore for PublishingStore {
         let commit = self.inner.commit(environment, changes, settings, by)?;
         let flag_writes = commit.changes.iter().filter(|c| c.flag.is_some()).count();
         self.hub.metrics.flag_writes(environment, flag_writes);
-        self.hub.publish(environment, &commit);
+        let known = self.hub.snapshot(environment).map(|s| s.version);
+        if known == Some(commit.version - 1) {
+            self.hub.publish(environment, &commit);
+        } else if let Err(error) = self.catch_up_locked(environment) {
+            // Another replica committed versions this one has not heard of yet: they (and
+            // this commit) come from the log. A failure here is caught up by the next notice or
+            // poll; the commit itself is durable.
+            tracing::warn!(environment, %error, "cannot catch up after a commit; will retry");
+        }
         Ok(commit)
     }
 
@@ -610,7 +758,7 @@ mod tests {
     #[test]
     fn the_patch_ring_keeps_a_bounded_number_of_bytes() {
         let hub = Hub::new(Arc::default());
-        hub.load("e", 0, FlagSet::default());
+        hub.load("e", 0, String::new(), FlagSet::default());
         // 40 patches of 1 MiB: far fewer than PATCH_RING, far more than PATCH_RING_BYTES.
         for version in 1..=40 {
             hub.publish("e", &commit(version, 1 << 20));
@@ -629,7 +777,7 @@ mod tests {
         assert!(hub.patches_between("e", 39, 40).is_some());
         // Small patches still fill the count bound.
         let small = Hub::new(Arc::default());
-        small.load("e", 0, FlagSet::default());
+        small.load("e", 0, String::new(), FlagSet::default());
         for version in 1..=300 {
             small.publish("e", &commit(version, 10));
         }

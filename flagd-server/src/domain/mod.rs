@@ -13,6 +13,7 @@
 pub mod flags;
 pub mod hub;
 pub mod ramp;
+pub mod replication;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -68,6 +69,13 @@ impl std::fmt::Debug for DomainState {
 pub struct DomainState {
     /// Flag storage, publishing every commit to `hub` (blocking; use [`blocking`]).
     pub store: Arc<dyn FlagStore>,
+    /// The same store, as the publisher that can also catch the hub up on other replicas'
+    /// commits.
+    pub publisher: Arc<hub::PublishingStore>,
+    /// Whether this replica runs the ramp scheduler (set once at start; unset = always).
+    pub leadership: std::sync::OnceLock<crate::store::Leadership>,
+    /// Following other replicas' commits (PostgreSQL), for `/readyz`.
+    pub replication: replication::Replication,
     /// Active tokens, for authentication without touching the store.
     pub tokens: tokens::TokenCache,
     /// The time.
@@ -99,9 +107,13 @@ impl Domain {
     ) -> Result<Domain, StoreError> {
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(hub::Hub::new(metrics.clone()));
-        let store: Arc<dyn FlagStore> = Arc::new(hub::PublishingStore::new(store, hub.clone())?);
+        let publisher = Arc::new(hub::PublishingStore::new(store, hub.clone())?);
+        let store: Arc<dyn FlagStore> = publisher.clone();
         Ok(Domain(Arc::new(DomainState {
             store,
+            publisher,
+            leadership: std::sync::OnceLock::new(),
+            replication: replication::Replication::default(),
             tokens,
             clock,
             hub,
@@ -122,6 +134,13 @@ impl Domain {
     /// The extra CAs for `https://` guards.
     pub fn guard_roots(&self) -> &[reqwest::Certificate] {
         self.guard_ca.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether this replica runs the ramp scheduler now.
+    pub fn is_leader(&self) -> bool {
+        self.leadership
+            .get()
+            .is_none_or(crate::store::Leadership::is_leader)
     }
 
     /// Whether writes refuse warnings unless a request says otherwise.

@@ -1358,7 +1358,9 @@ async fn schedule(
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             _ = ticks.tick() => {
-                if running.len() < MAX_RUNNING_TICKS {
+                // With several replicas, only the leader applies steps (and a step is claimed
+                // by compare-and-set, should two briefly both lead).
+                if running.len() < MAX_RUNNING_TICKS && state.is_leader() {
                     let state = state.clone();
                     running.spawn(async move { tick(&state).await });
                 }

@@ -50,6 +50,29 @@ impl TokenCache {
         }
     }
 
+    /// Makes the cache hold exactly the active tokens among `tokens` (as another replica left
+    /// the store), without a moment where a still-active token is missing. Returns the ids of
+    /// tokens that were active and no longer are (their streams must end).
+    pub fn replace(&self, tokens: impl IntoIterator<Item = TokenRecord>) -> Vec<String> {
+        let active: std::collections::HashMap<[u8; 32], TokenRecord> = tokens
+            .into_iter()
+            .filter(|t| t.revoked_at.is_none())
+            .map(|t| (t.hash, t))
+            .collect();
+        let mut gone = Vec::new();
+        self.by_hash.retain(|hash, token| {
+            let keep = active.contains_key(hash);
+            if !keep {
+                gone.push(token.id.clone());
+            }
+            keep
+        });
+        for (hash, token) in active {
+            self.by_hash.insert(hash, token);
+        }
+        gone
+    }
+
     /// Adds a token (ignored if revoked).
     pub fn insert(&self, token: TokenRecord) {
         if token.revoked_at.is_none() {

@@ -457,12 +457,20 @@ fn migrate(client: &mut Client, namespace: &Namespace, now: i64) -> Result<(), S
 }
 
 fn migrate_locked(client: &mut Client, now: i64) -> Result<(), StoreError> {
-    client.batch_execute(
-        "CREATE TABLE IF NOT EXISTS flagd_schema_migrations (
-            version     INTEGER PRIMARY KEY,
-            applied_at  BIGINT NOT NULL
-        )",
-    )?;
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('flagd_schema_migrations') IS NOT NULL",
+            &[],
+        )?
+        .get(0);
+    if !exists {
+        client.batch_execute(
+            "CREATE TABLE flagd_schema_migrations (
+                version     INTEGER PRIMARY KEY,
+                applied_at  BIGINT NOT NULL
+            )",
+        )?;
+    }
     let applied: i32 = client
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM flagd_schema_migrations",

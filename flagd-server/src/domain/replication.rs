@@ -1,0 +1,161 @@
+//! Several replicas on one PostgreSQL database: each follows the others' commits.
+//!
+//! The store's listener ([`crate::store::PostgresStore::listen`]) forwards the database's
+//! notifications here. Each one names an environment and the version a commit produced; the hub
+//! catches up from the change log, in order (`PublishingStore::catch_up`). Token changes reload
+//! the token cache (and end the streams of revoked tokens). Every [`POLL_INTERVAL`], and whenever
+//! the listener (re)connects, everything is compared with the database anyway: notifications
+//! sent while a replica was not listening are never missed for long.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use super::{Domain, DomainError, blocking};
+use crate::store::Notice;
+
+/// How often a replica compares its hub and token cache with the database even when
+/// notifications arrive: the safety net under `LISTEN`.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Whether this replica follows the database's notifications, for `/readyz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Replication {
+    following: AtomicBool,
+    connected: AtomicBool,
+    problem: Mutex<Option<String>>,
+}
+
+impl Replication {
+    /// `Err(why)` while this replica follows a database and has lost its notification
+    /// connection (it would serve stale flags without noticing).
+    pub fn check(&self) -> Result<(), String> {
+        if !self.following.load(Ordering::Acquire) || self.connected.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let problem = self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "not connected yet".to_owned());
+        Err(format!(
+            "not following the database's changes (reconnecting): {problem}"
+        ))
+    }
+
+    /// `Some(connected)` when following a database.
+    pub fn connected(&self) -> Option<bool> {
+        self.following
+            .load(Ordering::Acquire)
+            .then(|| self.connected.load(Ordering::Acquire))
+    }
+
+    fn set(&self, connected: bool, problem: Option<String>) {
+        self.connected.store(connected, Ordering::Release);
+        *self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
+    }
+}
+
+/// Follows `notices` until `stop` (or until the listener ends).
+pub async fn follow(
+    domain: Domain,
+    mut notices: UnboundedReceiver<Notice>,
+    stop: CancellationToken,
+) {
+    domain.replication.following.store(true, Ordering::Release);
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let notice = tokio::select! {
+            () = stop.cancelled() => return,
+            notice = notices.recv() => notice,
+            _ = poll.tick() => {
+                if let Err(error) = catch_up_everything(&domain).await {
+                    tracing::warn!(%error, "cannot compare with the database; will retry");
+                }
+                continue;
+            }
+        };
+        let result = match notice {
+            None => {
+                domain
+                    .replication
+                    .set(false, Some("the notification listener stopped".into()));
+                return;
+            }
+            Some(Notice::Connected) => {
+                domain.replication.set(true, None);
+                tracing::info!("following the database's changes");
+                catch_up_everything(&domain).await
+            }
+            Some(Notice::Disconnected(why)) => {
+                domain.replication.set(false, Some(why));
+                Ok(())
+            }
+            Some(Notice::Changed {
+                environment,
+                version,
+            }) => {
+                let known = domain.hub.snapshot(&environment).map(|s| s.version);
+                if known.is_some_and(|known| known >= version) {
+                    Ok(())
+                } else {
+                    catch_up(&domain, environment).await
+                }
+            }
+            Some(Notice::Tokens) => reload_tokens(&domain).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot catch up with the database; the next poll retries");
+        }
+    }
+}
+
+async fn catch_up(domain: &Domain, environment: String) -> Result<(), DomainError> {
+    let publisher = domain.publisher.clone();
+    blocking(domain, move |_| Ok(publisher.catch_up(&environment)?))
+        .await
+        .map(|_| ())
+}
+
+/// Compares every environment's version and every token with the database, catching up where
+/// they differ.
+async fn catch_up_everything(domain: &Domain) -> Result<(), DomainError> {
+    let publisher = domain.publisher.clone();
+    let hub = domain.hub.clone();
+    blocking(domain, move |store| {
+        let stored = store.environments()?;
+        let mut names: Vec<String> = stored
+            .iter()
+            .filter(|env| hub.snapshot(&env.name).map(|s| s.version) != Some(env.version))
+            .map(|env| env.name.clone())
+            .collect();
+        // Environments this replica knows that the database no longer has.
+        names.extend(
+            hub.environments()
+                .into_iter()
+                .filter(|name| !stored.iter().any(|env| &env.name == name)),
+        );
+        for name in names {
+            publisher.catch_up(&name)?;
+        }
+        Ok(())
+    })
+    .await?;
+    reload_tokens(domain).await
+}
+
+async fn reload_tokens(domain: &Domain) -> Result<(), DomainError> {
+    let tokens = blocking(domain, |store| Ok(store.tokens()?)).await?;
+    for id in domain.tokens.replace(tokens) {
+        domain.hub.revoke(&id);
+    }
+    Ok(())
+}
