@@ -29,7 +29,8 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// The flag server, e.g. http://127.0.0.1:8016.
+    /// The flag server, e.g. http://127.0.0.1:8016. For `watch`, a comma-separated list of
+    /// replicas to fail over between (other commands use the first).
     #[arg(long, env = "FLAGCTL_SERVER", hide_env_values = true, global = true)]
     pub server: Option<String>,
 

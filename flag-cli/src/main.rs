@@ -64,9 +64,17 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// The API client, or an error saying how to configure it.
+    /// The API client, or an error saying how to configure it. With a comma-separated list of
+    /// servers (replicas), requests go to the first.
     pub fn api(&self) -> Result<Api> {
-        let server = self.server.as_deref().ok_or_else(|| {
+        let mut apis = self.apis()?;
+        Ok(apis.remove(0))
+    }
+
+    /// One API client per server of a comma-separated `--server` list (at least one): `watch`
+    /// fails over between them.
+    pub fn apis(&self) -> Result<Vec<Api>> {
+        let servers = self.server.as_deref().ok_or_else(|| {
             CliError::config("no server configured")
                 .hint("pass --server, set FLAGCTL_SERVER, or run `flagctl login --server URL --token TOKEN`")
         })?;
@@ -74,7 +82,17 @@ impl Context {
             CliError::config("no token configured")
                 .hint("pass --token, set FLAGCTL_TOKEN, or run `flagctl login --server URL --token TOKEN`")
         })?;
-        Api::new(server, token, self.strict, &self.tls)
+        let apis = servers
+            .split(',')
+            .map(str::trim)
+            .filter(|server| !server.is_empty())
+            .map(|server| Api::new(server, token, self.strict, &self.tls))
+            .collect::<Result<Vec<Api>>>()?;
+        if apis.is_empty() {
+            return Err(CliError::config("no server configured")
+                .hint("pass --server, set FLAGCTL_SERVER, or run `flagctl login --server URL --token TOKEN`"));
+        }
+        Ok(apis)
     }
 }
 

@@ -71,6 +71,7 @@ fn stream_messages() {
         &ServerMessage::Snapshot(Snapshot {
             environment: Some("default".to_owned()),
             version: 42,
+            digest: Some("9f2c41d07a1b3e55".to_owned()),
             document,
         }),
     );
@@ -79,6 +80,7 @@ fn stream_messages() {
         &ServerMessage::<Value>::Snapshot(Snapshot {
             environment: Some("default".to_owned()),
             version: 0,
+            digest: None,
             document: Document::default(),
         }),
     );
@@ -86,6 +88,7 @@ fn stream_messages() {
         "patch",
         &ServerMessage::Patch(Patch {
             version: 43,
+            digest: Some("0c8e7f1a29d4b6e3".to_owned()),
             upserts: BTreeMap::from([("new-checkout".to_owned(), flag("on"))]),
             deletes: vec!["old-flag".to_owned()],
             metadata: None,
@@ -96,6 +99,7 @@ fn stream_messages() {
         "patch_settings",
         &ServerMessage::<Value>::Patch(Patch {
             version: 44,
+            digest: None,
             upserts: BTreeMap::new(),
             deletes: Vec::new(),
             metadata: Some(metadata()),

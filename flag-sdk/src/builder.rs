@@ -24,7 +24,7 @@ impl FlagClient {
 /// Builds a [`FlagClient`].
 #[derive(Debug, Clone, Default)]
 pub struct FlagClientBuilder {
-    server: Option<String>,
+    servers: Vec<String>,
     token: Option<String>,
     environment: Option<String>,
     bootstrap: Option<Bootstrap>,
@@ -45,7 +45,22 @@ impl FlagClientBuilder {
     /// its bootstrap document or cache.
     #[must_use]
     pub fn server(mut self, url: impl Into<String>) -> Self {
-        self.server = Some(url.into());
+        self.servers = vec![url.into()];
+        self
+    }
+
+    /// Several replicas of the flag server (on one PostgreSQL database), tried in order: when
+    /// the one the client streams from becomes unreachable, it fails over to the next at once,
+    /// resuming with its resume token (version and commit digest), so no change is missed.
+    /// Backoff starts only once every server has been tried. The cache file's origin is the
+    /// first server.
+    #[must_use]
+    pub fn servers<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers = urls.into_iter().map(Into::into).collect();
         self
     }
 
@@ -133,7 +148,7 @@ impl FlagClientBuilder {
     /// current tokio runtime (a server is given but no runtime is running: an error).
     pub fn build(self) -> Result<FlagClient, Error> {
         // Checked before anything starts, so a bad setting starts nothing.
-        let stream = match &self.server {
+        let stream = match self.servers.first() {
             None => None,
             Some(server) => {
                 let token = self.token.clone().ok_or_else(|| {
@@ -150,6 +165,16 @@ impl FlagClientBuilder {
                     ));
                 }
                 let url = sync::stream_url(server, self.environment.as_deref())?;
+                let endpoints = self
+                    .servers
+                    .iter()
+                    .map(|server| {
+                        Ok(sync::Endpoint {
+                            url: sync::stream_url(server, self.environment.as_deref())?,
+                            server: server.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
                 let tls = crate::tls::client_config(
                     &self.ca_certificates,
                     self.client_identity.as_ref(),
@@ -160,7 +185,7 @@ impl FlagClientBuilder {
                             .to_owned(),
                     )
                 })?;
-                Some((server.clone(), token, url, runtime, tls))
+                Some((endpoints, token, url, runtime, tls))
             }
         };
         let bootstrap = match &self.bootstrap {
@@ -200,7 +225,7 @@ impl FlagClientBuilder {
             .cache_file
             .as_deref()
             .and_then(|path| cache::load(path, origin.as_ref()));
-        let offline = self.server.is_none();
+        let offline = self.servers.is_empty();
         let first =
             cached.or_else(|| bootstrap.map(|document| Snapshot::compile(None, None, document)));
         if let Some(snapshot) = first {
@@ -213,14 +238,13 @@ impl FlagClientBuilder {
             });
         }
 
-        let task = stream.map(|(server, token, url, runtime, tls)| {
+        let task = stream.map(|(endpoints, token, _, runtime, tls)| {
             sync::start(
                 &runtime,
                 shared.clone(),
                 sync::Target {
-                    url,
+                    endpoints,
                     token,
-                    server,
                     tls,
                 },
                 self.settings,

@@ -47,6 +47,9 @@ struct CacheFile<D> {
     origin: Option<Origin>,
     environment: Option<String>,
     version: Option<i64>,
+    /// The digest of the commit at `version` (absent in caches written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
     document: D,
 }
 
@@ -86,11 +89,9 @@ pub(crate) fn load(path: &Path, origin: Option<&Origin>) -> Option<Snapshot> {
         }
     };
     tracing::info!(path = %path.display(), version = ?cache.version, "serving cached flags until the server is reached");
-    Some(Snapshot::compile(
-        cache.version,
-        cache.environment,
-        document,
-    ))
+    let mut snapshot = Snapshot::compile(cache.version, cache.environment, document);
+    snapshot.digest = cache.digest;
+    Some(snapshot)
 }
 
 /// Writes `snapshot` to `path` atomically and durably: a temporary file in the same directory,
@@ -102,6 +103,7 @@ fn store(path: &Path, origin: &Origin, snapshot: &Snapshot) -> std::io::Result<(
         origin: Some(origin.clone()),
         environment: snapshot.environment.clone(),
         version: snapshot.version,
+        digest: snapshot.digest.clone(),
         document: &snapshot.document,
     };
     let bytes = serde_json::to_vec(&cache).map_err(std::io::Error::other)?;

@@ -24,6 +24,8 @@ use crate::status::{FlagsChanged, Status};
 pub(crate) struct Snapshot {
     /// The environment version (`None` for a bootstrap document).
     pub(crate) version: Option<i64>,
+    /// The digest of the server's commit at `version` (resumed with, to detect another history).
+    pub(crate) digest: Option<String>,
     /// The environment, as the server named it.
     pub(crate) environment: Option<String>,
     /// The flag set, flags as raw JSON (kept to apply patches and to write the cache).
@@ -44,6 +46,7 @@ impl Snapshot {
         log_problems(problems);
         Snapshot {
             version,
+            digest: None,
             environment,
             document,
             compiled,
@@ -154,6 +157,13 @@ impl Shared {
     /// The current snapshot, borrowed cheaply (for one evaluation).
     pub(crate) fn load(&self) -> arc_swap::Guard<Option<Arc<Snapshot>>> {
         self.flags.load()
+    }
+
+    /// The resume token of the current snapshot: its version and that commit's digest.
+    pub(crate) fn resume_token(&self) -> Option<(i64, Option<String>)> {
+        let snapshot = self.flags.load();
+        let snapshot = snapshot.as_ref()?;
+        Some((snapshot.version?, snapshot.digest.clone()))
     }
 
     /// The version of the current snapshot.

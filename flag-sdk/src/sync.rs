@@ -63,13 +63,20 @@ pub(crate) fn stream_url(server: &str, environment: Option<&str>) -> Result<url:
     Ok(url)
 }
 
-/// Where the stream is and how to reach it.
-pub(crate) struct Target {
+/// One server's stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
     /// `ws://` or `wss://`, with the environment in the query.
     pub(crate) url: url::Url,
-    pub(crate) token: String,
     /// The server URL as configured (for logs).
     pub(crate) server: String,
+}
+
+/// Where the stream is and how to reach it.
+pub(crate) struct Target {
+    /// The servers, in the order they are tried (at least one).
+    pub(crate) endpoints: Vec<Endpoint>,
+    pub(crate) token: String,
     /// Trust for `wss://`.
     pub(crate) tls: Arc<rustls::ClientConfig>,
 }
@@ -84,9 +91,8 @@ pub(crate) fn start(
     let client_id = format!("{:016x}", rand::rng().random::<u64>());
     let follower = StreamFollower {
         shared,
-        url: target.url,
+        endpoints: target.endpoints,
         token: target.token,
-        server: target.server,
         tls: target.tls,
         settings,
         client_id,
@@ -97,9 +103,8 @@ pub(crate) fn start(
 /// Follows one server's stream for one client: connects, applies what arrives, reconnects.
 struct StreamFollower {
     shared: Arc<Shared>,
-    url: url::Url,
+    endpoints: Vec<Endpoint>,
     token: String,
-    server: String,
     tls: Arc<rustls::ClientConfig>,
     settings: SyncSettings,
     client_id: String,
@@ -122,6 +127,8 @@ enum Ended {
 async fn run(follower: StreamFollower, mut stop: watch::Receiver<bool>) {
     let mut attempt: u32 = 0;
     let mut resync = false;
+    let servers = follower.endpoints.len().max(1);
+    let mut current = 0;
     loop {
         if *stop.borrow() {
             break;
@@ -129,10 +136,11 @@ async fn run(follower: StreamFollower, mut stop: watch::Receiver<bool>) {
         let since = if resync {
             None
         } else {
-            follower.shared.version()
+            follower.shared.resume_token()
         };
         // The connection watches `stop` itself, so it can say goodbye with a Close frame.
-        let ended = follower.connection(since, &stop).await;
+        let endpoint = &follower.endpoints[current % servers];
+        let ended = follower.connection(endpoint, since, &stop).await;
         let (synced, retry_after) = match ended {
             Ended::Stopped => break,
             Ended::Final(reason) => {
@@ -165,7 +173,18 @@ async fn run(follower: StreamFollower, mut stop: watch::Receiver<bool>) {
                     Status::NotReady
                 });
         }
-        let delay = backoff(&follower.settings, attempt).max(retry_after);
+        // Several servers: fail over to the next one at once (it resumes from the same version
+        // and digest); back off only once every server has been tried.
+        let others = u32::try_from(servers - 1).unwrap_or(u32::MAX);
+        let delay = if attempt < others {
+            Duration::ZERO
+        } else {
+            backoff(&follower.settings, attempt - others).max(retry_after)
+        };
+        if servers > 1 {
+            current = (current + 1) % servers;
+            tracing::info!(server = %follower.endpoints[current].server, "failing over to the next flag server");
+        }
         attempt = attempt.saturating_add(1);
         tracing::debug!(?delay, "reconnecting to the flag stream");
         tokio::select! {
@@ -202,7 +221,12 @@ fn client_text(message: &ClientMessage) -> String {
 }
 
 impl StreamFollower {
-    async fn connection(&self, since: Option<i64>, stop: &watch::Receiver<bool>) -> Ended {
+    async fn connection(
+        &self,
+        endpoint: &Endpoint,
+        since: Option<(i64, Option<String>)>,
+        stop: &watch::Receiver<bool>,
+    ) -> Ended {
         let lost = |synced| Ended::Disconnected {
             synced,
             resync: false,
@@ -214,13 +238,17 @@ impl StreamFollower {
             retry_after: Duration::ZERO,
         };
         let url = match since {
-            Some(version) => {
-                let mut url = self.url.clone();
-                url.query_pairs_mut()
-                    .append_pair(flag_protocol::stream::SINCE_PARAMETER, &version.to_string());
+            Some((version, digest)) => {
+                let mut url = endpoint.url.clone();
+                let mut query = url.query_pairs_mut();
+                query.append_pair(flag_protocol::stream::SINCE_PARAMETER, &version.to_string());
+                if let Some(digest) = &digest {
+                    query.append_pair(flag_protocol::stream::DIGEST_PARAMETER, digest);
+                }
+                drop(query);
                 url
             }
-            None => self.url.clone(),
+            None => endpoint.url.clone(),
         };
         let Ok(mut request) = url.as_str().into_client_request() else {
             return Ended::Final(format!("invalid stream URL {url}"));
@@ -244,12 +272,12 @@ impl StreamFollower {
         };
         let mut socket = match connected {
             Err(_) => {
-                tracing::warn!(server = %self.server, "connecting to the flag server timed out");
+                tracing::warn!(server = %endpoint.server, "connecting to the flag server timed out");
                 return lost(false);
             }
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 let status = response.status();
-                tracing::warn!(server = %self.server, %status, "the flag server refused the stream");
+                tracing::warn!(server = %endpoint.server, %status, "the flag server refused the stream");
                 self.shared.set_last_error(Some(format!(
                     "the flag server refused the stream: {status}"
                 )));
@@ -269,7 +297,7 @@ impl StreamFollower {
                 if let Some(problem) = crate::tls::certificate_problem(&error) {
                     // Retrying fast will not fix a certificate: keep trying at the backoff cap
                     // (it may be replaced on the server) and say what is wrong.
-                    tracing::error!(server = %self.server, problem, "TLS certificate refused");
+                    tracing::error!(server = %endpoint.server, problem, "TLS certificate refused");
                     self.shared.set_last_error(Some(problem));
                     self.shared.set_status(Status::Error);
                     return Ended::Disconnected {
@@ -278,10 +306,10 @@ impl StreamFollower {
                         retry_after: self.settings.backoff_cap,
                     };
                 }
-                tracing::warn!(server = %self.server, %error, "cannot reach the flag server");
+                tracing::warn!(server = %endpoint.server, %error, "cannot reach the flag server");
                 self.shared.set_last_error(Some(format!(
                     "cannot reach the flag server at {}: {error}",
-                    self.server
+                    endpoint.server
                 )));
                 return lost(false);
             }
@@ -406,8 +434,9 @@ impl StreamFollower {
             Some(old) => old.document.changed_keys(&message.document),
             None => message.document.flags.keys().cloned().collect(),
         };
-        let snapshot =
+        let mut snapshot =
             Snapshot::compile(Some(message.version), message.environment, message.document);
+        snapshot.digest = message.digest;
         self.shared.publish(snapshot, changed);
         self.shared.persist();
     }
@@ -418,6 +447,7 @@ impl StreamFollower {
             return false;
         };
         let version = patch.version;
+        let digest = patch.digest.clone();
         let settings_changed = patch.changes_settings();
         let mut document = current.document.clone();
         let mut upserts: Vec<(String, Option<flag_core::Flag>)> = Vec::new();
@@ -448,13 +478,14 @@ impl StreamFollower {
             .iter()
             .map(|(k, f)| f.as_ref().map(|f| (k.as_str(), f)))
             .collect();
-        let snapshot = match typed {
+        let mut snapshot = match typed {
             Some(typed) if !settings_changed => {
                 let deletes: Vec<&str> = deletes.iter().map(String::as_str).collect();
                 let (compiled, problems) = current.compiled.with_changes(&typed, &deletes);
                 log_problems(problems);
                 Snapshot {
                     version: Some(version),
+                    digest: None,
                     environment: current.environment.clone(),
                     document,
                     compiled,
@@ -462,6 +493,7 @@ impl StreamFollower {
             }
             _ => Snapshot::compile(Some(version), current.environment.clone(), document),
         };
+        snapshot.digest = digest;
         self.shared.publish(snapshot, changed);
         self.shared.persist();
         true

@@ -1,4 +1,8 @@
 //! `flagctl watch`: one line per change of the environment, live, until interrupted.
+//!
+//! With several servers (`--server a,b,c`: replicas on one database), a lost connection fails
+//! over to the next server, resuming with the resume token (version and commit digest): no
+//! change is missed or printed twice. It gives up when every server has failed in a row.
 
 use flag_protocol::{Change, Document, ServerMessage};
 use futures_util::StreamExt as _;
@@ -7,22 +11,78 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::Context;
+use crate::client::Api;
 use crate::error::{CliError, Kind, Result, exit};
 use crate::output::{self, Format, outln};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// What the watcher has seen: the document, and where to resume.
+#[derive(Default)]
+struct Watched {
+    document: Document,
+    version: Option<i64>,
+    digest: Option<String>,
+}
+
 pub async fn run(context: &Context) -> Result<u8> {
-    let api = context.api()?;
+    let apis = context.apis()?;
+    let mut watched = Watched::default();
+    let mut current = 0;
+    let mut failures = 0;
+    let mut announced = false;
+    loop {
+        let api = &apis[current % apis.len()];
+        let outcome = match connect(context, api, &watched).await {
+            Ok(socket) => {
+                if !announced {
+                    eprintln!("watching {} (Ctrl-C to stop)", context.environment);
+                    announced = true;
+                }
+                follow(context, socket, &mut watched, &mut failures).await
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(code) => return Ok(code),
+            // One server: its failure ends the watch, as it always did.
+            Err(error) if apis.len() == 1 => return Err(error),
+            Err(error) => {
+                failures += 1;
+                if failures >= apis.len() {
+                    return Err(error.hint("every server failed in a row"));
+                }
+                current += 1;
+                eprintln!(
+                    "{error}; failing over to {}",
+                    apis[current % apis.len()].server
+                );
+            }
+        }
+    }
+}
+
+async fn connect(context: &Context, api: &Api, watched: &Watched) -> Result<Socket> {
     let server = api
         .server
         .replacen("http://", "ws://", 1)
         .replacen("https://", "wss://", 1);
+    let version = watched.version.map(|v| v.to_string());
+    let mut query = vec![("environment", context.environment.as_str())];
+    if let Some(version) = &version {
+        query.push((flag_protocol::stream::SINCE_PARAMETER, version));
+        if let Some(digest) = &watched.digest {
+            query.push((flag_protocol::stream::DIGEST_PARAMETER, digest));
+        }
+    }
     let url = super::with_query(
         &format!("{server}{}", flag_protocol::stream::STREAM_PATH),
-        &[("environment", &context.environment)],
+        &query,
     );
     let mut request = url
         .as_str()
@@ -33,7 +93,7 @@ pub async fn run(context: &Context) -> Result<u8> {
         .map_err(|_| CliError::config("the token contains characters an HTTP header cannot"))?;
     request.headers_mut().insert("authorization", authorization);
     let connector = tokio_tungstenite::Connector::Rustls(api.tls_config()?);
-    let (mut socket, _) =
+    let (socket, _) =
         tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
             .await
             .map_err(|error| match error {
@@ -51,8 +111,17 @@ pub async fn run(context: &Context) -> Result<u8> {
                     })
                 }
             })?;
-    eprintln!("watching {} (Ctrl-C to stop)", context.environment);
-    let mut document = Document::default();
+    Ok(socket)
+}
+
+/// Prints what one connection brings, until it ends: `Ok(exit code)` to stop, `Err` when the
+/// connection was lost (and another server may be tried).
+async fn follow(
+    context: &Context,
+    mut socket: Socket,
+    watched: &mut Watched,
+    failures: &mut usize,
+) -> Result<u8> {
     loop {
         let message = tokio::select! {
             message = socket.next() => message,
@@ -80,9 +149,12 @@ pub async fn run(context: &Context) -> Result<u8> {
         };
         match message {
             ServerMessage::Snapshot(snapshot) => {
-                document = snapshot.document;
+                *failures = 0;
+                watched.document = snapshot.document;
+                watched.version = Some(snapshot.version);
+                watched.digest = snapshot.digest;
                 let version = snapshot.version;
-                let count = document.flags.len();
+                let count = watched.document.flags.len();
                 if context.output == Format::Json {
                     outln!(
                         "{}",
@@ -96,13 +168,17 @@ pub async fn run(context: &Context) -> Result<u8> {
                 }
             }
             ServerMessage::Patch(patch) => {
+                *failures = 0;
                 let version = patch.version;
+                watched.version = Some(version);
+                watched.digest = patch.digest.clone();
+                let document = &mut watched.document;
                 for change in patch.into_changes() {
                     if let Change::Settings { .. } = change {
                         let settings = |d: &Document| serde_json::json!({"metadata": d.metadata, "$evaluators": d.evaluators});
-                        let before = settings(&document);
+                        let before = settings(document);
                         document.apply(change);
-                        let changes = output::diff(&before, &settings(&document));
+                        let changes = output::diff(&before, &settings(document));
                         print_settings(context, version, &changes)?;
                         continue;
                     }
@@ -120,11 +196,19 @@ pub async fn run(context: &Context) -> Result<u8> {
                     print_change(context, version, &key, action, &changes)?;
                 }
             }
-            ServerMessage::Goodbye(goodbye) => {
+            ServerMessage::Goodbye(goodbye) if goodbye.reason.is_final() => {
                 eprintln!("the server said goodbye: {}", goodbye.reason.as_str());
                 return Ok(exit::OK);
             }
-            ServerMessage::Ping(_) | ServerMessage::Unknown => {}
+            ServerMessage::Goodbye(goodbye) => {
+                // Shutting down (a restart, a deploy): another replica may carry on.
+                return Err(CliError::new(
+                    Kind::Network,
+                    format!("the server said goodbye: {}", goodbye.reason.as_str()),
+                ));
+            }
+            ServerMessage::Ping(_) => *failures = 0,
+            ServerMessage::Unknown => {}
         }
     }
 }
