@@ -24,8 +24,7 @@ impl ScratchSchema {
         let base = std::env::var(DATABASE_URL_VARIABLE)
             .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
         let name = format!("flagd_test_{:016x}", rand::random::<u64>());
-        let created = postgres::Client::connect(&base, postgres::NoTls)
-            .and_then(|mut client| client.batch_execute(&format!("CREATE SCHEMA {name}")));
+        let created = off_runtime(&base, format!("CREATE SCHEMA {name}"));
         match created {
             Ok(()) => Some(ScratchSchema { base, name }),
             Err(error) => {
@@ -58,8 +57,18 @@ impl ScratchSchema {
 
 impl Drop for ScratchSchema {
     fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.base, postgres::NoTls) {
-            let _ = client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name));
-        }
+        let _ = off_runtime(&self.base, format!("DROP SCHEMA {} CASCADE", self.name));
     }
+}
+
+/// Runs one statement on a thread of its own: the synchronous client must not run on an async
+/// test's runtime thread.
+fn off_runtime(url: &str, statement: String) -> Result<(), postgres::Error> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
+        client.batch_execute(&statement)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
