@@ -141,6 +141,22 @@ pub enum Command {
     /// every admin token was revoked or lost), record it in the audit log, and print it once.
     /// A running server picks it up when restarted.
     AdminToken(AdminTokenArgs),
+    /// Move to PostgreSQL: copy everything the SQLite store in a data directory holds (flags
+    /// with their versions, the audit log, tokens, ramps) into a new, empty PostgreSQL database
+    /// in one transaction, keeping versions and ids so SDKs resume without a snapshot. Stop the
+    /// server first; then start the replicas with --database-url.
+    Migrate(MigrateArgs),
+}
+
+/// `flagd-server migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The data directory of the SQLite server (holding `flags.db`).
+    #[arg(long, value_name = "DIR")]
+    pub from_sqlite: PathBuf,
+    /// The PostgreSQL database to fill (it must be empty, or new).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
 }
 
 /// `flagd-server admin-token`.

@@ -193,6 +193,7 @@ impl From<StoreError> for ApiError {
             StoreError::Database(_)
             | StoreError::Postgres(_)
             | StoreError::Unreachable(_)
+            | StoreError::TargetNotEmpty(_)
             | StoreError::Migration(_)
             | StoreError::Corrupt { .. } => {
                 let mut api = ApiError::internal(error);

@@ -584,6 +584,62 @@ pub fn recover_admin_token(
     Ok(secret)
 }
 
+/// What `flagd-server migrate` copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Environments.
+    pub environments: usize,
+    /// Flags.
+    pub flags: usize,
+    /// Change records (the audit log).
+    pub changes: usize,
+    /// Tokens.
+    pub tokens: usize,
+    /// Ramps.
+    pub ramps: usize,
+}
+
+/// `flagd-server migrate --from-sqlite DIR --to URL`: copies everything the SQLite store in
+/// `data_dir` holds (flags with their versions, the audit log, tokens, ramps) into a fresh
+/// PostgreSQL store, in one transaction. Stop the SQLite server first.
+pub fn migrate_to_postgres(
+    data_dir: &Path,
+    url: &str,
+    now: i64,
+) -> Result<MigrationReport, StartError> {
+    let database = data_dir.join(DATABASE_FILE);
+    if !database.exists() {
+        return Err(StartError::Config(format!(
+            "no SQLite store at {}: pass the data directory of the server you are moving",
+            database.display()
+        )));
+    }
+    let source = SqliteStore::open(&database, now)?;
+    let target = open_postgres(url, now)?;
+    let mut data = store::Import {
+        environments: source.environments()?,
+        ..store::Import::default()
+    };
+    for environment in &data.environments {
+        data.flags.extend(source.flags(&environment.name)?);
+    }
+    data.changes = source.changes(&store::AuditQuery {
+        limit: usize::MAX,
+        ..store::AuditQuery::default()
+    })?;
+    data.changes.reverse();
+    data.tokens = source.tokens()?;
+    data.ramps = source.ramps(&store::RampQuery::default())?;
+    target.import(&data)?;
+    Ok(MigrationReport {
+        environments: data.environments.len(),
+        flags: data.flags.len(),
+        changes: data.changes.len(),
+        tokens: data.tokens.len(),
+        ramps: data.ramps.len(),
+    })
+}
+
 /// Sets a path's permission bits (Unix; elsewhere a no-op).
 fn restrict(path: &Path, mode: u32) -> Result<(), StartError> {
     #[cfg(unix)]

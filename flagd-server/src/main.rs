@@ -35,6 +35,28 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Migrate(args)) = &config.command {
+        let now = (flagd_server::state::system_clock())();
+        return match flagd_server::migrate_to_postgres(&args.from_sqlite, &args.to, now) {
+            Ok(report) => {
+                eprintln!(
+                    "copied {} environment(s), {} flag(s), {} audit record(s), {} token(s) and {} ramp(s) from {} to {}",
+                    report.environments,
+                    report.flags,
+                    report.changes,
+                    report.tokens,
+                    report.ramps,
+                    args.from_sqlite.display(),
+                    flagd_server::store::redacted_url(&args.to)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("flagd-server: {:#}", anyhow::Error::from(error));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         builder.worker_threads(threads.get());

@@ -463,3 +463,63 @@ async fn a_restored_backup_is_not_mistaken_for_the_same_history() {
     .await;
     client.close().await;
 }
+
+/// `flagd-server migrate --from-sqlite DIR --to URL` copies flags (with their versions), the
+/// audit log and tokens; a replica on PostgreSQL then serves them, and a second migration into
+/// the same database is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_store_moves_to_postgres() {
+    let Some(schema) = ScratchSchema::create("a_sqlite_store_moves_to_postgres") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), ADMIN);
+    let base = server.base_url.clone();
+    assert_eq!(put(&base, "a", "off", None).await, 201);
+    assert_eq!(put(&base, "a", "on", Some(1)).await, 200);
+    assert_eq!(put(&base, "b", "off", None).await, 201);
+    let (token, _) = sdk_token(&base).await;
+    let (_, audit_before) = get(&base, "/api/v1/audit?limit=100", ADMIN).await;
+    assert!(server.terminate(WAIT));
+
+    let migrate = |target: &str| {
+        Command::new(tests::binary("flagd-server", "flagd-server"))
+            .args(["migrate", "--from-sqlite"])
+            .arg(dir.path())
+            .args(["--to", target])
+            .output()
+            .unwrap()
+    };
+    let moved = migrate(&schema.url());
+    let said = String::from_utf8_lossy(&moved.stderr);
+    assert!(moved.status.success(), "{said}");
+    assert!(said.contains("2 flag(s)"), "{said}");
+    let again = migrate(&schema.url());
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let (replicas, _dirs) = replicas(&schema, 1);
+    let moved = &replicas[0].base_url;
+    let (_, listing) = get(moved, "/api/v1/environments/default/flags", ADMIN).await;
+    assert_eq!(listing["version"], 3, "{listing}");
+    let (_, a) = get(moved, "/api/v1/environments/default/flags/a", ADMIN).await;
+    assert_eq!(
+        (a["version"].as_i64(), &a["flag"]["defaultVariant"]),
+        (Some(2), &json!("on"))
+    );
+    let (_, audit_after) = get(moved, "/api/v1/audit?limit=100", ADMIN).await;
+    assert_eq!(audit_after["changes"], audit_before["changes"]);
+    let (status, answer) = ofrep(moved, "b", &token).await;
+    assert_eq!((status.as_u16(), &answer["value"]), (200, &json!(false)));
+    // New writes continue the versions and the audit ids.
+    assert_eq!(put(moved, "c", "on", None).await, 201);
+    let (_, audit) = get(moved, "/api/v1/audit?limit=1", ADMIN).await;
+    assert!(
+        audit["changes"][0]["id"].as_i64() > audit_before["changes"][0]["id"].as_i64(),
+        "{audit}"
+    );
+}

@@ -17,7 +17,7 @@ use flag_protocol::Change;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use postgres::{Leadership, Notice, PostgresStore, redacted_url};
+pub use postgres::{Import, Leadership, Notice, PostgresStore, redacted_url};
 pub use sqlite::SqliteStore;
 
 /// The environment every fresh store starts with.
@@ -83,6 +83,9 @@ pub enum StoreError {
     /// PostgreSQL failed.
     #[error("PostgreSQL error: {0}")]
     Postgres(#[from] ::postgres::Error),
+    /// A migration's target already holds data.
+    #[error("the target store is not empty ({0}); migrate into a new database or schema")]
+    TargetNotEmpty(String),
     /// No PostgreSQL connection could be had in time.
     #[error("cannot reach PostgreSQL: {0}")]
     Unreachable(String),

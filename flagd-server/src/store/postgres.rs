@@ -1192,6 +1192,111 @@ impl FlagStore for PostgresStore {
     }
 }
 
+/// Everything a store holds, for `flagd-server migrate` (SQLite to PostgreSQL).
+#[derive(Debug, Default)]
+pub struct Import {
+    /// Environments, with their versions.
+    pub environments: Vec<Environment>,
+    /// Every flag of every environment.
+    pub flags: Vec<StoredFlag>,
+    /// The whole change log (audit and resume log), oldest first; ids are kept.
+    pub changes: Vec<ChangeRecord>,
+    /// Tokens (hashes only), revoked ones included.
+    pub tokens: Vec<TokenRecord>,
+    /// Ramps, with their ids and revisions.
+    pub ramps: Vec<RampRecord>,
+}
+
+impl PostgresStore {
+    /// Copies `data` into this store in one transaction, keeping versions and ids (so stream
+    /// clients resume across the move, and audit cursors stay valid). Refused unless this store
+    /// is fresh: nothing but the empty `default` environment.
+    pub fn import(&self, data: &Import) -> Result<(), StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        let count = |tx: &mut Transaction<'_>, sql: &str| -> Result<i64, StoreError> {
+            Ok(tx.query_one(sql, &[])?.get(0))
+        };
+        let held = [
+            ("flags", count(&mut tx, "SELECT COUNT(*) FROM flags")?),
+            (
+                "audit records",
+                count(&mut tx, "SELECT COUNT(*) FROM changes")?,
+            ),
+            ("tokens", count(&mut tx, "SELECT COUNT(*) FROM tokens")?),
+            ("ramps", count(&mut tx, "SELECT COUNT(*) FROM ramps")?),
+            (
+                "environments besides an empty default",
+                count(
+                    &mut tx,
+                    "SELECT COUNT(*) FROM environments WHERE name <> 'default' OR version <> 0",
+                )?,
+            ),
+        ];
+        if let Some((what, n)) = held.iter().find(|(_, n)| *n > 0) {
+            return Err(StoreError::TargetNotEmpty(format!("it has {n} {what}")));
+        }
+        tx.execute("DELETE FROM environments", &[])?;
+        for env in &data.environments {
+            tx.execute(
+                "INSERT INTO environments (name, version, metadata, evaluators, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&env.name, &env.version, &encode(&env.metadata), &encode(&env.evaluators), &env.created_at],
+            )?;
+        }
+        for flag in &data.flags {
+            tx.execute(
+                &format!("INSERT INTO flags ({FLAG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                &[
+                    &flag.environment,
+                    &flag.key,
+                    &encode(&flag.flag),
+                    &flag.version,
+                    &flag.created_at,
+                    &flag.updated_at,
+                    &flag.updated_by,
+                ],
+            )?;
+        }
+        for change in &data.changes {
+            tx.execute(
+                &format!("INSERT INTO changes ({CHANGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+                &[&change.id, &change.environment, &change.version, &change.flag, &change.operation.as_str(),
+                  &encode(&change.before), &encode(&change.after), &change.actor, &change.at, &change.message],
+            )?;
+        }
+        for token in &data.tokens {
+            tx.execute(
+                &format!(
+                    "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ),
+                &[
+                    &token.id,
+                    &token.name,
+                    &token.role.as_str(),
+                    &token.environment,
+                    &token.hash.as_slice(),
+                    &token.created_at,
+                    &token.revoked_at,
+                ],
+            )?;
+        }
+        for ramp in &data.ramps {
+            tx.execute(
+                "INSERT INTO ramps (id, environment, flag_key, definition, state, next_at, created_at, updated_at, revision)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                &[&ramp.id, &ramp.environment, &ramp.flag, &encode(&ramp.definition), &ramp.state, &ramp.next_at, &ramp.updated_at, &ramp.revision],
+            )?;
+        }
+        // New rows continue after the copied ids.
+        tx.batch_execute(
+            "SELECT setval(pg_get_serial_sequence('changes', 'id'), COALESCE((SELECT MAX(id) FROM changes), 0) + 1, false);
+             SELECT setval(pg_get_serial_sequence('ramps', 'id'), COALESCE((SELECT MAX(id) FROM ramps), 0) + 1, false);",
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
