@@ -190,9 +190,15 @@ impl From<StoreError> for ApiError {
                 "flag {key:?} does not exist, but If-Match expected version {expected}"
             )),
             StoreError::VersionConflict { .. } => ApiError::precondition_failed(error.to_string()),
+            StoreError::Unreachable(_) => {
+                let mut api = ApiError::unavailable(format!(
+                    "the database is unreachable; try again shortly ({error})"
+                ));
+                api.store_failure = true;
+                api
+            }
             StoreError::Database(_)
             | StoreError::Postgres(_)
-            | StoreError::Unreachable(_)
             | StoreError::TargetNotEmpty(_)
             | StoreError::Migration(_)
             | StoreError::Corrupt { .. } => {
