@@ -31,7 +31,8 @@ pub struct Config {
     /// Store flags in this PostgreSQL database instead of SQLite in --data-dir, e.g.
     /// `postgres://flagd:secret@db:5432/flags` (`?options=-csearch_path%3Dschema` picks a schema).
     /// Several replicas may share one database: they follow each other's commits and elect one
-    /// ramp scheduler. Migrations are applied at start.
+    /// ramp scheduler. Migrations are applied at start. Prefer the environment variable: a
+    /// password on the command line is visible to other users of the machine.
     #[arg(
         long,
         env = "FLAGD_DATABASE_URL",

@@ -416,6 +416,11 @@ fn open_blocking(options: &ServerOptions, clock: &Clock) -> Result<Opened, Start
         return Ok((Arc::new(store), access, None));
     };
     let store = Arc::new(open_postgres(url, clock())?);
+    tracing::info!(
+        database = %store::redacted_url(url),
+        schema = store.schema(),
+        "storing flags in PostgreSQL; replicas on the same database stay in step"
+    );
     // The data directory only holds the bootstrap admin token here.
     std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::Io {
         what: "cannot create the data directory",
