@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::units::{DurationError, parse_duration, parse_size};
 
-/// The flag server: stores flags per environment in SQLite, serves the admin API, and (later)
-/// OFREP evaluation and a WebSocket update stream.
+/// The flag server: stores flags per environment (SQLite in --data-dir, or PostgreSQL with
+/// --database-url for several replicas), serves the admin API, OFREP evaluation and the WebSocket
+/// update stream, and applies ramps.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "flagd-server", version, about, long_about = None)]
 pub struct Config {

@@ -200,6 +200,7 @@ impl From<StoreError> for ApiError {
             StoreError::Database(_)
             | StoreError::Postgres(_)
             | StoreError::TargetNotEmpty(_)
+            | StoreError::Setup(_)
             | StoreError::Migration(_)
             | StoreError::Corrupt { .. } => {
                 let mut api = ApiError::internal(error);

@@ -421,12 +421,8 @@ fn open_blocking(options: &ServerOptions, clock: &Clock) -> Result<Opened, Start
         schema = store.schema(),
         "storing flags in PostgreSQL; replicas on the same database stay in step"
     );
-    // The data directory only holds the bootstrap admin token here.
-    std::fs::create_dir_all(&options.data_dir).map_err(|source| StartError::Io {
-        what: "cannot create the data directory",
-        path: options.data_dir.clone(),
-        source,
-    })?;
+    // The data directory only receives the bootstrap admin-token file, when this replica is the
+    // one that bootstraps an empty database (created then, not before).
     let access = bootstrap_admin(
         store.as_ref(),
         &options.data_dir,
@@ -517,8 +513,13 @@ fn bootstrap_admin(
     };
     // The file first: if we crash before the token is stored, the next start simply makes a
     // new one; the other order could leave a stored token nobody can read.
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::Io {
+        what: "cannot create the data directory",
+        path: data_dir.to_owned(),
+        source,
+    })?;
     write_private_file(&path, &secret)?;
-    let inserted = store.insert_token(&TokenRecord {
+    let record = TokenRecord {
         id: generate_id(),
         name: "bootstrap-admin".to_owned(),
         role: Role::Admin,
@@ -526,14 +527,14 @@ fn bootstrap_admin(
         hash: hash_secret(&secret),
         created_at: now,
         revoked_at: None,
-    });
-    if let Err(error) = inserted {
-        // Replicas starting together on an empty database may both bootstrap with the same
-        // FLAGD_ADMIN_TOKEN: the other one stored it first, which is as good.
-        let stored = store.tokens()?;
-        if !stored.iter().any(|t| t.hash == hash_secret(&secret)) {
-            return Err(error.into());
-        }
+    };
+    // Stored only if the store still has no token: replicas starting together on an empty
+    // database bootstrap once between them.
+    if !store.insert_first_token(&record)? {
+        // Another replica bootstrapped first (with the same FLAGD_ADMIN_TOKEN, if one was
+        // given): its admin-token file holds the token, this one would mislead.
+        let _ = std::fs::remove_file(&path);
+        return Ok(AdminAccess::Existing(None));
     }
     Ok(AdminAccess::Created(path))
 }

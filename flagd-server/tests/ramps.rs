@@ -300,7 +300,7 @@ async fn after_downtime_only_the_step_due_now_is_applied_and_the_audit_says_so()
     assert_eq!(changes.len(), 3, "create, start, one catch-up step");
     assert_eq!(
         changes[0]["message"],
-        "ramp step 4/5 → 50% (caught up after downtime; skipped 5%, 25%)"
+        "ramp step 4/5 → 50% (caught up; skipped 5%, 25%: due while no scheduler ran)"
     );
     // The schedule stays aligned: the last step is due at +240.
     assert_eq!(h.ramp("f").await["nextAt"], T0 + 240);
@@ -922,6 +922,9 @@ impl FlagStore for FlakyStore {
     }
     fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.inner.insert_token(token)
+    }
+    fn insert_first_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        self.inner.insert_first_token(token)
     }
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
         self.inner.revoke_token(id, at)

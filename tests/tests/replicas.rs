@@ -233,6 +233,43 @@ async fn three_replicas_stay_in_step() {
     .await;
     eprintln!("revocation reached B in {:?}", started.elapsed());
     client.close().await;
+    // A replica stops cleanly on SIGTERM (its PostgreSQL connections closed off the runtime).
+    let mut servers = servers;
+    assert!(servers[2].terminate(WAIT), "a replica exits 0 on SIGTERM");
+}
+
+/// Replicas started together on an empty database apply the migrations once and bootstrap one
+/// admin token between them (one admin-token file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_bootstrap_once() {
+    let Some(schema) = ScratchSchema::create("replicas_starting_together_bootstrap_once") else {
+        return;
+    };
+    let url = schema.url();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers: Vec<ServerProcess> = std::thread::scope(|scope| {
+        let started: Vec<_> = dirs
+            .iter()
+            .map(|dir| {
+                let url = url.clone();
+                scope.spawn(move || {
+                    ServerProcess::start_with(dir.path(), ADMIN, &["--database-url", &url])
+                })
+            })
+            .collect();
+        started.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    let (_, tokens) = get(&servers[0].base_url, "/api/v1/tokens", ADMIN).await;
+    assert_eq!(
+        tokens["tokens"].as_array().map(Vec::len),
+        Some(1),
+        "{tokens}"
+    );
+    let files = dirs
+        .iter()
+        .filter(|dir| dir.path().join("admin-token").exists())
+        .count();
+    assert_eq!(files, 1, "one replica wrote the admin-token file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,13 @@
 //! `flagctl watch`: one line per change of the environment, live, until interrupted.
 //!
-//! With several servers (`--server a,b,c`: replicas on one database), a lost connection fails
-//! over to the next server, resuming with the resume token (version and commit digest): no
-//! change is missed or printed twice. It gives up when every server has failed in a row.
+//! It reconnects on its own when the connection is lost or the server restarts (`shutdown`),
+//! resuming with the resume token (version and commit digest), so no change is missed or printed
+//! twice. With several servers (`--server a,b,c`: replicas on one database) it fails over to the
+//! next one at once; it backs off (up to 5 s) only once every server has failed in a row. It
+//! stops on Ctrl-C, on a final goodbye (token revoked, environment deleted), and when a server
+//! refuses it (token, certificate).
+
+use std::time::Duration;
 
 use flag_protocol::{Change, Document, ServerMessage};
 use futures_util::StreamExt as _;
@@ -17,6 +22,9 @@ use crate::output::{self, Format, outln};
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The longest wait between reconnection rounds.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 fn now() -> i64 {
     jiff::Timestamp::now().as_second()
@@ -34,7 +42,8 @@ pub async fn run(context: &Context) -> Result<u8> {
     let apis = context.apis()?;
     let mut watched = Watched::default();
     let mut current = 0;
-    let mut failures = 0;
+    // Connections lost (or not made) in a row; reset by every message that arrives.
+    let mut failures: u32 = 0;
     let mut announced = false;
     loop {
         let api = &apis[current % apis.len()];
@@ -48,21 +57,35 @@ pub async fn run(context: &Context) -> Result<u8> {
             }
             Err(error) => Err(error),
         };
-        match outcome {
+        let lost = match outcome {
             Ok(code) => return Ok(code),
-            // One server: its failure ends the watch, as it always did.
-            Err(error) if apis.len() == 1 => return Err(error),
-            Err(error) => {
-                failures += 1;
-                if failures >= apis.len() {
-                    return Err(error.hint("every server failed in a row"));
-                }
-                current += 1;
-                eprintln!(
-                    "{error}; failing over to {}",
-                    apis[current % apis.len()].server
-                );
+            // Refused (token, certificate, environment): retrying will not help.
+            Err(error) if error.kind != Kind::Network => return Err(error),
+            Err(error) => error,
+        };
+        failures = failures.saturating_add(1);
+        current += 1;
+        let others = u32::try_from(apis.len() - 1).unwrap_or(u32::MAX);
+        let delay = if failures <= others {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(250)
+                .saturating_mul(2u32.saturating_pow((failures - others - 1).min(8)))
+                .min(MAX_BACKOFF)
+        };
+        let next = &apis[current % apis.len()].server;
+        eprintln!(
+            "{}; reconnecting to {next}{}",
+            lost.message,
+            if delay.is_zero() {
+                String::new()
+            } else {
+                format!(" in {delay:?}")
             }
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
         }
     }
 }
@@ -97,6 +120,16 @@ async fn connect(context: &Context, api: &Api, watched: &Watched) -> Result<Sock
         tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
             .await
             .map_err(|error| match error {
+                // A 5xx (a proxy in front of a replica that is down) is worth retrying; a
+                // refusal of the token or the environment is not.
+                tokio_tungstenite::tungstenite::Error::Http(response)
+                    if response.status().is_server_error() =>
+                {
+                    CliError::new(
+                        Kind::Network,
+                        format!("the server answered {}", response.status()),
+                    )
+                }
                 tokio_tungstenite::tungstenite::Error::Http(response) => CliError::new(
                     Kind::Server,
                     format!("the server refused the stream: {}", response.status()),
@@ -120,7 +153,7 @@ async fn follow(
     context: &Context,
     mut socket: Socket,
     watched: &mut Watched,
-    failures: &mut usize,
+    failures: &mut u32,
 ) -> Result<u8> {
     loop {
         let message = tokio::select! {

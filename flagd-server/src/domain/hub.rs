@@ -698,6 +698,10 @@ impl FlagStore for PublishingStore {
         self.inner.insert_token(token)
     }
 
+    fn insert_first_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        self.inner.insert_first_token(token)
+    }
+
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
         let token = self.inner.revoke_token(id, at)?;
         self.hub.revoke(id);

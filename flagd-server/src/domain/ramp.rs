@@ -1246,7 +1246,7 @@ async fn advance(
     );
     if !skipped.is_empty() {
         message.push_str(&format!(
-            " (caught up after downtime; skipped {})",
+            " (caught up; skipped {}: due while no scheduler ran)",
             skipped.join(", ")
         ));
     }

@@ -80,9 +80,13 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
-    /// PostgreSQL failed.
-    #[error("PostgreSQL error: {0}")]
+    /// PostgreSQL failed (the server's own message included, when it sent one).
+    #[error("PostgreSQL error: {}", postgres::describe(.0))]
     Postgres(#[from] ::postgres::Error),
+    /// The PostgreSQL database cannot be used as it is (a schema that does not exist, a schema
+    /// written by a newer server).
+    #[error("{0}")]
+    Setup(String),
     /// A migration's target already holds data.
     #[error("the target store is not empty ({0}); migrate into a new database or schema")]
     TargetNotEmpty(String),
@@ -478,6 +482,10 @@ pub trait FlagStore: Send + Sync + 'static {
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Stores a token.
     fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Stores the first admin token, only if the store has no token at all, checked and
+    /// inserted atomically (replicas bootstrapping an empty database at the same moment create
+    /// one between them). Returns whether it was stored.
+    fn insert_first_token(&self, token: &TokenRecord) -> Result<bool, StoreError>;
     /// Marks a token revoked; returns it. Refuses (`LastAdmin`) to revoke the last active admin
     /// token, checking and revoking in one transaction so two admins revoking each other at the
     /// same moment cannot both succeed.

@@ -193,7 +193,8 @@ impl Leadership {
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
-    pool: Pool,
+    /// Always `Some` until dropped (see `Drop`).
+    pool: Option<Pool>,
     config: Config,
     namespace: Namespace,
 }
@@ -210,6 +211,33 @@ fn unreachable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unreachable(error.to_string())
 }
 
+/// A PostgreSQL error with the server's own message (`db error` alone says nothing) or the
+/// underlying cause (connection refused, a name that does not resolve).
+pub(crate) fn describe(error: &postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // The synchronous client's connections shut down their own little runtime when
+        // dropped, which panics on a thread that runs tokio (the server's `main` drops the
+        // store there at exit): drop the pool on a thread of its own.
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
+}
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/database?options=...`), migrates
     /// the schema and makes sure a fresh store has the `default` environment. Fails (within
@@ -220,6 +248,12 @@ impl PostgresStore {
             .connect_timeout(Duration::from_secs(5))
             .keepalives_idle(Duration::from_secs(10))
             .application_name("flagd-server");
+        // One direct connection first: the pool reports a failed connection only as a timeout,
+        // while this says why (wrong password, unknown database, connection refused).
+        let probe = config.clone();
+        std::thread::spawn(move || probe.connect(NoTls).map(drop))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         let manager = PostgresConnectionManager::new(config.clone(), NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(16)
@@ -232,15 +266,15 @@ impl PostgresStore {
         let mut client = pool.get().map_err(unreachable)?;
         let schema: Option<String> = client.query_one("SELECT current_schema()", &[])?.get(0);
         let schema = schema.ok_or_else(|| {
-            StoreError::Unreachable(
-                "the connection's search_path names no existing schema: create it first".into(),
+            StoreError::Setup(
+                "the connection's search_path names no existing schema: create it first (CREATE SCHEMA ...)".into(),
             )
         })?;
         let namespace = Namespace::new(&schema);
         migrate(&mut client, &namespace, now)?;
         drop(client);
         Ok(PostgresStore {
-            pool,
+            pool: Some(pool),
             config,
             namespace,
         })
@@ -251,10 +285,16 @@ impl PostgresStore {
         &self.namespace.schema
     }
 
+    fn pool(&self) -> Result<&Pool, StoreError> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| StoreError::Unreachable("the store is closed".into()))
+    }
+
     fn client(
         &self,
     ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
-        self.pool.get().map_err(unreachable)
+        self.pool()?.get().map_err(unreachable)
     }
 
     /// Listens for other replicas' commits and token changes on a dedicated connection, on a
@@ -395,7 +435,8 @@ impl Listener {
                 if let Some(state) = leadership.upgrade()
                     && state.leading.swap(false, Ordering::AcqRel)
                 {
-                    tracing::warn!(error = ?held.err(), "stepped down as ramp scheduler leader");
+                    let why = held.err().map_or_else(String::new, |e| describe(&e));
+                    tracing::warn!(error = why, "stepped down as ramp scheduler leader");
                 }
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -479,7 +520,7 @@ fn migrate_locked(client: &mut Client, now: i64) -> Result<(), StoreError> {
         .get(0);
     let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
     if applied > known {
-        return Err(StoreError::Unreachable(format!(
+        return Err(StoreError::Setup(format!(
             "the database schema is at version {applied}, newer than this server's {known}: a newer flagd-server wrote it; upgrade this one"
         )));
     }
@@ -1091,6 +1132,38 @@ impl FlagStore for PostgresStore {
         Ok(())
     }
 
+    fn insert_first_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        // The same lock as revocations: two replicas bootstrapping at once take turns.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&self.namespace.tokens_key],
+        )?;
+        let existing: i64 = tx.query_one("SELECT COUNT(*) FROM tokens", &[])?.get(0);
+        if existing > 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+            &[
+                &token.id,
+                &token.name,
+                &token.role.as_str(),
+                &token.environment,
+                &token.hash.as_slice(),
+                &token.created_at,
+                &token.revoked_at,
+            ],
+        )?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.namespace.tokens_channel, &token.id],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
@@ -1136,7 +1209,7 @@ impl FlagStore for PostgresStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         let mut client = self
-            .pool
+            .pool()?
             .get_timeout(Duration::from_secs(2))
             .map_err(unreachable)?;
         client.simple_query("SELECT 1")?;
@@ -1341,6 +1414,34 @@ impl PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_failures_say_why_without_the_password() {
+        // Only meaningful with a database to be refused by.
+        let Some(schema) = crate::testing::ScratchSchema::create(
+            "connection_failures_say_why_without_the_password",
+        ) else {
+            return;
+        };
+        let wrong_user =
+            schema
+                .url()
+                .replacen("postgres://postgres@", "postgres://nosuchuser:hunter2@", 1);
+        let error = PostgresStore::connect(&wrong_user, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("nosuchuser"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let no_schema = schema.url().replace(schema.name(), "flagd_no_such_schema");
+        let error = PostgresStore::connect(&no_schema, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no existing schema"), "{error}");
+        let refused = PostgresStore::connect("postgres://postgres@127.0.0.1:1/test", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.to_lowercase().contains("refused"), "{refused}");
+    }
 
     #[test]
     fn change_notifications_parse() {

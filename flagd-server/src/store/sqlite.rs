@@ -678,6 +678,31 @@ impl FlagStore for SqliteStore {
         Ok(())
     }
 
+    fn insert_first_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
+        // One connection behind a mutex: the check and the insert cannot interleave with
+        // another writer of this process, and the transaction covers other processes.
+        let mut connection = self.lock();
+        let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let existing: i64 = tx.query_row("SELECT COUNT(*) FROM tokens", [], |row| row.get(0))?;
+        if existing > 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                token.id,
+                token.name,
+                token.role.as_str(),
+                token.environment,
+                token.hash.as_slice(),
+                token.created_at,
+                token.revoked_at
+            ],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;

@@ -97,6 +97,12 @@ fn a_fresh_store_has_the_default_environment(store: &Backend) {
     let envs = store.environments().unwrap();
     assert_eq!(envs.len(), 1);
     assert_eq!((envs[0].name.as_str(), envs[0].version), ("default", 0));
+    assert!(
+        store
+            .insert_first_token(&token("tok_first", Role::Admin, None, 9))
+            .unwrap()
+    );
+    assert_eq!(store.tokens().unwrap()[0].id, "tok_first");
 }
 
 fn commits_bump_versions_and_log_changes(store: &Backend) {
@@ -279,6 +285,13 @@ fn tokens_round_trip_and_the_last_admin_stays(store: &Backend) {
         Err(StoreError::UnknownToken(_))
     ));
     store.ping().unwrap();
+    // Bootstrapping stores a first token only into a store without any.
+    assert!(
+        !store
+            .insert_first_token(&token("tok_d", Role::Admin, None, 4))
+            .unwrap()
+    );
+    assert_eq!(store.tokens().unwrap().len(), 2);
 }
 
 fn the_resume_log_leaves_out_audit_events(store: &Backend) {
