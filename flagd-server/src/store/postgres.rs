@@ -708,6 +708,56 @@ fn append_change(
     })
 }
 
+/// Appends many records to the change log in two round trips: ids are allocated from the
+/// sequence first (so each record knows its id, in order), then every row goes in one `INSERT`.
+fn append_changes(
+    tx: &mut Transaction<'_>,
+    environment: &str,
+    version: i64,
+    entries: Vec<(Option<String>, Operation, Value, Value)>,
+    by: &Attribution,
+) -> Result<Vec<ChangeRecord>, StoreError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    let mut ids: Vec<i64> = tx
+        .query(
+            "SELECT nextval(pg_get_serial_sequence('changes', 'id')) FROM generate_series(1, $1::BIGINT)",
+            &[&count],
+        )?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    let flags: Vec<Option<&str>> = entries.iter().map(|e| e.0.as_deref()).collect();
+    let operations: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
+    let befores: Vec<String> = entries.iter().map(|e| encode(&e.2)).collect();
+    let afters: Vec<String> = entries.iter().map(|e| encode(&e.3)).collect();
+    tx.execute(
+        "INSERT INTO changes (id, environment, version, flag_key, operation, before, after, actor, at, message)
+         SELECT i, $1, $2, f, o, b, a, $3, $4, $5
+         FROM UNNEST($6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[]) AS u(i, f, o, b, a)",
+        &[&environment, &version, &by.actor, &by.at, &by.message, &ids, &flags, &operations, &befores, &afters],
+    )?;
+    Ok(ids
+        .into_iter()
+        .zip(entries)
+        .map(|(id, (flag, operation, before, after))| ChangeRecord {
+            id,
+            environment: environment.to_owned(),
+            version,
+            flag,
+            operation,
+            before,
+            after,
+            actor: by.actor.clone(),
+            at: by.at,
+            message: by.message.clone(),
+        })
+        .collect())
+}
+
 /// Tells every replica (at commit) that `environment` is at `version`.
 fn notify(
     tx: &mut Transaction<'_>,
@@ -965,14 +1015,6 @@ impl FlagStore for PostgresStore {
             current.push(existing);
         }
         let insert_change = tx.prepare(INSERT_CHANGE)?;
-        let upsert_flag = tx.prepare(
-            "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (environment, key) DO UPDATE SET
-               definition = excluded.definition, version = excluded.version,
-               updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-        )?;
-        let delete_flag = tx.prepare("DELETE FROM flags WHERE environment = $1 AND key = $2")?;
 
         let mut records = Vec::with_capacity(changes.len() + 1);
         if let Some(settings) = settings {
@@ -999,58 +1041,60 @@ impl FlagStore for PostgresStore {
                 by,
             )?);
         }
-        for (change, existing) in changes.iter().zip(current) {
+        // The change records, one per change, each `before` being the flag as stored before
+        // this commit (as in SQLite); the flags table gets the last change of each key. Both
+        // are written with one statement each, whatever the size of the commit.
+        let mut entries: Vec<(Option<String>, Operation, Value, Value)> = Vec::new();
+        let mut last: BTreeMap<&str, (&FlagChange, Option<&StoredFlag>)> = BTreeMap::new();
+        for (change, existing) in changes.iter().zip(&current) {
             let before = existing
                 .as_ref()
                 .map_or(Value::Null, |f| flag_json(&f.flag));
             match change {
                 FlagChange::Upsert { key, flag, .. } => {
-                    let created_at = existing.as_ref().map_or(by.at, |f| f.created_at);
-                    tx.execute(
-                        &upsert_flag,
-                        &[
-                            &environment,
-                            key,
-                            &encode(flag),
-                            &version,
-                            &created_at,
-                            &by.at,
-                            &by.actor,
-                        ],
-                    )?;
                     let operation = if existing.is_some() {
                         Operation::Update
                     } else {
                         Operation::Create
                     };
-                    records.push(append_change(
-                        &mut tx,
-                        &insert_change,
-                        environment,
-                        version,
-                        Some(key),
-                        operation,
-                        &before,
-                        &flag_json(flag),
-                        by,
-                    )?);
+                    entries.push((Some(key.clone()), operation, before, flag_json(flag)));
+                    last.insert(key, (change, existing.as_ref()));
                 }
                 FlagChange::Delete { key, .. } => {
-                    tx.execute(&delete_flag, &[&environment, key])?;
-                    records.push(append_change(
-                        &mut tx,
-                        &insert_change,
-                        environment,
-                        version,
-                        Some(key),
-                        Operation::Delete,
-                        &before,
-                        &Value::Null,
-                        by,
-                    )?);
+                    entries.push((Some(key.clone()), Operation::Delete, before, Value::Null));
+                    last.insert(key, (change, existing.as_ref()));
                 }
             }
         }
+        let (mut upsert_keys, mut definitions, mut created) = (Vec::new(), Vec::new(), Vec::new());
+        let mut delete_keys = Vec::new();
+        for (key, (change, existing)) in last {
+            match change {
+                FlagChange::Upsert { flag, .. } => {
+                    upsert_keys.push(key);
+                    definitions.push(encode(flag));
+                    created.push(existing.map_or(by.at, |f| f.created_at));
+                }
+                FlagChange::Delete { .. } => delete_keys.push(key),
+            }
+        }
+        if !upsert_keys.is_empty() {
+            tx.execute(
+                "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
+                 SELECT $1, k, d, $2, c, $3, $4 FROM UNNEST($5::TEXT[], $6::TEXT[], $7::BIGINT[]) AS u(k, d, c)
+                 ON CONFLICT (environment, key) DO UPDATE SET
+                   definition = excluded.definition, version = excluded.version,
+                   updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                &[&environment, &version, &by.at, &by.actor, &upsert_keys, &definitions, &created],
+            )?;
+        }
+        if !delete_keys.is_empty() {
+            tx.execute(
+                "DELETE FROM flags WHERE environment = $1 AND key = ANY($2)",
+                &[&environment, &delete_keys],
+            )?;
+        }
+        records.extend(append_changes(&mut tx, environment, version, entries, by)?);
         tx.execute(
             "UPDATE environments SET version = $2 WHERE name = $1",
             &[&environment, &version],

@@ -58,7 +58,61 @@ both_stores!(
     tokens_round_trip_and_the_last_admin_stays,
     the_resume_log_leaves_out_audit_events,
     settings_and_audit_filters_round_trip,
+    the_last_change_of_a_key_wins_within_a_commit,
+    large_commits_keep_their_order,
 );
+
+fn the_last_change_of_a_key_wins_within_a_commit(store: &Backend) {
+    store
+        .commit("default", &[upsert("a", "off", None)], None, &by("x"))
+        .unwrap();
+    let delete = |key: &str| FlagChange::Delete {
+        key: key.into(),
+        expected_version: None,
+    };
+    let commit = store
+        .commit(
+            "default",
+            &[
+                upsert("a", "on", None),
+                delete("a"),
+                upsert("b", "on", None),
+                upsert("b", "off", None),
+            ],
+            None,
+            &by("x"),
+        )
+        .unwrap();
+    assert!(store.flag("default", "a").unwrap().is_none());
+    assert_eq!(
+        store.flag("default", "b").unwrap().unwrap().flag,
+        flag("off")
+    );
+    let operations: Vec<&str> = commit
+        .changes
+        .iter()
+        .map(|r| r.operation.as_str())
+        .collect();
+    assert_eq!(operations, ["update", "delete", "create", "create"]);
+    assert_eq!(
+        store.changes_since("default", 1, 10).unwrap(),
+        commit.changes
+    );
+}
+
+fn large_commits_keep_their_order(store: &Backend) {
+    let changes: Vec<FlagChange> = (0..500)
+        .map(|i| upsert(&format!("f{i:03}"), "on", None))
+        .collect();
+    let commit = store.commit("default", &changes, None, &by("x")).unwrap();
+    assert_eq!(store.flags("default").unwrap().len(), 500);
+    let logged = store.changes_since("default", 0, 1000).unwrap();
+    assert_eq!(logged, commit.changes);
+    let keys: Vec<&str> = logged.iter().filter_map(|r| r.flag.as_deref()).collect();
+    assert_eq!(keys.first(), Some(&"f000"));
+    assert_eq!(keys.last(), Some(&"f499"));
+    assert!(logged.windows(2).all(|w| w[0].id < w[1].id));
+}
 
 fn by(actor: &str) -> Attribution {
     Attribution {
