@@ -923,6 +923,15 @@ impl FlagStore for FlakyStore {
     fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         self.inner.insert_token(token)
     }
+    fn commit_fenced(
+        &self,
+        environment: &str,
+        changes: &[flagd_server::store::FlagChange],
+        by: &Attribution,
+        ramp: &flagd_server::store::RampRecord,
+    ) -> Result<flagd_server::store::Commit, StoreError> {
+        self.inner.commit_fenced(environment, changes, by, ramp)
+    }
     fn insert_first_token(&self, token: &TokenRecord) -> Result<bool, StoreError> {
         self.inner.insert_first_token(token)
     }

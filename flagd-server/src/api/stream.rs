@@ -233,9 +233,22 @@ impl Session {
     /// The first message(s): patches since the client's version when they can be had, else a
     /// snapshot.
     async fn initial_sync(&mut self, since: Option<Resume>) -> Flow {
-        let Some(current) = self.state.hub.snapshot(&self.environment) else {
+        let Some(mut current) = self.state.hub.snapshot(&self.environment) else {
             return Flow::Goodbye(environment_deleted());
         };
+        // A client failing over from a replica that was ahead of this one: catch up from the
+        // database first, rather than send it an older snapshot (its flags would go back).
+        if let Some((version, _)) = &since
+            && *version > current.version
+            && self.state.replication.connected().is_some()
+        {
+            let (publisher, environment) = (self.state.publisher.clone(), self.environment.clone());
+            let _ = tokio::task::spawn_blocking(move || publisher.catch_up(&environment)).await;
+            match self.state.hub.snapshot(&self.environment) {
+                Some(caught_up) => current = caught_up,
+                None => return Flow::Goodbye(environment_deleted()),
+            }
+        }
         // A resume token from another history (another database, a restored backup) names a
         // version this server may also have, with other contents: only a snapshot is right.
         let since = match since {

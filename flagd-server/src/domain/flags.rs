@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 pub use super::blocking;
 use super::{DomainError, Rejection};
 use crate::store::{
-    Attribution, Environment, EnvironmentSettings, FlagChange, FlagStore, StoreError, StoredFlag,
+    Attribution, Environment, EnvironmentSettings, FlagChange, FlagStore, RampRecord, StoreError,
+    StoredFlag,
 };
 
 /// How often a read-modify-write without `If-Match` retries after losing a race.
@@ -144,9 +145,10 @@ pub fn put_flag(
 ) -> Result<(Written, bool), DomainError> {
     let env = environment_or_not_found(store, environment)?;
     let (flag, warnings) = validate_flag(&env, key, definition, mode)?;
+    let created_at = store.flag(environment, key)?.map(|f| f.created_at);
     let change = FlagChange::Upsert {
         key: key.to_owned(),
-        flag,
+        flag: flag.clone(),
         expected_version: if_match,
     };
     let commit = store.commit(environment, &[change], None, by)?;
@@ -154,10 +156,37 @@ pub fn put_flag(
         .changes
         .iter()
         .any(|c| c.operation == crate::store::Operation::Create);
-    let stored = store
-        .flag(environment, key)?
-        .ok_or_else(|| DomainError::internal(format!("flag {key:?} missing after commit")))?;
+    // What this write stored, not a re-read (another writer may already have replaced it: its
+    // version would be this response's ETag, and an If-Match on it would overwrite unseen).
+    let stored = written(
+        environment,
+        key,
+        flag,
+        &commit,
+        by,
+        created_at.filter(|_| !created),
+    );
     Ok((Written { stored, warnings }, created))
+}
+
+/// The flag as a commit stored it.
+fn written(
+    environment: &str,
+    key: &str,
+    flag: Flag,
+    commit: &crate::store::Commit,
+    by: &Attribution,
+    created_at: Option<i64>,
+) -> StoredFlag {
+    StoredFlag {
+        environment: environment.to_owned(),
+        key: key.to_owned(),
+        flag,
+        version: commit.version,
+        created_at: created_at.unwrap_or(by.at),
+        updated_at: by.at,
+        updated_by: by.actor.clone(),
+    }
 }
 
 /// Read, transform, validate, commit: the shape of PATCH and of the rollout endpoint. Without
@@ -170,6 +199,22 @@ pub fn modify_flag(
     if_match: Option<i64>,
     mode: WriteMode,
     by: &Attribution,
+    transform: impl Fn(&Environment, &mut Value) -> Result<(), DomainError>,
+) -> Result<Written, DomainError> {
+    modify_flag_fenced(store, environment, key, if_match, mode, by, None, transform)
+}
+
+/// [`modify_flag`], the write fenced by a ramp (`FlagStore::commit_fenced`): the ramp is saved
+/// with it, compare-and-set on its revision, and also when the flag does not change.
+#[allow(clippy::too_many_arguments)]
+fn modify_flag_fenced(
+    store: &dyn FlagStore,
+    environment: &str,
+    key: &str,
+    if_match: Option<i64>,
+    mode: WriteMode,
+    by: &Attribution,
+    fence: Option<&RampRecord>,
     transform: impl Fn(&Environment, &mut Value) -> Result<(), DomainError>,
 ) -> Result<Written, DomainError> {
     for _ in 0..RETRIES {
@@ -194,6 +239,9 @@ pub fn modify_flag(
         let (flag, warnings) = validate_flag(&env, key, &definition, mode)?;
         if flag == current.flag {
             // Nothing changes: no new version, no audit record, no stream patch.
+            if let Some(ramp) = fence {
+                store.save_ramp(ramp)?;
+            }
             return Ok(Written {
                 stored: current,
                 warnings,
@@ -201,14 +249,23 @@ pub fn modify_flag(
         }
         let change = FlagChange::Upsert {
             key: key.to_owned(),
-            flag,
+            flag: flag.clone(),
             expected_version: Some(current.version),
         };
-        match store.commit(environment, &[change], None, by) {
-            Ok(_) => {
-                let stored = store.flag(environment, key)?.ok_or_else(|| {
-                    DomainError::internal(format!("flag {key:?} missing after commit"))
-                })?;
+        let committed = match fence {
+            Some(ramp) => store.commit_fenced(environment, &[change], by, ramp),
+            None => store.commit(environment, &[change], None, by),
+        };
+        match committed {
+            Ok(commit) => {
+                let stored = written(
+                    environment,
+                    key,
+                    flag,
+                    &commit,
+                    by,
+                    Some(current.created_at),
+                );
                 return Ok(Written { stored, warnings });
             }
             Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
@@ -259,22 +316,53 @@ pub fn rollout(
     mode: WriteMode,
     by: &Attribution,
 ) -> Result<Written, DomainError> {
-    modify_flag(
+    modify_flag_fenced(
         store,
         environment,
         key,
         if_match,
         mode,
         by,
-        |env, definition| {
-            let mut flag: Flag =
-                serde_json::from_value(definition.clone()).map_err(DomainError::internal)?;
-            set_rollout_share(&mut flag, &env.evaluators, change.share, &change.variants)
-                .map_err(rollout_error)?;
-            *definition = serde_json::to_value(&flag).map_err(DomainError::internal)?;
-            Ok(())
-        },
+        None,
+        |env, definition| rollout_transform(env, definition, change),
     )
+}
+
+/// [`rollout`] for a ramp: the write and the ramp's save are one transaction (see
+/// `FlagStore::commit_fenced`), or, without `fence`, a plain rollout write.
+pub fn rollout_fenced(
+    store: &dyn FlagStore,
+    environment: &str,
+    key: &str,
+    change: &RolloutChange,
+    mode: WriteMode,
+    by: &Attribution,
+    fence: Option<&RampRecord>,
+) -> Result<Written, DomainError> {
+    modify_flag_fenced(
+        store,
+        environment,
+        key,
+        None,
+        mode,
+        by,
+        fence,
+        |env, definition| rollout_transform(env, definition, change),
+    )
+}
+
+/// Sets a flag definition's rollout share.
+fn rollout_transform(
+    env: &Environment,
+    definition: &mut Value,
+    change: &RolloutChange,
+) -> Result<(), DomainError> {
+    let mut flag: Flag =
+        serde_json::from_value(definition.clone()).map_err(DomainError::internal)?;
+    set_rollout_share(&mut flag, &env.evaluators, change.share, &change.variants)
+        .map_err(rollout_error)?;
+    *definition = serde_json::to_value(&flag).map_err(DomainError::internal)?;
+    Ok(())
 }
 
 /// A rollout that cannot be read or set, as a rejection naming the field at fault.

@@ -374,15 +374,16 @@ impl Hub {
         let ring = self.patches.get(environment)?.value().clone();
         // The ring holds consecutive versions, so the range is a slice found by arithmetic.
         let first = ring.front()?.version;
-        let start = usize::try_from(after + 1 - first).ok()?;
-        let end = usize::try_from(upto - first).ok()?;
+        // `after` comes from a client: checked arithmetic.
+        let start = usize::try_from(after.checked_add(1)?.checked_sub(first)?).ok()?;
+        let end = usize::try_from(upto.checked_sub(first)?).ok()?;
         let patches: Vec<RecentPatch> = ring
             .range(start..=end.min(ring.len().checked_sub(1)?))
             .cloned()
             .collect();
         let complete = patches.first().is_some_and(|p| p.version == after + 1)
             && patches.last().is_some_and(|p| p.version == upto)
-            && patches.len() == usize::try_from(upto - after).ok()?;
+            && patches.len() == usize::try_from(upto.checked_sub(after)?).ok()?;
         complete.then_some(patches)
     }
 
@@ -395,7 +396,7 @@ impl Hub {
             return Some(snapshot.digest.clone());
         }
         let ring = self.patches.get(environment)?.value().clone();
-        let index = usize::try_from(version - ring.front()?.version).ok()?;
+        let index = usize::try_from(version.checked_sub(ring.front()?.version)?).ok()?;
         ring.get(index)
             .filter(|p| p.version == version)
             .map(|p| p.digest.clone())
@@ -404,7 +405,7 @@ impl Hub {
     /// When a version was committed, if it is still in the ring.
     pub fn committed_at(&self, environment: &str, version: i64) -> Option<Instant> {
         let ring = self.patches.get(environment)?.value().clone();
-        let index = usize::try_from(version - ring.front()?.version).ok()?;
+        let index = usize::try_from(version.checked_sub(ring.front()?.version)?).ok()?;
         ring.get(index)
             .filter(|p| p.version == version)
             .map(|p| p.committed_at)
@@ -482,7 +483,11 @@ impl PublishingStore {
     /// Wraps `inner`, loading every environment into the hub first.
     pub fn new(inner: Arc<dyn FlagStore>, hub: Arc<Hub>) -> Result<PublishingStore, StoreError> {
         for environment in inner.environments()? {
-            let flags = inner.flags(&environment.name)?;
+            let flags = match inner.flags(&environment.name) {
+                // Deleted (by another replica) while this one starts: nothing to load.
+                Err(StoreError::UnknownEnvironment(_)) => continue,
+                other => other?,
+            };
             let digest = version_digest(inner.as_ref(), &environment.name, environment.version)?;
             let document = document_of(&environment, flags);
             hub.load(&environment.name, environment.version, digest, document);
@@ -492,6 +497,21 @@ impl PublishingStore {
             hub,
             order: Mutex::new(()),
         })
+    }
+
+    /// Publishes a commit just made (the `order` lock held).
+    fn published(&self, environment: &str, commit: &Commit) {
+        let flag_writes = commit.changes.iter().filter(|c| c.flag.is_some()).count();
+        self.hub.metrics.flag_writes(environment, flag_writes);
+        let known = self.hub.snapshot(environment).map(|s| s.version);
+        if known == Some(commit.version - 1) {
+            self.hub.publish(environment, commit);
+        } else if let Err(error) = self.catch_up_locked(environment) {
+            // Another replica committed versions this one has not heard of yet: they (and
+            // this commit) come from the log. A failure here is caught up by the next notice or
+            // poll; the commit itself is durable.
+            tracing::warn!(environment, %error, "cannot catch up after a commit; will retry");
+        }
     }
 
     fn ordered(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -663,17 +683,20 @@ impl FlagStore for PublishingStore {
     ) -> Result<Commit, StoreError> {
         let _order = self.ordered();
         let commit = self.inner.commit(environment, changes, settings, by)?;
-        let flag_writes = commit.changes.iter().filter(|c| c.flag.is_some()).count();
-        self.hub.metrics.flag_writes(environment, flag_writes);
-        let known = self.hub.snapshot(environment).map(|s| s.version);
-        if known == Some(commit.version - 1) {
-            self.hub.publish(environment, &commit);
-        } else if let Err(error) = self.catch_up_locked(environment) {
-            // Another replica committed versions this one has not heard of yet: they (and
-            // this commit) come from the log. A failure here is caught up by the next notice or
-            // poll; the commit itself is durable.
-            tracing::warn!(environment, %error, "cannot catch up after a commit; will retry");
-        }
+        self.published(environment, &commit);
+        Ok(commit)
+    }
+
+    fn commit_fenced(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        by: &Attribution,
+        ramp: &RampRecord,
+    ) -> Result<Commit, StoreError> {
+        let _order = self.ordered();
+        let commit = self.inner.commit_fenced(environment, changes, by, ramp)?;
+        self.published(environment, &commit);
         Ok(commit)
     }
 

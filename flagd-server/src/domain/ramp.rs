@@ -665,12 +665,17 @@ async fn save(state: &Domain, ramp: &mut Ramp, now: i64) -> Result<(), DomainErr
     Ok(())
 }
 
-/// Sets the flag's rollout through the rollout endpoint's code path.
+/// Sets the flag's rollout through the rollout endpoint's code path. `Fence::Save` (a stored
+/// ramp, as it will be after this change) makes the flag write and the ramp's save one
+/// transaction with a compare-and-set on the ramp's revision: both land, or nothing does
+/// (`RampConflict`); the ramp is then saved even when the flag already had the share.
 async fn set_share(
     state: &Domain,
-    ramp: &Ramp,
+    ramp: &mut Ramp,
     share: Share,
     attribution: Attribution,
+    fence: Fence,
+    now: i64,
 ) -> Result<(), DomainError> {
     let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
     let change = flags::RolloutChange {
@@ -678,6 +683,11 @@ async fn set_share(
         variants: ramp.variants(),
     };
     let created_at = ramp.flag_created_at;
+    let record = match fence {
+        Fence::Save => Some(ramp.record(now)?),
+        Fence::None => None,
+    };
+    let saved = record.is_some();
     blocking(state, move |store| {
         // The key may now name another flag (deleted and created again): leave that one alone.
         if let (Some(expected), Some(current)) = (created_at, store.flag(&environment, &flag)?)
@@ -689,18 +699,31 @@ async fn set_share(
         }
         // Ramp steps only move the rollout: the flag's warnings (if any) were accepted when it
         // was written.
-        flags::rollout(
+        flags::rollout_fenced(
             store,
             &environment,
             &flag,
             &change,
-            None,
             flags::WriteMode::default(),
             &attribution,
+            record.as_ref(),
         )
         .map(|_| ())
     })
-    .await
+    .await?;
+    if saved {
+        ramp.revision += 1;
+    }
+    Ok(())
+}
+
+/// Whether [`set_share`] saves the ramp in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// Save the (stored) ramp with the flag write, compare-and-set on its revision.
+    Save,
+    /// Only write the flag (a ramp not stored yet).
+    None,
 }
 
 /// A step's share (steps were checked when the ramp was started or read).
@@ -803,20 +826,16 @@ pub async fn start(
         .message
         .map(|m| format!(": {m}"))
         .unwrap_or_default();
-    set_share(
-        state,
-        &ramp,
-        step_share(first)?,
-        by(
-            ACTOR,
-            format!(
-                "ramp started by {actor}{note}; step 1/{} → {first}%",
-                ramp.steps.len()
-            ),
-            now,
+    let first_share = step_share(first)?;
+    let started = by(
+        ACTOR,
+        format!(
+            "ramp started by {actor}{note}; step 1/{} → {first}%",
+            ramp.steps.len()
         ),
-    )
-    .await?;
+        now,
+    );
+    set_share(state, &mut ramp, first_share, started, Fence::None, now).await?;
     ramp.event(
         now,
         "started",
@@ -878,7 +897,9 @@ pub async fn control(
         }
         (Control::Abort, _) => {
             let reason = message.unwrap_or_else(|| "aborted".to_owned());
-            abort(state, &mut ramp, now, actor, &reason).await?;
+            if abort(state, &mut ramp, now, actor, &reason).await? {
+                return Ok(ramp);
+            }
         }
         (Control::Pause, _) => {
             return Err(DomainError::conflict(format!(
@@ -970,39 +991,68 @@ pub async fn close_deleted(state: &Domain, environment: &str, flag: Option<&str>
     }
 }
 
-/// Restores the pre-ramp rollout and marks the ramp aborted (not saved).
+/// Restores the pre-ramp rollout and marks the ramp aborted. Returns whether the ramp was saved
+/// (with the restore, in one transaction); when the restore cannot be made (the flag was deleted
+/// or changed beyond what a rollout can set) the ramp is marked aborted, not saved, and the
+/// event says so. `RampConflict` when someone else saved the ramp since it was read: nothing
+/// changed.
 async fn abort(
     state: &Domain,
     ramp: &mut Ramp,
     now: i64,
     actor: &str,
     reason: &str,
-) -> Result<(), DomainError> {
+) -> Result<bool, DomainError> {
     let previous = ramp.previous_percentage;
+    let mut aborted = ramp.clone();
+    aborted.state = RampState::Aborted;
+    aborted.next_at = None;
+    aborted.abort_reason = Some(reason.to_owned());
+    let mut restored = aborted.clone();
+    restored.event(
+        now,
+        "aborted",
+        Some(previous),
+        actor,
+        Some(format!("{reason}; restored to {previous}%")),
+    );
     let share = match ramp.previous_share {
         Some(share) => Ok(share),
         None => step_share(previous),
     };
     let message = format!("ramp aborted: {reason}; restored to {previous}%");
-    let restored = match share {
-        Ok(share) => set_share(state, ramp, share, by(actor, message, now)).await,
+    let result = match share {
+        Ok(share) => {
+            set_share(
+                state,
+                &mut restored,
+                share,
+                by(actor, message, now),
+                Fence::Save,
+                now,
+            )
+            .await
+        }
         Err(error) => Err(error),
     };
-    ramp.state = RampState::Aborted;
-    ramp.next_at = None;
-    ramp.abort_reason = Some(reason.to_owned());
-    let note = match &restored {
-        Ok(()) => format!("{reason}; restored to {previous}%"),
-        Err(error) => format!("{reason}; could not restore {previous}%: {error}"),
-    };
-    ramp.event(
-        now,
-        "aborted",
-        restored.is_ok().then_some(previous),
-        actor,
-        Some(note),
-    );
-    Ok(())
+    match result {
+        Ok(()) => {
+            *ramp = restored;
+            Ok(true)
+        }
+        Err(error @ DomainError::Store(StoreError::RampConflict { .. })) => Err(error),
+        Err(error) => {
+            aborted.event(
+                now,
+                "aborted",
+                None,
+                actor,
+                Some(format!("{reason}; could not restore {previous}%: {error}")),
+            );
+            *ramp = aborted;
+            Ok(false)
+        }
+    }
 }
 
 /// Applies every step due at `state.clock()`; returns how many ramps moved. A step that fell due
@@ -1078,28 +1128,35 @@ async fn apply_due(
     }) else {
         return 0;
     };
-    // Claim the step before touching the flag: with several replicas, two schedulers may
-    // briefly both believe they lead; only the one whose save of the ramp as read succeeds
-    // applies the step (the other sees `RampConflict` and leaves it).
-    match save(state, &mut ramp, now).await {
-        Ok(()) => {}
+    // With several replicas two schedulers may briefly both believe they lead: whatever a step
+    // writes lands with a compare-and-set on the ramp's revision (`Fence::Save`), so the one
+    // that read an outdated ramp changes nothing.
+    let saved = match advance(state, &mut ramp, now, guard_result).await {
+        Ok(saved) => saved,
         Err(DomainError::Store(StoreError::RampConflict { .. })) => {
             tracing::info!(
                 flag = ramp.flag,
-                "ramp step claimed by another replica; leaving it"
+                "the ramp was changed elsewhere meanwhile (another replica); leaving it"
             );
             return 0;
         }
         Err(error) => {
-            tracing::error!(flag = ramp.flag, %error, "cannot claim a ramp step");
-            return 0;
+            tracing::error!(flag = ramp.flag, %error, "ramp step failed");
+            false
         }
-    }
-    if let Err(error) = advance(state, &mut ramp, now, guard_result).await {
-        tracing::error!(flag = ramp.flag, %error, "ramp step failed");
-    }
-    if let Err(error) = save(state, &mut ramp, now).await {
-        tracing::error!(flag = ramp.flag, %error, "cannot save a ramp");
+    };
+    if !saved {
+        match save(state, &mut ramp, now).await {
+            Ok(()) => {}
+            Err(DomainError::Store(StoreError::RampConflict { .. })) => {
+                tracing::info!(
+                    flag = ramp.flag,
+                    "the ramp was changed elsewhere meanwhile; leaving it"
+                );
+                return 0;
+            }
+            Err(error) => tracing::error!(flag = ramp.flag, %error, "cannot save a ramp"),
+        }
     }
     1
 }
@@ -1170,14 +1227,18 @@ async fn fail(state: &Domain, mut ramp: Ramp, now: i64) {
     }
 }
 
+/// Moves a due ramp: a guard failure (retry or abort), a stop when the rollout was changed
+/// outside the ramp, or the next step. Returns whether the ramp was saved (a step, or an abort
+/// that restored the rollout: saved with the flag write, in one transaction); otherwise the
+/// caller saves it. `RampConflict` when the ramp was saved elsewhere since it was read.
 async fn advance(
     state: &Domain,
     ramp: &mut Ramp,
     now: i64,
     guard_result: Option<Result<(), String>>,
-) -> Result<(), DomainError> {
+) -> Result<bool, DomainError> {
     let Some(mut due_at) = ramp.next_at else {
-        return Ok(());
+        return Ok(false);
     };
     if let (Some(guard), Some(result)) = (ramp.guard.clone(), guard_result) {
         match result {
@@ -1194,8 +1255,25 @@ async fn advance(
                 }
                 let retry = ramp.durations[ramp.current_step].min(GUARD_RETRY_SECONDS);
                 ramp.next_at = Some(later(now, retry)?);
-                return Ok(());
+                return Ok(false);
             }
+        }
+    }
+    // Someone changed the rollout outside the ramp (a PATCH, a document apply): the next step
+    // could take users away. Stop, and leave the flag as they set it.
+    match changed_outside(state, ramp, ramp.current_step).await {
+        Ok(None) => {}
+        Ok(Some(changed)) => {
+            stop(
+                ramp,
+                now,
+                &format!("{changed}; the ramp stopped and left the flag as it is"),
+            );
+            return Ok(false);
+        }
+        Err(error) => {
+            let reason = format!("could not read the flag: {error}");
+            return abort(state, ramp, now, ACTOR, &reason).await;
         }
     }
     // Jump to the step due now: after downtime, skip the steps whose time has passed.
@@ -1208,30 +1286,6 @@ async fn advance(
                 step += 1;
             }
             _ => break,
-        }
-    }
-    // Someone changed the rollout outside the ramp (a PATCH, a document apply): the next step
-    // could take users away. Stop, and leave the flag as they set it. One exception: the flag is
-    // already at the step due now, because a scheduler (another replica's, which then died)
-    // applied it and did not get to record it; the step is recorded, not applied twice.
-    let mut applied_before = false;
-    match changed_outside(state, ramp, ramp.current_step).await {
-        Ok(None) => {}
-        Ok(Some(changed)) => {
-            if let Ok(None) = changed_outside(state, ramp, step).await {
-                applied_before = true;
-            } else {
-                stop(
-                    ramp,
-                    now,
-                    &format!("{changed}; the ramp stopped and left the flag as it is"),
-                );
-                return Ok(());
-            }
-        }
-        Err(error) => {
-            let reason = format!("could not read the flag: {error}");
-            return abort(state, ramp, now, ACTOR, &reason).await;
         }
     }
     let skipped: Vec<String> = ramp.steps[ramp.current_step + 1..step]
@@ -1250,29 +1304,43 @@ async fn advance(
             skipped.join(", ")
         ));
     }
-    if applied_before {
-        message.push_str(" (already applied by a scheduler that stopped before recording it)");
+    // The ramp as it is after the step, saved with the flag write in one transaction.
+    let mut next = ramp.clone();
+    next.current_step = step;
+    next.event(now, "step", Some(percentage), ACTOR, Some(message.clone()));
+    if step == last {
+        next.state = RampState::Completed;
+        next.next_at = None;
+        next.event(now, "completed", Some(percentage), ACTOR, None);
+    } else {
+        next.next_at = Some(later(due_at, ramp.durations[step])?);
     }
     let applied = match step_share(percentage) {
-        Ok(_) if applied_before => Ok(()),
-        Ok(share) => set_share(state, ramp, share, by(ACTOR, message.clone(), now)).await,
+        Ok(share) => {
+            set_share(
+                state,
+                &mut next,
+                share,
+                by(ACTOR, message, now),
+                Fence::Save,
+                now,
+            )
+            .await
+        }
         Err(error) => Err(error),
     };
-    if let Err(error) = applied {
-        // The flag was deleted or edited beyond what a rollout can change: stop safely.
-        let reason = format!("could not apply step {}: {error}", step + 1);
-        return abort(state, ramp, now, ACTOR, &reason).await;
+    match applied {
+        Ok(()) => {
+            *ramp = next;
+            Ok(true)
+        }
+        Err(error @ DomainError::Store(StoreError::RampConflict { .. })) => Err(error),
+        Err(error) => {
+            // The flag was deleted or edited beyond what a rollout can change: stop safely.
+            let reason = format!("could not apply step {}: {error}", step + 1);
+            abort(state, ramp, now, ACTOR, &reason).await
+        }
     }
-    ramp.current_step = step;
-    ramp.event(now, "step", Some(percentage), ACTOR, Some(message));
-    if step == last {
-        ramp.state = RampState::Completed;
-        ramp.next_at = None;
-        ramp.event(now, "completed", Some(percentage), ACTOR, None);
-    } else {
-        ramp.next_at = Some(later(due_at, ramp.durations[step])?);
-    }
-    Ok(())
 }
 
 /// Whether the scheduler is running, for `/readyz`.

@@ -468,6 +468,18 @@ pub trait FlagStore: Send + Sync + 'static {
         settings: Option<&EnvironmentSettings>,
         by: &Attribution,
     ) -> Result<Commit, StoreError>;
+    /// [`commit`](Self::commit) fenced by a ramp: in the same transaction, the stored ramp is
+    /// saved as `ramp` if its revision is still `ramp.revision` (compare-and-set), else nothing
+    /// is written (`RampConflict`). A ramp step or abort and the flag write it makes land
+    /// together or not at all, so a scheduler that lost its lead (or a request on another
+    /// replica) can never apply a step twice or undo a newer one.
+    fn commit_fenced(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        by: &Attribution,
+        ramp: &RampRecord,
+    ) -> Result<Commit, StoreError>;
     /// Change records, newest first.
     fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError>;
     /// The change records of one environment with a version above `after_version`, oldest

@@ -119,6 +119,8 @@ struct Namespace {
     migration_key: i64,
     leader_key: i64,
     tokens_key: i64,
+    /// With an environment name's hash, the lock that orders its creation and deletion.
+    names_key: i32,
 }
 
 impl Namespace {
@@ -138,6 +140,7 @@ impl Namespace {
             migration_key: key(1),
             leader_key: key(2),
             tokens_key: key(3),
+            names_key: i32::from_be_bytes([hash[16], hash[17], hash[18], hash[19]]),
         }
     }
 }
@@ -828,6 +831,183 @@ fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
     })
 }
 
+impl PostgresStore {
+    /// The body of a commit, inside the caller's transaction (which the caller commits).
+    fn commit_in(
+        &self,
+        tx: &mut Transaction<'_>,
+        environment: &str,
+        changes: &[FlagChange],
+        settings: Option<&EnvironmentSettings>,
+        by: &Attribution,
+    ) -> Result<Commit, StoreError> {
+        // The row lock orders this environment's commits across every replica.
+        let env = read_environment(tx, environment, true)?
+            .ok_or_else(|| StoreError::UnknownEnvironment(environment.to_owned()))?;
+        let version = env.version + 1;
+
+        // Check every precondition before writing anything, reading the flags concerned in
+        // one query.
+        let key_of = |change: &FlagChange| match change {
+            FlagChange::Upsert {
+                key,
+                expected_version,
+                ..
+            }
+            | FlagChange::Delete {
+                key,
+                expected_version,
+            } => (key.clone(), *expected_version),
+        };
+        let keys: Vec<String> = changes.iter().map(|c| key_of(c).0).collect();
+        let mut stored: std::collections::HashMap<String, StoredFlag> =
+            std::collections::HashMap::new();
+        if !keys.is_empty() {
+            let rows = tx.query(
+                &format!(
+                    "SELECT {FLAG_COLUMNS} FROM flags WHERE environment = $1 AND key = ANY($2)"
+                ),
+                &[&environment, &keys],
+            )?;
+            for row in &rows {
+                let flag = flag_from_row(row)?;
+                stored.insert(flag.key.clone(), flag);
+            }
+        }
+        let mut current = Vec::with_capacity(changes.len());
+        for change in changes {
+            let (key, expected) = key_of(change);
+            let existing = stored.get(&key).cloned();
+            let actual = existing.as_ref().map_or(0, |f| f.version);
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(StoreError::VersionConflict {
+                    key,
+                    expected,
+                    actual,
+                });
+            }
+            if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
+                return Err(StoreError::UnknownFlag {
+                    environment: environment.to_owned(),
+                    key,
+                });
+            }
+            current.push(existing);
+        }
+        let insert_change = tx.prepare(INSERT_CHANGE)?;
+
+        let mut records = Vec::with_capacity(changes.len() + 1);
+        if let Some(settings) = settings {
+            let before =
+                serde_json::json!({"metadata": env.metadata, "$evaluators": env.evaluators});
+            let after = serde_json::json!({"metadata": settings.metadata, "$evaluators": settings.evaluators});
+            tx.execute(
+                "UPDATE environments SET metadata = $2, evaluators = $3 WHERE name = $1",
+                &[
+                    &environment,
+                    &encode(&settings.metadata),
+                    &encode(&settings.evaluators),
+                ],
+            )?;
+            records.push(append_change(
+                tx,
+                &insert_change,
+                environment,
+                version,
+                None,
+                Operation::UpdateSettings,
+                &before,
+                &after,
+                by,
+            )?);
+        }
+        // The change records, one per change, each `before` being the flag as stored before
+        // this commit (as in SQLite); the flags table gets the last change of each key. Both
+        // are written with one statement each, whatever the size of the commit.
+        let mut entries: Vec<(Option<String>, Operation, Value, Value)> = Vec::new();
+        let mut last: BTreeMap<&str, (&FlagChange, Option<&StoredFlag>)> = BTreeMap::new();
+        for (change, existing) in changes.iter().zip(&current) {
+            let before = existing
+                .as_ref()
+                .map_or(Value::Null, |f| flag_json(&f.flag));
+            match change {
+                FlagChange::Upsert { key, flag, .. } => {
+                    let operation = if existing.is_some() {
+                        Operation::Update
+                    } else {
+                        Operation::Create
+                    };
+                    entries.push((Some(key.clone()), operation, before, flag_json(flag)));
+                    last.insert(key, (change, existing.as_ref()));
+                }
+                FlagChange::Delete { key, .. } => {
+                    entries.push((Some(key.clone()), Operation::Delete, before, Value::Null));
+                    last.insert(key, (change, existing.as_ref()));
+                }
+            }
+        }
+        let (mut upsert_keys, mut definitions, mut created) = (Vec::new(), Vec::new(), Vec::new());
+        let mut delete_keys = Vec::new();
+        for (key, (change, existing)) in last {
+            match change {
+                FlagChange::Upsert { flag, .. } => {
+                    upsert_keys.push(key);
+                    definitions.push(encode(flag));
+                    created.push(existing.map_or(by.at, |f| f.created_at));
+                }
+                FlagChange::Delete { .. } => delete_keys.push(key),
+            }
+        }
+        if !upsert_keys.is_empty() {
+            tx.execute(
+                "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
+                 SELECT $1, k, d, $2, c, $3, $4 FROM UNNEST($5::TEXT[], $6::TEXT[], $7::BIGINT[]) AS u(k, d, c)
+                 ON CONFLICT (environment, key) DO UPDATE SET
+                   definition = excluded.definition, version = excluded.version,
+                   updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                &[&environment, &version, &by.at, &by.actor, &upsert_keys, &definitions, &created],
+            )?;
+        }
+        if !delete_keys.is_empty() {
+            tx.execute(
+                "DELETE FROM flags WHERE environment = $1 AND key = ANY($2)",
+                &[&environment, &delete_keys],
+            )?;
+        }
+        records.extend(append_changes(tx, environment, version, entries, by)?);
+        tx.execute(
+            "UPDATE environments SET version = $2 WHERE name = $1",
+            &[&environment, &version],
+        )?;
+        notify(tx, &self.namespace, environment, version)?;
+        Ok(Commit {
+            version,
+            changes: records,
+        })
+    }
+}
+
+/// Saves a stored ramp if its revision is still `ramp.revision` (compare-and-set).
+fn update_ramp(client: &mut impl GenericClient, ramp: &RampRecord) -> Result<i64, StoreError> {
+    let id = ramp
+        .id
+        .ok_or_else(|| StoreError::Setup("a ramp without an id cannot be updated".into()))?;
+    let updated = client.execute(
+        "UPDATE ramps SET definition = $2, state = $3, next_at = $4, updated_at = $5, revision = revision + 1
+         WHERE id = $1 AND revision = $6",
+        &[&id, &encode(&ramp.definition), &ramp.state, &ramp.next_at, &ramp.updated_at, &ramp.revision],
+    )?;
+    if updated == 0 {
+        return Err(StoreError::RampConflict {
+            id,
+            expected: ramp.revision,
+        });
+    }
+    Ok(id)
+}
+
 impl FlagStore for PostgresStore {
     fn environments(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = self.client()?.query(
@@ -844,6 +1024,12 @@ impl FlagStore for PostgresStore {
     fn create_environment(&self, name: &str, by: &Attribution) -> Result<Environment, StoreError> {
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
+        // Creation and deletion of one name take turns: the version read below must see a
+        // deletion being committed, or two commits would share a version.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&self.namespace.names_key, &name],
+        )?;
         // Continue the version sequence of an earlier environment of the same name, so a stream
         // client holding an old version can never mistake new history for old.
         let previous: Option<i64> = tx
@@ -887,6 +1073,10 @@ impl FlagStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&self.namespace.names_key, &name],
+        )?;
         let environment = read_environment(&mut tx, name, true)?
             .ok_or_else(|| StoreError::UnknownEnvironment(name.to_owned()))?;
         let flags = read_flags(&mut tx, name)?;
@@ -959,152 +1149,24 @@ impl FlagStore for PostgresStore {
     ) -> Result<Commit, StoreError> {
         let mut client = self.client()?;
         let mut tx = client.transaction()?;
-        // The row lock orders this environment's commits across every replica.
-        let env = read_environment(&mut tx, environment, true)?
-            .ok_or_else(|| StoreError::UnknownEnvironment(environment.to_owned()))?;
-        let version = env.version + 1;
-
-        // Check every precondition before writing anything, reading the flags concerned in
-        // one query.
-        let key_of = |change: &FlagChange| match change {
-            FlagChange::Upsert {
-                key,
-                expected_version,
-                ..
-            }
-            | FlagChange::Delete {
-                key,
-                expected_version,
-            } => (key.clone(), *expected_version),
-        };
-        let keys: Vec<String> = changes.iter().map(|c| key_of(c).0).collect();
-        let mut stored: std::collections::HashMap<String, StoredFlag> =
-            std::collections::HashMap::new();
-        if !keys.is_empty() {
-            let rows = tx.query(
-                &format!(
-                    "SELECT {FLAG_COLUMNS} FROM flags WHERE environment = $1 AND key = ANY($2)"
-                ),
-                &[&environment, &keys],
-            )?;
-            for row in &rows {
-                let flag = flag_from_row(row)?;
-                stored.insert(flag.key.clone(), flag);
-            }
-        }
-        let mut current = Vec::with_capacity(changes.len());
-        for change in changes {
-            let (key, expected) = key_of(change);
-            let existing = stored.get(&key).cloned();
-            let actual = existing.as_ref().map_or(0, |f| f.version);
-            if let Some(expected) = expected
-                && expected != actual
-            {
-                return Err(StoreError::VersionConflict {
-                    key,
-                    expected,
-                    actual,
-                });
-            }
-            if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
-                return Err(StoreError::UnknownFlag {
-                    environment: environment.to_owned(),
-                    key,
-                });
-            }
-            current.push(existing);
-        }
-        let insert_change = tx.prepare(INSERT_CHANGE)?;
-
-        let mut records = Vec::with_capacity(changes.len() + 1);
-        if let Some(settings) = settings {
-            let before =
-                serde_json::json!({"metadata": env.metadata, "$evaluators": env.evaluators});
-            let after = serde_json::json!({"metadata": settings.metadata, "$evaluators": settings.evaluators});
-            tx.execute(
-                "UPDATE environments SET metadata = $2, evaluators = $3 WHERE name = $1",
-                &[
-                    &environment,
-                    &encode(&settings.metadata),
-                    &encode(&settings.evaluators),
-                ],
-            )?;
-            records.push(append_change(
-                &mut tx,
-                &insert_change,
-                environment,
-                version,
-                None,
-                Operation::UpdateSettings,
-                &before,
-                &after,
-                by,
-            )?);
-        }
-        // The change records, one per change, each `before` being the flag as stored before
-        // this commit (as in SQLite); the flags table gets the last change of each key. Both
-        // are written with one statement each, whatever the size of the commit.
-        let mut entries: Vec<(Option<String>, Operation, Value, Value)> = Vec::new();
-        let mut last: BTreeMap<&str, (&FlagChange, Option<&StoredFlag>)> = BTreeMap::new();
-        for (change, existing) in changes.iter().zip(&current) {
-            let before = existing
-                .as_ref()
-                .map_or(Value::Null, |f| flag_json(&f.flag));
-            match change {
-                FlagChange::Upsert { key, flag, .. } => {
-                    let operation = if existing.is_some() {
-                        Operation::Update
-                    } else {
-                        Operation::Create
-                    };
-                    entries.push((Some(key.clone()), operation, before, flag_json(flag)));
-                    last.insert(key, (change, existing.as_ref()));
-                }
-                FlagChange::Delete { key, .. } => {
-                    entries.push((Some(key.clone()), Operation::Delete, before, Value::Null));
-                    last.insert(key, (change, existing.as_ref()));
-                }
-            }
-        }
-        let (mut upsert_keys, mut definitions, mut created) = (Vec::new(), Vec::new(), Vec::new());
-        let mut delete_keys = Vec::new();
-        for (key, (change, existing)) in last {
-            match change {
-                FlagChange::Upsert { flag, .. } => {
-                    upsert_keys.push(key);
-                    definitions.push(encode(flag));
-                    created.push(existing.map_or(by.at, |f| f.created_at));
-                }
-                FlagChange::Delete { .. } => delete_keys.push(key),
-            }
-        }
-        if !upsert_keys.is_empty() {
-            tx.execute(
-                "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
-                 SELECT $1, k, d, $2, c, $3, $4 FROM UNNEST($5::TEXT[], $6::TEXT[], $7::BIGINT[]) AS u(k, d, c)
-                 ON CONFLICT (environment, key) DO UPDATE SET
-                   definition = excluded.definition, version = excluded.version,
-                   updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-                &[&environment, &version, &by.at, &by.actor, &upsert_keys, &definitions, &created],
-            )?;
-        }
-        if !delete_keys.is_empty() {
-            tx.execute(
-                "DELETE FROM flags WHERE environment = $1 AND key = ANY($2)",
-                &[&environment, &delete_keys],
-            )?;
-        }
-        records.extend(append_changes(&mut tx, environment, version, entries, by)?);
-        tx.execute(
-            "UPDATE environments SET version = $2 WHERE name = $1",
-            &[&environment, &version],
-        )?;
-        notify(&mut tx, &self.namespace, environment, version)?;
+        let commit = self.commit_in(&mut tx, environment, changes, settings, by)?;
         tx.commit()?;
-        Ok(Commit {
-            version,
-            changes: records,
-        })
+        Ok(commit)
+    }
+
+    fn commit_fenced(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        by: &Attribution,
+        ramp: &RampRecord,
+    ) -> Result<Commit, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        update_ramp(&mut tx, ramp)?;
+        let commit = self.commit_in(&mut tx, environment, changes, None, by)?;
+        tx.commit()?;
+        Ok(commit)
     }
 
     fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError> {
@@ -1264,20 +1326,7 @@ impl FlagStore for PostgresStore {
         let mut client = self.client()?;
         let definition = encode(&ramp.definition);
         match ramp.id {
-            Some(id) => {
-                let updated = client.execute(
-                    "UPDATE ramps SET definition = $2, state = $3, next_at = $4, updated_at = $5, revision = revision + 1
-                     WHERE id = $1 AND revision = $6",
-                    &[&id, &definition, &ramp.state, &ramp.next_at, &ramp.updated_at, &ramp.revision],
-                )?;
-                if updated == 0 {
-                    return Err(StoreError::RampConflict {
-                        id,
-                        expected: ramp.revision,
-                    });
-                }
-                Ok(id)
-            }
+            Some(_) => update_ramp(&mut *client, ramp),
             None => Ok(client
                 .query_one(
                     "INSERT INTO ramps (environment, flag_key, definition, state, next_at, created_at, updated_at)

@@ -373,6 +373,158 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
 
 const TOKEN_COLUMNS: &str = "id, name, role, environment, hash, created_at, revoked_at";
 
+/// The body of a commit, inside the caller's transaction (which the caller commits).
+fn commit_in(
+    tx: &Transaction<'_>,
+    environment: &str,
+    changes: &[FlagChange],
+    settings: Option<&EnvironmentSettings>,
+    by: &Attribution,
+) -> Result<Commit, StoreError> {
+    let env = read_environment(tx, environment)?
+        .ok_or_else(|| StoreError::UnknownEnvironment(environment.to_owned()))?;
+    let version = env.version + 1;
+
+    // Check every precondition before writing anything.
+    let mut current = Vec::with_capacity(changes.len());
+    for change in changes {
+        let (key, expected) = match change {
+            FlagChange::Upsert {
+                key,
+                expected_version,
+                ..
+            }
+            | FlagChange::Delete {
+                key,
+                expected_version,
+            } => (key, *expected_version),
+        };
+        let existing = read_flag(tx, environment, key)?;
+        let actual = existing.as_ref().map_or(0, |f| f.version);
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(StoreError::VersionConflict {
+                key: key.clone(),
+                expected,
+                actual,
+            });
+        }
+        if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
+            return Err(StoreError::UnknownFlag {
+                environment: environment.to_owned(),
+                key: key.clone(),
+            });
+        }
+        current.push(existing);
+    }
+
+    let mut records = Vec::with_capacity(changes.len() + 1);
+    if let Some(settings) = settings {
+        let before = serde_json::json!({"metadata": env.metadata, "$evaluators": env.evaluators});
+        let after =
+            serde_json::json!({"metadata": settings.metadata, "$evaluators": settings.evaluators});
+        tx.execute(
+            "UPDATE environments SET metadata = ?2, evaluators = ?3 WHERE name = ?1",
+            params![
+                environment,
+                encode(&settings.metadata),
+                encode(&settings.evaluators)
+            ],
+        )?;
+        records.push(append_change(
+            tx,
+            environment,
+            version,
+            None,
+            Operation::UpdateSettings,
+            &before,
+            &after,
+            by,
+        )?);
+    }
+    for (change, existing) in changes.iter().zip(current) {
+        match change {
+            FlagChange::Upsert { key, flag, .. } => {
+                let definition = encode(flag);
+                let created_at = existing.as_ref().map_or(by.at, |f| f.created_at);
+                tx.execute(
+                    "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (environment, key) DO UPDATE SET
+                       definition = excluded.definition, version = excluded.version,
+                       updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                    params![environment, key, definition, version, created_at, by.at, by.actor],
+                )?;
+                let before = existing
+                    .as_ref()
+                    .map_or(Value::Null, |f| flag_json(&f.flag));
+                let operation = if existing.is_some() {
+                    Operation::Update
+                } else {
+                    Operation::Create
+                };
+                records.push(append_change(
+                    tx,
+                    environment,
+                    version,
+                    Some(key),
+                    operation,
+                    &before,
+                    &flag_json(flag),
+                    by,
+                )?);
+            }
+            FlagChange::Delete { key, .. } => {
+                tx.execute(
+                    "DELETE FROM flags WHERE environment = ?1 AND key = ?2",
+                    params![environment, key],
+                )?;
+                let before = existing
+                    .as_ref()
+                    .map_or(Value::Null, |f| flag_json(&f.flag));
+                records.push(append_change(
+                    tx,
+                    environment,
+                    version,
+                    Some(key),
+                    Operation::Delete,
+                    &before,
+                    &Value::Null,
+                    by,
+                )?);
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE environments SET version = ?2 WHERE name = ?1",
+        params![environment, version],
+    )?;
+    Ok(Commit {
+        version,
+        changes: records,
+    })
+}
+
+/// Saves a stored ramp if its revision is still `ramp.revision` (compare-and-set).
+fn update_ramp(connection: &Connection, ramp: &RampRecord) -> Result<i64, StoreError> {
+    let id = ramp
+        .id
+        .ok_or_else(|| StoreError::Setup("a ramp without an id cannot be updated".into()))?;
+    let updated = connection.execute(
+        "UPDATE ramps SET definition = ?2, state = ?3, next_at = ?4, updated_at = ?5, revision = revision + 1
+         WHERE id = ?1 AND revision = ?6",
+        params![id, encode(&ramp.definition), ramp.state, ramp.next_at, ramp.updated_at, ramp.revision],
+    )?;
+    if updated == 0 {
+        return Err(StoreError::RampConflict {
+            id,
+            expected: ramp.revision,
+        });
+    }
+    Ok(id)
+}
+
 impl FlagStore for SqliteStore {
     fn environments(&self) -> Result<Vec<Environment>, StoreError> {
         let connection = self.lock();
@@ -495,130 +647,24 @@ impl FlagStore for SqliteStore {
     ) -> Result<Commit, StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction()?;
-        let env = read_environment(&tx, environment)?
-            .ok_or_else(|| StoreError::UnknownEnvironment(environment.to_owned()))?;
-        let version = env.version + 1;
-
-        // Check every precondition before writing anything.
-        let mut current = Vec::with_capacity(changes.len());
-        for change in changes {
-            let (key, expected) = match change {
-                FlagChange::Upsert {
-                    key,
-                    expected_version,
-                    ..
-                }
-                | FlagChange::Delete {
-                    key,
-                    expected_version,
-                } => (key, *expected_version),
-            };
-            let existing = read_flag(&tx, environment, key)?;
-            let actual = existing.as_ref().map_or(0, |f| f.version);
-            if let Some(expected) = expected
-                && expected != actual
-            {
-                return Err(StoreError::VersionConflict {
-                    key: key.clone(),
-                    expected,
-                    actual,
-                });
-            }
-            if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
-                return Err(StoreError::UnknownFlag {
-                    environment: environment.to_owned(),
-                    key: key.clone(),
-                });
-            }
-            current.push(existing);
-        }
-
-        let mut records = Vec::with_capacity(changes.len() + 1);
-        if let Some(settings) = settings {
-            let before =
-                serde_json::json!({"metadata": env.metadata, "$evaluators": env.evaluators});
-            let after = serde_json::json!({"metadata": settings.metadata, "$evaluators": settings.evaluators});
-            tx.execute(
-                "UPDATE environments SET metadata = ?2, evaluators = ?3 WHERE name = ?1",
-                params![
-                    environment,
-                    encode(&settings.metadata),
-                    encode(&settings.evaluators)
-                ],
-            )?;
-            records.push(append_change(
-                &tx,
-                environment,
-                version,
-                None,
-                Operation::UpdateSettings,
-                &before,
-                &after,
-                by,
-            )?);
-        }
-        for (change, existing) in changes.iter().zip(current) {
-            match change {
-                FlagChange::Upsert { key, flag, .. } => {
-                    let definition = encode(flag);
-                    let created_at = existing.as_ref().map_or(by.at, |f| f.created_at);
-                    tx.execute(
-                        "INSERT INTO flags (environment, key, definition, version, created_at, updated_at, updated_by)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                         ON CONFLICT (environment, key) DO UPDATE SET
-                           definition = excluded.definition, version = excluded.version,
-                           updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-                        params![environment, key, definition, version, created_at, by.at, by.actor],
-                    )?;
-                    let before = existing
-                        .as_ref()
-                        .map_or(Value::Null, |f| flag_json(&f.flag));
-                    let operation = if existing.is_some() {
-                        Operation::Update
-                    } else {
-                        Operation::Create
-                    };
-                    records.push(append_change(
-                        &tx,
-                        environment,
-                        version,
-                        Some(key),
-                        operation,
-                        &before,
-                        &flag_json(flag),
-                        by,
-                    )?);
-                }
-                FlagChange::Delete { key, .. } => {
-                    tx.execute(
-                        "DELETE FROM flags WHERE environment = ?1 AND key = ?2",
-                        params![environment, key],
-                    )?;
-                    let before = existing
-                        .as_ref()
-                        .map_or(Value::Null, |f| flag_json(&f.flag));
-                    records.push(append_change(
-                        &tx,
-                        environment,
-                        version,
-                        Some(key),
-                        Operation::Delete,
-                        &before,
-                        &Value::Null,
-                        by,
-                    )?);
-                }
-            }
-        }
-        tx.execute(
-            "UPDATE environments SET version = ?2 WHERE name = ?1",
-            params![environment, version],
-        )?;
+        let commit = commit_in(&tx, environment, changes, settings, by)?;
         tx.commit()?;
-        Ok(Commit {
-            version,
-            changes: records,
-        })
+        Ok(commit)
+    }
+
+    fn commit_fenced(
+        &self,
+        environment: &str,
+        changes: &[FlagChange],
+        by: &Attribution,
+        ramp: &RampRecord,
+    ) -> Result<Commit, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        update_ramp(&tx, ramp)?;
+        let commit = commit_in(&tx, environment, changes, None, by)?;
+        tx.commit()?;
+        Ok(commit)
     }
 
     fn changes(&self, query: &AuditQuery) -> Result<Vec<ChangeRecord>, StoreError> {
@@ -744,20 +790,7 @@ impl FlagStore for SqliteStore {
         let connection = self.lock();
         let definition = encode(&ramp.definition);
         match ramp.id {
-            Some(id) => {
-                let updated = connection.execute(
-                    "UPDATE ramps SET definition = ?2, state = ?3, next_at = ?4, updated_at = ?5, revision = revision + 1
-                     WHERE id = ?1 AND revision = ?6",
-                    params![id, definition, ramp.state, ramp.next_at, ramp.updated_at, ramp.revision],
-                )?;
-                if updated == 0 {
-                    return Err(StoreError::RampConflict {
-                        id,
-                        expected: ramp.revision,
-                    });
-                }
-                Ok(id)
-            }
+            Some(_) => update_ramp(&connection, ramp),
             None => {
                 connection.execute(
                     "INSERT INTO ramps (environment, flag_key, definition, state, next_at, created_at, updated_at)

@@ -60,7 +60,53 @@ both_stores!(
     settings_and_audit_filters_round_trip,
     the_last_change_of_a_key_wins_within_a_commit,
     large_commits_keep_their_order,
+    fenced_commits_land_with_their_ramp_or_not_at_all,
 );
+
+fn fenced_commits_land_with_their_ramp_or_not_at_all(store: &Backend) {
+    store
+        .commit("default", &[upsert("f", "off", None)], None, &by("x"))
+        .unwrap();
+    let mut ramp = RampRecord {
+        id: None,
+        environment: "default".into(),
+        flag: "f".into(),
+        state: "active".into(),
+        next_at: Some(5),
+        updated_at: 1,
+        revision: 0,
+        definition: json!({"step": 0}),
+    };
+    ramp.id = Some(store.save_ramp(&ramp).unwrap());
+    // Two schedulers read the ramp at revision 0 and both try to apply step 1.
+    let mut first = ramp.clone();
+    first.definition = json!({"step": 1});
+    let commit = store
+        .commit_fenced("default", &[upsert("f", "on", None)], &by("ramp"), &first)
+        .unwrap();
+    assert_eq!(commit.version, 2);
+    let mut second = ramp;
+    second.definition = json!({"step": 1, "by": "the stale one"});
+    let refused = store
+        .commit_fenced("default", &[upsert("f", "off", None)], &by("ramp"), &second)
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::RampConflict { expected: 0, .. }),
+        "{refused}"
+    );
+    // Nothing of the refused one landed: not the flag, not a version, not the ramp.
+    assert_eq!(
+        store.flag("default", "f").unwrap().unwrap().flag,
+        flag("on")
+    );
+    assert_eq!(store.environment("default").unwrap().unwrap().version, 2);
+    let stored = &store.ramps(&RampQuery::default()).unwrap()[0];
+    assert_eq!(
+        (stored.revision, &stored.definition),
+        (1, &json!({"step": 1}))
+    );
+    assert!(store.changes_since("default", 2, 10).unwrap().is_empty());
+}
 
 fn the_last_change_of_a_key_wins_within_a_commit(store: &Backend) {
     store
