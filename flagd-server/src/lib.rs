@@ -191,12 +191,13 @@ impl Server {
             // the ramp scheduler. Both run on threads of their own with dedicated connections.
             let (notices, received) = tokio::sync::mpsc::unbounded_channel();
             let thread = |error: std::io::Error| StartError::Serve(error);
-            postgres.listen(notices).map_err(thread)?;
+            let heartbeat = postgres.listen(notices).map_err(thread)?;
             let leadership = postgres.elect().map_err(thread)?;
             let _ = state.leadership.set(leadership);
             tokio::spawn(domain::replication::follow(
                 state.domain.clone(),
                 received,
+                heartbeat,
                 state.shutdown.clone(),
             ));
         }

@@ -19,12 +19,20 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.scheduler.check().map_err(ApiError::unavailable)?;
     state.replication.check().map_err(ApiError::unavailable)?;
-    blocking(&state, |store| {
+    // A database connection that hangs must not hang the probe: answer within 3 s.
+    let ping = blocking(&state, |store| {
         store
             .ping()
             .map_err(|error| ApiError::unavailable(format!("store is not usable: {error}")))
-    })
-    .await?;
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(3), ping).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "store is not usable: it did not answer within 3 s",
+            ));
+        }
+    }
     Ok(axum::Json(json!({"status": "ready"})))
 }
 

@@ -15,11 +15,15 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::{Domain, DomainError, blocking};
-use crate::store::Notice;
+use crate::store::{Heartbeat, Notice};
 
 /// How often a replica compares its hub and token cache with the database even when
 /// notifications arrive: the safety net under `LISTEN`.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long the notification connection may go without proving alive before this replica says
+/// it is not ready (it checks itself every 2 s; a hung connection blocks it).
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
 
 /// Whether this replica follows the database's notifications, for `/readyz` and `/metrics`.
 #[derive(Debug, Default)]
@@ -63,15 +67,21 @@ impl Replication {
     }
 }
 
-/// Follows `notices` until `stop` (or until the listener ends).
+/// Follows `notices` until `stop` (or until the listener ends). `heartbeat` is the listening
+/// connection's: when it goes silent for [`SILENCE_LIMIT`] the replica reports not ready until
+/// it beats again.
 pub async fn follow(
     domain: Domain,
     mut notices: UnboundedReceiver<Notice>,
+    heartbeat: Heartbeat,
     stop: CancellationToken,
 ) {
     domain.replication.following.store(true, Ordering::Release);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    // Whether the watchdog (not the listener) marked the connection down.
+    let mut silenced = false;
     loop {
         let notice = tokio::select! {
             () = stop.cancelled() => return,
@@ -82,7 +92,28 @@ pub async fn follow(
                 }
                 continue;
             }
+            _ = watchdog.tick() => {
+                let silent = heartbeat.age();
+                let connected = domain.replication.connected() == Some(true);
+                if connected && silent > SILENCE_LIMIT {
+                    tracing::warn!(?silent, "the PostgreSQL notification connection stopped answering");
+                    domain.replication.set(false, Some(format!(
+                        "the notification connection has not answered for {} s", silent.as_secs()
+                    )));
+                    silenced = true;
+                } else if silenced && silent < SILENCE_LIMIT {
+                    silenced = false;
+                    domain.replication.set(true, None);
+                    if let Err(error) = catch_up_everything(&domain).await {
+                        tracing::warn!(%error, "cannot catch up with the database; the next poll retries");
+                    }
+                }
+                continue;
+            }
         };
+        if matches!(notice, Some(Notice::Connected | Notice::Disconnected(_))) {
+            silenced = false;
+        }
         let result = match notice {
             None => {
                 domain

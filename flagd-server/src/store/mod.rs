@@ -17,7 +17,7 @@ use flag_protocol::Change;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use postgres::{Import, Leadership, Notice, PostgresStore, redacted_url};
+pub use postgres::{Heartbeat, Import, Leadership, Notice, PostgresStore, redacted_url};
 pub use sqlite::SqliteStore;
 
 /// The environment every fresh store starts with.

@@ -163,6 +163,32 @@ pub enum Notice {
     Tokens,
 }
 
+/// When a background connection last proved alive (a notification, a poll that returned, a
+/// check query answered), for watchdogs: a connection that hangs (a frozen peer, a network that
+/// drops packets silently) blocks its thread, and only the age of this beat shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat(Arc<std::sync::atomic::AtomicU64>);
+
+fn monotonic_millis() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.0.store(monotonic_millis(), Ordering::Release);
+    }
+
+    /// How long ago the connection last proved alive.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(monotonic_millis().saturating_sub(self.0.load(Ordering::Acquire)))
+    }
+}
+
+/// How long the leader's connection may go without answering before the replica stops acting as
+/// leader (its lock may be gone: another replica may lead).
+const LEADER_CONFIRMATION: Duration = Duration::from_secs(3);
+
 /// Whether this replica runs the ramp scheduler. A single-process store always leads; a
 /// PostgreSQL replica leads while it holds the leader lock ([`PostgresStore::elect`]).
 #[derive(Debug, Clone)]
@@ -172,6 +198,8 @@ pub struct Leadership(Arc<LeadershipState>);
 struct LeadershipState {
     elected: bool,
     leading: AtomicBool,
+    /// When the lock's connection last answered.
+    confirmed: Heartbeat,
 }
 
 impl Leadership {
@@ -180,12 +208,15 @@ impl Leadership {
         Leadership(Arc::new(LeadershipState {
             elected: false,
             leading: AtomicBool::new(true),
+            confirmed: Heartbeat::default(),
         }))
     }
 
-    /// Whether this replica leads now.
+    /// Whether this replica leads now: it holds the lock, and (when elected) its connection
+    /// answered within the last few seconds.
     pub fn is_leader(&self) -> bool {
         self.0.leading.load(Ordering::Acquire)
+            && (!self.0.elected || self.0.confirmed.age() < LEADER_CONFIRMATION)
     }
 
     /// Whether leadership is elected among replicas (PostgreSQL) rather than given.
@@ -247,9 +278,14 @@ impl PostgresStore {
     /// about five seconds) when the database cannot be reached.
     pub fn connect(url: &str, now: i64) -> Result<PostgresStore, StoreError> {
         let mut config: Config = url.parse()?;
+        // A peer that vanishes without closing (a machine gone, a network partition) is noticed
+        // by TCP: unacknowledged data for 10 s, or keepalives unanswered for 25 s.
         config
             .connect_timeout(Duration::from_secs(5))
+            .tcp_user_timeout(Duration::from_secs(10))
             .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
             .application_name("flagd-server");
         // One direct connection first: the pool reports a failed connection only as a timeout,
         // while this says why (wrong password, unknown database, connection refused).
@@ -308,15 +344,18 @@ impl PostgresStore {
     pub fn listen(
         &self,
         notices: tokio::sync::mpsc::UnboundedSender<Notice>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Heartbeat> {
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat();
         let store = Listener {
             config: self.config.clone(),
             namespace: self.namespace.clone(),
+            heartbeat: heartbeat.clone(),
         };
         std::thread::Builder::new()
             .name("flagd-listen".into())
-            .spawn(move || store.run(&notices))
-            .map(|_| ())
+            .spawn(move || store.run(&notices))?;
+        Ok(heartbeat)
     }
 
     /// Takes part in the leader election on a thread of its own: tries the leader lock every
@@ -326,11 +365,13 @@ impl PostgresStore {
         let leadership = Leadership(Arc::new(LeadershipState {
             elected: true,
             leading: AtomicBool::new(false),
+            confirmed: Heartbeat::default(),
         }));
         let weak = Arc::downgrade(&leadership.0);
         let listener = Listener {
             config: self.config.clone(),
             namespace: self.namespace.clone(),
+            heartbeat: Heartbeat::default(),
         };
         std::thread::Builder::new()
             .name("flagd-leader".into())
@@ -343,6 +384,7 @@ impl PostgresStore {
 struct Listener {
     config: Config,
     namespace: Namespace,
+    heartbeat: Heartbeat,
 }
 
 impl Listener {
@@ -399,12 +441,14 @@ impl Listener {
         if notices.send(Notice::Connected).is_err() {
             return Ok(());
         }
+        self.heartbeat.beat();
         let mut checked = Instant::now();
         loop {
             let next = client
                 .notifications()
                 .timeout_iter(Duration::from_millis(500))
                 .next()?;
+            self.heartbeat.beat();
             if let Some(notification) = next {
                 let notice = if notification.channel() == self.namespace.tokens_channel {
                     Some(Notice::Tokens)
@@ -422,6 +466,7 @@ impl Listener {
             }
             if checked.elapsed() >= Duration::from_secs(2) {
                 client.simple_query("SELECT 1")?;
+                self.heartbeat.beat();
                 checked = Instant::now();
             }
         }
@@ -459,6 +504,7 @@ impl Listener {
             };
             if state.leading.load(Ordering::Acquire) {
                 client.simple_query("SELECT 1")?;
+                state.confirmed.beat();
             } else {
                 let acquired: bool = client
                     .query_one(
@@ -468,6 +514,7 @@ impl Listener {
                     .get(0);
                 if acquired {
                     tracing::info!("this replica now leads the ramp scheduler");
+                    state.confirmed.beat();
                     state.leading.store(true, Ordering::Release);
                 }
             }
