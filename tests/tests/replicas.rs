@@ -194,6 +194,16 @@ async fn three_replicas_stay_in_step() {
     .await;
     let (status, answer) = ofrep(c, "checkout", ADMIN).await;
     assert_eq!((status.as_u16(), &answer["value"]), (200, &json!(true)));
+    // The watcher introduces itself and acknowledges what it applied.
+    within(WAIT, "C lists the watcher, current", async || {
+        let (_, clients) = get(c, "/api/v1/environments/default/clients", ADMIN).await;
+        clients["clients"]
+            .as_array()?
+            .iter()
+            .any(|client| client["sdk"] == "flagctl" && client["ackedVersion"] == 2)
+            .then_some(())
+    })
+    .await;
     let _ = watch.kill();
     let _ = watch.wait();
 

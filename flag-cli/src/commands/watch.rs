@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use flag_protocol::{Change, Document, ServerMessage};
-use futures_util::StreamExt as _;
+use flag_protocol::{Ack, Change, ClientMessage, Document, Hello, ServerMessage};
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -155,6 +155,13 @@ async fn follow(
     watched: &mut Watched,
     failures: &mut u32,
 ) -> Result<u8> {
+    // Say who we are, so `flagctl status` (the server's client list) names the watcher.
+    let hello = ClientMessage::Hello(Hello {
+        sdk: Some("flagctl".to_owned()),
+        sdk_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        client_id: None,
+    });
+    send(&mut socket, &hello).await?;
     loop {
         let message = tokio::select! {
             message = socket.next() => message,
@@ -180,9 +187,11 @@ async fn follow(
                 continue;
             }
         };
+        let mut applied = false;
         match message {
             ServerMessage::Snapshot(snapshot) => {
                 *failures = 0;
+                applied = true;
                 watched.document = snapshot.document;
                 watched.version = Some(snapshot.version);
                 watched.digest = snapshot.digest;
@@ -202,6 +211,7 @@ async fn follow(
             }
             ServerMessage::Patch(patch) => {
                 *failures = 0;
+                applied = true;
                 let version = patch.version;
                 watched.version = Some(version);
                 watched.digest = patch.digest.clone();
@@ -243,7 +253,20 @@ async fn follow(
             ServerMessage::Ping(_) => *failures = 0,
             ServerMessage::Unknown => {}
         }
+        // Acknowledge what was applied: the server's client list shows the watcher current.
+        if let Some(version) = watched.version.filter(|_| applied) {
+            send(&mut socket, &ClientMessage::Ack(Ack { version })).await?;
+        }
     }
+}
+
+/// Sends a client message (a lost connection is an error like a lost read).
+async fn send(socket: &mut Socket, message: &ClientMessage) -> Result<()> {
+    let text = serde_json::to_string(message).unwrap_or_default();
+    socket
+        .send(Message::text(text))
+        .await
+        .map_err(|error| CliError::new(Kind::Network, format!("the stream broke: {error}")))
 }
 
 /// The flag set's shared settings (metadata, `$evaluators`) were replaced.
