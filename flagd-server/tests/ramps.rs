@@ -1184,6 +1184,11 @@ async fn a_rollout_changed_outside_the_ramp_stops_it_instead_of_removing_users()
             .contains("changed outside the ramp to 80%"),
         "{ramp}"
     );
+    assert_eq!(
+        ramp["currentPercentage"],
+        Value::Null,
+        "a stopped ramp does not claim where the flag is: {ramp}"
+    );
 
     // Changed while paused: resume refuses rather than move users the ramp did not place.
     h.create_flag("g").await;

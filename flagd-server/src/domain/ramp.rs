@@ -296,9 +296,17 @@ impl Ramp {
         if let Some(guard) = &self.guard {
             view["guard"]["url"] = json!(redacted(&guard.url));
         }
-        // An aborted ramp restored the rollout from before it: that is where the flag is now.
+        // An aborted ramp that restored the rollout from before it says so in its `aborted`
+        // event: that is where the flag is now. One that stopped and left the flag as someone
+        // else set it (or could not restore it) does not know: null.
         view["currentPercentage"] = match self.state {
-            RampState::Aborted => json!(self.previous_percentage),
+            RampState::Aborted => json!(
+                self.history
+                    .iter()
+                    .rev()
+                    .find(|e| e.event == "aborted")
+                    .and_then(|e| e.percentage)
+            ),
             _ => json!(self.steps.get(self.current_step)),
         };
         view["totalSteps"] = json!(self.steps.len());
