@@ -25,11 +25,17 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// it is not ready (it checks itself every 2 s; a hung connection blocks it).
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
 
+/// How long one catch-up may take before this replica says it is not ready (a database query
+/// that hangs must not silently stop the following).
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
+
 /// Whether this replica follows the database's notifications, for `/readyz` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Replication {
     following: AtomicBool,
     connected: AtomicBool,
+    /// A catch-up with the database timed out, and none has succeeded since.
+    stalled: AtomicBool,
     problem: Mutex<Option<String>>,
 }
 
@@ -37,8 +43,16 @@ impl Replication {
     /// `Err(why)` while this replica follows a database and has lost its notification
     /// connection (it would serve stale flags without noticing).
     pub fn check(&self) -> Result<(), String> {
-        if !self.following.load(Ordering::Acquire) || self.connected.load(Ordering::Acquire) {
+        if !self.following.load(Ordering::Acquire)
+            || (self.connected.load(Ordering::Acquire) && !self.stalled.load(Ordering::Acquire))
+        {
             return Ok(());
+        }
+        if self.stalled.load(Ordering::Acquire) {
+            return Err(format!(
+                "the database did not answer a catch-up within {} s",
+                CATCH_UP_LIMIT.as_secs()
+            ));
         }
         let problem = self
             .problem
@@ -53,9 +67,9 @@ impl Replication {
 
     /// `Some(connected)` when following a database.
     pub fn connected(&self) -> Option<bool> {
-        self.following
-            .load(Ordering::Acquire)
-            .then(|| self.connected.load(Ordering::Acquire))
+        self.following.load(Ordering::Acquire).then(|| {
+            self.connected.load(Ordering::Acquire) && !self.stalled.load(Ordering::Acquire)
+        })
     }
 
     fn set(&self, connected: bool, problem: Option<String>) {
@@ -87,14 +101,15 @@ pub async fn follow(
             () = stop.cancelled() => return,
             notice = notices.recv() => notice,
             _ = poll.tick() => {
-                if let Err(error) = catch_up_everything(&domain).await {
+                let result = bounded(&domain, catch_up_everything(&domain)).await;
+                if let Err(error) = result {
                     tracing::warn!(%error, "cannot compare with the database; will retry");
                 }
                 continue;
             }
             _ = watchdog.tick() => {
                 let silent = heartbeat.age();
-                let connected = domain.replication.connected() == Some(true);
+                let connected = domain.replication.connected.load(Ordering::Acquire);
                 if connected && silent > SILENCE_LIMIT {
                     tracing::warn!(?silent, "the PostgreSQL notification connection stopped answering");
                     domain.replication.set(false, Some(format!(
@@ -104,7 +119,8 @@ pub async fn follow(
                 } else if silenced && silent < SILENCE_LIMIT {
                     silenced = false;
                     domain.replication.set(true, None);
-                    if let Err(error) = catch_up_everything(&domain).await {
+                    let result = bounded(&domain, catch_up_everything(&domain)).await;
+                    if let Err(error) = result {
                         tracing::warn!(%error, "cannot catch up with the database; the next poll retries");
                     }
                 }
@@ -124,7 +140,7 @@ pub async fn follow(
             Some(Notice::Connected) => {
                 domain.replication.set(true, None);
                 tracing::info!("following the database's changes");
-                catch_up_everything(&domain).await
+                bounded(&domain, catch_up_everything(&domain)).await
             }
             Some(Notice::Disconnected(why)) => {
                 domain.replication.set(false, Some(why));
@@ -138,13 +154,37 @@ pub async fn follow(
                 if known.is_some_and(|known| known >= version) {
                     Ok(())
                 } else {
-                    catch_up(&domain, environment).await
+                    bounded(&domain, catch_up(&domain, environment)).await
                 }
             }
-            Some(Notice::Tokens) => reload_tokens(&domain).await,
+            Some(Notice::Tokens) => bounded(&domain, reload_tokens(&domain)).await,
         };
         if let Err(error) = result {
             tracing::warn!(%error, "cannot catch up with the database; the next poll retries");
+        }
+    }
+}
+
+/// Runs one catch-up for at most [`CATCH_UP_LIMIT`]. One that takes longer (a query hanging on
+/// a dead connection) marks the replica not ready (`stalled`), and the following goes on (the
+/// stuck query keeps only its blocking thread); the next catch-up that succeeds clears it.
+async fn bounded(
+    domain: &Domain,
+    work: impl Future<Output = Result<(), DomainError>>,
+) -> Result<(), DomainError> {
+    let stalled = &domain.replication.stalled;
+    match tokio::time::timeout(CATCH_UP_LIMIT, work).await {
+        Ok(result) => {
+            if result.is_ok() && stalled.swap(false, Ordering::AcqRel) {
+                tracing::info!("the database answers catch-ups again");
+            }
+            result
+        }
+        Err(_) => {
+            if !stalled.swap(true, Ordering::AcqRel) {
+                tracing::warn!(limit = ?CATCH_UP_LIMIT, "a catch-up with the database did not finish in time");
+            }
+            Ok(())
         }
     }
 }

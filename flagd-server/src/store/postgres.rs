@@ -448,7 +448,11 @@ impl Listener {
                 .notifications()
                 .timeout_iter(Duration::from_millis(500))
                 .next()?;
-            self.heartbeat.beat();
+            // Only what the server sent proves the connection alive: a wait that timed out
+            // proves nothing.
+            if next.is_some() {
+                self.heartbeat.beat();
+            }
             if let Some(notification) = next {
                 let notice = if notification.channel() == self.namespace.tokens_channel {
                     Some(Notice::Tokens)
