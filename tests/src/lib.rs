@@ -257,6 +257,92 @@ fn forward(client: TcpStream, server: TcpStream) {
     }
 }
 
+/// A TCP proxy to a fixed address whose connections can be frozen: bytes stop flowing both ways
+/// while the sockets stay open, as with a peer that hangs or a network that silently drops
+/// packets (what TCP alone takes long to notice). New connections made while frozen are frozen
+/// too.
+#[derive(Debug)]
+pub struct FreezableProxy {
+    address: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+}
+
+impl FreezableProxy {
+    /// Forwards connections made to a port of its own to `target`.
+    pub fn open(target: SocketAddr) -> FreezableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|error| panic!("cannot open a proxy: {error}"));
+        let address = listener
+            .local_addr()
+            .unwrap_or_else(|error| panic!("a proxy without an address: {error}"));
+        let frozen: Arc<AtomicBool> = Arc::default();
+        let closed: Arc<AtomicBool> = Arc::default();
+        let (freeze, stop) = (frozen.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if let (Ok(client), Ok(server)) = (client, TcpStream::connect(target)) {
+                    pump_both(client, server, &freeze);
+                }
+            }
+        });
+        FreezableProxy {
+            address,
+            frozen,
+            closed,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops (`true`) or resumes (`false`) every byte through the proxy.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::Release);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.frozen.store(false, Ordering::Release);
+        let _ = TcpStream::connect(self.address);
+    }
+}
+
+fn pump_both(client: TcpStream, server: TcpStream, frozen: &Arc<AtomicBool>) {
+    let (Ok(client_too), Ok(server_too)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    for (mut from, mut to) in [(client, server), (server_too, client_too)] {
+        let frozen = frozen.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let read = match from.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                // Held, not dropped: the bytes go through once thawed.
+                while frozen.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if to.write_all(&buffer[..read]).is_err() {
+                    break;
+                }
+            }
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        });
+    }
+}
+
 /// The flagd conformance table (`flag-core/tests/data/conformance/`): the document, and its rows.
 pub fn conformance() -> (PathBuf, serde_json::Value, serde_json::Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flag-core/tests/data/conformance");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use flag_sdk::{EvaluationContext, FlagClient, Status};
 use flagd_server::testing::ScratchSchema;
 use serde_json::{Value, json};
-use tests::{FrontDoor, ServerProcess};
+use tests::{FreezableProxy, FrontDoor, ServerProcess};
 
 const ADMIN: &str = "replica-admin-token-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(20);
@@ -569,4 +569,83 @@ async fn a_sqlite_store_moves_to_postgres() {
         audit["changes"][0]["id"].as_i64() > audit_before["changes"][0]["id"].as_i64(),
         "{audit}"
     );
+}
+
+/// A replica whose database connections hang (bytes stop, sockets stay open) says it is not
+/// ready within seconds, rather than serve stale flags as if current; when they flow again it
+/// catches up and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_database_hangs_says_so() {
+    let Some(schema) = ScratchSchema::create("a_replica_whose_database_hangs_says_so") else {
+        return;
+    };
+    let direct = schema.url();
+    let Some(database) = url::Url::parse(&direct).ok().and_then(|url| {
+        let host = url.host_str()?.to_owned();
+        let port = url.port().unwrap_or(5432);
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .ok()?
+            .next()
+    }) else {
+        panic!("cannot resolve the test database's address from {direct}");
+    };
+    let proxy = FreezableProxy::open(database);
+    let mut through = url::Url::parse(&direct).unwrap();
+    through.set_ip_host(proxy.address().ip()).unwrap();
+    through.set_port(Some(proxy.address().port())).unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = ServerProcess::start_with(dir_a.path(), ADMIN, &["--database-url", through.as_str()]);
+    let b = ServerProcess::start_with(dir_b.path(), ADMIN, &["--database-url", &direct]);
+    let ready = async |server: &ServerProcess| {
+        http()
+            .get(format!("{}/readyz", server.base_url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    within(WAIT, "A is ready", async || {
+        (ready(&a).await == 200).then_some(())
+    })
+    .await;
+
+    proxy.freeze(true);
+    assert_eq!(put(&b.base_url, "written-meanwhile", "on", None).await, 201);
+    let frozen_at = Instant::now();
+    within(Duration::from_secs(15), "A reports not ready", async || {
+        (ready(&a).await == 503).then_some(())
+    })
+    .await;
+    eprintln!("not ready {:?} after the freeze", frozen_at.elapsed());
+    // Not only the probe's own query timing out: the replica knows it no longer follows.
+    let following = async |server: &ServerProcess| {
+        let metrics = http()
+            .get(format!("{}/metrics", server.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("flagd_replication_connected "))
+            .map(str::to_owned)
+    };
+    within(
+        Duration::from_secs(15),
+        "A says it does not follow",
+        async || (following(&a).await.as_deref() == Some("0")).then_some(()),
+    )
+    .await;
+    eprintln!("not following {:?} after the freeze", frozen_at.elapsed());
+
+    proxy.freeze(false);
+    within(WAIT, "A is ready and current again", async || {
+        let (status, answer) = ofrep(&a.base_url, "written-meanwhile", ADMIN).await;
+        (ready(&a).await == 200 && status == 200 && answer["value"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(following(&a).await.as_deref(), Some("1"));
 }
