@@ -163,6 +163,73 @@ pub enum FlagChange {
     },
 }
 
+impl FlagChange {
+    /// The key it changes and its `If-Match` version.
+    pub fn key(&self) -> (&str, Option<i64>) {
+        match self {
+            FlagChange::Upsert {
+                key,
+                expected_version,
+                ..
+            }
+            | FlagChange::Delete {
+                key,
+                expected_version,
+            } => (key, *expected_version),
+        }
+    }
+}
+
+/// A commit's preconditions, checked before anything is written, the same way by every store:
+/// each `If-Match` version is the stored one (0 for a flag that does not exist), and each
+/// deleted flag exists. `stored` reads a flag as the transaction sees it. Returns the stored
+/// flag of each change, in order.
+fn check_preconditions(
+    environment: &str,
+    changes: &[FlagChange],
+    mut stored: impl FnMut(&str) -> Result<Option<StoredFlag>, StoreError>,
+) -> Result<Vec<Option<StoredFlag>>, StoreError> {
+    let mut current = Vec::with_capacity(changes.len());
+    for change in changes {
+        let (key, expected) = change.key();
+        let existing = stored(key)?;
+        let actual = existing.as_ref().map_or(0, |f| f.version);
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(StoreError::VersionConflict {
+                key: key.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
+            return Err(StoreError::UnknownFlag {
+                environment: environment.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        current.push(existing);
+    }
+    Ok(current)
+}
+
+impl Role {
+    /// Reads a stored role name (anything but `admin` is the least privileged, `sdk`).
+    fn from_stored(name: &str) -> Role {
+        if name == "admin" {
+            Role::Admin
+        } else {
+            Role::Sdk
+        }
+    }
+}
+
+/// A stored token hash (a wrong length, from a hand edit, matches no secret).
+fn token_hash(bytes: &[u8]) -> [u8; 32] {
+    <[u8; 32]>::try_from(bytes).unwrap_or([0; 32])
+}
+
 /// New environment settings (metadata and `$evaluators`), from a document apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvironmentSettings {

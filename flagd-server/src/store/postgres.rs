@@ -19,7 +19,7 @@
 //! blocking pool, like SQLite) and `r2d2` for the pool, both well kept by the rust-postgres
 //! project. `sqlx` would need the trait to become async, and brings its own macro-heavy stack.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -863,20 +863,12 @@ const TOKEN_COLUMNS: &str = "id, name, role, environment, hash, created_at, revo
 fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
     let role: String = row.try_get(2)?;
     let hash: Vec<u8> = row.try_get(4)?;
-    let mut fixed = [0u8; 32];
-    if hash.len() == 32 {
-        fixed.copy_from_slice(&hash);
-    }
     Ok(TokenRecord {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
-        role: if role == "admin" {
-            Role::Admin
-        } else {
-            Role::Sdk
-        },
+        role: Role::from_stored(&role),
         environment: row.try_get(3)?,
-        hash: fixed,
+        hash: super::token_hash(&hash),
         created_at: row.try_get(5)?,
         revoked_at: row.try_get(6)?,
     })
@@ -899,20 +891,8 @@ impl PostgresStore {
 
         // Check every precondition before writing anything, reading the flags concerned in
         // one query.
-        let key_of = |change: &FlagChange| match change {
-            FlagChange::Upsert {
-                key,
-                expected_version,
-                ..
-            }
-            | FlagChange::Delete {
-                key,
-                expected_version,
-            } => (key.clone(), *expected_version),
-        };
-        let keys: Vec<String> = changes.iter().map(|c| key_of(c).0).collect();
-        let mut stored: std::collections::HashMap<String, StoredFlag> =
-            std::collections::HashMap::new();
+        let keys: Vec<&str> = changes.iter().map(|c| c.key().0).collect();
+        let mut stored: HashMap<String, StoredFlag> = HashMap::new();
         if !keys.is_empty() {
             let rows = tx.query(
                 &format!(
@@ -925,28 +905,8 @@ impl PostgresStore {
                 stored.insert(flag.key.clone(), flag);
             }
         }
-        let mut current = Vec::with_capacity(changes.len());
-        for change in changes {
-            let (key, expected) = key_of(change);
-            let existing = stored.get(&key).cloned();
-            let actual = existing.as_ref().map_or(0, |f| f.version);
-            if let Some(expected) = expected
-                && expected != actual
-            {
-                return Err(StoreError::VersionConflict {
-                    key,
-                    expected,
-                    actual,
-                });
-            }
-            if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
-                return Err(StoreError::UnknownFlag {
-                    environment: environment.to_owned(),
-                    key,
-                });
-            }
-            current.push(existing);
-        }
+        let current =
+            super::check_preconditions(environment, changes, |key| Ok(stored.get(key).cloned()))?;
         let insert_change = tx.prepare(INSERT_CHANGE)?;
 
         let mut records = Vec::with_capacity(changes.len() + 1);
@@ -1038,6 +998,31 @@ impl PostgresStore {
             changes: records,
         })
     }
+}
+
+/// Inserts a token and tells every replica (at commit).
+fn insert_token_row(
+    tx: &mut Transaction<'_>,
+    namespace: &Namespace,
+    token: &TokenRecord,
+) -> Result<(), StoreError> {
+    tx.execute(
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+        &[
+            &token.id,
+            &token.name,
+            &token.role.as_str(),
+            &token.environment,
+            &token.hash.as_slice(),
+            &token.created_at,
+            &token.revoked_at,
+        ],
+    )?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&namespace.tokens_channel, &token.id],
+    )?;
+    Ok(())
 }
 
 /// Saves a stored ramp if its revision is still `ramp.revision` (compare-and-set).
@@ -1269,22 +1254,7 @@ impl FlagStore for PostgresStore {
         {
             return Err(StoreError::UnknownEnvironment(environment.clone()));
         }
-        tx.execute(
-            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
-            &[
-                &token.id,
-                &token.name,
-                &token.role.as_str(),
-                &token.environment,
-                &token.hash.as_slice(),
-                &token.created_at,
-                &token.revoked_at,
-            ],
-        )?;
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&self.namespace.tokens_channel, &token.id],
-        )?;
+        insert_token_row(&mut tx, &self.namespace, token)?;
         tx.commit()?;
         Ok(())
     }
@@ -1301,22 +1271,7 @@ impl FlagStore for PostgresStore {
         if existing > 0 {
             return Ok(false);
         }
-        tx.execute(
-            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
-            &[
-                &token.id,
-                &token.name,
-                &token.role.as_str(),
-                &token.environment,
-                &token.hash.as_slice(),
-                &token.created_at,
-                &token.revoked_at,
-            ],
-        )?;
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&self.namespace.tokens_channel, &token.id],
-        )?;
+        insert_token_row(&mut tx, &self.namespace, token)?;
         tx.commit()?;
         Ok(true)
     }

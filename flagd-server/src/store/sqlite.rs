@@ -352,20 +352,12 @@ fn read_changes(
 fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let role: String = row.get(2)?;
     let hash: Vec<u8> = row.get(4)?;
-    let mut fixed = [0u8; 32];
-    if hash.len() == 32 {
-        fixed.copy_from_slice(&hash);
-    }
     Ok(TokenRecord {
         id: row.get(0)?,
         name: row.get(1)?,
-        role: if role == "admin" {
-            Role::Admin
-        } else {
-            Role::Sdk
-        },
+        role: Role::from_stored(&role),
         environment: row.get(3)?,
-        hash: fixed,
+        hash: super::token_hash(&hash),
         created_at: row.get(5)?,
         revoked_at: row.get(6)?,
     })
@@ -386,38 +378,8 @@ fn commit_in(
     let version = env.version + 1;
 
     // Check every precondition before writing anything.
-    let mut current = Vec::with_capacity(changes.len());
-    for change in changes {
-        let (key, expected) = match change {
-            FlagChange::Upsert {
-                key,
-                expected_version,
-                ..
-            }
-            | FlagChange::Delete {
-                key,
-                expected_version,
-            } => (key, *expected_version),
-        };
-        let existing = read_flag(tx, environment, key)?;
-        let actual = existing.as_ref().map_or(0, |f| f.version);
-        if let Some(expected) = expected
-            && expected != actual
-        {
-            return Err(StoreError::VersionConflict {
-                key: key.clone(),
-                expected,
-                actual,
-            });
-        }
-        if matches!(change, FlagChange::Delete { .. }) && existing.is_none() {
-            return Err(StoreError::UnknownFlag {
-                environment: environment.to_owned(),
-                key: key.clone(),
-            });
-        }
-        current.push(existing);
-    }
+    let current =
+        super::check_preconditions(environment, changes, |key| read_flag(tx, environment, key))?;
 
     let mut records = Vec::with_capacity(changes.len() + 1);
     if let Some(settings) = settings {
@@ -504,6 +466,22 @@ fn commit_in(
         version,
         changes: records,
     })
+}
+
+fn insert_token_row(connection: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
+    connection.execute(
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        params![
+            token.id,
+            token.name,
+            token.role.as_str(),
+            token.environment,
+            token.hash.as_slice(),
+            token.created_at,
+            token.revoked_at
+        ],
+    )?;
+    Ok(())
 }
 
 /// Saves a stored ramp if its revision is still `ramp.revision` (compare-and-set).
@@ -709,18 +687,7 @@ impl FlagStore for SqliteStore {
         {
             return Err(StoreError::UnknownEnvironment(environment.clone()));
         }
-        connection.execute(
-            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-            params![
-                token.id,
-                token.name,
-                token.role.as_str(),
-                token.environment,
-                token.hash.as_slice(),
-                token.created_at,
-                token.revoked_at
-            ],
-        )?;
+        insert_token_row(&connection, token)?;
         Ok(())
     }
 
@@ -733,18 +700,7 @@ impl FlagStore for SqliteStore {
         if existing > 0 {
             return Ok(false);
         }
-        tx.execute(
-            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-            params![
-                token.id,
-                token.name,
-                token.role.as_str(),
-                token.environment,
-                token.hash.as_slice(),
-                token.created_at,
-                token.revoked_at
-            ],
-        )?;
+        insert_token_row(&tx, token)?;
         tx.commit()?;
         Ok(true)
     }
