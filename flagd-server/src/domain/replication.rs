@@ -36,6 +36,8 @@ pub struct Replication {
     connected: AtomicBool,
     /// A catch-up with the database timed out, and none has succeeded since.
     stalled: AtomicBool,
+    /// The notification connection has not proved alive for [`SILENCE_LIMIT`].
+    silent: AtomicBool,
     problem: Mutex<Option<String>>,
 }
 
@@ -43,10 +45,14 @@ impl Replication {
     /// `Err(why)` while this replica follows a database and has lost its notification
     /// connection (it would serve stale flags without noticing).
     pub fn check(&self) -> Result<(), String> {
-        if !self.following.load(Ordering::Acquire)
-            || (self.connected.load(Ordering::Acquire) && !self.stalled.load(Ordering::Acquire))
-        {
+        if !self.following.load(Ordering::Acquire) || self.healthy() {
             return Ok(());
+        }
+        if self.silent.load(Ordering::Acquire) && self.connected.load(Ordering::Acquire) {
+            return Err(format!(
+                "the notification connection has not answered for over {} s",
+                SILENCE_LIMIT.as_secs()
+            ));
         }
         if self.stalled.load(Ordering::Acquire) {
             return Err(format!(
@@ -67,9 +73,15 @@ impl Replication {
 
     /// `Some(connected)` when following a database.
     pub fn connected(&self) -> Option<bool> {
-        self.following.load(Ordering::Acquire).then(|| {
-            self.connected.load(Ordering::Acquire) && !self.stalled.load(Ordering::Acquire)
-        })
+        self.following
+            .load(Ordering::Acquire)
+            .then(|| self.healthy())
+    }
+
+    fn healthy(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+            && !self.stalled.load(Ordering::Acquire)
+            && !self.silent.load(Ordering::Acquire)
     }
 
     fn set(&self, connected: bool, problem: Option<String>) {
@@ -93,9 +105,8 @@ pub async fn follow(
     domain.replication.following.store(true, Ordering::Release);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
-    // Whether the watchdog (not the listener) marked the connection down.
-    let mut silenced = false;
+    // The watchdog runs on its own: a catch-up waiting on a hung query must not hold it up.
+    tokio::spawn(watch_heartbeat(domain.clone(), heartbeat, stop.clone()));
     loop {
         let notice = tokio::select! {
             () = stop.cancelled() => return,
@@ -107,29 +118,7 @@ pub async fn follow(
                 }
                 continue;
             }
-            _ = watchdog.tick() => {
-                let silent = heartbeat.age();
-                let connected = domain.replication.connected.load(Ordering::Acquire);
-                if connected && silent > SILENCE_LIMIT {
-                    tracing::warn!(?silent, "the PostgreSQL notification connection stopped answering");
-                    domain.replication.set(false, Some(format!(
-                        "the notification connection has not answered for {} s", silent.as_secs()
-                    )));
-                    silenced = true;
-                } else if silenced && silent < SILENCE_LIMIT {
-                    silenced = false;
-                    domain.replication.set(true, None);
-                    let result = bounded(&domain, catch_up_everything(&domain)).await;
-                    if let Err(error) = result {
-                        tracing::warn!(%error, "cannot catch up with the database; the next poll retries");
-                    }
-                }
-                continue;
-            }
         };
-        if matches!(notice, Some(Notice::Connected | Notice::Disconnected(_))) {
-            silenced = false;
-        }
         let result = match notice {
             None => {
                 domain
@@ -168,6 +157,27 @@ pub async fn follow(
 /// Runs one catch-up for at most [`CATCH_UP_LIMIT`]. One that takes longer (a query hanging on
 /// a dead connection) marks the replica not ready (`stalled`), and the following goes on (the
 /// stuck query keeps only its blocking thread); the next catch-up that succeeds clears it.
+/// Every second, whether the notification connection proved alive within [`SILENCE_LIMIT`]
+/// (`silent` for `/readyz` and the metric; cleared when it beats again, and the next poll
+/// catches up).
+async fn watch_heartbeat(domain: Domain, heartbeat: Heartbeat, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let age = heartbeat.age();
+        let silent = age > SILENCE_LIMIT;
+        let was = domain.replication.silent.swap(silent, Ordering::AcqRel);
+        if silent && !was {
+            tracing::warn!(silent = ?age, "the PostgreSQL notification connection stopped answering");
+        } else if was && !silent {
+            tracing::info!("the PostgreSQL notification connection answers again");
+        }
+    }
+}
+
 async fn bounded(
     domain: &Domain,
     work: impl Future<Output = Result<(), DomainError>>,
