@@ -225,6 +225,37 @@ impl Role {
     }
 }
 
+/// Reads stored JSON, naming `what` when it does not decode (a corrupted or hand-edited store).
+fn decode<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what: what(),
+        source,
+    })
+}
+
+/// JSON text for a column. Serialising our own model types cannot fail (no non-string map
+/// keys).
+fn encode(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// A flag as the change log records it.
+fn flag_json(flag: &Flag) -> Value {
+    serde_json::to_value(flag).unwrap_or(Value::Null)
+}
+
+/// A change record's stored `before`/`after`: one that does not decode (a hand edit, a bug) is
+/// shown with a marker, never turned into an error for the whole listing.
+fn readable(id: i64, text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| {
+        tracing::error!(id, %error, "stored change record does not decode");
+        serde_json::json!({"$error": format!("this stored value does not decode: {error}")})
+    })
+}
+
 /// A stored token hash (a wrong length, from a hand edit, matches no secret).
 fn token_hash(bytes: &[u8]) -> [u8; 32] {
     <[u8; 32]>::try_from(bytes).unwrap_or([0; 32])

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
     EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role, StoreError,
-    StoredFlag, TokenRecord,
+    StoredFlag, TokenRecord, decode, encode, flag_json, readable,
 };
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -217,11 +217,6 @@ impl Leadership {
     pub fn is_leader(&self) -> bool {
         self.0.leading.load(Ordering::Acquire)
             && (!self.0.elected || self.0.confirmed.age() < LEADER_CONFIRMATION)
-    }
-
-    /// Whether leadership is elected among replicas (PostgreSQL) rather than given.
-    pub fn is_elected(&self) -> bool {
-        self.0.elected
     }
 }
 
@@ -606,25 +601,6 @@ fn migrate_locked(client: &mut Client, now: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
-    text: &str,
-    what: impl FnOnce() -> String,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
-        what: what(),
-        source,
-    })
-}
-
-fn encode(value: &impl serde::Serialize) -> String {
-    // Serialising our own model types to a string cannot fail (no non-string map keys).
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-}
-
-fn flag_json(flag: &Flag) -> Value {
-    serde_json::to_value(flag).unwrap_or(Value::Null)
-}
-
 fn read_environment(
     client: &mut impl GenericClient,
     name: &str,
@@ -831,13 +807,6 @@ fn notify(
 
 fn change_from_row(row: &Row) -> Result<ChangeRecord, StoreError> {
     let id: i64 = row.try_get(0)?;
-    // One record that does not decode is shown with a marker, never an error for the listing.
-    let readable = |text: &str| {
-        serde_json::from_str(text).unwrap_or_else(|error| {
-            tracing::error!(id, %error, "stored change record does not decode");
-            serde_json::json!({"$error": format!("this stored value does not decode: {error}")})
-        })
-    };
     let operation: String = row.try_get(4)?;
     let before: String = row.try_get(5)?;
     let after: String = row.try_get(6)?;
@@ -847,8 +816,8 @@ fn change_from_row(row: &Row) -> Result<ChangeRecord, StoreError> {
         version: row.try_get(2)?,
         flag: row.try_get(3)?,
         operation: Operation::parse(&operation),
-        before: readable(&before),
-        after: readable(&after),
+        before: readable(id, &before),
+        after: readable(id, &after),
         actor: row.try_get(7)?,
         at: row.try_get(8)?,
         message: row.try_get(9)?,
@@ -1478,20 +1447,7 @@ impl PostgresStore {
             )?;
         }
         for token in &data.tokens {
-            tx.execute(
-                &format!(
-                    "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                ),
-                &[
-                    &token.id,
-                    &token.name,
-                    &token.role.as_str(),
-                    &token.environment,
-                    &token.hash.as_slice(),
-                    &token.created_at,
-                    &token.revoked_at,
-                ],
-            )?;
+            insert_token_row(&mut tx, &self.namespace, token)?;
         }
         for ramp in &data.ramps {
             tx.execute(

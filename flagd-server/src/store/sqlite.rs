@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
     EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role, StoreError,
-    StoredFlag, TokenRecord,
+    StoredFlag, TokenRecord, decode, encode, flag_json, readable,
 };
 
 /// Schema migrations, applied in order at start. Never edit one that has shipped: add another.
@@ -143,21 +143,6 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    text: &str,
-    what: impl FnOnce() -> String,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
-        what: what(),
-        source,
-    })
-}
-
-fn encode(value: &impl serde::Serialize) -> String {
-    // Serialising our own model types to a string cannot fail (no non-string map keys).
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
 fn read_environment(tx: &Connection, name: &str) -> Result<Option<Environment>, StoreError> {
@@ -289,10 +274,6 @@ fn append_change(
     })
 }
 
-fn flag_json(flag: &Flag) -> Value {
-    serde_json::to_value(flag).unwrap_or(Value::Null)
-}
-
 fn read_changes(
     connection: &Connection,
     filter: &str,
@@ -317,14 +298,6 @@ fn read_changes(
     })?;
     rows.map(|row| {
         let (id, environment, version, flag, operation, before, after, actor, at, message) = row?;
-        // One record that does not decode (a hand edit, a bug) is shown with a marker, never
-        // turned into an error for the whole listing.
-        let readable = |text: &str| {
-            serde_json::from_str(text).unwrap_or_else(|error| {
-                tracing::error!(id, %error, "stored change record does not decode");
-                serde_json::json!({"$error": format!("this stored value does not decode: {error}")})
-            })
-        };
         let operation = Operation::parse(&operation);
         if let Operation::Other(name) = &operation {
             tracing::warn!(
@@ -334,8 +307,8 @@ fn read_changes(
             );
         }
         Ok(ChangeRecord {
-            before: readable(&before),
-            after: readable(&after),
+            before: readable(id, &before),
+            after: readable(id, &after),
             id,
             environment,
             version,
