@@ -3,7 +3,7 @@
 //! Layers, each importing only the ones before it:
 //!
 //! ```text
-//! store  <-  domain (flags, ramp, tokens, hub)  <-  http (api/, error.rs, state.rs)  <-  lib.rs
+//! store  <-  domain (flags, ramp, tokens, hub, replication)  <-  http (api/, error.rs, state.rs)  <-  lib.rs
 //! ```
 //!
 //! Domain code returns [`DomainError`] (what went wrong, in its own terms); the HTTP layer turns
