@@ -221,6 +221,68 @@ pub enum EnvCommand {
         #[arg(long)]
         force: bool,
     },
+    /// GitOps: bind an environment to a Git repository that the server reconciles it from.
+    #[command(subcommand)]
+    Source(SourceCommand),
+}
+
+/// `flagctl env source`: see docs/GITOPS.md.
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Bind ENV to a Git source (replacing any binding); the server syncs it at once, then
+    /// every --interval.
+    Set(SourceSetArgs),
+    /// Show ENV's source: repository, last synced commit and time, status, error, drift.
+    Show {
+        /// The environment.
+        env: String,
+    },
+    /// Unbind ENV (its flags stay as they are, and can be edited again).
+    Unset {
+        /// The environment.
+        env: String,
+    },
+    /// Sync ENV from Git now and show the result (exit 1 if the sync failed).
+    Sync {
+        /// The environment.
+        env: String,
+    },
+}
+
+/// `flagctl env source set`.
+#[derive(Debug, Args)]
+pub struct SourceSetArgs {
+    /// The environment.
+    pub env: String,
+    /// The repository: https://…, ssh://… (or user@host:path), file://… or a local path (as the
+    /// server sees it).
+    #[arg(long)]
+    pub repository: String,
+    /// The branch whose head is the declared state.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// A flagd document in the repository, or a directory of *.json flag-set files merged in
+    /// name order.
+    #[arg(long)]
+    pub path: String,
+    /// How often the server reconciles (1s to 24h).
+    #[arg(long, default_value = "30s")]
+    pub interval: String,
+    /// What to do with live changes that did not come from Git: revert them at the next sync,
+    /// reject admin writes (409 managed_by_git; ramps still run), or report them.
+    #[arg(long, default_value = "revert", value_parser = ["revert", "reject", "report"])]
+    pub drift: String,
+    /// Name of a secret in the server's configuration to authenticate to the repository with
+    /// (FLAGD_SECRET_<NAME> or a file in --secrets-dir; never sent or stored by flagctl).
+    #[arg(long, value_name = "NAME")]
+    pub credentials: Option<String>,
+    /// Name of a secret in the server's configuration that webhooks sign their body with
+    /// (X-Hub-Signature-256).
+    #[arg(long, value_name = "NAME")]
+    pub webhook_secret: Option<String>,
+    /// Why: stored in the audit log.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
 }
 
 /// A change message for the audit log, and the version the change expects. Only for writes whose

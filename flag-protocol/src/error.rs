@@ -25,6 +25,9 @@ pub enum ErrorCode {
     RequestTimeout,
     /// 409: the request conflicts with the current state.
     Conflict,
+    /// 409: the environment is managed by Git with the `reject` drift policy: change it in its
+    /// repository (the message names the repository, branch and path).
+    ManagedByGit,
     /// 412: `If-Match` named a stale version (or a version of a flag that does not exist).
     PreconditionFailed,
     /// 413: the body is over the server's limit.
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::ManagedByGit => "managed_by_git",
             ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
@@ -96,7 +100,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::ManagedByGit => 409,
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
@@ -197,6 +201,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::RequestTimeout,
             ErrorCode::Conflict,
+            ErrorCode::ManagedByGit,
             ErrorCode::PreconditionFailed,
             ErrorCode::PayloadTooLarge,
             ErrorCode::UnsupportedMediaType,

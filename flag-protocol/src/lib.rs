@@ -10,6 +10,8 @@
 //! - [`error`]: the admin API's `{"error": {"code", "message", "path", "problems"}}` body, with a
 //!   typed [`ErrorCode`] that clients decide on (never on the message text).
 //! - [`ofrep`]: the OpenFeature Remote Evaluation Protocol's bodies.
+//! - [`source`]: GitOps: an environment's Git source (`/api/v1/environments/{env}/source`), its
+//!   sync status and drift.
 //!
 //! The human description, with every message as an example, is the server repository's
 //! `docs/PROTOCOL.md`; a test parses each example there with these types. Golden fixtures in
@@ -25,6 +27,7 @@
 
 pub mod error;
 pub mod ofrep;
+pub mod source;
 pub mod stream;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

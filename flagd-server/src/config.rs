@@ -131,6 +131,12 @@ pub struct Config {
     #[arg(long, env = "FLAGD_GUARD_CA", value_name = "FILE")]
     pub guard_ca: Option<PathBuf>,
 
+    /// A directory of named secrets for Git sources (`credentials`, `webhookSecret`): the file
+    /// `DIR/<name>` holds the secret `<name>`, as Kubernetes mounts secrets. A variable
+    /// `FLAGD_SECRET_<NAME>` (upper case, `-` and `.` as `_`) takes precedence.
+    #[arg(long, env = "FLAGD_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
     /// Run a maintenance command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -232,6 +232,7 @@ impl From<DomainError> for ApiError {
                     Rejection::Rollout => ErrorCode::Rollout,
                     Rejection::FlagTooLarge => ErrorCode::FlagTooLarge,
                     Rejection::OutOfRange => ErrorCode::OutOfRange,
+                    Rejection::ManagedByGit => ErrorCode::ManagedByGit,
                 };
                 let mut api = ApiError::new(code, message);
                 api.path = field;

@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod git;
 pub mod listener;
 pub mod metrics;
 pub mod state;
@@ -94,6 +95,8 @@ pub struct ServerOptions {
     pub tls: Option<tls::TlsOptions>,
     /// A CA (PEM) trusted for `https://` ramp guards besides the public roots.
     pub guard_ca: Option<PathBuf>,
+    /// Where Git sources' named secrets are read from, besides `FLAGD_SECRET_<NAME>`.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -112,6 +115,7 @@ impl ServerOptions {
             request_timeout: Duration::from_secs(30),
             tls: None,
             guard_ca: None,
+            secrets_dir: None,
         }
     }
 }
@@ -138,6 +142,7 @@ impl From<&config::Config> for ServerOptions {
                 _ => None,
             },
             guard_ca: config.guard_ca.clone(),
+            secrets_dir: config.secrets_dir.clone(),
         }
     }
 }
@@ -186,6 +191,12 @@ impl Server {
         if let Some(roots) = guard_roots {
             let _ = state.guard_ca.set(roots);
         }
+        // Git sources fetch into the data directory; HTTPS remotes use rustls with ring (gix's
+        // reqwest is built without a provider of its own).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        state
+            .gitops
+            .configure(options.data_dir.join("git"), options.secrets_dir.clone());
         if let Some(postgres) = postgres {
             // Replicas: follow the others' commits, and take part in the leader election for
             // the ramp scheduler. Both run on threads of their own with dedicated connections.
@@ -258,6 +269,11 @@ impl Server {
             self.state.domain.clone(),
             stopping.clone(),
             domain::ramp::SchedulerSettings::default(),
+        ));
+        // GitOps: reconcile bound environments at start and every interval (on the leader).
+        tokio::spawn(domain::gitops::run_reconciler(
+            self.state.domain.clone(),
+            stopping.clone(),
         ));
         // Our own accept loop rather than axum::serve: it sets hyper's header-read timeout
         // (which also closes connections idle between requests), bounds sockets that never send

@@ -280,3 +280,42 @@ pub fn render_replica(out: &mut String, leader: bool, following: Option<bool>) {
         let _ = writeln!(out, "flagd_replication_connected {}", u8::from(connected));
     }
 }
+
+/// The GitOps figures per bound environment this replica has synced: the last successful sync
+/// time, failed syncs, and the drift the last sync listed.
+pub fn render_gitops(out: &mut String, sources: &[(String, crate::domain::gitops::SourceStats)]) {
+    if sources.is_empty() {
+        return;
+    }
+    out.push_str("# HELP flagd_gitops_last_sync_timestamp_seconds When the environment last synced from Git successfully (unix seconds).\n");
+    out.push_str("# TYPE flagd_gitops_last_sync_timestamp_seconds gauge\n");
+    for (environment, stats) in sources {
+        if let Some(at) = stats.last_success {
+            let _ = writeln!(
+                out,
+                "flagd_gitops_last_sync_timestamp_seconds{{environment=\"{}\"}} {at}",
+                label(environment)
+            );
+        }
+    }
+    out.push_str("# HELP flagd_gitops_sync_failures_total Git syncs that failed (fetch, invalid document, apply).\n");
+    out.push_str("# TYPE flagd_gitops_sync_failures_total counter\n");
+    for (environment, stats) in sources {
+        let _ = writeln!(
+            out,
+            "flagd_gitops_sync_failures_total{{environment=\"{}\"}} {}",
+            label(environment),
+            stats.failures
+        );
+    }
+    out.push_str("# HELP flagd_gitops_drift Live differences from Git kept by the last sync (policy report, ramps).\n");
+    out.push_str("# TYPE flagd_gitops_drift gauge\n");
+    for (environment, stats) in sources {
+        let _ = writeln!(
+            out,
+            "flagd_gitops_drift{{environment=\"{}\"}} {}",
+            label(environment),
+            stats.drift
+        );
+    }
+}

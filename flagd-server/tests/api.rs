@@ -309,12 +309,16 @@ async fn auth_matrix() {
             let (status, _, response) = app.send(with(header.as_deref())).await;
             let expected_denial = match (access, case) {
                 (Access::Public, _)
-                | (Access::Admin, "admin token")
+                | (Access::Admin | Access::AdminOrWebhook, "admin token")
                 | (Access::Environment, "sdk token") => None,
-                (Access::Admin, "sdk token") => Some(StatusCode::FORBIDDEN),
+                (Access::Admin | Access::AdminOrWebhook, "sdk token") => {
+                    Some(StatusCode::FORBIDDEN)
+                }
                 // An admin token may read an environment, but must name it.
                 (Access::Environment, "admin token") => Some(StatusCode::BAD_REQUEST),
-                (Access::Admin | Access::Environment, _) => Some(StatusCode::UNAUTHORIZED),
+                (Access::Admin | Access::Environment | Access::AdminOrWebhook, _) => {
+                    Some(StatusCode::UNAUTHORIZED)
+                }
             };
             match expected_denial {
                 Some(expected) => {

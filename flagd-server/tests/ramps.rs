@@ -955,6 +955,36 @@ impl FlagStore for FlakyStore {
         self.inner
             .record_event(environment, flag, operation, details, by)
     }
+    fn sources(&self) -> Result<Vec<flagd_server::store::SourceRecord>, StoreError> {
+        self.inner.sources()
+    }
+    fn source(
+        &self,
+        environment: &str,
+    ) -> Result<Option<flagd_server::store::SourceRecord>, StoreError> {
+        self.inner.source(environment)
+    }
+    fn bind_source(
+        &self,
+        environment: &str,
+        spec: &Value,
+        status: &Value,
+    ) -> Result<i64, StoreError> {
+        self.inner.bind_source(environment, spec, status)
+    }
+    fn unbind_source(&self, environment: &str) -> Result<bool, StoreError> {
+        self.inner.unbind_source(environment)
+    }
+    fn save_source_status(
+        &self,
+        environment: &str,
+        generation: i64,
+        status: &Value,
+        baseline: Option<&Value>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .save_source_status(environment, generation, status, baseline)
+    }
     fn ramps(
         &self,
         query: &flagd_server::store::RampQuery,

@@ -14,9 +14,28 @@ pub async fn run(context: &Context) -> Result<u8> {
             super::environment_path(&context.environment)?
         ))
         .await?;
+    // The environment's Git source, if it has one (404: it has none).
+    let (status, source) = api
+        .call_raw(
+            reqwest::Method::GET,
+            &format!("{}/source", super::environment_path(&context.environment)?),
+            None,
+        )
+        .await?;
+    let source = status.is_success().then_some(source);
     if context.output == Format::Json {
-        output::json(&answer.body)?;
+        let mut body = answer.body.clone();
+        if let (Some(source), Some(object)) = (&source, body.as_object_mut()) {
+            object.insert("source".to_owned(), source.clone());
+        }
+        output::json(&body)?;
         return Ok(exit::OK);
+    }
+    if let Some(view) = source
+        .as_ref()
+        .and_then(|s| serde_json::from_value::<flag_protocol::source::SourceView>(s.clone()).ok())
+    {
+        super::env::print_source(&view)?;
     }
     let version = answer.body["version"].as_i64().unwrap_or(0);
     let clients = answer.body["clients"]

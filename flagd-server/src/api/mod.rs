@@ -8,6 +8,7 @@ mod flags;
 mod ofrep;
 mod ops;
 mod ramps;
+mod sources;
 mod stream;
 mod tokens;
 
@@ -33,6 +34,8 @@ pub enum Access {
     Admin,
     /// One environment's readers: its sdk tokens, or an admin token with `?environment=`.
     Environment,
+    /// Admin tokens, or a webhook signing its body with the Git source's secret.
+    AdminOrWebhook,
 }
 
 /// Every route: method, path template, access. The OpenAPI document and the auth-matrix test
@@ -96,6 +99,14 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/environments/{env}/ramps", Access::Admin),
     ("GET", "/api/v1/environments/{env}/document", Access::Admin),
     ("PUT", "/api/v1/environments/{env}/document", Access::Admin),
+    ("GET", "/api/v1/environments/{env}/source", Access::Admin),
+    ("PUT", "/api/v1/environments/{env}/source", Access::Admin),
+    ("DELETE", "/api/v1/environments/{env}/source", Access::Admin),
+    (
+        "POST",
+        "/api/v1/environments/{env}/source/sync",
+        Access::AdminOrWebhook,
+    ),
     ("GET", "/api/v1/audit", Access::Admin),
     ("GET", "/api/v1/tokens", Access::Admin),
     ("POST", "/api/v1/tokens", Access::Admin),
@@ -166,6 +177,16 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             post(ramps::abort),
         )
         .route("/api/v1/environments/{env}/ramps", get(ramps::list))
+        .route(
+            "/api/v1/environments/{env}/source",
+            get(sources::show)
+                .put(sources::bind)
+                .delete(sources::unbind),
+        )
+        .route(
+            "/api/v1/environments/{env}/source/sync",
+            post(sources::sync),
+        )
         .route("/api/v1/audit", get(audit::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

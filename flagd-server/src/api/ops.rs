@@ -40,6 +40,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
         let mut text = state.metrics.render();
         crate::metrics::render_replica(&mut text, state.is_leader(), state.replication.connected());
+        crate::metrics::render_gitops(&mut text, &state.gitops.stats());
         text
     })
 }

@@ -144,6 +144,7 @@ pub fn put_flag(
     by: &Attribution,
 ) -> Result<(Written, bool), DomainError> {
     let env = environment_or_not_found(store, environment)?;
+    super::gitops::check_writable(store, environment)?;
     let (flag, warnings) = validate_flag(&env, key, definition, mode)?;
     let created_at = store.flag(environment, key)?.map(|f| f.created_at);
     let change = FlagChange::Upsert {
@@ -201,6 +202,7 @@ pub fn modify_flag(
     by: &Attribution,
     transform: impl Fn(&Environment, &mut Value) -> Result<(), DomainError>,
 ) -> Result<Written, DomainError> {
+    super::gitops::check_writable(store, environment)?;
     modify_flag_fenced(store, environment, key, if_match, mode, by, None, transform)
 }
 
@@ -316,6 +318,7 @@ pub fn rollout(
     mode: WriteMode,
     by: &Attribution,
 ) -> Result<Written, DomainError> {
+    super::gitops::check_writable(store, environment)?;
     modify_flag_fenced(
         store,
         environment,
@@ -443,7 +446,56 @@ pub fn apply_document(
     mode: WriteMode,
     by: &Attribution,
 ) -> Result<ApplyReport, DomainError> {
+    if !dry_run {
+        super::gitops::check_writable(store, environment)?;
+    }
+    apply_document_as(store, environment, document, dry_run, prune, mode, by, None)
+}
+
+/// What the Git reconciler applies: a whole document with `prune`, never a dry run, not subject
+/// to the `reject` drift policy, and refused (`PreconditionFailed`) unless the environment is
+/// still at `at_version` (the version the reconciler compared it with).
+pub fn apply_document_at(
+    store: &dyn FlagStore,
+    environment: &str,
+    document: &Value,
+    prune: bool,
+    mode: WriteMode,
+    by: &Attribution,
+    at_version: Option<i64>,
+) -> Result<ApplyReport, DomainError> {
+    apply_document_as(
+        store,
+        environment,
+        document,
+        false,
+        prune,
+        mode,
+        by,
+        at_version,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_document_as(
+    store: &dyn FlagStore,
+    environment: &str,
+    document: &Value,
+    dry_run: bool,
+    prune: bool,
+    mode: WriteMode,
+    by: &Attribution,
+    at_version: Option<i64>,
+) -> Result<ApplyReport, DomainError> {
     let env = environment_or_not_found(store, environment)?;
+    if let Some(expected) = at_version
+        && expected != env.version
+    {
+        return Err(DomainError::precondition_failed(format!(
+            "environment {environment:?} changed while it was being compared (version {expected} is now {}); nothing was written",
+            env.version
+        )));
+    }
     let loaded = CompiledFlagSet::load(document).map_err(DomainError::invalid)?;
     for (key, flag) in &loaded.set.flags {
         check_flag_size(

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::metrics::Metrics;
 use crate::store::{
     Attribution, AuditQuery, ChangeRecord, Commit, Environment, EnvironmentSettings, FlagChange,
-    FlagStore, Operation, RampQuery, RampRecord, StoreError, StoredFlag, TokenRecord,
+    FlagStore, Operation, RampQuery, RampRecord, SourceRecord, StoreError, StoredFlag, TokenRecord,
     commit_digest,
 };
 
@@ -754,6 +754,38 @@ impl FlagStore for PublishingStore {
         // Not published: an event changes no flag.
         self.inner
             .record_event(environment, flag, operation, details, by)
+    }
+
+    fn sources(&self) -> Result<Vec<SourceRecord>, StoreError> {
+        self.inner.sources()
+    }
+
+    fn source(&self, environment: &str) -> Result<Option<SourceRecord>, StoreError> {
+        self.inner.source(environment)
+    }
+
+    fn bind_source(
+        &self,
+        environment: &str,
+        spec: &Value,
+        status: &Value,
+    ) -> Result<i64, StoreError> {
+        self.inner.bind_source(environment, spec, status)
+    }
+
+    fn unbind_source(&self, environment: &str) -> Result<bool, StoreError> {
+        self.inner.unbind_source(environment)
+    }
+
+    fn save_source_status(
+        &self,
+        environment: &str,
+        generation: i64,
+        status: &Value,
+        baseline: Option<&Value>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .save_source_status(environment, generation, status, baseline)
     }
 }
 

@@ -11,6 +11,7 @@
 //! become responses.
 
 pub mod flags;
+pub mod gitops;
 pub mod hub;
 pub mod ramp;
 pub mod replication;
@@ -95,6 +96,8 @@ pub struct DomainState {
     /// CAs trusted for `https://` ramp guards besides the public roots (`--guard-ca`), set once
     /// at start.
     pub guard_ca: std::sync::OnceLock<Vec<reqwest::Certificate>>,
+    /// Git sources (GitOps): repository cache, secrets, per-environment sync locks, metrics.
+    pub gitops: gitops::GitOps,
 }
 
 impl Domain {
@@ -123,6 +126,7 @@ impl Domain {
             strict_writes: AtomicBool::new(false),
             metrics,
             guard_ca: std::sync::OnceLock::new(),
+            gitops: gitops::GitOps::default(),
         })))
     }
 
@@ -185,6 +189,7 @@ pub async fn delete_flag(
     let (env, flag) = (environment.to_owned(), key.to_owned());
     blocking(domain, move |store| {
         flags::environment_or_not_found(store, &env)?;
+        gitops::check_writable(store, &env)?;
         let change = FlagChange::Delete {
             key: flag,
             expected_version,
@@ -222,6 +227,7 @@ pub async fn delete_environment(
 ) -> Result<(), DomainError> {
     let environment = name.to_owned();
     blocking(domain, move |store| {
+        gitops::check_writable(store, &environment)?;
         Ok(store.delete_environment(&environment, force, &by)?)
     })
     .await?;
@@ -254,6 +260,8 @@ pub enum Rejection {
     FlagTooLarge,
     /// A value outside its range.
     OutOfRange,
+    /// The environment is managed by Git with the `reject` drift policy.
+    ManagedByGit,
 }
 
 /// A domain failure.

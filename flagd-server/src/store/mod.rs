@@ -536,6 +536,23 @@ pub struct RampQuery {
     pub due_at: Option<i64>,
 }
 
+/// An environment's Git source (GitOps) and its reconciler's memory. The JSON columns are
+/// `flag_protocol::source` types, read and checked by `domain/gitops.rs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    /// The environment.
+    pub environment: String,
+    /// The `SourceSpec` it is bound to.
+    pub spec: Value,
+    /// The reconciler's status (a `SyncStatus` plus what it keeps for itself).
+    pub status: Value,
+    /// The Git document last applied (what a later commit is compared with, to tell a change
+    /// in Git from drift); `None` before the first sync.
+    pub baseline: Option<Value>,
+    /// Bumped by every bind: a status saved for an older binding is dropped.
+    pub generation: i64,
+}
+
 /// Flag storage. Implementations must make each `commit` atomic and durable before returning.
 pub trait FlagStore: Send + Sync + 'static {
     /// All environments, by name.
@@ -618,6 +635,48 @@ pub trait FlagStore: Send + Sync + 'static {
         details: &Value,
         by: &Attribution,
     ) -> Result<ChangeRecord, StoreError>;
+    /// Every Git source binding.
+    fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;
+    /// One environment's Git source binding.
+    fn source(&self, environment: &str) -> Result<Option<SourceRecord>, StoreError>;
+    /// Binds (or rebinds) an environment to a source: a new status, no baseline, the next
+    /// generation (returned). `UnknownEnvironment` if it does not exist. Deleting the
+    /// environment unbinds it.
+    fn bind_source(
+        &self,
+        environment: &str,
+        spec: &Value,
+        status: &Value,
+    ) -> Result<i64, StoreError>;
+    /// Unbinds; returns whether it was bound.
+    fn unbind_source(&self, environment: &str) -> Result<bool, StoreError>;
+    /// Saves the reconciler's status (and a new baseline, if given) if the binding is still
+    /// `generation`; returns whether it was saved.
+    fn save_source_status(
+        &self,
+        environment: &str,
+        generation: i64,
+        status: &Value,
+        baseline: Option<&Value>,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Reads a source row's JSON columns (shared by both stores).
+fn source_record(
+    environment: String,
+    spec: &str,
+    status: &str,
+    baseline: Option<&str>,
+    generation: i64,
+) -> Result<SourceRecord, StoreError> {
+    let what = || format!("the Git source of environment {environment:?}");
+    Ok(SourceRecord {
+        spec: decode(spec, what)?,
+        status: decode(status, what)?,
+        baseline: baseline.map(|text| decode(text, what)).transpose()?,
+        generation,
+        environment,
+    })
 }
 
 #[cfg(test)]

@@ -33,14 +33,16 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
-    EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role, StoreError,
-    StoredFlag, TokenRecord, decode, encode, flag_json, readable,
+    EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role,
+    SourceRecord, StoreError, StoredFlag, TokenRecord, decode, encode, flag_json, readable,
+    source_record,
 };
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// Schema migrations, applied in order at start. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE environments (
         name        TEXT PRIMARY KEY,
         version     BIGINT NOT NULL DEFAULT 0,
@@ -96,7 +98,18 @@ const MIGRATIONS: &[&str] = &[r#"
     );
     CREATE INDEX ramps_by_flag ON ramps (environment, flag_key, id);
     CREATE INDEX ramps_due ON ramps (state, next_at);
-"#];
+"#,
+    r#"
+    -- GitOps: an environment's Git source and its reconciler's memory (JSON, see gitops.rs).
+    CREATE TABLE sources (
+        environment TEXT PRIMARY KEY,
+        spec        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        baseline    TEXT,
+        generation  BIGINT NOT NULL DEFAULT 1
+    );
+"#,
+];
 
 /// A connection string with its password replaced by `***`, for logs and messages.
 pub fn redacted_url(url: &str) -> String {
@@ -1116,6 +1129,7 @@ impl FlagStore for PostgresStore {
             by,
         )?;
         tx.execute("DELETE FROM environments WHERE name = $1", &[&name])?;
+        tx.execute("DELETE FROM sources WHERE environment = $1", &[&name])?;
         tx.execute(
             "UPDATE tokens SET revoked_at = $2 WHERE environment = $1 AND revoked_at IS NULL",
             &[&name, &by.at],
@@ -1371,6 +1385,99 @@ impl FlagStore for PostgresStore {
         )?;
         tx.commit()?;
         Ok(record)
+    }
+    fn sources(&self) -> Result<Vec<SourceRecord>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT environment, spec, status, baseline, generation FROM sources ORDER BY environment",
+            &[],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let baseline: Option<String> = row.try_get(3)?;
+                source_record(
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    baseline.as_deref(),
+                    row.try_get(4)?,
+                )
+            })
+            .collect()
+    }
+
+    fn source(&self, environment: &str) -> Result<Option<SourceRecord>, StoreError> {
+        let row = self.client()?.query_opt(
+            "SELECT spec, status, baseline, generation FROM sources WHERE environment = $1",
+            &[&environment],
+        )?;
+        row.map(|row| {
+            let baseline: Option<String> = row.try_get(2)?;
+            source_record(
+                environment.to_owned(),
+                row.try_get(0)?,
+                row.try_get(1)?,
+                baseline.as_deref(),
+                row.try_get(3)?,
+            )
+        })
+        .transpose()
+    }
+
+    fn bind_source(
+        &self,
+        environment: &str,
+        spec: &Value,
+        status: &Value,
+    ) -> Result<i64, StoreError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction()?;
+        if tx
+            .query_opt(
+                "SELECT 1 FROM environments WHERE name = $1 FOR UPDATE",
+                &[&environment],
+            )?
+            .is_none()
+        {
+            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+        }
+        let generation: i64 = tx
+            .query_one(
+                "INSERT INTO sources (environment, spec, status, baseline, generation) VALUES ($1, $2, $3, NULL, 1)
+                 ON CONFLICT (environment) DO UPDATE SET spec = excluded.spec, status = excluded.status,
+                     baseline = NULL, generation = sources.generation + 1
+                 RETURNING generation",
+                &[&environment, &encode(spec), &encode(status)],
+            )?
+            .get(0);
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    fn unbind_source(&self, environment: &str) -> Result<bool, StoreError> {
+        Ok(self.client()?.execute(
+            "DELETE FROM sources WHERE environment = $1",
+            &[&environment],
+        )? > 0)
+    }
+
+    fn save_source_status(
+        &self,
+        environment: &str,
+        generation: i64,
+        status: &Value,
+        baseline: Option<&Value>,
+    ) -> Result<bool, StoreError> {
+        let updated = self.client()?.execute(
+            "UPDATE sources SET status = $3, baseline = COALESCE($4, baseline)
+             WHERE environment = $1 AND generation = $2",
+            &[
+                &environment,
+                &generation,
+                &encode(status),
+                &baseline.map(encode),
+            ],
+        )?;
+        Ok(updated > 0)
     }
 }
 

@@ -15,8 +15,9 @@ use serde_json::Value;
 
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
-    EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role, StoreError,
-    StoredFlag, TokenRecord, decode, encode, flag_json, readable,
+    EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role,
+    SourceRecord, StoreError, StoredFlag, TokenRecord, decode, encode, flag_json, readable,
+    source_record,
 };
 
 /// Schema migrations, applied in order at start. Never edit one that has shipped: add another.
@@ -89,6 +90,18 @@ fn migrations() -> Migrations<'static> {
             r#"
         -- Compare-and-set for ramp saves: a step is applied at most once.
         ALTER TABLE ramps ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+        "#,
+        ),
+        M::up(
+            r#"
+        -- GitOps: an environment's Git source and its reconciler's memory (JSON, see gitops.rs).
+        CREATE TABLE sources (
+            environment TEXT PRIMARY KEY,
+            spec        TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            baseline    TEXT,
+            generation  INTEGER NOT NULL DEFAULT 1
+        );
         "#,
         ),
     ])
@@ -565,6 +578,7 @@ impl FlagStore for SqliteStore {
             by,
         )?;
         tx.execute("DELETE FROM environments WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM sources WHERE environment = ?1", params![name])?;
         tx.execute(
             "UPDATE tokens SET revoked_at = ?2 WHERE environment = ?1 AND revoked_at IS NULL",
             params![name, by.at],
@@ -806,6 +820,113 @@ impl FlagStore for SqliteStore {
             })
         })
         .collect()
+    }
+    fn sources(&self) -> Result<Vec<SourceRecord>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT environment, spec, status, baseline, generation FROM sources ORDER BY environment",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut sources = Vec::new();
+        for row in rows {
+            let (environment, spec, status, baseline, generation) = row?;
+            sources.push(source_record(
+                environment,
+                &spec,
+                &status,
+                baseline.as_deref(),
+                generation,
+            )?);
+        }
+        Ok(sources)
+    }
+
+    fn source(&self, environment: &str) -> Result<Option<SourceRecord>, StoreError> {
+        let connection = self.lock();
+        let row = connection
+            .query_row(
+                "SELECT spec, status, baseline, generation FROM sources WHERE environment = ?1",
+                params![environment],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(spec, status, baseline, generation)| {
+            source_record(
+                environment.to_owned(),
+                &spec,
+                &status,
+                baseline.as_deref(),
+                generation,
+            )
+        })
+        .transpose()
+    }
+
+    fn bind_source(
+        &self,
+        environment: &str,
+        spec: &Value,
+        status: &Value,
+    ) -> Result<i64, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction()?;
+        if read_environment(&tx, environment)?.is_none() {
+            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+        }
+        let generation = tx.query_row(
+            "INSERT INTO sources (environment, spec, status, baseline, generation) VALUES (?1, ?2, ?3, NULL, 1)
+             ON CONFLICT (environment) DO UPDATE SET spec = excluded.spec, status = excluded.status,
+                 baseline = NULL, generation = sources.generation + 1
+             RETURNING generation",
+            params![environment, encode(spec), encode(status)],
+            |row| row.get(0),
+        )?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    fn unbind_source(&self, environment: &str) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        Ok(connection.execute(
+            "DELETE FROM sources WHERE environment = ?1",
+            params![environment],
+        )? > 0)
+    }
+
+    fn save_source_status(
+        &self,
+        environment: &str,
+        generation: i64,
+        status: &Value,
+        baseline: Option<&Value>,
+    ) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let updated = connection.execute(
+            "UPDATE sources SET status = ?3, baseline = COALESCE(?4, baseline)
+             WHERE environment = ?1 AND generation = ?2",
+            params![
+                environment,
+                generation,
+                encode(status),
+                baseline.map(encode)
+            ],
+        )?;
+        Ok(updated > 0)
     }
 }
 

@@ -1,0 +1,1008 @@
+//! GitOps: environments reconciled from Git.
+//!
+//! An environment bound to a source (`bind`) is reconciled (`sync`) at start, every `interval`
+//! (by the replica that runs the ramp scheduler, `run_reconciler`) and on demand (the sync
+//! endpoint, a webhook): fetch the branch (`crate::git`, on the blocking pool under a deadline),
+//! validate the document at its head (errors fail the sync and change nothing), compare it with
+//! live state, and apply what must change as **one** commit attributed to `git:<short sha>`.
+//!
+//! What differs is sorted per flag (`plan`):
+//! - Git changed it since the last synced commit (the *baseline*, stored with the source):
+//!   applied, whatever the policy.
+//! - Git did not change it, live state did: **drift**. `revert` applies Git's definition (the
+//!   audit message says "drift reverted"); `reject` refuses admin writes in the first place
+//!   (`check_writable`, `409 managed_by_git`) and reverts what still slips through; `report`
+//!   keeps it and lists it in the status.
+//! - A flag with an open ramp: the rollout belongs to the ramp, so Git's definition is compared
+//!   and applied with the live rollout share. Once the ramp has ended, a rollout that differs
+//!   from Git only by that share is reported, not reverted, until Git catches up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use flag_core::rollout::{RolloutVariants, current_rollout, set_rollout_share};
+use flag_core::{CompiledFlagSet, Flag, FlagSet};
+use flag_protocol::source::{
+    Drift, DriftKind, DriftPolicy, SourceCommit, SourceSpec, SourceView, SyncError, SyncState,
+    SyncStatus,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::flags::{self, WriteMode};
+use super::{Domain, DomainError, Rejection, blocking};
+use crate::git::{self, Credentials, GitError, Head};
+use crate::store::{Attribution, FlagStore, Operation, RampQuery, SourceRecord, StoredFlag};
+
+/// The longest a fetch may take before the sync fails.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// The shortest and longest reconcile intervals.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The environment variable prefix of a named secret (`FLAGD_SECRET_<NAME>`).
+pub const SECRET_VARIABLE_PREFIX: &str = "FLAGD_SECRET_";
+
+/// The GitOps side of the domain: where repositories are cached, where secrets come from, one
+/// lock per environment (syncs of one environment never overlap on this replica) and what the
+/// metrics report.
+#[derive(Debug, Default)]
+pub struct GitOps {
+    cache_dir: OnceLock<PathBuf>,
+    secrets_dir: OnceLock<PathBuf>,
+    locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    stats: Mutex<BTreeMap<String, SourceStats>>,
+}
+
+/// What `/metrics` reports per environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceStats {
+    /// The last successful sync (unix seconds), if any.
+    pub last_success: Option<i64>,
+    /// Failed syncs since the server started.
+    pub failures: u64,
+    /// Drift items listed by the last successful sync.
+    pub drift: usize,
+}
+
+impl GitOps {
+    /// Sets where repositories are fetched to (`<data-dir>/git`) and where named secrets are
+    /// read from besides `FLAGD_SECRET_<NAME>` variables (`--secrets-dir`). Once, at start.
+    pub fn configure(&self, cache_dir: PathBuf, secrets_dir: Option<PathBuf>) {
+        let _ = self.cache_dir.set(cache_dir);
+        if let Some(dir) = secrets_dir {
+            let _ = self.secrets_dir.set(dir);
+        }
+    }
+
+    fn lock(&self, environment: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(environment.to_owned()).or_default().clone()
+    }
+
+    /// The per-environment figures for `/metrics`, by environment.
+    pub fn stats(&self) -> Vec<(String, SourceStats)> {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn record(&self, environment: &str, update: impl FnOnce(&mut SourceStats)) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        update(stats.entry(environment.to_owned()).or_default());
+    }
+
+    fn forget(&self, environment: &str) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.remove(environment);
+    }
+
+    /// Where an environment's repository is fetched to (one bare repository per environment and
+    /// URL, so two sources never share a fetch).
+    fn cache_for(&self, environment: &str, repository: &str) -> PathBuf {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(repository.as_bytes());
+        let base = self
+            .cache_dir
+            .get()
+            .cloned()
+            .unwrap_or_else(|| std::env::temp_dir().join("flagd-git"));
+        base.join(format!("{environment}-{}", hex::encode(&digest[..6])))
+    }
+
+    /// Reads a named secret: `FLAGD_SECRET_<NAME>` (upper case, `-` and `.` as `_`), else the
+    /// file `<secrets-dir>/<name>` (as Kubernetes mounts secrets). Trailing newlines are dropped.
+    pub fn secret(&self, name: &str) -> Result<String, String> {
+        let variable = secret_variable(name);
+        if let Ok(value) = std::env::var(&variable) {
+            return Ok(value.trim_end_matches(['\r', '\n']).to_owned());
+        }
+        if let Some(dir) = self.secrets_dir.get() {
+            let path = dir.join(name);
+            if let Ok(value) = std::fs::read_to_string(&path) {
+                return Ok(value.trim_end_matches(['\r', '\n']).to_owned());
+            }
+            return Err(format!(
+                "the secret {name:?} is not configured: set {variable} or create {}",
+                path.display()
+            ));
+        }
+        Err(format!(
+            "the secret {name:?} is not configured: set {variable} in the server's environment (or start it with --secrets-dir)"
+        ))
+    }
+
+    fn credentials(&self, spec: &SourceSpec) -> Result<Credentials, String> {
+        let Some(name) = &spec.credentials else {
+            return Ok(Credentials::None);
+        };
+        let secret = self.secret(name)?;
+        if is_ssh(&spec.repository) {
+            // A key file path, or the key itself (written next to the cache, owner-only).
+            if Path::new(&secret).is_file() {
+                return Ok(Credentials::SshKey(PathBuf::from(secret)));
+            }
+            let path = self.cache_for("ssh-keys", name).with_extension("key");
+            write_private(&path, &secret).map_err(|e| format!("cannot write the ssh key: {e}"))?;
+            return Ok(Credentials::SshKey(path));
+        }
+        Ok(match secret.split_once(':') {
+            Some((username, password)) => Credentials::Basic {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            },
+            None => Credentials::Basic {
+                username: "x-access-token".to_owned(),
+                password: secret,
+            },
+        })
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    if !contents.ends_with('\n') {
+        file.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The variable a named secret is read from.
+pub fn secret_variable(name: &str) -> String {
+    let upper: String = name
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("{SECRET_VARIABLE_PREFIX}{upper}")
+}
+
+fn is_ssh(repository: &str) -> bool {
+    repository.starts_with("ssh://")
+        || (!repository.contains("://")
+            && repository
+                .split_once(':')
+                .is_some_and(|(host, _)| host.contains('@') && !host.contains('/')))
+}
+
+/// What the reconciler keeps in the stored status beside the public part: the flags whose
+/// rollout a ramp owns (with the ramp's variants) after the ramp has ended, until Git catches up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredStatus {
+    #[serde(flatten)]
+    status: SyncStatus,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    ramp_held: BTreeMap<String, HeldVariants>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeldVariants {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    variant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    other_variant: Option<String>,
+}
+
+impl HeldVariants {
+    fn rollout(&self) -> RolloutVariants {
+        RolloutVariants {
+            variant: self.variant.clone(),
+            others: self.other_variant.clone(),
+        }
+    }
+}
+
+fn stored_status(value: &Value) -> StoredStatus {
+    serde_json::from_value(value.clone()).unwrap_or_default()
+}
+
+fn to_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// Checks a spec as written to `PUT …/source`; returns the interval.
+pub fn check_spec(gitops: &GitOps, spec: &SourceSpec) -> Result<Duration, DomainError> {
+    let repository = spec.repository.trim();
+    if repository.is_empty() {
+        return Err(DomainError::bad_request("repository must not be empty").at("repository"));
+    }
+    let scheme_ok = ["https://", "http://", "ssh://", "file://", "git://"]
+        .iter()
+        .any(|s| repository.starts_with(s))
+        || !repository.contains("://");
+    if !scheme_ok || gix::url::parse(repository.as_bytes()).is_err() {
+        return Err(DomainError::bad_request(format!(
+            "repository {repository:?} is not a Git URL: use https://…, ssh://… (or user@host:path), file://… or a local path"
+        ))
+        .at("repository"));
+    }
+    if repository.contains("://")
+        && url::Url::parse(repository).is_ok_and(|u| u.password().is_some())
+    {
+        return Err(DomainError::bad_request(
+            "repository must not carry a password: name a secret in \"credentials\" instead",
+        )
+        .at("repository"));
+    }
+    let branch_ok = !spec.branch.is_empty()
+        && !spec.branch.starts_with(['-', '/'])
+        && !spec.branch.ends_with(['/', '.'])
+        && !spec.branch.contains("..")
+        && !spec.branch.contains("//")
+        && !spec.branch.ends_with(".lock")
+        && spec
+            .branch
+            .chars()
+            .all(|c| !c.is_control() && !" ~^:?*[\\".contains(c));
+    if !branch_ok {
+        return Err(DomainError::bad_request(format!(
+            "{:?} is not a valid branch name",
+            spec.branch
+        ))
+        .at("branch"));
+    }
+    let path_ok = !spec.path.starts_with('/')
+        && !spec.path.split('/').any(|part| part == "..")
+        && !spec.path.contains('\\');
+    if spec.path.is_empty() || !path_ok {
+        return Err(DomainError::bad_request(format!(
+            "path {:?} must name a file or directory inside the repository (relative, no \"..\"); use \".\" for its root",
+            spec.path
+        ))
+        .at("path"));
+    }
+    let interval = crate::units::parse_duration(&spec.interval)
+        .map_err(|e| DomainError::bad_request(format!("interval: {e}")).at("interval"))?;
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        return Err(DomainError::rejected(
+            Rejection::OutOfRange,
+            format!("interval {:?} must be between 1s and 24h", spec.interval),
+        )
+        .at("interval"));
+    }
+    for (field, name) in [
+        ("credentials", &spec.credentials),
+        ("webhookSecret", &spec.webhook_secret),
+    ] {
+        let Some(name) = name else { continue };
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && !name.starts_with('.');
+        if !plain {
+            return Err(DomainError::bad_request(format!(
+                "{field} names a secret in the server's configuration: 1 to 64 letters, digits, '-', '_' and '.'"
+            ))
+            .at(field));
+        }
+        gitops
+            .secret(name)
+            .map_err(|message| DomainError::bad_request(message).at(field))?;
+    }
+    Ok(interval)
+}
+
+fn interval_of(spec: &SourceSpec) -> Duration {
+    crate::units::parse_duration(&spec.interval)
+        .unwrap_or(Duration::from_secs(30))
+        .clamp(MIN_INTERVAL, MAX_INTERVAL)
+}
+
+fn spec_of(record: &SourceRecord) -> Result<SourceSpec, DomainError> {
+    serde_json::from_value(record.spec.clone()).map_err(|e| {
+        DomainError::internal(format!(
+            "the stored Git source of {:?} does not decode: {e}",
+            record.environment
+        ))
+    })
+}
+
+fn view_of(record: &SourceRecord) -> Result<SourceView, DomainError> {
+    Ok(SourceView {
+        environment: record.environment.clone(),
+        spec: spec_of(record)?,
+        status: stored_status(&record.status).status,
+    })
+}
+
+/// Refuses an admin write to an environment bound with the `reject` policy
+/// (`Rejection::ManagedByGit`). Ramps do not call it: their rollout is theirs.
+pub fn check_writable(store: &dyn FlagStore, environment: &str) -> Result<(), DomainError> {
+    let Some(record) = store.source(environment)? else {
+        return Ok(());
+    };
+    let spec = spec_of(&record)?;
+    if spec.drift == DriftPolicy::Reject {
+        return Err(DomainError::rejected(
+            Rejection::ManagedByGit,
+            format!(
+                "environment {environment:?} is managed by Git ({} branch {}, path {}) with drift policy \"reject\": change it there, or unbind it first (flagctl env source unset {environment})",
+                spec.repository, spec.branch, spec.path
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET …/source`.
+pub async fn show(domain: &Domain, environment: &str) -> Result<SourceView, DomainError> {
+    let env = environment.to_owned();
+    let record = blocking(domain, move |store| {
+        flags::environment_or_not_found(store, &env)?;
+        Ok(store.source(&env)?)
+    })
+    .await?
+    .ok_or_else(|| no_source(environment))?;
+    view_of(&record)
+}
+
+fn no_source(environment: &str) -> DomainError {
+    DomainError::not_found(format!(
+        "environment {environment:?} is not bound to a Git source"
+    ))
+}
+
+/// `PUT …/source`: binds (or rebinds) the environment, audits it (never a secret), and starts
+/// the first sync in the background. Returns the view and whether it was newly bound.
+pub async fn bind(
+    domain: &Domain,
+    environment: &str,
+    spec: SourceSpec,
+    by: Attribution,
+) -> Result<(SourceView, bool), DomainError> {
+    check_spec(&domain.gitops, &spec)?;
+    let env = environment.to_owned();
+    let spec_json = to_json(&spec);
+    let (record, created) = blocking(domain, move |store| {
+        flags::environment_or_not_found(store, &env)?;
+        let existed = store.source(&env)?.is_some();
+        let status = to_json(&StoredStatus::default());
+        store.bind_source(&env, &spec_json, &status)?;
+        store.record_event(
+            &env,
+            None,
+            Operation::Other("source_bound".into()),
+            &spec_json,
+            &by,
+        )?;
+        let record = store
+            .source(&env)?
+            .ok_or_else(|| DomainError::internal("a bound source vanished"))?;
+        Ok((record, !existed))
+    })
+    .await?;
+    domain.gitops.forget(environment);
+    let (domain2, env) = (domain.clone(), environment.to_owned());
+    tokio::spawn(async move {
+        if let Err(error) = sync(&domain2, &env).await {
+            tracing::warn!(environment = %env, %error, "first sync of a Git source failed");
+        }
+    });
+    Ok((view_of(&record)?, created))
+}
+
+/// `DELETE …/source`: unbinds (live state stays as it is).
+pub async fn unbind(
+    domain: &Domain,
+    environment: &str,
+    by: Attribution,
+) -> Result<(), DomainError> {
+    let env = environment.to_owned();
+    blocking(domain, move |store| {
+        flags::environment_or_not_found(store, &env)?;
+        let Some(record) = store.source(&env)? else {
+            return Err(no_source(&env));
+        };
+        store.unbind_source(&env)?;
+        store.record_event(
+            &env,
+            None,
+            Operation::Other("source_unbound".into()),
+            &record.spec,
+            &by,
+        )?;
+        Ok(())
+    })
+    .await?;
+    domain.gitops.forget(environment);
+    Ok(())
+}
+
+/// Reconciles one environment now (waiting for a sync in progress on this replica to end
+/// first). A failed sync is not an error: the returned status says it failed and why.
+pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, DomainError> {
+    let lock = domain.gitops.lock(environment);
+    let _held = lock.lock().await;
+    let env = environment.to_owned();
+    let record = blocking(domain, move |store| {
+        flags::environment_or_not_found(store, &env)?;
+        Ok(store.source(&env)?)
+    })
+    .await?
+    .ok_or_else(|| no_source(environment))?;
+    let spec = spec_of(&record)?;
+    let mut stored = stored_status(&record.status);
+    let previous_attempt = stored.status.last_attempt_at;
+    let now = domain.now();
+    stored.status.last_attempt_at = Some(now);
+
+    let head = fetch(domain, environment, &spec).await;
+    let outcome = match head {
+        Err(message) => Err(SyncError {
+            message,
+            problems: Vec::new(),
+        }),
+        Ok(head) => {
+            let (env, spec2, baseline, held) = (
+                environment.to_owned(),
+                spec.clone(),
+                record.baseline.clone(),
+                stored.ramp_held.clone(),
+            );
+            blocking(domain, move |store| {
+                Ok(reconcile(
+                    store,
+                    &env,
+                    &spec2,
+                    &head,
+                    baseline.as_ref(),
+                    held,
+                    previous_attempt,
+                    now,
+                ))
+            })
+            .await?
+        }
+    };
+    let mut baseline = None;
+    let mut deleted = Vec::new();
+    match outcome {
+        Ok(done) => {
+            stored.status.state = SyncState::Synced;
+            stored.status.last_synced_at = Some(now);
+            stored.status.commit = Some(done.commit);
+            stored.status.version = Some(done.version);
+            stored.status.error = None;
+            stored.status.consecutive_failures = 0;
+            stored.status.drift = done.drift;
+            stored.status.reverted = done.reverted;
+            stored.ramp_held = done.held;
+            baseline = Some(done.baseline);
+            deleted = done.deleted;
+            let drift = stored.status.drift.len();
+            domain.gitops.record(environment, |s| {
+                s.last_success = Some(now);
+                s.drift = drift;
+            });
+        }
+        Err(error) => {
+            tracing::warn!(environment, error = %error.message, "Git sync failed");
+            stored.status.state = SyncState::Failed;
+            stored.status.error = Some(error);
+            stored.status.consecutive_failures =
+                stored.status.consecutive_failures.saturating_add(1);
+            domain
+                .gitops
+                .record(environment, |s| s.failures = s.failures.saturating_add(1));
+        }
+    }
+    for key in &deleted {
+        super::ramp::close_deleted(domain, environment, Some(key)).await;
+    }
+    let (env, generation, status) = (environment.to_owned(), record.generation, to_json(&stored));
+    let saved = blocking(domain, move |store| {
+        Ok(store.save_source_status(&env, generation, &status, baseline.as_ref())?)
+    })
+    .await?;
+    if !saved {
+        // Rebound or unbound meanwhile: show what is stored now.
+        return show(domain, environment).await;
+    }
+    Ok(SourceView {
+        environment: environment.to_owned(),
+        spec,
+        status: stored.status,
+    })
+}
+
+async fn fetch(domain: &Domain, environment: &str, spec: &SourceSpec) -> Result<Head, String> {
+    let credentials = domain.gitops.credentials(spec)?;
+    let cache = domain.gitops.cache_for(environment, &spec.repository);
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let (flag, spec) = (interrupt.clone(), spec.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        git::fetch_head(
+            &cache,
+            &spec.repository,
+            &spec.branch,
+            &spec.path,
+            &credentials,
+            &flag,
+        )
+    });
+    match tokio::time::timeout(FETCH_TIMEOUT, work).await {
+        Ok(Ok(result)) => result.map_err(|error: GitError| error.to_string()),
+        Ok(Err(panic)) => Err(format!("the fetch failed unexpectedly: {panic}")),
+        Err(_) => {
+            interrupt.store(true, Ordering::Relaxed);
+            Err(format!(
+                "fetching took longer than {} s and was abandoned",
+                FETCH_TIMEOUT.as_secs()
+            ))
+        }
+    }
+}
+
+/// A successful reconcile.
+struct Reconciled {
+    commit: SourceCommit,
+    version: i64,
+    drift: Vec<Drift>,
+    reverted: Vec<String>,
+    held: BTreeMap<String, HeldVariants>,
+    baseline: Value,
+    deleted: Vec<String>,
+}
+
+/// What to do with one flag.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// Live already matches.
+    InSync,
+    /// Write Git's definition: Git changed it.
+    FromGit(Option<Flag>),
+    /// Write Git's definition over drift.
+    Revert(Option<Flag>),
+    /// Keep the live definition; list it.
+    Keep(DriftKind),
+}
+
+/// Compares the head's document with live state and applies the result (blocking).
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    store: &dyn FlagStore,
+    environment: &str,
+    spec: &SourceSpec,
+    head: &Head,
+    baseline: Option<&Value>,
+    mut held: BTreeMap<String, HeldVariants>,
+    previous_attempt: Option<i64>,
+    now: i64,
+) -> Result<Reconciled, SyncError> {
+    let failed = |message: String| SyncError {
+        message,
+        problems: Vec::new(),
+    };
+    let short = &head.commit.short_sha;
+    // 1. The document must be valid on its own (warnings are allowed, as for any write).
+    let git = match CompiledFlagSet::load(&head.document) {
+        Ok(loaded) => loaded.set,
+        Err(invalid) => {
+            let files: BTreeSet<&str> = invalid
+                .problems
+                .iter()
+                .filter_map(|p| {
+                    let key = p.path.strip_prefix("flags.")?.split('.').next()?;
+                    head.origins
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, file)| file.as_str())
+                })
+                .collect();
+            let files = if files.is_empty() {
+                spec.path.clone()
+            } else {
+                files.into_iter().collect::<Vec<_>>().join(", ")
+            };
+            return Err(SyncError {
+                message: format!(
+                    "the document at {files} in commit {short} is invalid ({} problem(s)); live state was left as it was",
+                    invalid.problems.len()
+                ),
+                problems: invalid.problems,
+            });
+        }
+    };
+    let baseline: Option<FlagSet> = baseline.and_then(|b| serde_json::from_value(b.clone()).ok());
+    let env = store
+        .environment(environment)
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| failed(format!("environment {environment:?} no longer exists")))?;
+    let live: BTreeMap<String, StoredFlag> = store
+        .flags(environment)
+        .map_err(|e| failed(e.to_string()))?
+        .into_iter()
+        .map(|f| (f.key.clone(), f))
+        .collect();
+
+    // 2. Ramps: an open ramp owns its flag's rollout; one that ended since the last attempt
+    // hands it back only once Git agrees (held).
+    let ramps = store
+        .ramps(&RampQuery {
+            environment: Some(environment.to_owned()),
+            ..RampQuery::default()
+        })
+        .map_err(|e| failed(e.to_string()))?;
+    let mut open: BTreeMap<String, HeldVariants> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for ramp in ramps {
+        // Newest first: only each flag's latest ramp counts.
+        if !seen.insert(ramp.flag.clone()) {
+            continue;
+        }
+        let variants = HeldVariants {
+            variant: ramp
+                .definition
+                .get("variant")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            other_variant: ramp
+                .definition
+                .get("otherVariant")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        match ramp.state.as_str() {
+            "active" | "paused" => {
+                held.insert(ramp.flag.clone(), variants.clone());
+                open.insert(ramp.flag, variants);
+            }
+            "completed" | "aborted" if previous_attempt.is_none_or(|t| ramp.updated_at >= t) => {
+                held.entry(ramp.flag).or_insert(variants);
+            }
+            _ => {}
+        }
+    }
+
+    // 3. Each flag.
+    let keys: BTreeSet<&String> = git.flags.keys().chain(live.keys()).collect();
+    let mut result: BTreeMap<String, Flag> = BTreeMap::new();
+    let mut drift = Vec::new();
+    let mut reverted = Vec::new();
+    let mut from_git = false;
+    for key in keys {
+        let g = git.flags.get(key);
+        let l = live.get(key).map(|s| &s.flag);
+        let git_changed = baseline.as_ref().is_none_or(|b| b.flags.get(key) != g);
+        let ramp_variants = open.get(key).or_else(|| held.get(key));
+        let is_open = open.contains_key(key);
+        // Git's definition with the live rollout share, when a ramp owns the rollout.
+        let desired: Option<Flag> = match (g, l, ramp_variants) {
+            (Some(g), Some(l), Some(variants)) => {
+                with_live_share(g, &git.evaluators, l, &env.evaluators, &variants.rollout())
+            }
+            (g, _, _) => g.cloned(),
+        };
+        let normalization_failed =
+            ramp_variants.is_some() && g.is_some() && l.is_some() && desired.is_none();
+        let outcome = if normalization_failed {
+            if is_open {
+                Outcome::Keep(DriftKind::RampInProgress)
+            } else {
+                held.remove(key);
+                if git_changed {
+                    Outcome::FromGit(g.cloned())
+                } else {
+                    drift_outcome(spec.drift, g.cloned(), l.is_some(), g.is_some())
+                }
+            }
+        } else if desired.as_ref() == l {
+            if !is_open && held.contains_key(key) {
+                if g == l {
+                    held.remove(key);
+                    Outcome::InSync
+                } else {
+                    Outcome::Keep(DriftKind::RolloutAfterRamp)
+                }
+            } else {
+                Outcome::InSync
+            }
+        } else if git_changed {
+            Outcome::FromGit(desired)
+        } else {
+            drift_outcome(spec.drift, desired, l.is_some(), g.is_some())
+        };
+        let keep = |result: &mut BTreeMap<String, Flag>| {
+            if let Some(l) = l {
+                result.insert(key.clone(), l.clone());
+            }
+        };
+        match outcome {
+            Outcome::InSync => keep(&mut result),
+            Outcome::FromGit(flag) => {
+                from_git = true;
+                if let Some(flag) = flag {
+                    result.insert(key.clone(), flag);
+                }
+            }
+            Outcome::Revert(flag) => {
+                reverted.push(key.clone());
+                if let Some(flag) = flag {
+                    result.insert(key.clone(), flag);
+                }
+            }
+            Outcome::Keep(kind) => {
+                keep(&mut result);
+                drift.push(Drift {
+                    flag: Some(key.clone()),
+                    kind,
+                    git: g.map(to_json),
+                    live: l.map(to_json),
+                });
+            }
+        }
+    }
+    // Flags held for a ramp that no longer exist anywhere are forgotten.
+    held.retain(|key, _| live.contains_key(key) || git.flags.contains_key(key));
+
+    // 4. Environment settings (metadata and `$evaluators`).
+    let git_settings = (&git.metadata, &git.evaluators);
+    let live_settings = (&env.metadata, &env.evaluators);
+    let (metadata, evaluators) = if git_settings == live_settings {
+        (git.metadata.clone(), git.evaluators.clone())
+    } else {
+        let changed = baseline
+            .as_ref()
+            .is_none_or(|b| (&b.metadata, &b.evaluators) != git_settings);
+        if changed || spec.drift != DriftPolicy::Report {
+            if changed {
+                from_git = true;
+            } else {
+                reverted.push("$evaluators/metadata".to_owned());
+            }
+            (git.metadata.clone(), git.evaluators.clone())
+        } else {
+            drift.push(Drift {
+                flag: None,
+                kind: DriftKind::Settings,
+                git: Some(
+                    serde_json::json!({"metadata": git.metadata, "$evaluators": git.evaluators}),
+                ),
+                live: Some(
+                    serde_json::json!({"metadata": env.metadata, "$evaluators": env.evaluators}),
+                ),
+            });
+            (env.metadata.clone(), env.evaluators.clone())
+        }
+    };
+
+    // 5. One commit.
+    let document = FlagSet {
+        schema: None,
+        metadata,
+        evaluators,
+        flags: result,
+    };
+    let deleted: Vec<String> = live
+        .keys()
+        .filter(|k| !document.flags.contains_key(*k))
+        .cloned()
+        .collect();
+    let mut message = Vec::new();
+    if from_git {
+        message.push(format!("{} ({})", head.commit.subject, head.commit.author));
+    }
+    if !reverted.is_empty() {
+        message.push(format!("drift reverted: {}", reverted.join(", ")));
+    }
+    let by = Attribution {
+        actor: format!("git:{short}"),
+        message: Some(message.join("; ")).filter(|m| !m.is_empty()),
+        at: now,
+    };
+    let report = flags::apply_document_at(
+        store,
+        environment,
+        &to_json(&document),
+        true,
+        WriteMode::default(),
+        &by,
+        Some(env.version),
+    )
+    .map_err(|error| match error {
+        DomainError::Invalid(invalid) => SyncError {
+            message: format!(
+                "the environment the commit {short} would produce is invalid; live state was left as it was"
+            ),
+            problems: invalid.problems,
+        },
+        other => failed(format!("applying commit {short} failed: {other}")),
+    })?;
+    Ok(Reconciled {
+        commit: head.commit.clone(),
+        version: report.version,
+        drift,
+        reverted,
+        held,
+        baseline: to_json(&git),
+        deleted,
+    })
+}
+
+fn drift_outcome(policy: DriftPolicy, desired: Option<Flag>, live: bool, git: bool) -> Outcome {
+    match policy {
+        DriftPolicy::Revert | DriftPolicy::Reject => Outcome::Revert(desired),
+        DriftPolicy::Report => Outcome::Keep(match (git, live) {
+            (false, true) => DriftKind::Added,
+            (true, false) => DriftKind::Deleted,
+            _ => DriftKind::Modified,
+        }),
+    }
+}
+
+/// Git's flag with the live flag's rollout share (`None` when either cannot be read or set as a
+/// rollout).
+fn with_live_share(
+    git: &Flag,
+    git_evaluators: &BTreeMap<String, Value>,
+    live: &Flag,
+    live_evaluators: &BTreeMap<String, Value>,
+    variants: &RolloutVariants,
+) -> Option<Flag> {
+    let share = current_rollout(live, live_evaluators, variants).ok()?.share;
+    let mut flag = git.clone();
+    set_rollout_share(&mut flag, git_evaluators, share, variants).ok()?;
+    Some(flag)
+}
+
+/// Runs due syncs every second on the replica that runs the ramp scheduler: each source at
+/// start (the first time this process sees it) and then every `interval` after its last
+/// attempt. Each sync runs as its own task, so a slow fetch never delays another environment.
+pub async fn run_reconciler(domain: Domain, stop: CancellationToken) {
+    let mut started: BTreeSet<(String, i64)> = BTreeSet::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !domain.is_leader() {
+            continue;
+        }
+        let sources = match blocking(&domain, |store| Ok(store.sources()?)).await {
+            Ok(sources) => sources,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list Git sources");
+                continue;
+            }
+        };
+        let now = domain.now();
+        for record in sources {
+            let Ok(spec) = spec_of(&record) else { continue };
+            let status = stored_status(&record.status).status;
+            let first = started.insert((record.environment.clone(), record.generation));
+            let interval = i64::try_from(interval_of(&spec).as_secs()).unwrap_or(i64::MAX);
+            let due = first
+                || status
+                    .last_attempt_at
+                    .is_none_or(|at| now >= at.saturating_add(interval));
+            if !due {
+                continue;
+            }
+            let lock = domain.gitops.lock(&record.environment);
+            if lock.try_lock().is_err() {
+                continue; // a sync is running
+            }
+            let (domain, env) = (domain.clone(), record.environment.clone());
+            tokio::spawn(async move {
+                if let Err(error) = sync(&domain, &env).await {
+                    tracing::warn!(environment = %env, %error, "Git sync could not run");
+                }
+            });
+        }
+    }
+}
+
+/// Checks a webhook's `sha256=<hex>` signature of `body` with `secret` (constant time).
+pub fn signature_matches(secret: &str, body: &[u8], header: &str) -> bool {
+    use hmac::Mac as _;
+    let Some(hex_digest) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_digest) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// The webhook secret of an environment's source, if it has one (for the sync endpoint).
+pub async fn webhook_secret(
+    domain: &Domain,
+    environment: &str,
+) -> Result<Option<String>, DomainError> {
+    let env = environment.to_owned();
+    let record = blocking(domain, move |store| Ok(store.source(&env)?)).await?;
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let spec = spec_of(&record)?;
+    match spec.webhook_secret {
+        Some(name) => domain
+            .gitops
+            .secret(&name)
+            .map(Some)
+            .map_err(DomainError::internal),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_checked_as_the_git_hosts_make_them() {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(b"{\"ref\":\"refs/heads/main\"}");
+        let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert!(signature_matches(
+            "s3cret",
+            b"{\"ref\":\"refs/heads/main\"}",
+            &good
+        ));
+        assert!(!signature_matches(
+            "other",
+            b"{\"ref\":\"refs/heads/main\"}",
+            &good
+        ));
+        assert!(!signature_matches("s3cret", b"{}", &good));
+        assert!(!signature_matches("s3cret", b"{}", "sha1=abc"));
+        assert!(!signature_matches("s3cret", b"{}", "sha256=zz"));
+        assert!(!signature_matches("s3cret", b"{}", ""));
+    }
+
+    #[test]
+    fn secrets_are_named_by_variables() {
+        assert_eq!(
+            secret_variable("gh-token.prod"),
+            "FLAGD_SECRET_GH_TOKEN_PROD"
+        );
+        assert!(is_ssh("git@github.com:acme/flags.git"));
+        assert!(is_ssh("ssh://git@github.com/acme/flags.git"));
+        assert!(!is_ssh("https://github.com/acme/flags.git"));
+        assert!(!is_ssh("/srv/flags"));
+    }
+}
