@@ -1858,3 +1858,130 @@ async fn a_body_that_never_ends_gets_408_at_the_request_timeout() {
     // Nothing was written.
     assert!(app.store.flag("default", "slow").unwrap().is_none());
 }
+
+/// `PUT …/source` checks every field and names it; nothing is bound by a refused request.
+#[tokio::test]
+async fn git_sources_refuse_bad_specs_by_field() {
+    let app = TestApp::new();
+    let path = "/api/v1/environments/default/source";
+    let good = json!({"repository": "file:///srv/flags", "path": "flags/prod.json"});
+    let cases = [
+        (
+            json!({"repository": "file:///r", "path": "p", "token": "x"}),
+            400,
+            None,
+            "token",
+        ),
+        (json!({"path": "p"}), 400, None, "repository"),
+        (
+            json!({"repository": "ftp://host/r", "path": "p"}),
+            400,
+            Some("repository"),
+            "not a Git URL",
+        ),
+        (
+            json!({"repository": "https://u:pw@host/r.git", "path": "p"}),
+            400,
+            Some("repository"),
+            "password",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "branch": "a..b"}),
+            400,
+            Some("branch"),
+            "branch",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "../p"}),
+            400,
+            Some("path"),
+            "..",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "/abs"}),
+            400,
+            Some("path"),
+            "relative",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "interval": "soon"}),
+            400,
+            Some("interval"),
+            "interval",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "interval": "0s"}),
+            422,
+            Some("interval"),
+            "between 1s and 24h",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "interval": "2d"}),
+            422,
+            Some("interval"),
+            "between 1s and 24h",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "drift": "ignore"}),
+            400,
+            None,
+            "drift",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "credentials": "no-such-secret"}),
+            400,
+            Some("credentials"),
+            "FLAGD_SECRET_NO_SUCH_SECRET",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "webhookSecret": "../etc"}),
+            400,
+            Some("webhookSecret"),
+            "secret",
+        ),
+    ];
+    for (body, status, field, mentions) in cases {
+        let (got, answer) = app.call("PUT", path, Some(body.clone())).await;
+        assert_eq!(got.as_u16(), status, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(mentions), "{body}: {answer}");
+        if let Some(field) = field {
+            assert_eq!(answer["error"]["path"], field, "{body}: {answer}");
+        }
+    }
+    // Nothing was bound, and an unknown environment or an unbound one is a 404.
+    assert_eq!(app.call("GET", path, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call("DELETE", path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call("POST", &format!("{path}/sync"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = app
+        .call(
+            "PUT",
+            "/api/v1/environments/nope/source",
+            Some(good.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A good spec binds (201), reads back as written, and rebinding answers 200.
+    let (status, view) = app.call("PUT", path, Some(good.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    assert_eq!(view["spec"]["repository"], "file:///srv/flags");
+    assert_eq!(view["spec"]["drift"], "revert");
+    assert_eq!(view["spec"]["interval"], "30s");
+    let (status, read) = app.call("GET", path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read["spec"], view["spec"]);
+    assert_eq!(app.call("PUT", path, Some(good)).await.0, StatusCode::OK);
+    // The binding is audited, never with a secret's value.
+    let (_, audit) = app.call("GET", "/api/v1/audit?limit=1", None).await;
+    assert_eq!(audit["changes"][0]["operation"], "source_bound");
+    assert_eq!(
+        app.call("DELETE", path, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+}

@@ -37,6 +37,24 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
         "--bin",
         name,
     ]);
+    // The variables cargo sets for this test executable are not the build's: a build script
+    // that watches one (ring's, for instance) would rerun and rebuild half the tree every time.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let ours = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "OUT_DIR"].contains(&&*name);
+        if ours {
+            command.env_remove(&*name);
+        }
+    }
     // Benches run from target/release: build the binary they expect, in the same profile.
     let release = std::env::current_exe().is_ok_and(|exe| {
         exe.parent()

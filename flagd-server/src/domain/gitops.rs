@@ -395,13 +395,7 @@ pub async fn bind(
         let existed = store.source(&env)?.is_some();
         let status = to_json(&StoredStatus::default());
         store.bind_source(&env, &spec_json, &status)?;
-        store.record_event(
-            &env,
-            None,
-            Operation::Other("source_bound".into()),
-            &spec_json,
-            &by,
-        )?;
+        store.record_event(&env, None, Operation::SourceBound, &spec_json, &by)?;
         let record = store
             .source(&env)?
             .ok_or_else(|| DomainError::internal("a bound source vanished"))?;
@@ -431,13 +425,7 @@ pub async fn unbind(
             return Err(no_source(&env));
         };
         store.unbind_source(&env)?;
-        store.record_event(
-            &env,
-            None,
-            Operation::Other("source_unbound".into()),
-            &record.spec,
-            &by,
-        )?;
+        store.record_event(&env, None, Operation::SourceUnbound, &record.spec, &by)?;
         Ok(())
     })
     .await?;
@@ -739,6 +727,10 @@ fn reconcile(
         } else {
             drift_outcome(spec.drift, desired, l.is_some(), g.is_some())
         };
+        if !is_open && matches!(outcome, Outcome::FromGit(_) | Outcome::Revert(_)) {
+            // Git's definition is written: nothing of the ended ramp is left to hold.
+            held.remove(key);
+        }
         let keep = |result: &mut BTreeMap<String, Flag>| {
             if let Some(l) = l {
                 result.insert(key.clone(), l.clone());

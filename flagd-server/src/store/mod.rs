@@ -328,6 +328,10 @@ pub enum Operation {
     RampFailed,
     /// Audit only: the first admin token was created at start.
     AdminTokenCreated,
+    /// Audit only: the environment was bound to a Git source (GitOps); `before` is its spec.
+    SourceBound,
+    /// Audit only: the environment was unbound from its Git source.
+    SourceUnbound,
     /// A stored name this build does not know (written by a newer server): shown as stored,
     /// never applied.
     Other(String),
@@ -345,6 +349,8 @@ impl Operation {
             Operation::DeleteEnvironment => "delete_environment",
             Operation::RampFailed => "ramp_failed",
             Operation::AdminTokenCreated => "admin_token_created",
+            Operation::SourceBound => "source_bound",
+            Operation::SourceUnbound => "source_unbound",
             Operation::Other(name) => name,
         }
     }
@@ -360,6 +366,8 @@ impl Operation {
             "delete_environment" => Operation::DeleteEnvironment,
             "ramp_failed" => Operation::RampFailed,
             "admin_token_created" => Operation::AdminTokenCreated,
+            "source_bound" => Operation::SourceBound,
+            "source_unbound" => Operation::SourceUnbound,
             other => Operation::Other(other.to_owned()),
         }
     }
@@ -400,7 +408,12 @@ impl ChangeRecord {
 
 /// Operations that record an event and change no flag: never streamed, not part of a commit's
 /// digest.
-pub const AUDIT_ONLY: [&str; 2] = ["ramp_failed", "admin_token_created"];
+pub const AUDIT_ONLY: [&str; 4] = [
+    "ramp_failed",
+    "admin_token_created",
+    "source_bound",
+    "source_unbound",
+];
 
 impl Operation {
     /// Whether it only records an event (see [`AUDIT_ONLY`]).

@@ -650,10 +650,17 @@ impl FlagStore for SqliteStore {
     ) -> Result<Vec<ChangeRecord>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Audit-only events (`record_event`) change no flag: the stream never replays them.
+        let audit_only = super::AUDIT_ONLY
+            .iter()
+            .map(|operation| format!("'{operation}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         read_changes(
             &self.lock(),
-            "WHERE environment = ?1 AND version > ?2 AND operation NOT IN ('ramp_failed', 'admin_token_created') -- AUDIT_ONLY
-             ORDER BY version, id LIMIT ?3",
+            &format!(
+                "WHERE environment = ?1 AND version > ?2 AND operation NOT IN ({audit_only})
+                 ORDER BY version, id LIMIT ?3"
+            ),
             params![environment, after_version, limit],
         )
     }

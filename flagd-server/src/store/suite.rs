@@ -61,7 +61,68 @@ both_stores!(
     the_last_change_of_a_key_wins_within_a_commit,
     large_commits_keep_their_order,
     fenced_commits_land_with_their_ramp_or_not_at_all,
+    sources_bind_save_by_generation_and_go_with_their_environment,
 );
+
+fn sources_bind_save_by_generation_and_go_with_their_environment(store: &Backend) {
+    let spec = json!({"repository": "file:///r", "path": "p.json"});
+    assert!(matches!(
+        store.bind_source("nope", &spec, &json!({})),
+        Err(StoreError::UnknownEnvironment(_))
+    ));
+    let first = store
+        .bind_source("default", &spec, &json!({"state": "pending"}))
+        .unwrap();
+    let baseline = json!({"flags": {}});
+    assert!(
+        store
+            .save_source_status(
+                "default",
+                first,
+                &json!({"state": "synced"}),
+                Some(&baseline)
+            )
+            .unwrap()
+    );
+    let stored = store.source("default").unwrap().unwrap();
+    assert_eq!(stored.status, json!({"state": "synced"}));
+    assert_eq!(stored.baseline, Some(baseline.clone()));
+    // A status without a baseline keeps the stored one.
+    assert!(
+        store
+            .save_source_status("default", first, &json!({"state": "failed"}), None)
+            .unwrap()
+    );
+    assert_eq!(
+        store.source("default").unwrap().unwrap().baseline,
+        Some(baseline)
+    );
+    // Rebinding starts over: a new generation, no baseline; the old generation's saves are
+    // dropped.
+    let second = store
+        .bind_source("default", &spec, &json!({"state": "pending"}))
+        .unwrap();
+    assert_eq!(second, first + 1);
+    assert!(
+        !store
+            .save_source_status("default", first, &json!({"state": "stale"}), None)
+            .unwrap()
+    );
+    let stored = store.source("default").unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.baseline),
+        (json!({"state": "pending"}), None)
+    );
+    assert_eq!(store.sources().unwrap().len(), 1);
+    // Deleting the environment unbinds it; unbinding twice says so.
+    store.create_environment("staging", &by("x")).unwrap();
+    store.bind_source("staging", &spec, &json!({})).unwrap();
+    store.delete_environment("staging", true, &by("x")).unwrap();
+    assert_eq!(store.source("staging").unwrap(), None);
+    assert!(store.unbind_source("default").unwrap());
+    assert!(!store.unbind_source("default").unwrap());
+    assert!(store.sources().unwrap().is_empty());
+}
 
 fn fenced_commits_land_with_their_ramp_or_not_at_all(store: &Backend) {
     store
