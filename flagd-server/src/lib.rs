@@ -620,6 +620,8 @@ pub struct MigrationReport {
     pub tokens: usize,
     /// Ramps.
     pub ramps: usize,
+    /// Git source bindings.
+    pub sources: usize,
 }
 
 /// `flagd-server migrate --from-sqlite DIR --to URL`: copies everything the SQLite store in
@@ -653,6 +655,7 @@ pub fn migrate_to_postgres(
     data.changes.reverse();
     data.tokens = source.tokens()?;
     data.ramps = source.ramps(&store::RampQuery::default())?;
+    data.sources = source.sources()?;
     target.import(&data)?;
     Ok(MigrationReport {
         environments: data.environments.len(),
@@ -660,6 +663,7 @@ pub fn migrate_to_postgres(
         changes: data.changes.len(),
         tokens: data.tokens.len(),
         ramps: data.ramps.len(),
+        sources: data.sources.len(),
     })
 }
 

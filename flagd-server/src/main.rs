@@ -40,12 +40,13 @@ fn main() -> ExitCode {
         return match flagd_server::migrate_to_postgres(&args.from_sqlite, &args.to, now) {
             Ok(report) => {
                 eprintln!(
-                    "copied {} environment(s), {} flag(s), {} audit record(s), {} token(s) and {} ramp(s) from {} to {}",
+                    "copied {} environment(s), {} flag(s), {} audit record(s), {} token(s), {} ramp(s) and {} Git source(s) from {} to {}",
                     report.environments,
                     report.flags,
                     report.changes,
                     report.tokens,
                     report.ramps,
+                    report.sources,
                     args.from_sqlite.display(),
                     flagd_server::store::redacted_url(&args.to)
                 );

@@ -376,6 +376,15 @@ async fn git_is_the_source_of_truth_with_drift_reverted() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), 401, "signature {signature:?}");
     }
+    for (token, expected) in [("not-the-secret", 401), (HOOK_SECRET, 200)] {
+        let gitlab = http()
+            .post(&hook)
+            .header("X-Gitlab-Token", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gitlab.status().as_u16(), expected, "X-Gitlab-Token {token}");
+    }
     let response = http()
         .post(&hook)
         .header("X-Hub-Signature-256", sign(body))

@@ -526,6 +526,15 @@ async fn a_sqlite_store_moves_to_postgres() {
     assert_eq!(put(&base, "a", "on", Some(1)).await, 200);
     assert_eq!(put(&base, "b", "off", None).await, 201);
     let (token, _) = sdk_token(&base).await;
+    // A Git source binding moves too (its first sync fails: the repository does not exist).
+    let bound = http()
+        .put(format!("{base}/api/v1/environments/default/source"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"repository": "file:///nonexistent/flags", "path": "p.json", "drift": "report"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status().as_u16(), 201);
     let (_, audit_before) = get(&base, "/api/v1/audit?limit=100", ADMIN).await;
     assert!(server.terminate(WAIT));
 
@@ -541,6 +550,7 @@ async fn a_sqlite_store_moves_to_postgres() {
     let said = String::from_utf8_lossy(&moved.stderr);
     assert!(moved.status.success(), "{said}");
     assert!(said.contains("2 flag(s)"), "{said}");
+    assert!(said.contains("1 Git source(s)"), "{said}");
     let again = migrate(&schema.url());
     assert!(!again.status.success());
     assert!(
@@ -558,6 +568,8 @@ async fn a_sqlite_store_moves_to_postgres() {
         (a["version"].as_i64(), &a["flag"]["defaultVariant"]),
         (Some(2), &json!("on"))
     );
+    let (_, source) = get(moved, "/api/v1/environments/default/source", ADMIN).await;
+    assert_eq!(source["spec"]["drift"], "report", "{source}");
     let (_, audit_after) = get(moved, "/api/v1/audit?limit=100", ADMIN).await;
     assert_eq!(audit_after["changes"], audit_before["changes"]);
     let (status, answer) = ofrep(moved, "b", &token).await;

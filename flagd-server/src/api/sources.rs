@@ -48,8 +48,12 @@ pub async fn unbind(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The header GitLab sends its webhook secret in.
+const GITLAB_TOKEN_HEADER: &str = "x-gitlab-token";
+
 /// Reconciles now. Allowed to an admin token, or to a webhook that signs its body with the
-/// source's webhook secret (`X-Hub-Signature-256: sha256=<hex HMAC-SHA256>`).
+/// source's webhook secret (`X-Hub-Signature-256: sha256=<hex HMAC-SHA256>`, as GitHub, Gitea
+/// and Forgejo send it), or that sends the secret itself (`X-Gitlab-Token`, GitLab's way).
 pub async fn sync(
     State(state): State<AppState>,
     admin: Result<Admin, ApiError>,
@@ -58,18 +62,27 @@ pub async fn sync(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Err(denied) = admin {
-        let Some(signature) = headers.get(SIGNATURE_HEADER) else {
+        let signature = headers.get(SIGNATURE_HEADER);
+        let gitlab = headers.get(GITLAB_TOKEN_HEADER);
+        if signature.is_none() && gitlab.is_none() {
             return Err(denied);
-        };
-        let signature = signature.to_str().unwrap_or_default();
+        }
         // The same answer whether the environment, the source or its webhook secret is missing,
         // or the signature is wrong: nothing is revealed to an unauthenticated caller.
         let secret = gitops::webhook_secret(&state, &env).await.ok().flatten();
-        let valid =
-            secret.is_some_and(|secret| gitops::signature_matches(&secret, &body, signature));
+        let valid = secret.is_some_and(|secret| match (signature, gitlab) {
+            (Some(signature), _) => {
+                gitops::signature_matches(&secret, &body, signature.to_str().unwrap_or_default())
+            }
+            (None, Some(token)) => {
+                use subtle::ConstantTimeEq as _;
+                bool::from(token.as_bytes().ct_eq(secret.as_bytes()))
+            }
+            (None, None) => false,
+        });
         if !valid {
             return Err(ApiError::unauthorized(format!(
-                "the {SIGNATURE_HEADER} signature does not match the source's webhook secret"
+                "the webhook's {SIGNATURE_HEADER} signature (or {GITLAB_TOKEN_HEADER}) does not match the source's webhook secret"
             )));
         }
     }

@@ -1494,6 +1494,8 @@ pub struct Import {
     pub tokens: Vec<TokenRecord>,
     /// Ramps, with their ids and revisions.
     pub ramps: Vec<RampRecord>,
+    /// Git source bindings, with their status and baseline.
+    pub sources: Vec<SourceRecord>,
 }
 
 impl PostgresStore {
@@ -1561,6 +1563,13 @@ impl PostgresStore {
                 "INSERT INTO ramps (id, environment, flag_key, definition, state, next_at, created_at, updated_at, revision)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
                 &[&ramp.id, &ramp.environment, &ramp.flag, &encode(&ramp.definition), &ramp.state, &ramp.next_at, &ramp.updated_at, &ramp.revision],
+            )?;
+        }
+        for source in &data.sources {
+            tx.execute(
+                "INSERT INTO sources (environment, spec, status, baseline, generation) VALUES ($1, $2, $3, $4, $5)",
+                &[&source.environment, &encode(&source.spec), &encode(&source.status),
+                  &source.baseline.as_ref().map(encode), &source.generation],
             )?;
         }
         // New rows continue after the copied ids.
