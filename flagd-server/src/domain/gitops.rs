@@ -465,16 +465,29 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
                 stored.ramp_held.clone(),
             );
             blocking(domain, move |store| {
-                Ok(reconcile(
-                    store,
-                    &env,
-                    &spec2,
-                    &head,
-                    baseline.as_ref(),
-                    held,
-                    previous_attempt,
-                    now,
-                ))
+                for _ in 0..RACE_RETRIES {
+                    match reconcile(
+                        store,
+                        &env,
+                        &spec2,
+                        &head,
+                        baseline.as_ref(),
+                        held.clone(),
+                        previous_attempt,
+                        now,
+                    ) {
+                        Ok(done) => return Ok(Ok(done)),
+                        Err(Failure::Sync(error)) => return Ok(Err(error)),
+                        Err(Failure::Raced) => continue,
+                    }
+                }
+                Ok(Err(SyncError {
+                    message: format!(
+                        "live flags kept changing while commit {} was compared ({RACE_RETRIES} tries); the next sync tries again",
+                        head.commit.short_sha
+                    ),
+                    problems: Vec::new(),
+                }))
             })
             .await?
         }
@@ -483,6 +496,12 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
     let mut deleted = Vec::new();
     match outcome {
         Ok(done) => {
+            // The baseline is rewritten only when it changes (a new commit, or none stored).
+            let same_commit =
+                stored.status.commit.as_ref().map(|c| &c.sha) == Some(&done.commit.sha);
+            if record.baseline.is_none() || !same_commit {
+                baseline = Some(done.baseline);
+            }
             stored.status.state = SyncState::Synced;
             stored.status.last_synced_at = Some(now);
             stored.status.commit = Some(done.commit);
@@ -492,7 +511,6 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
             stored.status.drift = done.drift;
             stored.status.reverted = done.reverted;
             stored.ramp_held = done.held;
-            baseline = Some(done.baseline);
             deleted = done.deleted;
             let drift = stored.status.drift.len();
             domain.gitops.record(environment, |s| {
@@ -569,6 +587,24 @@ struct Reconciled {
     deleted: Vec<String>,
 }
 
+/// Why a reconcile did not apply.
+enum Failure {
+    /// The sync failed (stored in the status).
+    Sync(SyncError),
+    /// Live state moved while it was compared: compare again.
+    Raced,
+}
+
+impl From<SyncError> for Failure {
+    fn from(error: SyncError) -> Failure {
+        Failure::Sync(error)
+    }
+}
+
+/// How often a reconcile that raced a live write starts over before the sync gives up (the next
+/// interval tries again).
+const RACE_RETRIES: usize = 3;
+
 /// What to do with one flag.
 #[derive(Debug, PartialEq)]
 enum Outcome {
@@ -593,7 +629,7 @@ fn reconcile(
     mut held: BTreeMap<String, HeldVariants>,
     previous_attempt: Option<i64>,
     now: i64,
-) -> Result<Reconciled, SyncError> {
+) -> Result<Reconciled, Failure> {
     let failed = |message: String| SyncError {
         message,
         problems: Vec::new(),
@@ -619,13 +655,13 @@ fn reconcile(
             } else {
                 files.into_iter().collect::<Vec<_>>().join(", ")
             };
-            return Err(SyncError {
+            return Err(Failure::Sync(SyncError {
                 message: format!(
                     "the document at {files} in commit {short} is invalid ({} problem(s)); live state was left as it was",
                     invalid.problems.len()
                 ),
                 problems: invalid.problems,
-            });
+            }));
         }
     };
     let baseline: Option<FlagSet> = baseline.and_then(|b| serde_json::from_value(b.clone()).ok());
@@ -829,13 +865,18 @@ fn reconcile(
         Some(env.version),
     )
     .map_err(|error| match error {
-        DomainError::Invalid(invalid) => SyncError {
+        DomainError::Invalid(invalid) => Failure::Sync(SyncError {
             message: format!(
                 "the environment the commit {short} would produce is invalid; live state was left as it was"
             ),
             problems: invalid.problems,
-        },
-        other => failed(format!("applying commit {short} failed: {other}")),
+        }),
+        DomainError::Rejected {
+            kind: Rejection::PreconditionFailed,
+            ..
+        }
+        | DomainError::Store(crate::store::StoreError::VersionConflict { .. }) => Failure::Raced,
+        other => Failure::Sync(failed(format!("applying commit {short} failed: {other}"))),
     })?;
     Ok(Reconciled {
         commit: head.commit.clone(),
