@@ -385,7 +385,7 @@ fn with_hint(cli: CliError, code: ErrorCode) -> CliError {
         ErrorCode::Forbidden => cli.hint("this needs an admin token"),
         ErrorCode::PreconditionFailed => cli.hint("someone else changed it since it was read; look at `flagctl flag get`, then run the command again"),
         ErrorCode::RolloutVariants => cli.hint("name the variant to roll out with --variant NAME"),
-        ErrorCode::ManagedByGit => cli.hint("commit the change to the environment's Git source (`flagctl env source show ENV` names it); it is applied at the next sync"),
+        ErrorCode::ManagedByGit => cli.hint("commit the change to the environment's Git source instead; it is applied at the next sync"),
         _ => cli,
     };
     cli.server_code = Some(code);

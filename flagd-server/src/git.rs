@@ -130,6 +130,22 @@ fn fetch(
         repository: repository.to_owned(),
         message: error.to_string(),
     };
+    // A local repository that is not there: say so plainly (gix's message is about verifying a
+    // git directory).
+    let local_path = repository.strip_prefix("file://").map_or_else(
+        || (!repository.contains("://") && !repository.contains('@')).then_some(repository),
+        Some,
+    );
+    if let Some(path) = local_path
+        && !Path::new(path).exists()
+    {
+        return Err(GitError::Fetch {
+            repository: repository.to_owned(),
+            message: format!(
+                "there is no directory {path} on the server (a local repository is read from the server's own file system)"
+            ),
+        });
+    }
     if let Credentials::SshKey(key) = credentials {
         let command = format!(
             "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes",
@@ -149,7 +165,8 @@ fn fetch(
                 [format!("+refs/heads/{branch}:{SOURCE_REF}").as_str()],
                 gix::remote::Direction::Fetch,
             )
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| failed(&e))?
+            .with_fetch_tags(gix::remote::fetch::Tags::None);
         let connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|e| failed(&e))?;
@@ -173,11 +190,23 @@ fn fetch(
             }
             _ => Ok(None),
         });
+        // gix says "none of the refspecs matched" for a branch the remote does not have.
+        let no_branch = |error: &dyn std::fmt::Display| {
+            let text = error.to_string();
+            if text.contains("refspec") && text.contains("matched") {
+                GitError::Fetch {
+                    repository: repository.to_owned(),
+                    message: format!("the repository has no branch {branch:?}"),
+                }
+            } else {
+                failed(error)
+            }
+        };
         let outcome = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| failed(&e))?
+            .map_err(|e| no_branch(&e))?
             .receive(gix::progress::Discard, interrupt)
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| no_branch(&e))?;
         let found = outcome.ref_map.mappings.iter().any(|mapping| {
             mapping
                 .remote

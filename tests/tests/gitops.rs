@@ -616,6 +616,67 @@ async fn report_keeps_and_lists_drift() {
         "{metrics}"
     );
 
+    // Rebinding the same repository, branch and path (another interval) keeps the baseline:
+    // the kept drift is still drift, not overwritten as if Git had just changed it.
+    let (code, stdout, stderr) = flagctl(
+        &server,
+        root.path(),
+        &[
+            "env",
+            "source",
+            "set",
+            "default",
+            "--repository",
+            &repo.url(),
+            "--path",
+            "env/prod.json",
+            "--interval",
+            "1h",
+            "--drift",
+            "report",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, stderr) =
+        flagctl(&server, root.path(), &["env", "source", "sync", "default"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("new-checkout modified"), "{stdout}");
+    assert_eq!(
+        flag(&server, "new-checkout").await["flag"]["state"],
+        "DISABLED"
+    );
+
+    // A branch the repository does not have fails the sync, saying so.
+    let (code, stdout, stderr) = flagctl(
+        &server,
+        root.path(),
+        &[
+            "env",
+            "source",
+            "set",
+            "default",
+            "--repository",
+            &repo.url(),
+            "--path",
+            "env/prod.json",
+            "--branch",
+            "dev",
+            "--drift",
+            "report",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, _) = flagctl(&server, root.path(), &["env", "source", "sync", "default"]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("the repository has no branch \"dev\""),
+        "{stdout}"
+    );
+    assert_eq!(
+        flag(&server, "new-checkout").await["flag"]["state"],
+        "DISABLED"
+    );
+
     // Unbinding keeps live state and allows edits without drift bookkeeping.
     let (code, _, stderr) = flagctl(&server, root.path(), &["env", "source", "unset", "default"]);
     assert_eq!(code, 0, "{stderr}");

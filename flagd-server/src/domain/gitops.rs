@@ -390,11 +390,25 @@ pub async fn bind(
     check_spec(&domain.gitops, &spec)?;
     let env = environment.to_owned();
     let spec_json = to_json(&spec);
+    let location = (
+        spec.repository.clone(),
+        spec.branch.clone(),
+        spec.path.clone(),
+    );
     let (record, created) = blocking(domain, move |store| {
         flags::environment_or_not_found(store, &env)?;
-        let existed = store.source(&env)?.is_some();
+        let existing = store.source(&env)?;
         let status = to_json(&StoredStatus::default());
-        store.bind_source(&env, &spec_json, &status)?;
+        let generation = store.bind_source(&env, &spec_json, &status)?;
+        // Rebinding to the same repository, branch and path (a new interval, policy or secret)
+        // keeps what the reconciler knows: above all the baseline, without which the next sync
+        // could not tell drift from a change in Git and Git would win everywhere.
+        if let Some(old) = &existing
+            && spec_of(old).is_ok_and(|old| (old.repository, old.branch, old.path) == location)
+        {
+            store.save_source_status(&env, generation, &old.status, old.baseline.as_ref())?;
+        }
+        let existed = existing.is_some();
         store.record_event(&env, None, Operation::SourceBound, &spec_json, &by)?;
         let record = store
             .source(&env)?
@@ -402,7 +416,6 @@ pub async fn bind(
         Ok((record, !existed))
     })
     .await?;
-    domain.gitops.forget(environment);
     let (domain2, env) = (domain.clone(), environment.to_owned());
     tokio::spawn(async move {
         if let Err(error) = sync(&domain2, &env).await {
