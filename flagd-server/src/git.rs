@@ -126,9 +126,9 @@ fn fetch(
     credentials: &Credentials,
     interrupt: &AtomicBool,
 ) -> Result<gix::Repository, GitError> {
-    let failed = |error: &dyn std::fmt::Display| GitError::Fetch {
+    let failed = |error: &dyn std::error::Error| GitError::Fetch {
         repository: repository.to_owned(),
-        message: error.to_string(),
+        message: chain(error),
     };
     // A local repository that is not there: say so plainly (gix's message is about verifying a
     // git directory).
@@ -191,8 +191,8 @@ fn fetch(
             _ => Ok(None),
         });
         // gix says "none of the refspecs matched" for a branch the remote does not have.
-        let no_branch = |error: &dyn std::fmt::Display| {
-            let text = error.to_string();
+        let no_branch = |error: &dyn std::error::Error| {
+            let text = chain(error);
             if text.contains("refspec") && text.contains("matched") {
                 GitError::Fetch {
                     repository: repository.to_owned(),
@@ -221,6 +221,22 @@ fn fetch(
         }
     }
     Ok(repo)
+}
+
+/// An error and its causes, outermost first ("Transport handshake failed: … : connection
+/// refused"), so a failed fetch says why.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn commit_info(commit: &gix::Commit<'_>) -> Result<SourceCommit, GitError> {
@@ -252,6 +268,7 @@ fn read_document(
     path: &str,
 ) -> Result<(Value, Vec<(String, String)>), GitError> {
     let trimmed = path.trim_matches('/');
+    let trimmed = trimmed.strip_prefix("./").unwrap_or(trimmed);
     let entry = if trimmed.is_empty() || trimmed == "." {
         None
     } else {
@@ -348,6 +365,21 @@ fn merge(files: Vec<(String, Value)>) -> Result<(Value, Vec<(String, String)>), 
                 "{name} is not a flagd document (a JSON object)"
             )));
         };
+        // A file of the directory that is not a flag set (a typo such as "flagz", another
+        // tool's JSON) would silently drop its flags: refused, naming it.
+        if let Some(key) = document
+            .keys()
+            .find(|key| !["$schema", "metadata", "$evaluators", "flags"].contains(&key.as_str()))
+        {
+            return Err(GitError::Content(format!(
+                "{name} has the field {key:?}, which a flagd flag set does not have (expected \"flags\", \"$evaluators\", \"metadata\", \"$schema\")"
+            )));
+        }
+        if !document.contains_key("flags") {
+            return Err(GitError::Content(format!(
+                "{name} has no \"flags\": it is not a flagd flag set"
+            )));
+        }
         match document.remove("flags") {
             Some(Value::Object(entries)) => {
                 for (key, flag) in entries {

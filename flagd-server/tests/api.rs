@@ -1939,7 +1939,63 @@ async fn git_sources_refuse_bad_specs_by_field() {
             Some("webhookSecret"),
             "secret",
         ),
+        (
+            json!({"repository": "https://ghp_token@github.com/a/b.git", "path": "p"}),
+            400,
+            Some("repository"),
+            "user name or password",
+        ),
+        (
+            json!({"repository": "user:pw@host:a/b.git", "path": "p"}),
+            400,
+            Some("repository"),
+            "user name or password",
+        ),
+        (
+            json!({"repository": "http://host/a.git", "path": "p", "credentials": "x"}),
+            400,
+            Some("credentials"),
+            "https://",
+        ),
+        (
+            json!({"repository": "relative/repo", "path": "p"}),
+            400,
+            Some("repository"),
+            "absolute path",
+        ),
+        (
+            json!({"repository": " /srv/flags", "path": "p"}),
+            400,
+            Some("repository"),
+            "spaces",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p\u{0}x"}),
+            400,
+            Some("path"),
+            "control",
+        ),
+        (
+            json!({"repository": "file:///r", "path": "p", "interval": " 30s"}),
+            400,
+            Some("interval"),
+            "spaces",
+        ),
     ];
+    for branch in [
+        "@",
+        "a@{1}",
+        ".hidden",
+        "a.lock/b",
+        "refs/heads/main",
+        "-x",
+        "a b",
+    ] {
+        let body = json!({"repository": "file:///r", "path": "p", "branch": branch});
+        let (got, answer) = app.call("PUT", path, Some(body)).await;
+        assert_eq!(got.as_u16(), 400, "branch {branch:?}: {answer}");
+        assert_eq!(answer["error"]["path"], "branch", "{answer}");
+    }
     for (body, status, field, mentions) in cases {
         let (got, answer) = app.call("PUT", path, Some(body.clone())).await;
         assert_eq!(got.as_u16(), status, "{body}: {answer}");

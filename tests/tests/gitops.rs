@@ -684,4 +684,25 @@ async fn report_keeps_and_lists_drift() {
         get(&server, "/api/v1/environments/default/source").await.0,
         404
     );
+    let metrics = http()
+        .get(format!("{}/metrics", server.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("flagd_gitops_drift{"),
+        "unbound: no series left\n{metrics}"
+    );
+    assert!(
+        !root
+            .path()
+            .join("data/git")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "unbound: the repository cache is removed"
+    );
 }

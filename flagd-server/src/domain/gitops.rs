@@ -94,9 +94,35 @@ impl GitOps {
         update(stats.entry(environment.to_owned()).or_default());
     }
 
-    fn forget(&self, environment: &str) {
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.remove(environment);
+    /// Forgets an environment that was unbound or deleted: its metrics series, and its
+    /// repository cache unless a sync is using it (a cache: the next bind fetches again).
+    pub fn discard(&self, environment: &str) {
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            stats.remove(environment);
+        }
+        let lock = self.lock(environment);
+        let Ok(_idle) = lock.try_lock() else { return };
+        let Some(base) = self.cache_dir.get() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // `<environment>-<12 hex digits>`, exactly: never another environment's.
+            let ours = name
+                .strip_prefix(environment)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|hash| {
+                    hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                });
+            if ours && let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(environment, %error, "cannot remove a Git source's cache");
+            }
+        }
     }
 
     /// Where an environment's repository is fetched to (one bare repository per environment and
@@ -116,13 +142,22 @@ impl GitOps {
     /// file `<secrets-dir>/<name>` (as Kubernetes mounts secrets). Trailing newlines are dropped.
     pub fn secret(&self, name: &str) -> Result<String, String> {
         let variable = secret_variable(name);
+        // An empty secret would let anyone sign a webhook: refused like a missing one.
+        let non_empty = |value: String, from: &str| {
+            let value = value.trim_end_matches(['\r', '\n']).to_owned();
+            if value.is_empty() {
+                Err(format!("the secret {name:?} ({from}) is empty"))
+            } else {
+                Ok(value)
+            }
+        };
         if let Ok(value) = std::env::var(&variable) {
-            return Ok(value.trim_end_matches(['\r', '\n']).to_owned());
+            return non_empty(value, &variable);
         }
         if let Some(dir) = self.secrets_dir.get() {
             let path = dir.join(name);
             if let Ok(value) = std::fs::read_to_string(&path) {
-                return Ok(value.trim_end_matches(['\r', '\n']).to_owned());
+                return non_empty(value, &path.display().to_string());
             }
             return Err(format!(
                 "the secret {name:?} is not configured: set {variable} or create {}",
@@ -237,7 +272,20 @@ fn to_json(value: &impl Serialize) -> Value {
 
 /// Checks a spec as written to `PUT …/source`; returns the interval.
 pub fn check_spec(gitops: &GitOps, spec: &SourceSpec) -> Result<Duration, DomainError> {
-    let repository = spec.repository.trim();
+    for (field, value) in [
+        ("repository", &spec.repository),
+        ("branch", &spec.branch),
+        ("path", &spec.path),
+        ("interval", &spec.interval),
+    ] {
+        if value.trim() != value.as_str() || value.chars().any(char::is_control) {
+            return Err(DomainError::bad_request(format!(
+                "{field} {value:?} must not start or end with spaces, nor hold control characters"
+            ))
+            .at(field));
+        }
+    }
+    let repository = spec.repository.as_str();
     if repository.is_empty() {
         return Err(DomainError::bad_request("repository must not be empty").at("repository"));
     }
@@ -251,12 +299,40 @@ pub fn check_spec(gitops: &GitOps, spec: &SourceSpec) -> Result<Duration, Domain
         ))
         .at("repository"));
     }
-    if repository.contains("://")
-        && url::Url::parse(repository).is_ok_and(|u| u.password().is_some())
-    {
+    // Secrets belong in `credentials`: a URL is shown by the API, the audit log and messages.
+    let http = repository.starts_with("https://") || repository.starts_with("http://");
+    let parsed = url::Url::parse(repository)
+        .ok()
+        .filter(|_| repository.contains("://"));
+    let scp_password = !repository.contains("://")
+        && repository
+            .split_once('@')
+            .is_some_and(|(user, _)| user.contains(':') && !user.contains('/'));
+    let secret_in_url = parsed
+        .as_ref()
+        .is_some_and(|u| u.password().is_some() || (http && !u.username().is_empty()))
+        || scp_password;
+    if secret_in_url {
         return Err(DomainError::bad_request(
-            "repository must not carry a password: name a secret in \"credentials\" instead",
+            "repository must not carry a user name or password (the API, the audit log and messages show it): name a secret in \"credentials\" instead",
         )
+        .at("repository"));
+    }
+    if spec.credentials.is_some() && repository.starts_with("http://") {
+        return Err(DomainError::bad_request(
+            "credentials are never sent over plain http://: use https://",
+        )
+        .at("credentials"));
+    }
+    let local = repository
+        .strip_prefix("file://")
+        .or((!repository.contains("://") && !is_ssh(repository)).then_some(repository));
+    if let Some(path) = local
+        && !Path::new(path).is_absolute()
+    {
+        return Err(DomainError::bad_request(format!(
+            "the local repository {path:?} must be an absolute path: it is read on the server, not where the request comes from"
+        ))
         .at("repository"));
     }
     let branch_ok = !spec.branch.is_empty()
@@ -269,6 +345,15 @@ pub fn check_spec(gitops: &GitOps, spec: &SourceSpec) -> Result<Duration, Domain
             .branch
             .chars()
             .all(|c| !c.is_control() && !" ~^:?*[\\".contains(c));
+    let branch_ok = branch_ok
+        && !spec.branch.starts_with("refs/")
+        && gix::refs::FullName::try_from(format!("refs/heads/{}", spec.branch)).is_ok()
+        && !spec.branch.contains("@{")
+        && spec.branch != "@"
+        && !spec
+            .branch
+            .split('/')
+            .any(|part| part.starts_with('.') || part.ends_with(".lock"));
     if !branch_ok {
         return Err(DomainError::bad_request(format!(
             "{:?} is not a valid branch name",
@@ -442,7 +527,7 @@ pub async fn unbind(
         Ok(())
     })
     .await?;
-    domain.gitops.forget(environment);
+    domain.gitops.discard(environment);
     Ok(())
 }
 
@@ -460,16 +545,22 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
     .ok_or_else(|| no_source(environment))?;
     let spec = spec_of(&record)?;
     let mut stored = stored_status(&record.status);
-    let previous_attempt = stored.status.last_attempt_at;
+    let previous_success = stored.status.last_synced_at;
     let now = domain.now();
     stored.status.last_attempt_at = Some(now);
 
     let head = fetch(domain, environment, &spec).await;
+    let (generation, mode) = (
+        record.generation,
+        WriteMode {
+            strict: domain.strict_by_default(),
+        },
+    );
     let outcome = match head {
-        Err(message) => Err(SyncError {
+        Err(message) => Err(Some(SyncError {
             message,
             problems: Vec::new(),
-        }),
+        })),
         Ok(head) => {
             let (env, spec2, baseline, held) = (
                 environment.to_owned(),
@@ -486,27 +577,39 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
                         &head,
                         baseline.as_ref(),
                         held.clone(),
-                        previous_attempt,
+                        previous_success,
                         now,
+                        generation,
+                        mode,
                     ) {
                         Ok(done) => return Ok(Ok(done)),
-                        Err(Failure::Sync(error)) => return Ok(Err(error)),
+                        Err(Failure::Sync(error)) => return Ok(Err(Some(error))),
                         Err(Failure::Raced) => continue,
+                        Err(Failure::Superseded) => return Ok(Err(None)),
                     }
                 }
-                Ok(Err(SyncError {
+                Ok(Err(Some(SyncError {
                     message: format!(
                         "live flags kept changing while commit {} was compared ({RACE_RETRIES} tries); the next sync tries again",
                         head.commit.short_sha
                     ),
                     problems: Vec::new(),
-                }))
+                })))
             })
             .await?
         }
     };
     let mut baseline = None;
     let mut deleted = Vec::new();
+    let outcome = match outcome {
+        Err(None) => {
+            // Unbound, rebound or deleted meanwhile: nothing was written; show what is there.
+            return show(domain, environment).await;
+        }
+        Err(Some(error)) => Err(error),
+        Ok(done) => Ok(done),
+    };
+    let stats: Box<dyn FnOnce(&mut SourceStats) + Send>;
     match outcome {
         Ok(done) => {
             // The baseline is rewritten only when it changes (a new commit, or none stored).
@@ -526,7 +629,7 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
             stored.ramp_held = done.held;
             deleted = done.deleted;
             let drift = stored.status.drift.len();
-            domain.gitops.record(environment, |s| {
+            stats = Box::new(move |s| {
                 s.last_success = Some(now);
                 s.drift = drift;
             });
@@ -537,9 +640,7 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
             stored.status.error = Some(error);
             stored.status.consecutive_failures =
                 stored.status.consecutive_failures.saturating_add(1);
-            domain
-                .gitops
-                .record(environment, |s| s.failures = s.failures.saturating_add(1));
+            stats = Box::new(|s| s.failures = s.failures.saturating_add(1));
         }
     }
     for key in &deleted {
@@ -554,6 +655,7 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
         // Rebound or unbound meanwhile: show what is stored now.
         return show(domain, environment).await;
     }
+    domain.gitops.record(environment, stats);
     Ok(SourceView {
         environment: environment.to_owned(),
         spec,
@@ -606,6 +708,8 @@ enum Failure {
     Sync(SyncError),
     /// Live state moved while it was compared: compare again.
     Raced,
+    /// The environment was unbound, rebound or deleted meanwhile: this sync must not write.
+    Superseded,
 }
 
 impl From<SyncError> for Failure {
@@ -640,16 +744,36 @@ fn reconcile(
     head: &Head,
     baseline: Option<&Value>,
     mut held: BTreeMap<String, HeldVariants>,
-    previous_attempt: Option<i64>,
+    previous_success: Option<i64>,
     now: i64,
+    generation: i64,
+    mode: WriteMode,
 ) -> Result<Reconciled, Failure> {
     let failed = |message: String| SyncError {
         message,
         problems: Vec::new(),
     };
     let short = &head.commit.short_sha;
-    // 1. The document must be valid on its own (warnings are allowed, as for any write).
+    // 1. The document must be valid on its own (warnings are allowed, as for any write, unless
+    // the server refuses them with --strict). A document without `flags` is refused: applied,
+    // it would delete every flag (a path naming some other JSON file, say).
+    if head.document.get("flags").is_none() {
+        return Err(Failure::Sync(failed(format!(
+            "the document at {} in commit {short} has no \"flags\": it is not a flagd flag set; live state was left as it was",
+            spec.path
+        ))));
+    }
     let git = match CompiledFlagSet::load(&head.document) {
+        Ok(loaded) if mode.strict && !loaded.warnings.is_empty() => {
+            return Err(Failure::Sync(SyncError {
+                message: format!(
+                    "the document at {} in commit {short} has {} warning(s) and the server refuses warnings (--strict); live state was left as it was",
+                    spec.path,
+                    loaded.warnings.len()
+                ),
+                problems: loaded.warnings,
+            }));
+        }
         Ok(loaded) => loaded.set,
         Err(invalid) => {
             let files: BTreeSet<&str> = invalid
@@ -721,7 +845,9 @@ fn reconcile(
                 held.insert(ramp.flag.clone(), variants.clone());
                 open.insert(ramp.flag, variants);
             }
-            "completed" | "aborted" if previous_attempt.is_none_or(|t| ramp.updated_at >= t) => {
+            // Ended since the last successful sync (a failed one in between does not count);
+            // before the first sync, Git wins over every old ramp.
+            "completed" | "aborted" if previous_success.is_some_and(|t| ramp.updated_at >= t) => {
                 held.entry(ramp.flag).or_insert(variants);
             }
             _ => {}
@@ -868,12 +994,20 @@ fn reconcile(
         message: Some(message.join("; ")).filter(|m| !m.is_empty()),
         at: now,
     };
+    // Unbound, rebound or the environment deleted (and perhaps re-created) since this sync read
+    // its source: it must not write.
+    let current = store
+        .source(environment)
+        .map_err(|e| failed(e.to_string()))?;
+    if current.is_none_or(|record| record.generation != generation) {
+        return Err(Failure::Superseded);
+    }
     let report = flags::apply_document_at(
         store,
         environment,
         &to_json(&document),
         true,
-        WriteMode::default(),
+        mode,
         &by,
         Some(env.version),
     )
@@ -1017,6 +1151,191 @@ pub async fn webhook_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{FlagChange, RampRecord, SqliteStore};
+    use serde_json::json;
+
+    const ENV: &str = "default";
+
+    fn head(document: Value) -> Head {
+        Head {
+            commit: SourceCommit {
+                sha: "0123456789abcdef0123456789abcdef01234567".into(),
+                short_sha: "0123456".into(),
+                subject: "flags".into(),
+                author: "Ann <ann@example.com>".into(),
+                committed_at: 1,
+            },
+            document,
+            origins: Vec::new(),
+        }
+    }
+
+    fn boolean(default: &str) -> Value {
+        json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default})
+    }
+
+    fn spec(drift: DriftPolicy) -> SourceSpec {
+        SourceSpec {
+            repository: "file:///r".into(),
+            branch: "main".into(),
+            path: "p.json".into(),
+            interval: "30s".into(),
+            drift,
+            credentials: None,
+            webhook_secret: None,
+        }
+    }
+
+    /// A store with flag `x` live (as given), bound to a source; returns the generation.
+    fn store_with(flag: Value) -> (SqliteStore, i64) {
+        let store = SqliteStore::in_memory(1).unwrap();
+        let by = Attribution {
+            actor: "someone".into(),
+            message: None,
+            at: 1,
+        };
+        let change = FlagChange::Upsert {
+            key: "x".into(),
+            flag: serde_json::from_value(flag).unwrap(),
+            expected_version: None,
+        };
+        store.commit(ENV, &[change], None, &by).unwrap();
+        let generation = store
+            .bind_source(ENV, &to_json(&spec(DriftPolicy::Revert)), &json!({}))
+            .unwrap();
+        (store, generation)
+    }
+
+    fn run(
+        store: &SqliteStore,
+        document: Value,
+        previous_success: Option<i64>,
+        generation: i64,
+        strict: bool,
+    ) -> Result<Reconciled, Failure> {
+        reconcile(
+            store,
+            ENV,
+            &spec(DriftPolicy::Revert),
+            &head(document),
+            None,
+            BTreeMap::new(),
+            previous_success,
+            100,
+            generation,
+            WriteMode { strict },
+        )
+    }
+
+    fn live(store: &SqliteStore) -> Flag {
+        store.flag(ENV, "x").unwrap().unwrap().flag
+    }
+
+    #[test]
+    fn a_sync_for_an_older_binding_writes_nothing() {
+        let (store, generation) = store_with(boolean("off"));
+        // Rebound (or unbound) while the sync fetched.
+        store
+            .bind_source(ENV, &to_json(&spec(DriftPolicy::Report)), &json!({}))
+            .unwrap();
+        let outcome = run(&store, json!({"flags": {}}), None, generation, false);
+        assert!(matches!(outcome, Err(Failure::Superseded)));
+        store.unbind_source(ENV).unwrap();
+        let outcome = run(&store, json!({"flags": {}}), None, generation + 1, false);
+        assert!(matches!(outcome, Err(Failure::Superseded)));
+        assert_eq!(store.flags(ENV).unwrap().len(), 1, "nothing was deleted");
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_flag_set_deletes_nothing() {
+        let (store, generation) = store_with(boolean("off"));
+        let Err(Failure::Sync(error)) = run(&store, json!({"name": "x"}), None, generation, false)
+        else {
+            panic!("a document without flags must fail the sync");
+        };
+        assert!(
+            error.message.contains("has no \"flags\""),
+            "{}",
+            error.message
+        );
+        assert_eq!(store.flags(ENV).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn strict_servers_refuse_documents_with_warnings() {
+        let (store, generation) = store_with(boolean("off"));
+        let warned = json!({"flags": {"x": {"state": "ENABLED", "variants": {"on": true, "off": false},
+            "defaultVariant": "off", "targeting": {"no_such_operator": [1]}}}});
+        let Err(Failure::Sync(error)) = run(&store, warned.clone(), None, generation, true) else {
+            panic!("--strict must refuse warnings");
+        };
+        assert!(!error.problems.is_empty());
+        assert_eq!(live(&store).targeting, None);
+        assert!(run(&store, warned, None, generation, false).is_ok());
+    }
+
+    /// A ramp that ended before the source's first sync is not held: Git wins. One that ended
+    /// after the last successful sync is held (reported), even when a sync failed in between.
+    #[test]
+    fn only_ramps_ended_since_the_last_successful_sync_are_held() {
+        let mut ramped: Flag = serde_json::from_value(boolean("off")).unwrap();
+        flag_core::rollout::set_rollout(
+            &mut ramped,
+            &BTreeMap::new(),
+            100.0,
+            &RolloutVariants::default(),
+        )
+        .unwrap();
+        let git = json!({"flags": {"x": boolean("off")}});
+        let ramp = |store: &SqliteStore, ended_at: i64| {
+            store
+                .save_ramp(&RampRecord {
+                    id: None,
+                    environment: ENV.into(),
+                    flag: "x".into(),
+                    state: "completed".into(),
+                    next_at: None,
+                    updated_at: ended_at,
+                    revision: 0,
+                    definition: json!({}),
+                })
+                .unwrap();
+        };
+
+        let (store, generation) = store_with(to_json(&ramped));
+        ramp(&store, 50);
+        let done = run(&store, git.clone(), None, generation, false)
+            .ok()
+            .unwrap();
+        assert!(done.drift.is_empty() && done.held.is_empty());
+        assert_eq!(live(&store).targeting, None, "Git won");
+
+        let (store, generation) = store_with(to_json(&ramped));
+        ramp(&store, 50);
+        // Last success at 40, then (say) a failed attempt at 60: the ramp ended at 50 is held.
+        let done = run(&store, git, Some(40), generation, false).ok().unwrap();
+        assert_eq!(done.drift.len(), 1);
+        assert_eq!(done.drift[0].kind, DriftKind::RolloutAfterRamp);
+        assert!(done.held.contains_key("x"));
+        assert_eq!(live(&store), ramped, "the ramp's rollout stays");
+    }
+
+    #[test]
+    fn empty_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        std::fs::write(dir.path().join("hook"), "s3cret\n").unwrap();
+        let gitops = GitOps::default();
+        gitops.configure(dir.path().join("git"), Some(dir.path().to_owned()));
+        assert_eq!(gitops.secret("hook").unwrap(), "s3cret");
+        assert!(gitops.secret("empty").unwrap_err().contains("is empty"));
+        assert!(
+            gitops
+                .secret("missing")
+                .unwrap_err()
+                .contains("FLAGD_SECRET_MISSING")
+        );
+    }
 
     #[test]
     fn signatures_are_checked_as_the_git_hosts_make_them() {

@@ -232,6 +232,7 @@ pub async fn delete_environment(
     })
     .await?;
     domain.tokens.remove_environment(name);
+    domain.gitops.discard(name);
     ramp::close_deleted(domain, name, None).await;
     Ok(())
 }
