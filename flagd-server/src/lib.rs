@@ -655,7 +655,10 @@ pub fn migrate_to_postgres(
     data.changes.reverse();
     data.tokens = source.tokens()?;
     data.ramps = source.ramps(&store::RampQuery::default())?;
-    data.sources = source.sources()?;
+    for binding in source.sources()? {
+        let baseline = source.source_baseline(&binding.environment)?;
+        data.sources.push((binding, baseline));
+    }
     target.import(&data)?;
     Ok(MigrationReport {
         environments: data.environments.len(),

@@ -483,6 +483,10 @@ pub async fn bind(
     let (record, created) = blocking(domain, move |store| {
         flags::environment_or_not_found(store, &env)?;
         let existing = store.source(&env)?;
+        let old_baseline = match &existing {
+            Some(_) => store.source_baseline(&env)?,
+            None => None,
+        };
         let status = to_json(&StoredStatus::default());
         let generation = store.bind_source(&env, &spec_json, &status)?;
         // Rebinding to the same repository, branch and path (a new interval, policy or secret)
@@ -491,7 +495,7 @@ pub async fn bind(
         if let Some(old) = &existing
             && spec_of(old).is_ok_and(|old| (old.repository, old.branch, old.path) == location)
         {
-            store.save_source_status(&env, generation, &old.status, old.baseline.as_ref())?;
+            store.save_source_status(&env, generation, &old.status, old_baseline.as_ref())?;
         }
         let existed = existing.is_some();
         store.record_event(&env, None, Operation::SourceBound, &spec_json, &by)?;
@@ -562,13 +566,20 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
             problems: Vec::new(),
         })),
         Ok(head) => {
-            let (env, spec2, baseline, held) = (
+            let (env, spec2, held) = (
                 environment.to_owned(),
                 spec.clone(),
-                record.baseline.clone(),
                 stored.ramp_held.clone(),
             );
+            let new_commit =
+                stored.status.commit.as_ref().map(|c| &c.sha) != Some(&head.commit.sha);
             blocking(domain, move |store| {
+                let baseline = store.source_baseline(&env)?;
+                // A new baseline is stored only for a new commit (or when there is none): it is
+                // the whole document, and most syncs find the commit they already applied.
+                let want_baseline = baseline.is_none() || new_commit;
+                let baseline: Option<FlagSet> =
+                    baseline.and_then(|b| serde_json::from_value(b).ok());
                 for _ in 0..RACE_RETRIES {
                     match reconcile(
                         store,
@@ -581,6 +592,7 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
                         now,
                         generation,
                         mode,
+                        want_baseline,
                     ) {
                         Ok(done) => return Ok(Ok(done)),
                         Err(Failure::Sync(error)) => return Ok(Err(Some(error))),
@@ -612,12 +624,7 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
     let stats: Box<dyn FnOnce(&mut SourceStats) + Send>;
     match outcome {
         Ok(done) => {
-            // The baseline is rewritten only when it changes (a new commit, or none stored).
-            let same_commit =
-                stored.status.commit.as_ref().map(|c| &c.sha) == Some(&done.commit.sha);
-            if record.baseline.is_none() || !same_commit {
-                baseline = Some(done.baseline);
-            }
+            baseline = done.baseline;
             stored.status.state = SyncState::Synced;
             stored.status.last_synced_at = Some(now);
             stored.status.commit = Some(done.commit);
@@ -698,7 +705,7 @@ struct Reconciled {
     drift: Vec<Drift>,
     reverted: Vec<String>,
     held: BTreeMap<String, HeldVariants>,
-    baseline: Value,
+    baseline: Option<Value>,
     deleted: Vec<String>,
 }
 
@@ -742,12 +749,13 @@ fn reconcile(
     environment: &str,
     spec: &SourceSpec,
     head: &Head,
-    baseline: Option<&Value>,
+    baseline: Option<&FlagSet>,
     mut held: BTreeMap<String, HeldVariants>,
     previous_success: Option<i64>,
     now: i64,
     generation: i64,
     mode: WriteMode,
+    want_baseline: bool,
 ) -> Result<Reconciled, Failure> {
     let failed = |message: String| SyncError {
         message,
@@ -801,7 +809,6 @@ fn reconcile(
             }));
         }
     };
-    let baseline: Option<FlagSet> = baseline.and_then(|b| serde_json::from_value(b.clone()).ok());
     let env = store
         .environment(environment)
         .map_err(|e| failed(e.to_string()))?
@@ -1002,6 +1009,26 @@ fn reconcile(
     if current.is_none_or(|record| record.generation != generation) {
         return Err(Failure::Superseded);
     }
+    // Nothing to write (the common case: the commit already applied, no drift): no commit, and
+    // no second validation of the whole document.
+    let unchanged = document.metadata == env.metadata
+        && document.evaluators == env.evaluators
+        && document.flags.len() == live.len()
+        && document
+            .flags
+            .iter()
+            .all(|(key, flag)| live.get(key).is_some_and(|l| l.flag == *flag));
+    if unchanged {
+        return Ok(Reconciled {
+            commit: head.commit.clone(),
+            version: env.version,
+            drift,
+            reverted,
+            held,
+            baseline: want_baseline.then(|| to_json(&git)),
+            deleted,
+        });
+    }
     let report = flags::apply_document_at(
         store,
         environment,
@@ -1031,7 +1058,7 @@ fn reconcile(
         drift,
         reverted,
         held,
-        baseline: to_json(&git),
+        baseline: want_baseline.then(|| to_json(&git)),
         deleted,
     })
 }
@@ -1224,6 +1251,7 @@ mod tests {
             100,
             generation,
             WriteMode { strict },
+            true,
         )
     }
 

@@ -773,6 +773,10 @@ impl FlagStore for PublishingStore {
         self.inner.bind_source(environment, spec, status)
     }
 
+    fn source_baseline(&self, environment: &str) -> Result<Option<Value>, StoreError> {
+        self.inner.source_baseline(environment)
+    }
+
     fn unbind_source(&self, environment: &str) -> Result<bool, StoreError> {
         self.inner.unbind_source(environment)
     }

@@ -559,9 +559,6 @@ pub struct SourceRecord {
     pub spec: Value,
     /// The reconciler's status (a `SyncStatus` plus what it keeps for itself).
     pub status: Value,
-    /// The Git document last applied (what a later commit is compared with, to tell a change
-    /// in Git from drift); `None` before the first sync.
-    pub baseline: Option<Value>,
     /// Bumped by every bind: a status saved for an older binding is dropped.
     pub generation: i64,
 }
@@ -661,6 +658,10 @@ pub trait FlagStore: Send + Sync + 'static {
         spec: &Value,
         status: &Value,
     ) -> Result<i64, StoreError>;
+    /// The Git document last applied (what a later commit is compared with, to tell a change in
+    /// Git from drift); `None` before the first sync. Read apart from the record: it is the whole
+    /// document, and the record is read on every admin write and every second.
+    fn source_baseline(&self, environment: &str) -> Result<Option<Value>, StoreError>;
     /// Unbinds; returns whether it was bound.
     fn unbind_source(&self, environment: &str) -> Result<bool, StoreError>;
     /// Saves the reconciler's status (and a new baseline, if given) if the binding is still
@@ -679,14 +680,12 @@ fn source_record(
     environment: String,
     spec: &str,
     status: &str,
-    baseline: Option<&str>,
     generation: i64,
 ) -> Result<SourceRecord, StoreError> {
     let what = || format!("the Git source of environment {environment:?}");
     Ok(SourceRecord {
         spec: decode(spec, what)?,
         status: decode(status, what)?,
-        baseline: baseline.map(|text| decode(text, what)).transpose()?,
         generation,
         environment,
     })

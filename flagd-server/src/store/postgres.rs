@@ -1388,18 +1388,16 @@ impl FlagStore for PostgresStore {
     }
     fn sources(&self) -> Result<Vec<SourceRecord>, StoreError> {
         let rows = self.client()?.query(
-            "SELECT environment, spec, status, baseline, generation FROM sources ORDER BY environment",
+            "SELECT environment, spec, status, generation FROM sources ORDER BY environment",
             &[],
         )?;
         rows.iter()
             .map(|row| {
-                let baseline: Option<String> = row.try_get(3)?;
                 source_record(
                     row.try_get(0)?,
                     row.try_get(1)?,
                     row.try_get(2)?,
-                    baseline.as_deref(),
-                    row.try_get(4)?,
+                    row.try_get(3)?,
                 )
             })
             .collect()
@@ -1407,18 +1405,33 @@ impl FlagStore for PostgresStore {
 
     fn source(&self, environment: &str) -> Result<Option<SourceRecord>, StoreError> {
         let row = self.client()?.query_opt(
-            "SELECT spec, status, baseline, generation FROM sources WHERE environment = $1",
+            "SELECT spec, status, generation FROM sources WHERE environment = $1",
             &[&environment],
         )?;
         row.map(|row| {
-            let baseline: Option<String> = row.try_get(2)?;
             source_record(
                 environment.to_owned(),
                 row.try_get(0)?,
                 row.try_get(1)?,
-                baseline.as_deref(),
-                row.try_get(3)?,
+                row.try_get(2)?,
             )
+        })
+        .transpose()
+    }
+
+    fn source_baseline(&self, environment: &str) -> Result<Option<Value>, StoreError> {
+        let row = self.client()?.query_opt(
+            "SELECT baseline FROM sources WHERE environment = $1",
+            &[&environment],
+        )?;
+        let text: Option<String> = match row {
+            Some(row) => row.try_get(0)?,
+            None => None,
+        };
+        text.map(|text| {
+            decode(&text, || {
+                format!("the Git baseline of environment {environment:?}")
+            })
         })
         .transpose()
     }
@@ -1494,8 +1507,8 @@ pub struct Import {
     pub tokens: Vec<TokenRecord>,
     /// Ramps, with their ids and revisions.
     pub ramps: Vec<RampRecord>,
-    /// Git source bindings, with their status and baseline.
-    pub sources: Vec<SourceRecord>,
+    /// Git source bindings, with their status, and each one's baseline.
+    pub sources: Vec<(SourceRecord, Option<Value>)>,
 }
 
 impl PostgresStore {
@@ -1565,11 +1578,11 @@ impl PostgresStore {
                 &[&ramp.id, &ramp.environment, &ramp.flag, &encode(&ramp.definition), &ramp.state, &ramp.next_at, &ramp.updated_at, &ramp.revision],
             )?;
         }
-        for source in &data.sources {
+        for (source, baseline) in &data.sources {
             tx.execute(
                 "INSERT INTO sources (environment, spec, status, baseline, generation) VALUES ($1, $2, $3, $4, $5)",
                 &[&source.environment, &encode(&source.spec), &encode(&source.status),
-                  &source.baseline.as_ref().map(encode), &source.generation],
+                  &baseline.as_ref().map(encode), &source.generation],
             )?;
         }
         // New rows continue after the copied ids.

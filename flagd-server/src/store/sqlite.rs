@@ -831,27 +831,20 @@ impl FlagStore for SqliteStore {
     fn sources(&self) -> Result<Vec<SourceRecord>, StoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare(
-            "SELECT environment, spec, status, baseline, generation FROM sources ORDER BY environment",
+            "SELECT environment, spec, status, generation FROM sources ORDER BY environment",
         )?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(3)?,
             ))
         })?;
         let mut sources = Vec::new();
         for row in rows {
-            let (environment, spec, status, baseline, generation) = row?;
-            sources.push(source_record(
-                environment,
-                &spec,
-                &status,
-                baseline.as_deref(),
-                generation,
-            )?);
+            let (environment, spec, status, generation) = row?;
+            sources.push(source_record(environment, &spec, &status, generation)?);
         }
         Ok(sources)
     }
@@ -860,28 +853,39 @@ impl FlagStore for SqliteStore {
         let connection = self.lock();
         let row = connection
             .query_row(
-                "SELECT spec, status, baseline, generation FROM sources WHERE environment = ?1",
+                "SELECT spec, status, generation FROM sources WHERE environment = ?1",
                 params![environment],
                 |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         row.get::<_, String>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, i64>(3)?,
+                        row.get::<_, i64>(2)?,
                     ))
                 },
             )
             .optional()?;
-        row.map(|(spec, status, baseline, generation)| {
-            source_record(
-                environment.to_owned(),
-                &spec,
-                &status,
-                baseline.as_deref(),
-                generation,
-            )
+        row.map(|(spec, status, generation)| {
+            source_record(environment.to_owned(), &spec, &status, generation)
         })
         .transpose()
+    }
+
+    fn source_baseline(&self, environment: &str) -> Result<Option<Value>, StoreError> {
+        let connection = self.lock();
+        let text: Option<Option<String>> = connection
+            .query_row(
+                "SELECT baseline FROM sources WHERE environment = ?1",
+                params![environment],
+                |row| row.get(0),
+            )
+            .optional()?;
+        text.flatten()
+            .map(|text| {
+                decode(&text, || {
+                    format!("the Git baseline of environment {environment:?}")
+                })
+            })
+            .transpose()
     }
 
     fn bind_source(
