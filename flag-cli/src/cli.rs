@@ -123,7 +123,8 @@ pub enum Command {
     /// per line: {"time", "version", "key", "action", "changes"} for a flag, {"time", "version",
     /// "type": "settings", "changes"} for settings.
     Watch,
-    /// Show the environment's version and its connected SDK clients.
+    /// Show the environment's version, its Git source with its last sync and drift (when it is
+    /// bound to one), and its connected SDK clients.
     Status,
     /// Create, list and revoke tokens.
     #[command(subcommand)]

@@ -1,4 +1,5 @@
-//! `flagctl status`: the environment's version and its connected SDK clients.
+//! `flagctl status`: the environment's version, its Git source and drift (if bound), and its
+//! connected SDK clients.
 
 use serde_json::Value;
 
@@ -31,12 +32,6 @@ pub async fn run(context: &Context) -> Result<u8> {
         output::json(&body)?;
         return Ok(exit::OK);
     }
-    if let Some(view) = source
-        .as_ref()
-        .and_then(|s| serde_json::from_value::<flag_protocol::source::SourceView>(s.clone()).ok())
-    {
-        super::env::print_source(&view)?;
-    }
     let version = answer.body["version"].as_i64().unwrap_or(0);
     let clients = answer.body["clients"]
         .as_array()
@@ -47,6 +42,12 @@ pub async fn run(context: &Context) -> Result<u8> {
         context.environment,
         clients.len()
     )?;
+    if let Some(view) = source
+        .as_ref()
+        .and_then(|s| serde_json::from_value::<flag_protocol::source::SourceView>(s.clone()).ok())
+    {
+        super::env::print_source(&view)?;
+    }
     if clients.is_empty() {
         return Ok(exit::OK);
     }
