@@ -358,6 +358,16 @@ async fn git_is_the_source_of_truth_with_drift_reverted() {
     );
     wait_for(false).await;
 
+    // Syncs that find nothing to do write nothing: no new version, no audit record.
+    let (_, before) = get(&server, "/api/v1/environments/default/flags").await;
+    for _ in 0..2 {
+        let (code, stdout, stderr) =
+            flagctl(&server, root.path(), &["env", "source", "sync", "default"]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+    }
+    let (_, after) = get(&server, "/api/v1/environments/default/flags").await;
+    assert_eq!(after["version"], before["version"]);
+
     // Webhooks: a wrong or missing signature is refused; the right one syncs.
     let hook = format!(
         "{}/api/v1/environments/default/source/sync",

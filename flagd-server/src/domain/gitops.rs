@@ -765,24 +765,30 @@ fn reconcile(
     // 1. The document must be valid on its own (warnings are allowed, as for any write, unless
     // the server refuses them with --strict). A document without `flags` is refused: applied,
     // it would delete every flag (a path naming some other JSON file, say).
-    if head.document.get("flags").is_none() {
+    // The commit this environment was last synced to, whose document (the baseline) was
+    // validated then: compared as it is, without validating it again.
+    let already_validated = if want_baseline { None } else { baseline };
+    if already_validated.is_none() && head.document.get("flags").is_none() {
         return Err(Failure::Sync(failed(format!(
             "the document at {} in commit {short} has no \"flags\": it is not a flagd flag set; live state was left as it was",
             spec.path
         ))));
     }
-    let git = match CompiledFlagSet::load(&head.document) {
-        Ok(loaded) if mode.strict && !loaded.warnings.is_empty() => {
+    let git = match already_validated.map_or_else(
+        || CompiledFlagSet::load(&head.document).map(|loaded| (loaded.set, loaded.warnings)),
+        |baseline| Ok((baseline.clone(), Vec::new())),
+    ) {
+        Ok((_, warnings)) if mode.strict && !warnings.is_empty() => {
             return Err(Failure::Sync(SyncError {
                 message: format!(
                     "the document at {} in commit {short} has {} warning(s) and the server refuses warnings (--strict); live state was left as it was",
                     spec.path,
-                    loaded.warnings.len()
+                    warnings.len()
                 ),
-                problems: loaded.warnings,
+                problems: warnings,
             }));
         }
-        Ok(loaded) => loaded.set,
+        Ok((set, _)) => set,
         Err(invalid) => {
             let files: BTreeSet<&str> = invalid
                 .problems
