@@ -132,11 +132,7 @@ fn fetch(
     };
     // A local repository that is not there: say so plainly (gix's message is about verifying a
     // git directory).
-    let local_path = repository.strip_prefix("file://").map_or_else(
-        || (!repository.contains("://") && !repository.contains('@')).then_some(repository),
-        Some,
-    );
-    if let Some(path) = local_path
+    if let Some(path) = local_path(repository)
         && !Path::new(path).exists()
     {
         return Err(GitError::Fetch {
@@ -221,6 +217,22 @@ fn fetch(
         }
     }
     Ok(repo)
+}
+
+/// Whether a repository is reached over SSH: `ssh://…`, or the scp-like `user@host:path`.
+pub fn is_ssh(repository: &str) -> bool {
+    repository.starts_with("ssh://")
+        || (!repository.contains("://")
+            && repository
+                .split_once(':')
+                .is_some_and(|(host, _)| host.contains('@') && !host.contains('/')))
+}
+
+/// The directory of a repository on the server's own file system (`file://…` or a plain path).
+pub fn local_path(repository: &str) -> Option<&str> {
+    repository
+        .strip_prefix("file://")
+        .or((!repository.contains("://") && !is_ssh(repository)).then_some(repository))
 }
 
 /// An error and its causes, outermost first ("Transport handshake failed: … : connection

@@ -89,6 +89,32 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
     executable
 }
 
+/// Runs `flagctl` against `server` with `token` (through its variables), from `dir` (so files in
+/// it can be named plainly) and with a config directory of its own there. Returns the exit code,
+/// stdout and stderr.
+pub fn flagctl(
+    server: &ServerProcess,
+    token: &str,
+    dir: &Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let output = Command::new(binary("flag-cli", "flagctl"))
+        .args(args)
+        .current_dir(dir)
+        .env("FLAGCTL_SERVER", &server.base_url)
+        .env("FLAGCTL_TOKEN", token)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("FLAGCTL_ENV")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run flagctl: {error}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A `flagd-server` child process.
 #[derive(Debug)]
 pub struct ServerProcess {

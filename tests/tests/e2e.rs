@@ -459,21 +459,7 @@ mod cli {
         args: &[&str],
         token: &str,
     ) -> (i32, String, String) {
-        let output = Command::new(binary("flag-cli", "flagctl"))
-            .args(args)
-            .current_dir(dir)
-            .env("FLAGCTL_SERVER", &server.base_url)
-            .env("FLAGCTL_TOKEN", token)
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env_remove("FLAGCTL_ENV")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        tests::flagctl(server, token, dir, args)
     }
 
     /// A transcript of commands for a snapshot: each command, its exit code, stdout, stderr.

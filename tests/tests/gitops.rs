@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use flag_sdk::{EvaluationContext, FlagClient};
 use serde_json::{Value, json};
-use tests::{ServerProcess, binary};
+use tests::ServerProcess;
 
 const ADMIN: &str = "flg_admin_gitops_end_to_end_token";
 const HOOK_SECRET: &str = "webhook-shared-secret";
@@ -88,21 +88,7 @@ fn boolean(state: &str, default: &str) -> Value {
 }
 
 fn flagctl(server: &ServerProcess, dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary("flag-cli", "flagctl"))
-        .args(args)
-        .current_dir(dir)
-        .env("FLAGCTL_SERVER", &server.base_url)
-        .env("FLAGCTL_TOKEN", ADMIN)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env_remove("FLAGCTL_ENV")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    tests::flagctl(server, ADMIN, dir, args)
 }
 
 /// Starts a server whose secrets directory holds the webhook secret `hook`.
@@ -166,28 +152,46 @@ fn synced_at(short: &str) -> impl Fn(&Value) -> bool + '_ {
     move |s: &Value| s["status"]["state"] == "synced" && s["status"]["commit"]["shortSha"] == short
 }
 
-fn bind(server: &ServerProcess, dir: &Path, repo: &Repo, path: &str, drift: &str) {
-    let (code, stdout, stderr) = flagctl(
-        server,
-        dir,
-        &[
-            "env",
-            "source",
-            "set",
-            "default",
-            "--repository",
-            &repo.url(),
-            "--path",
-            path,
-            "--interval",
-            "1s",
-            "--drift",
-            drift,
-            "--webhook-secret",
-            "hook",
-        ],
-    );
+/// `flagctl env source set default` to `path` in `repo`, with more options.
+fn set_source(server: &ServerProcess, dir: &Path, repo: &Repo, path: &str, options: &[&str]) {
+    let url = repo.url();
+    let mut args = vec![
+        "env",
+        "source",
+        "set",
+        "default",
+        "--repository",
+        &url,
+        "--path",
+        path,
+    ];
+    args.extend_from_slice(options);
+    let (code, stdout, stderr) = flagctl(server, dir, &args);
     assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// Binds with a 1 s interval and the webhook secret `hook`.
+fn bind(server: &ServerProcess, dir: &Path, repo: &Repo, path: &str, drift: &str) {
+    let options = [
+        "--interval",
+        "1s",
+        "--drift",
+        drift,
+        "--webhook-secret",
+        "hook",
+    ];
+    set_source(server, dir, repo, path, &options);
+}
+
+async fn metrics_text(server: &ServerProcess) -> String {
+    http()
+        .get(format!("{}/metrics", server.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 fn sign(body: &[u8]) -> String {
@@ -407,14 +411,7 @@ async fn git_is_the_source_of_truth_with_drift_reverted() {
     assert_eq!(answer["status"]["state"], "synced");
 
     // Metrics.
-    let metrics = http()
-        .get(format!("{}/metrics", server.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(metrics.contains("flagd_gitops_last_sync_timestamp_seconds{environment=\"default\"}"));
     assert!(metrics.contains("flagd_gitops_sync_failures_total{environment=\"default\"}"));
     assert!(metrics.contains("flagd_gitops_drift{environment=\"default\"} 0"));
@@ -613,14 +610,7 @@ async fn report_keeps_and_lists_drift() {
         status_out.contains("drift:       1 item(s)"),
         "{status_out}"
     );
-    let metrics = http()
-        .get(format!("{}/metrics", server.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("flagd_gitops_drift{environment=\"default\"} 1"),
         "{metrics}"
@@ -628,25 +618,13 @@ async fn report_keeps_and_lists_drift() {
 
     // Rebinding the same repository, branch and path (another interval) keeps the baseline:
     // the kept drift is still drift, not overwritten as if Git had just changed it.
-    let (code, stdout, stderr) = flagctl(
+    set_source(
         &server,
         root.path(),
-        &[
-            "env",
-            "source",
-            "set",
-            "default",
-            "--repository",
-            &repo.url(),
-            "--path",
-            "env/prod.json",
-            "--interval",
-            "1h",
-            "--drift",
-            "report",
-        ],
+        &repo,
+        "env/prod.json",
+        &["--interval", "1h", "--drift", "report"],
     );
-    assert_eq!(code, 0, "{stdout}{stderr}");
     let (code, stdout, stderr) =
         flagctl(&server, root.path(), &["env", "source", "sync", "default"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -657,25 +635,13 @@ async fn report_keeps_and_lists_drift() {
     );
 
     // A branch the repository does not have fails the sync, saying so.
-    let (code, stdout, stderr) = flagctl(
+    set_source(
         &server,
         root.path(),
-        &[
-            "env",
-            "source",
-            "set",
-            "default",
-            "--repository",
-            &repo.url(),
-            "--path",
-            "env/prod.json",
-            "--branch",
-            "dev",
-            "--drift",
-            "report",
-        ],
+        &repo,
+        "env/prod.json",
+        &["--branch", "dev", "--drift", "report"],
     );
-    assert_eq!(code, 0, "{stdout}{stderr}");
     let (code, stdout, _) = flagctl(&server, root.path(), &["env", "source", "sync", "default"]);
     assert_eq!(code, 1, "{stdout}");
     assert!(
@@ -694,14 +660,7 @@ async fn report_keeps_and_lists_drift() {
         get(&server, "/api/v1/environments/default/source").await.0,
         404
     );
-    let metrics = http()
-        .get(format!("{}/metrics", server.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         !metrics.contains("flagd_gitops_drift{"),
         "unbound: no series left\n{metrics}"

@@ -174,7 +174,7 @@ impl GitOps {
             return Ok(Credentials::None);
         };
         let secret = self.secret(name)?;
-        if is_ssh(&spec.repository) {
+        if git::is_ssh(&spec.repository) {
             // A key file path, or the key itself (written next to the cache, owner-only).
             if Path::new(&secret).is_file() {
                 return Ok(Credentials::SshKey(PathBuf::from(secret)));
@@ -223,14 +223,6 @@ pub fn secret_variable(name: &str) -> String {
         })
         .collect();
     format!("{SECRET_VARIABLE_PREFIX}{upper}")
-}
-
-fn is_ssh(repository: &str) -> bool {
-    repository.starts_with("ssh://")
-        || (!repository.contains("://")
-            && repository
-                .split_once(':')
-                .is_some_and(|(host, _)| host.contains('@') && !host.contains('/')))
 }
 
 /// What the reconciler keeps in the stored status beside the public part: the flags whose
@@ -324,10 +316,7 @@ pub fn check_spec(gitops: &GitOps, spec: &SourceSpec) -> Result<Duration, Domain
         )
         .at("credentials"));
     }
-    let local = repository
-        .strip_prefix("file://")
-        .or((!repository.contains("://") && !is_ssh(repository)).then_some(repository));
-    if let Some(path) = local
+    if let Some(path) = git::local_path(repository)
         && !Path::new(path).is_absolute()
     {
         return Err(DomainError::bad_request(format!(
@@ -448,14 +437,18 @@ pub fn check_writable(store: &dyn FlagStore, environment: &str) -> Result<(), Do
 
 /// `GET …/source`.
 pub async fn show(domain: &Domain, environment: &str) -> Result<SourceView, DomainError> {
+    view_of(&bound(domain, environment).await?)
+}
+
+/// The environment's binding: 404 for an unknown environment or one not bound.
+async fn bound(domain: &Domain, environment: &str) -> Result<SourceRecord, DomainError> {
     let env = environment.to_owned();
-    let record = blocking(domain, move |store| {
+    blocking(domain, move |store| {
         flags::environment_or_not_found(store, &env)?;
         Ok(store.source(&env)?)
     })
     .await?
-    .ok_or_else(|| no_source(environment))?;
-    view_of(&record)
+    .ok_or_else(|| no_source(environment))
 }
 
 fn no_source(environment: &str) -> DomainError {
@@ -540,13 +533,7 @@ pub async fn unbind(
 pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, DomainError> {
     let lock = domain.gitops.lock(environment);
     let _held = lock.lock().await;
-    let env = environment.to_owned();
-    let record = blocking(domain, move |store| {
-        flags::environment_or_not_found(store, &env)?;
-        Ok(store.source(&env)?)
-    })
-    .await?
-    .ok_or_else(|| no_source(environment))?;
+    let record = bound(domain, environment).await?;
     let spec = spec_of(&record)?;
     let mut stored = stored_status(&record.status);
     let previous_success = stored.status.last_synced_at;
@@ -613,16 +600,11 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
     };
     let mut baseline = None;
     let mut deleted = Vec::new();
-    let outcome = match outcome {
+    match outcome {
         Err(None) => {
             // Unbound, rebound or deleted meanwhile: nothing was written; show what is there.
             return show(domain, environment).await;
         }
-        Err(Some(error)) => Err(error),
-        Ok(done) => Ok(done),
-    };
-    let stats: Box<dyn FnOnce(&mut SourceStats) + Send>;
-    match outcome {
         Ok(done) => {
             baseline = done.baseline;
             stored.status.state = SyncState::Synced;
@@ -635,19 +617,13 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
             stored.status.reverted = done.reverted;
             stored.ramp_held = done.held;
             deleted = done.deleted;
-            let drift = stored.status.drift.len();
-            stats = Box::new(move |s| {
-                s.last_success = Some(now);
-                s.drift = drift;
-            });
         }
-        Err(error) => {
+        Err(Some(error)) => {
             tracing::warn!(environment, error = %error.message, "Git sync failed");
             stored.status.state = SyncState::Failed;
             stored.status.error = Some(error);
             stored.status.consecutive_failures =
                 stored.status.consecutive_failures.saturating_add(1);
-            stats = Box::new(|s| s.failures = s.failures.saturating_add(1));
         }
     }
     for key in &deleted {
@@ -662,7 +638,16 @@ pub async fn sync(domain: &Domain, environment: &str) -> Result<SourceView, Doma
         // Rebound or unbound meanwhile: show what is stored now.
         return show(domain, environment).await;
     }
-    domain.gitops.record(environment, stats);
+    let drift = stored.status.drift.len();
+    domain
+        .gitops
+        .record(environment, |stats| match stored.status.state {
+            SyncState::Failed => stats.failures = stats.failures.saturating_add(1),
+            _ => {
+                stats.last_success = Some(now);
+                stats.drift = drift;
+            }
+        });
     Ok(SourceView {
         environment: environment.to_owned(),
         spec,
@@ -1399,9 +1384,12 @@ mod tests {
             secret_variable("gh-token.prod"),
             "FLAGD_SECRET_GH_TOKEN_PROD"
         );
-        assert!(is_ssh("git@github.com:acme/flags.git"));
-        assert!(is_ssh("ssh://git@github.com/acme/flags.git"));
-        assert!(!is_ssh("https://github.com/acme/flags.git"));
-        assert!(!is_ssh("/srv/flags"));
+        assert!(git::is_ssh("git@github.com:acme/flags.git"));
+        assert!(git::is_ssh("ssh://git@github.com/acme/flags.git"));
+        assert!(!git::is_ssh("https://github.com/acme/flags.git"));
+        assert!(!git::is_ssh("/srv/flags"));
+        assert_eq!(git::local_path("file:///srv/flags"), Some("/srv/flags"));
+        assert_eq!(git::local_path("/srv/flags"), Some("/srv/flags"));
+        assert_eq!(git::local_path("git@host:flags.git"), None);
     }
 }
