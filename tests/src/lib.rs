@@ -89,6 +89,37 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
     executable
 }
 
+/// The HTTP client of the end-to-end tests (30 s timeout: a hung server fails the test).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|error| panic!("cannot build an HTTP client: {error}"))
+}
+
+/// Creates an sdk token named `name` for the `default` environment with the admin token
+/// `admin`; returns its secret and its id.
+pub async fn sdk_token(base: &str, admin: &str, name: &str) -> (String, String) {
+    let created: serde_json::Value = http()
+        .post(format!("{base}/api/v1/tokens"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": name, "role": "sdk", "environment": "default"}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|error| panic!("cannot create an sdk token: {error}"))
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("the token answer is not JSON: {error}"));
+    let field = |name: &str| {
+        created[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("the token answer has no {name}: {created}"))
+            .to_owned()
+    };
+    (field("token"), field("id"))
+}
+
 /// Runs `flagctl` against `server` with `token` (through its variables), from `dir` (so files in
 /// it can be named plainly) and with a config directory of its own there. Returns the exit code,
 /// stdout and stderr.

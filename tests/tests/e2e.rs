@@ -10,12 +10,7 @@ const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
 
 /// An HTTP client whose requests fail after a while instead of waiting forever on a server that
 /// stopped answering.
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
+use tests::http;
 
 fn flag(default: &str) -> Value {
     json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default})
@@ -172,7 +167,7 @@ mod sdk {
     use std::time::Duration;
 
     use flag_sdk::{ErrorCode, EvaluationContext, FlagClient, Status};
-    use serde_json::{Value, json};
+    use serde_json::Value;
     use tests::{FrontDoor, ServerProcess};
 
     use super::{ADMIN, flag, http};
@@ -180,17 +175,7 @@ mod sdk {
     const WAIT: Duration = Duration::from_secs(15);
 
     async fn sdk_token(base: &str) -> String {
-        let created: Value = http()
-            .post(format!("{base}/api/v1/tokens"))
-            .bearer_auth(ADMIN)
-            .json(&json!({"name": "sdk-e2e", "role": "sdk", "environment": "default"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        created["token"].as_str().unwrap().to_owned()
+        tests::sdk_token(base, ADMIN, "sdk-e2e").await.0
     }
 
     async fn put(base: &str, key: &str, default: &str) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use flag_sdk::{EvaluationContext, FlagClient};
 use serde_json::{Value, json};
-use tests::ServerProcess;
+use tests::{ServerProcess, http};
 
 const ADMIN: &str = "flg_admin_gitops_end_to_end_token";
 const HOOK_SECRET: &str = "webhook-shared-secret";
@@ -101,13 +101,6 @@ fn server(root: &Path) -> ServerProcess {
         ADMIN,
         &["--secrets-dir", secrets.to_str().unwrap()],
     )
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
 }
 
 async fn get(server: &ServerProcess, path: &str) -> (u16, Value) {
@@ -240,17 +233,7 @@ async fn git_is_the_source_of_truth_with_drift_reverted() {
     );
 
     // An SDK follows the stream.
-    let (_, created) = {
-        let response = http()
-            .post(format!("{}/api/v1/tokens", server.base_url))
-            .bearer_auth(ADMIN)
-            .json(&json!({"name": "app", "role": "sdk", "environment": "default"}))
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.json::<Value>().await.unwrap())
-    };
-    let sdk_token = created["token"].as_str().unwrap().to_owned();
+    let (sdk_token, _) = tests::sdk_token(&server.base_url, ADMIN, "app").await;
     let client = FlagClient::builder()
         .server(&server.base_url)
         .token(&sdk_token)

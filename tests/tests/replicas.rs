@@ -15,12 +15,7 @@ use tests::{FreezableProxy, FrontDoor, ServerProcess};
 const ADMIN: &str = "replica-admin-token-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
+use tests::http;
 
 fn flag(default: &str) -> Value {
     json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": default})
@@ -75,20 +70,7 @@ async fn ofrep(base: &str, key: &str, token: &str) -> (reqwest::StatusCode, Valu
 }
 
 async fn sdk_token(base: &str) -> (String, String) {
-    let created: Value = http()
-        .post(format!("{base}/api/v1/tokens"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "replica-sdk", "role": "sdk", "environment": "default"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        created["token"].as_str().unwrap().to_owned(),
-        created["id"].as_str().unwrap().to_owned(),
-    )
+    tests::sdk_token(base, ADMIN, "replica-sdk").await
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, for at most `limit`.
