@@ -10,6 +10,7 @@
 //! - [`error`]: the admin API's `{"error": {"code", "message", "path", "problems"}}` body, with a
 //!   typed [`ErrorCode`] that clients decide on (never on the message text).
 //! - [`ofrep`]: the OpenFeature Remote Evaluation Protocol's bodies.
+//! - [`auth`]: the caller's [`auth::Identity`] (`GET /api/v1/auth/whoami`).
 //! - [`source`]: GitOps: an environment's Git source (`/api/v1/environments/{env}/source`), its
 //!   sync status and drift.
 //!
@@ -25,6 +26,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod auth;
 pub mod error;
 pub mod ofrep;
 pub mod source;

@@ -137,6 +137,13 @@ pub struct Config {
     #[arg(long, env = "FLAGD_SECRETS_DIR", value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
 
+    /// Trust the OIDC ID tokens of these issuers (TOML or JSON; see docs/AUTH.md): CI workloads
+    /// authenticate with the short-lived token their platform issues instead of a stored admin
+    /// token. Each issuer lists rules mapping claims (repository, branch...) to admin access,
+    /// optionally confined to environments. Read at start; a bad file stops the start.
+    #[arg(long, env = "FLAGD_OIDC_CONFIG", value_name = "FILE")]
+    pub oidc_config: Option<PathBuf>,
+
     /// Run a maintenance command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,

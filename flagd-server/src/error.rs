@@ -4,7 +4,9 @@
 //! errors are logged when they become responses, with the detail the client does not see.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{
+    JsonRejection, PathRejection, QueryRejection, RawPathParamsRejection,
+};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use flag_core::{Problem, ValidationError};
@@ -233,6 +235,9 @@ impl From<DomainError> for ApiError {
                     Rejection::FlagTooLarge => ErrorCode::FlagTooLarge,
                     Rejection::OutOfRange => ErrorCode::OutOfRange,
                     Rejection::ManagedByGit => ErrorCode::ManagedByGit,
+                    Rejection::Unauthorized => ErrorCode::Unauthorized,
+                    Rejection::Forbidden => ErrorCode::Forbidden,
+                    Rejection::Unavailable => ErrorCode::Unavailable,
                 };
                 let mut api = ApiError::new(code, message);
                 api.path = field;
@@ -267,6 +272,12 @@ impl From<QueryRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request(format!("bad path: {}", rejection.body_text()))
+    }
+}
+
+impl From<RawPathParamsRejection> for ApiError {
+    fn from(rejection: RawPathParamsRejection) -> Self {
         ApiError::bad_request(format!("bad path: {}", rejection.body_text()))
     }
 }

@@ -237,7 +237,7 @@ pub fn local_path(repository: &str) -> Option<&str> {
 
 /// An error and its causes, outermost first ("Transport handshake failed: … : connection
 /// refused"), so a failed fetch says why.
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -97,6 +97,8 @@ pub struct ServerOptions {
     pub guard_ca: Option<PathBuf>,
     /// Where Git sources' named secrets are read from, besides `FLAGD_SECRET_<NAME>`.
     pub secrets_dir: Option<PathBuf>,
+    /// The OIDC trust policies (`--oidc-config`): ID tokens of these issuers authenticate.
+    pub oidc_config: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -116,6 +118,7 @@ impl ServerOptions {
             tls: None,
             guard_ca: None,
             secrets_dir: None,
+            oidc_config: None,
         }
     }
 }
@@ -143,6 +146,7 @@ impl From<&config::Config> for ServerOptions {
             },
             guard_ca: config.guard_ca.clone(),
             secrets_dir: config.secrets_dir.clone(),
+            oidc_config: config.oidc_config.clone(),
         }
     }
 }
@@ -173,6 +177,12 @@ impl Server {
         // created in the data directory.
         let tls = options.tls.clone().map(tls::Tls::load).transpose()?;
         let guard_roots = options.guard_ca.as_deref().map(guard_roots).transpose()?;
+        let oidc = options
+            .oidc_config
+            .as_deref()
+            .map(domain::oidc::Oidc::load)
+            .transpose()
+            .map_err(|error| StartError::Config(format!("--oidc-config {error}")))?;
         let opened = options.clone();
         let start_clock = clock.clone();
         let (state, access, postgres) = tokio::task::spawn_blocking(move || {
@@ -190,6 +200,10 @@ impl Server {
         .map_err(|error| StartError::Config(format!("start-up task failed: {error}")))??;
         if let Some(roots) = guard_roots {
             let _ = state.guard_ca.set(roots);
+        }
+        if let Some(oidc) = oidc {
+            tracing::info!(issuers = ?oidc.issuer_names(), "trusting OIDC ID tokens");
+            let _ = state.oidc.set(oidc);
         }
         // Git sources fetch into the data directory; HTTPS remotes use rustls with ring (gix's
         // reqwest is built without a provider of its own).
@@ -537,6 +551,7 @@ fn bootstrap_admin(
     })?;
     write_private_file(&path, &secret)?;
     let record = TokenRecord {
+        environments: None,
         id: generate_id(),
         name: "bootstrap-admin".to_owned(),
         role: Role::Admin,
@@ -584,6 +599,7 @@ pub fn recover_admin_token(
     };
     let secret = generate_secret(Role::Admin);
     let record = TokenRecord {
+        environments: None,
         id: generate_id(),
         name: name.to_owned(),
         role: Role::Admin,

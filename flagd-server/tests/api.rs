@@ -31,8 +31,21 @@ fn token(
     role: Role,
     environment: Option<&str>,
 ) -> (String, String) {
+    scoped_token(store, tokens, name, role, environment, None)
+}
+
+/// A token, of an admin confined to `environments` when given.
+fn scoped_token(
+    store: &dyn FlagStore,
+    tokens: &TokenCache,
+    name: &str,
+    role: Role,
+    environment: Option<&str>,
+    environments: Option<&[&str]>,
+) -> (String, String) {
     let secret = generate_secret(role);
     let record = TokenRecord {
+        environments: environments.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
         id: generate_id(),
         name: name.to_owned(),
         role,
@@ -281,6 +294,17 @@ async fn auth_matrix() {
         .call("DELETE", &format!("/api/v1/tokens/{revoked_id}"), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // An admin confined to another environment than the one the routes name.
+    let (_, scoped) = scoped_token(
+        app.store.as_ref(),
+        &app.tokens,
+        "staging-ci",
+        Role::Admin,
+        None,
+        Some(&["staging"]),
+    );
+    // A well-formed JWT, but this server trusts no issuer.
+    let id_token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL3gifQ.c2lnbmF0dXJl";
 
     for (method, path, access) in ROUTES {
         let path = concrete(path);
@@ -298,27 +322,44 @@ async fn auth_matrix() {
                 None => builder.body(Body::empty()).unwrap(),
             }
         };
-        let cases: [(&str, Option<String>); 5] = [
+        let cases: [(&str, Option<String>); 7] = [
             ("no token", None),
             ("malformed", Some("Token abc".to_owned())),
             ("revoked", Some(format!("Bearer {revoked}"))),
+            ("untrusted ID token", Some(format!("Bearer {id_token}"))),
             ("sdk token", Some(format!("Bearer {}", app.sdk))),
             ("admin token", Some(format!("Bearer {}", app.admin))),
+            ("scoped admin", Some(format!("Bearer {scoped}"))),
         ];
+        let names_environment = path.contains("/environments/no-such-env");
         for (case, header) in cases {
             let (status, _, response) = app.send(with(header.as_deref())).await;
             let expected_denial = match (access, case) {
                 (Access::Public, _)
-                | (Access::Admin | Access::AdminOrWebhook, "admin token")
-                | (Access::Environment, "sdk token") => None,
-                (Access::Admin | Access::AdminOrWebhook, "sdk token") => {
+                | (
+                    Access::Admin
+                    | Access::AdminOrWebhook
+                    | Access::UnscopedAdmin
+                    | Access::Authenticated,
+                    "admin token",
+                )
+                | (Access::Environment, "sdk token")
+                | (Access::Authenticated, "sdk token" | "scoped admin") => None,
+                (Access::Admin | Access::AdminOrWebhook | Access::UnscopedAdmin, "sdk token") => {
                     Some(StatusCode::FORBIDDEN)
                 }
-                // An admin token may read an environment, but must name it.
-                (Access::Environment, "admin token") => Some(StatusCode::BAD_REQUEST),
-                (Access::Admin | Access::Environment | Access::AdminOrWebhook, _) => {
-                    Some(StatusCode::UNAUTHORIZED)
+                // A scoped admin is refused other environments' routes (the routes here name
+                // `no-such-env`) and what needs an admin for every environment; the global
+                // routes show it its own environments.
+                (Access::Admin | Access::AdminOrWebhook, "scoped admin") => {
+                    names_environment.then_some(StatusCode::FORBIDDEN)
                 }
+                (Access::UnscopedAdmin, "scoped admin") => Some(StatusCode::FORBIDDEN),
+                // An admin token may read an environment, but must name it.
+                (Access::Environment, "admin token" | "scoped admin") => {
+                    Some(StatusCode::BAD_REQUEST)
+                }
+                (_, _) => Some(StatusCode::UNAUTHORIZED),
             };
             match expected_denial {
                 Some(expected) => {
@@ -335,6 +376,218 @@ async fn auth_matrix() {
             }
         }
     }
+}
+
+/// An admin confined to `staging`: every route of `production` refuses it (403) and changes
+/// nothing; its own environment's routes serve it; the global routes show it only its scope.
+#[tokio::test]
+async fn scoped_admins_are_confined_on_every_route() {
+    let app = TestApp::new();
+    for name in ["staging", "production"] {
+        let (status, _) = app
+            .call("POST", "/api/v1/environments", Some(json!({"name": name})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = app
+            .call(
+                "PUT",
+                &format!("/api/v1/environments/{name}/flags/some-flag"),
+                Some(boolean_flag()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (scoped_id, scoped) = scoped_token(
+        app.store.as_ref(),
+        &app.tokens,
+        "staging-ci",
+        Role::Admin,
+        None,
+        Some(&["staging"]),
+    );
+    let as_scoped = |method: &str, path: &str, body: Option<Value>| {
+        let request = TestApp::request(method, path, Some(&scoped), body.as_ref());
+        let app = &app;
+        async move { app.send(request).await }
+    };
+    let production = app.snapshot("production");
+    for (method, template, access) in ROUTES {
+        if !template.contains("{env}") && *access != Access::Environment {
+            continue;
+        }
+        let body = matches!(*method, "POST" | "PUT" | "PATCH").then(|| boolean_flag());
+        for (env, allowed) in [("production", false), ("staging", true)] {
+            let mut path = template.replace("{env}", env).replace("{key}", "some-flag");
+            if *access == Access::Environment {
+                path.push_str(&format!("?environment={env}"));
+            }
+            // Percent-encoded, the environment is the same one.
+            let encoded = path.replacen("/production", "/%70roduction", 1);
+            for path in [&path, &encoded] {
+                let (status, _, response) = as_scoped(method, path, body.clone()).await;
+                if allowed {
+                    assert!(
+                        status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                        "{method} {path}: {status} {response}"
+                    );
+                } else {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {response}");
+                    let message = response["error"]["message"].as_str().unwrap();
+                    assert!(
+                        message.contains("staging") && message.contains("production"),
+                        "{message}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(app.snapshot("production"), production, "production changed");
+
+    // Global routes: its environments only.
+    let (_, _, listed) = as_scoped("GET", "/api/v1/environments", None).await;
+    let names: Vec<&str> = listed["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["staging"]);
+    let (status, _, _) =
+        as_scoped("POST", "/api/v1/environments", Some(json!({"name": "qa"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, _, audit) = as_scoped("GET", "/api/v1/audit?limit=1000", None).await;
+    let changes = audit["changes"].as_array().unwrap();
+    assert!(!changes.is_empty());
+    assert!(
+        changes.iter().all(|c| c["environment"] == "staging"),
+        "{audit}"
+    );
+    let (status, _, _) = as_scoped("GET", "/api/v1/audit?environment=production", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Tokens: within its scope only.
+    for (body, expected) in [
+        (
+            json!({"name": "p", "role": "sdk", "environment": "production"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (json!({"name": "a", "role": "admin"}), StatusCode::FORBIDDEN),
+        (
+            json!({"name": "a", "role": "admin", "environments": ["staging", "production"]}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"name": "s", "role": "sdk", "environment": "staging"}),
+            StatusCode::CREATED,
+        ),
+        (
+            json!({"name": "a", "role": "admin", "environments": ["staging"]}),
+            StatusCode::CREATED,
+        ),
+    ] {
+        let (status, _, response) = as_scoped("POST", "/api/v1/tokens", Some(body.clone())).await;
+        assert_eq!(status, expected, "{body}: {response}");
+    }
+    let (_, _, tokens) = as_scoped("GET", "/api/v1/tokens", None).await;
+    let tokens = tokens["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t["environment"] == "staging" || t["environments"] == json!(["staging"]))
+    );
+    let all: Vec<TokenRecord> = app.store.tokens().unwrap();
+    let alice = all.iter().find(|t| t.name == "alice").unwrap();
+    let (status, _, _) = as_scoped("DELETE", &format!("/api/v1/tokens/{}", alice.id), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = as_scoped("GET", "/api/v1/auth/oidc", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, who) = as_scoped("GET", "/api/v1/auth/whoami", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        who,
+        json!({"actor": "staging-ci", "role": "admin", "environments": ["staging"],
+               "credential": {"kind": "token", "id": scoped_id, "name": "staging-ci"}})
+    );
+    // Writes it makes are attributed to it.
+    let (status, _, _) = as_scoped(
+        "PUT",
+        "/api/v1/environments/staging/flags/mine",
+        Some(boolean_flag()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        app.store
+            .flags("staging")
+            .unwrap()
+            .iter()
+            .find(|f| f.key == "mine")
+            .unwrap()
+            .updated_by,
+        "staging-ci"
+    );
+}
+
+#[tokio::test]
+async fn admin_token_scopes_are_checked_on_creation() {
+    let app = TestApp::new();
+    for (body, status, path) in [
+        (
+            json!({"name": "a", "role": "admin", "environments": []}),
+            StatusCode::BAD_REQUEST,
+            "environments",
+        ),
+        (
+            json!({"name": "a", "role": "admin", "environments": ["nope"]}),
+            StatusCode::NOT_FOUND,
+            "environments[0]",
+        ),
+        (
+            json!({"name": "a", "role": "admin", "environments": ["default", "bad name"]}),
+            StatusCode::BAD_REQUEST,
+            "environments[1]",
+        ),
+        (
+            json!({"name": "a", "role": "admin", "environment": "default"}),
+            StatusCode::BAD_REQUEST,
+            "environment",
+        ),
+        (
+            json!({"name": "a", "role": "sdk", "environment": "default", "environments": ["default"]}),
+            StatusCode::BAD_REQUEST,
+            "environments",
+        ),
+    ] {
+        let (got, response) = app.call("POST", "/api/v1/tokens", Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {response}");
+        assert_eq!(response["error"]["path"], path, "{body}: {response}");
+    }
+    let (status, created) = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "ci", "role": "admin", "environments": ["default", "default"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["environments"], json!(["default"]));
+    // Read back through the listing, and the scoped admin is no "last admin".
+    let (_, listed) = app.call("GET", "/api/v1/tokens", None).await;
+    let listed = listed["tokens"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|t| t["id"] == created["id"] && t["environments"] == json!(["default"]))
+    );
+    let alice = listed.iter().find(|t| t["name"] == "alice").unwrap();
+    let (status, response) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/tokens/{}", alice["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{response}");
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ impl Harness {
         let admin = generate_secret(Role::Admin);
         let existing = store.tokens().unwrap();
         let record = TokenRecord {
+            environments: None,
             id: generate_id(),
             name: "alice".into(),
             role: Role::Admin,

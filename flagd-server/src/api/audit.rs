@@ -28,7 +28,7 @@ pub struct AuditParams {
 
 pub async fn query(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     QueryParams(params): QueryParams<AuditParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = params.limit.unwrap_or(50);
@@ -37,7 +37,12 @@ pub async fn query(
             ApiError::bad_request(format!("limit must be between 1 and {MAX_LIMIT}")).at("limit"),
         );
     }
+    // A scoped admin reads its environments' entries only.
+    if let Some(environment) = &params.environment {
+        admin.0.check_environment(environment)?;
+    }
     let query = AuditQuery {
+        environments: admin.0.environments.clone(),
         environment: params.environment,
         flag: params.flag,
         before: params.before,

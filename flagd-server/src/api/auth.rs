@@ -1,13 +1,15 @@
-//! The extractors that authenticate requests: `Admin` (an admin token) and `EnvironmentAccess`
-//! (an sdk token's environment, or an admin token with `?environment=`), over the domain's
-//! `TokenCache`.
+//! The extractors that authenticate requests: `Admin` (an admin, confined to its environments),
+//! `EnvironmentAccess` (an sdk token's environment, or an admin's with `?environment=`) and
+//! `Caller` (anyone authenticated), over the domain's `TokenCache` and trusted OIDC issuers.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 
+use crate::domain::access::Principal;
+use crate::domain::oidc::Oidc;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{Role, TokenRecord};
+use crate::store::Role;
 
 /// The secret of an `Authorization: Bearer` header.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -50,12 +52,30 @@ fn sdk_secret(parts: &Parts) -> Result<&str, ApiError> {
     }
 }
 
-/// A token allowed to read one environment (evaluation and streaming): an sdk token for its
-/// own environment, or an admin token naming one with `?environment=`.
+/// Who a bearer credential is: a token from the cache, or an ID token of a trusted OIDC issuer
+/// (`domain/oidc.rs`).
+async fn authenticate(state: &AppState, secret: &str) -> Result<Principal, ApiError> {
+    if let Some(token) = state.tokens.authenticate(secret) {
+        return Ok(Principal::from_token(&token));
+    }
+    if Oidc::looks_like_jwt(secret) {
+        let Some(oidc) = state.oidc.get() else {
+            return Err(ApiError::unauthorized(
+                "an ID token was sent, but this server trusts no OIDC issuer (see --oidc-config)",
+            ));
+        };
+        return Ok(oidc.authenticate(secret, state.now()).await?);
+    }
+    Err(ApiError::unauthorized("invalid or revoked token"))
+}
+
+/// A credential allowed to read one environment (evaluation and streaming): an sdk token for its
+/// own environment, or an admin (token or ID token) naming one within its scope with
+/// `?environment=`.
 #[derive(Debug, Clone)]
 pub struct EnvironmentAccess {
-    /// The token.
-    pub token: TokenRecord,
+    /// Who.
+    pub principal: Principal,
     /// The environment it reads.
     pub environment: String,
 }
@@ -68,10 +88,7 @@ impl FromRequestParts<AppState> for EnvironmentAccess {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let secret = sdk_secret(parts)?;
-        let token = state
-            .tokens
-            .authenticate(secret)
-            .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))?;
+        let principal = authenticate(state, secret).await?;
         // Decoded as every other query parameter is (`%65nv` is `env`); given twice, it is
         // ambiguous, and refused the same way on every route that takes it.
         let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)?.0;
@@ -86,14 +103,15 @@ impl FromRequestParts<AppState> for EnvironmentAccess {
             )
             .at("environment"));
         }
-        let environment = match (token.role, &token.environment, requested) {
-            (Role::Sdk, Some(own), Some(requested)) if *own != requested => {
+        let environment = match (principal.role, &principal.environments, requested) {
+            (Role::Sdk, Some(own), Some(requested)) if !own.contains(&requested) => {
                 return Err(ApiError::forbidden(format!(
-                    "this sdk token reads environment {own:?}, not {requested:?}"
+                    "this sdk token reads environment {:?}, not {requested:?}",
+                    own.first().map_or("", String::as_str)
                 )));
             }
-            (Role::Sdk, Some(own), _) => own.clone(),
-            (Role::Sdk, None, _) => {
+            (Role::Sdk, Some(own), _) if own.len() == 1 => own[0].clone(),
+            (Role::Sdk, _, _) => {
                 return Err(ApiError::forbidden("this sdk token has no environment"));
             }
             (Role::Admin, _, Some(requested)) => requested,
@@ -104,18 +122,40 @@ impl FromRequestParts<AppState> for EnvironmentAccess {
                 .at("environment"));
             }
         };
+        principal.check_environment(&environment)?;
         if state.hub.snapshot(&environment).is_none() {
             return Err(ApiError::not_found(format!(
                 "environment {environment:?} does not exist"
             )));
         }
-        Ok(EnvironmentAccess { token, environment })
+        Ok(EnvironmentAccess {
+            principal,
+            environment,
+        })
     }
 }
 
-/// An authenticated admin: the extractor every admin route takes.
+/// Any authenticated caller (`GET /api/v1/auth/whoami`).
 #[derive(Debug, Clone)]
-pub struct Admin(pub TokenRecord);
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let secret = sdk_secret(parts)?;
+        Ok(Caller(authenticate(state, secret).await?))
+    }
+}
+
+/// An authenticated admin: the extractor every admin route takes. On a route with an `{env}`
+/// path parameter, an admin confined to other environments is refused here (403), before the
+/// handler runs: no environment route can forget the check.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Principal);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -125,16 +165,19 @@ impl FromRequestParts<AppState> for Admin {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let secret = bearer(parts)?;
-        let token = state
-            .tokens
-            .authenticate(secret)
-            .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))?;
-        if token.role != Role::Admin {
+        let principal = authenticate(state, secret).await?;
+        if principal.role != Role::Admin {
             return Err(ApiError::forbidden(format!(
-                "token {:?} is an sdk token; this route needs an admin token",
-                token.name
+                "{} is an sdk token; this route needs an admin token",
+                principal.described()
             )));
         }
-        Ok(Admin(token))
+        if !principal.is_unscoped() {
+            let params = RawPathParams::from_request_parts(parts, state).await?;
+            if let Some((_, environment)) = params.iter().find(|(name, _)| *name == "env") {
+                principal.check_environment(environment)?;
+            }
+        }
+        Ok(Admin(principal))
     }
 }

@@ -12,11 +12,13 @@ use crate::api::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Every environment, or those of a scoped admin.
 pub async fn list(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
-    let environments = blocking(&state, |store| Ok(store.environments()?)).await?;
+    let mut environments = blocking(&state, |store| Ok(store.environments()?)).await?;
+    environments.retain(|environment| admin.0.may_use(&environment.name));
     Ok(axum::Json(json!({ "environments": environments })))
 }
 
@@ -36,7 +38,7 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let message = change_message(&headers, None)?.or(body.message);
     let by = attribution(&state, &admin, message);
-    let environment = crate::domain::create_environment(&state, &body.name, by).await?;
+    let environment = crate::domain::create_environment(&state, &admin.0, &body.name, by).await?;
     Ok((StatusCode::CREATED, axum::Json(environment)))
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 mod document;
 mod environments;
 mod flags;
+mod identity;
 mod ofrep;
 mod ops;
 mod ramps;
@@ -30,12 +31,17 @@ pub use ops::OPENAPI;
 pub enum Access {
     /// Anyone (health, metrics, the OpenAPI document).
     Public,
-    /// Admin tokens only.
+    /// Admins: admin tokens and trusted ID tokens. An admin confined to environments is refused
+    /// the routes of other environments (`{env}`), and sees only its own on the global ones.
     Admin,
     /// One environment's readers: its sdk tokens, or an admin token with `?environment=`.
     Environment,
     /// Admin tokens, or a webhook signing its body with the Git source's secret.
     AdminOrWebhook,
+    /// Admins for every environment only (not an environment-scoped admin).
+    UnscopedAdmin,
+    /// Any valid credential: a token of either role, or a trusted ID token.
+    Authenticated,
 }
 
 /// Every route: method, path template, access. The OpenAPI document and the auth-matrix test
@@ -111,6 +117,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/tokens", Access::Admin),
     ("POST", "/api/v1/tokens", Access::Admin),
     ("DELETE", "/api/v1/tokens/{id}", Access::Admin),
+    ("GET", "/api/v1/auth/whoami", Access::Authenticated),
+    ("GET", "/api/v1/auth/oidc", Access::UnscopedAdmin),
     (
         "GET",
         flag_protocol::stream::STREAM_PATH,
@@ -190,6 +198,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/audit", get(audit::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/auth/whoami", get(identity::whoami))
+        .route("/api/v1/auth/oidc", get(identity::oidc))
         .route(flag_protocol::stream::STREAM_PATH, get(stream::stream))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
@@ -458,10 +468,10 @@ pub fn change_message(
     Ok(Some(decoded.into_owned()))
 }
 
-/// Who is writing: the token's name, the message, and the time.
+/// Who is writing (a token's name, or `oidc:<issuer host>:<sub>`), the message, and the time.
 pub fn attribution(state: &AppState, admin: &Admin, message: Option<String>) -> Attribution {
     Attribution {
-        actor: admin.0.name.clone(),
+        actor: admin.0.actor.clone(),
         message,
         at: (state.clock)(),
     }

@@ -18,7 +18,7 @@ pub async fn start(
     PathParams((env, key)): PathParams<(String, String)>,
     JsonBody(request): JsonBody<StartRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ramp = ramp::start(&state, &env, &key, request, &admin.0.name).await?;
+    let ramp = ramp::start(&state, &env, &key, request, &admin.0.actor).await?;
     Ok((StatusCode::CREATED, axum::Json(ramp.view())))
 }
 
@@ -71,7 +71,7 @@ async fn control(
     which: Control,
 ) -> Result<impl IntoResponse, ApiError> {
     let note = message(&headers, &body)?;
-    let ramp = ramp::control(&state, &env, &key, which, &admin.0.name, note).await?;
+    let ramp = ramp::control(&state, &env, &key, which, &admin.0.actor, note).await?;
     Ok(axum::Json(ramp.view()))
 }
 

@@ -61,6 +61,13 @@ pub async fn stream(
     QueryParams(params): QueryParams<StreamParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // A session lives as long as its token: revoking the token ends it. An ID token expires
+    // within the hour and cannot be revoked, so it does not open sessions.
+    let Some(token_id) = access.principal.token_id().map(str::to_owned) else {
+        return Err(ApiError::forbidden(
+            "the stream needs a token (an sdk token, or an admin token with ?environment=); ID tokens authenticate API requests only",
+        ));
+    };
     let (mut parts, _) = request.into_parts();
     let key = websocket_key(&parts.headers)?;
     let upgrade = parts
@@ -88,7 +95,7 @@ pub async fn stream(
                 )
                 .await;
                 let resume = params.since.map(|version| (version, params.digest));
-                Session::run(socket, state, access, resume).await;
+                Session::run(socket, state, access, token_id, resume).await;
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
@@ -170,6 +177,7 @@ impl Session {
         socket: Socket,
         state: AppState,
         access: EnvironmentAccess,
+        token_id: String,
         since: Option<Resume>,
     ) {
         // Subscribe before reading the snapshot: a commit in between is then seen as an event.
@@ -177,7 +185,7 @@ impl Session {
         let id = state.hub.register(ClientInfo {
             session: 0,
             environment: access.environment.clone(),
-            token_name: access.token.name.clone(),
+            token_name: access.principal.actor.clone(),
             client_id: None,
             sdk: None,
             sdk_version: None,
@@ -190,7 +198,7 @@ impl Session {
             socket,
             state,
             environment: access.environment,
-            token_id: access.token.id,
+            token_id,
             id,
             last_sent: 0,
         };

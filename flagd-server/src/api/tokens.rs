@@ -1,4 +1,5 @@
-//! `/api/v1/tokens`: create (the secret is shown once), list (never secrets), revoke.
+//! `/api/v1/tokens`: create (the secret is shown once), list (never secrets), revoke. A scoped
+//! admin sees and manages only tokens within its scope (`domain/access.rs`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -6,7 +7,6 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::blocking;
 use super::{JsonBody, PathParams};
 use crate::api::auth::Admin;
 use crate::error::ApiError;
@@ -16,9 +16,9 @@ use crate::store::Role;
 
 pub async fn list(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
-    let tokens = blocking(&state, |store| Ok(store.tokens()?)).await?;
+    let tokens = crate::domain::tokens::list(&state, &admin.0).await?;
     Ok(axum::Json(json!({ "tokens": tokens })))
 }
 
@@ -27,18 +27,28 @@ pub async fn list(
 pub struct CreateToken {
     name: String,
     role: Role,
+    /// An sdk token's environment.
     #[serde(default)]
     environment: Option<String>,
+    /// An admin token's environments (absent: every environment).
+    #[serde(default)]
+    environments: Option<Vec<String>>,
 }
 
 pub async fn create(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     JsonBody(request): JsonBody<CreateToken>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (record, secret) =
-        crate::domain::tokens::create(&state, &request.name, request.role, request.environment)
-            .await?;
+    let (record, secret) = crate::domain::tokens::create(
+        &state,
+        &admin.0,
+        &request.name,
+        request.role,
+        request.environment,
+        request.environments,
+    )
+    .await?;
     let mut body = serde_json::to_value(&record).map_err(ApiError::internal)?;
     body["token"] = json!(secret);
     Ok((StatusCode::CREATED, axum::Json(body)))
@@ -46,9 +56,9 @@ pub async fn create(
 
 pub async fn revoke(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     PathParams(id): PathParams<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    crate::domain::tokens::revoke(&state, &id).await?;
+    crate::domain::tokens::revoke(&state, &admin.0, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,16 +3,18 @@
 //! Layers, each importing only the ones before it:
 //!
 //! ```text
-//! store  <-  domain (flags, ramp, tokens, hub, replication)  <-  http (api/, error.rs, state.rs)  <-  lib.rs
+//! store  <-  domain (flags, ramp, tokens, access, oidc, hub, replication)  <-  http (api/, error.rs, state.rs)  <-  lib.rs
 //! ```
 //!
 //! Domain code returns [`DomainError`] (what went wrong, in its own terms); the HTTP layer turns
 //! it into an `ApiError` with a status and a wire code, and logs internal errors where they
 //! become responses.
 
+pub mod access;
 pub mod flags;
 pub mod gitops;
 pub mod hub;
+pub mod oidc;
 pub mod ramp;
 pub mod replication;
 pub mod tokens;
@@ -98,6 +100,8 @@ pub struct DomainState {
     pub guard_ca: std::sync::OnceLock<Vec<reqwest::Certificate>>,
     /// Git sources (GitOps): repository cache, secrets, per-environment sync locks, metrics.
     pub gitops: gitops::GitOps,
+    /// Trusted OIDC issuers (`--oidc-config`), set once at start; unset = none trusted.
+    pub oidc: std::sync::OnceLock<oidc::Oidc>,
 }
 
 impl Domain {
@@ -127,6 +131,7 @@ impl Domain {
             metrics,
             guard_ca: std::sync::OnceLock::new(),
             gitops: gitops::GitOps::default(),
+            oidc: std::sync::OnceLock::new(),
         })))
     }
 
@@ -202,13 +207,16 @@ pub async fn delete_flag(
     Ok(())
 }
 
-/// Creates an environment (its name checked first).
+/// Creates an environment (its name checked first; a scoped admin creates only environments in
+/// its scope).
 pub async fn create_environment(
     domain: &Domain,
+    principal: &access::Principal,
     name: &str,
     by: Attribution,
 ) -> Result<Environment, DomainError> {
     flags::check_environment_name(name)?;
+    principal.check_environment(name)?;
     let name = name.to_owned();
     blocking(domain, move |store| {
         Ok(store.create_environment(&name, &by)?)
@@ -263,6 +271,12 @@ pub enum Rejection {
     OutOfRange,
     /// The environment is managed by Git with the `reject` drift policy.
     ManagedByGit,
+    /// The credential is missing, malformed, expired or not trusted (401).
+    Unauthorized,
+    /// The credential is valid but does not grant this (403).
+    Forbidden,
+    /// Something the request depends on (an OIDC issuer's keys) cannot be reached now (503).
+    Unavailable,
 }
 
 /// A domain failure.
@@ -312,6 +326,16 @@ impl DomainError {
     /// [`Rejection::Conflict`].
     pub fn conflict(message: impl Into<String>) -> DomainError {
         DomainError::rejected(Rejection::Conflict, message)
+    }
+
+    /// [`Rejection::Unauthorized`].
+    pub fn unauthorized(message: impl Into<String>) -> DomainError {
+        DomainError::rejected(Rejection::Unauthorized, message)
+    }
+
+    /// [`Rejection::Forbidden`].
+    pub fn forbidden(message: impl Into<String>) -> DomainError {
+        DomainError::rejected(Rejection::Forbidden, message)
     }
 
     /// [`Rejection::PreconditionFailed`].

@@ -13,6 +13,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::access::{self, Principal};
 use super::{Domain, DomainError, blocking};
 use crate::store::{Role, TokenRecord};
 
@@ -114,12 +115,15 @@ impl TokenCache {
 
 /// Creates a token; returns its record and its secret (shown once, never stored). A name is 1 to
 /// 100 printable characters (names become audit actors and log fields: no control characters,
-/// so no forged lines); an sdk token names its environment, an admin token none.
+/// so no forged lines); an sdk token names its environment; an admin token may be confined to
+/// `environments` (each existing). A scoped creator creates only tokens within its own scope.
 pub async fn create(
     domain: &Domain,
+    creator: &Principal,
     name: &str,
     role: Role,
     environment: Option<String>,
+    environments: Option<Vec<String>>,
 ) -> Result<(TokenRecord, String), DomainError> {
     let name = name.trim().to_owned();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
@@ -128,23 +132,43 @@ pub async fn create(
         )
         .at("name"));
     }
-    match (role, &environment) {
-        (Role::Sdk, None) => {
+    let environments = match (role, &environment, environments) {
+        (Role::Sdk, None, _) => {
             return Err(
                 DomainError::bad_request("an sdk token needs the environment it may read")
                     .at("environment"),
             );
         }
-        (Role::Admin, Some(_)) => {
+        (Role::Sdk, Some(_), Some(_)) => {
             return Err(DomainError::bad_request(
-                "admin tokens cover every environment: omit environment",
+                "an sdk token reads one environment: give environment, not environments",
+            )
+            .at("environments"));
+        }
+        (Role::Admin, Some(_), _) => {
+            return Err(DomainError::bad_request(
+                "an admin token takes environments (a list; omit it for every environment), not environment",
             )
             .at("environment"));
         }
-        _ => {}
-    }
+        (Role::Sdk, Some(_), None) => None,
+        (Role::Admin, None, None) => None,
+        (Role::Admin, None, Some(names)) => {
+            let names = access::normalise_scope(names, "environments")?;
+            for (index, name) in names.iter().enumerate() {
+                if domain.hub.snapshot(name).is_none() {
+                    return Err(DomainError::not_found(format!(
+                        "environment {name:?} does not exist"
+                    ))
+                    .at(format!("environments[{index}]")));
+                }
+            }
+            Some(names)
+        }
+    };
     let secret = generate_secret(role);
     let record = TokenRecord {
+        environments,
         id: generate_id(),
         name,
         role,
@@ -153,15 +177,46 @@ pub async fn create(
         created_at: domain.now(),
         revoked_at: None,
     };
+    if !creator.covers_token(&record) {
+        return Err(DomainError::forbidden(format!(
+            "{} is confined to {}; it cannot create a token for {}",
+            creator.described(),
+            creator.scope_text(),
+            Principal::from_token(&record).scope_text()
+        )));
+    }
     let stored = record.clone();
     blocking(domain, move |store| Ok(store.insert_token(&stored)?)).await?;
     domain.tokens.insert(record.clone());
     Ok((record, secret))
 }
 
+/// The tokens a principal may see: every one, or, for a scoped admin, those within its scope.
+pub async fn list(domain: &Domain, viewer: &Principal) -> Result<Vec<TokenRecord>, DomainError> {
+    let tokens = blocking(domain, |store| Ok(store.tokens()?)).await?;
+    Ok(tokens
+        .into_iter()
+        .filter(|token| viewer.covers_token(token))
+        .collect())
+}
+
 /// Revokes a token. The last-admin check and the revocation are one store transaction
-/// (`FlagStore::revoke_token`), so two admins revoking each other cannot both succeed.
-pub async fn revoke(domain: &Domain, id: &str) -> Result<(), DomainError> {
+/// (`FlagStore::revoke_token`), so two admins revoking each other cannot both succeed. A scoped
+/// admin revokes only tokens within its scope (403 for others).
+pub async fn revoke(domain: &Domain, revoker: &Principal, id: &str) -> Result<(), DomainError> {
+    if !revoker.is_unscoped() {
+        let tokens = blocking(domain, |store| Ok(store.tokens()?)).await?;
+        // An unknown id falls through to the store's "no such token".
+        if let Some(token) = tokens.iter().find(|token| token.id == id)
+            && !revoker.covers_token(token)
+        {
+            return Err(DomainError::forbidden(format!(
+                "{} is confined to {}; token {id:?} is not within it",
+                revoker.described(),
+                revoker.scope_text()
+            )));
+        }
+    }
     let at = domain.now();
     let revoke_id = id.to_owned();
     blocking(domain, move |store| Ok(store.revoke_token(&revoke_id, at)?)).await?;
@@ -188,6 +243,7 @@ mod tests {
         let cache = TokenCache::default();
         let secret = generate_secret(Role::Admin);
         let record = TokenRecord {
+            environments: None,
             id: "tok_1".into(),
             name: "ops".into(),
             role: Role::Admin,

@@ -65,7 +65,7 @@ pub enum StoreError {
     },
     /// Revoking it would leave no active admin token.
     #[error(
-        "refusing to revoke the last admin token: nobody could administer the server afterwards; create another admin token first (or recover with `flagd-server admin-token`)"
+        "refusing to revoke the last admin token for every environment: nobody could administer the server afterwards; create another admin token first (or recover with `flagd-server admin-token`)"
     )]
     LastAdmin,
     /// The ramp was saved by someone else since it was read (another replica's scheduler, an
@@ -462,6 +462,8 @@ pub struct Commit {
 pub struct AuditQuery {
     /// Only this environment.
     pub environment: Option<String>,
+    /// Only these environments (what an environment-scoped admin may read); `None` for all.
+    pub environments: Option<Vec<String>>,
     /// Only this flag.
     pub flag: Option<String>,
     /// Only records older than this id (the cursor of the previous page).
@@ -503,6 +505,9 @@ pub struct TokenRecord {
     /// The environment of an `sdk` token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// The environments an `admin` token is confined to; `None` for every environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environments: Option<Vec<String>>,
     /// SHA-256 of the secret.
     #[serde(skip)]
     pub hash: [u8; 32],
@@ -511,6 +516,17 @@ pub struct TokenRecord {
     /// Unix seconds, once revoked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
+}
+
+/// An admin token's environment scope as stored: a JSON array, or NULL for every environment.
+pub(crate) fn scope_column(environments: Option<&[String]>) -> Option<String> {
+    environments.map(|names| Value::from(names.to_vec()).to_string())
+}
+
+/// The scope of a stored token. A column that does not decode grants nothing (an empty scope)
+/// rather than everything.
+pub(crate) fn scope_from_column(column: Option<String>) -> Option<Vec<String>> {
+    column.map(|text| serde_json::from_str(&text).unwrap_or_default())
 }
 
 /// A stored ramp. `definition` is the ramp's whole state as JSON (see `domain/ramp.rs`); `state` and
@@ -624,7 +640,7 @@ pub trait FlagStore: Send + Sync + 'static {
     /// one between them). Returns whether it was stored.
     fn insert_first_token(&self, token: &TokenRecord) -> Result<bool, StoreError>;
     /// Marks a token revoked; returns it. Refuses (`LastAdmin`) to revoke the last active admin
-    /// token, checking and revoking in one transaction so two admins revoking each other at the
+    /// token for every environment (scoped admins do not count), checking and revoking in one transaction so two admins revoking each other at the
     /// same moment cannot both succeed.
     fn revoke_token(&self, id: &str, at: i64) -> Result<TokenRecord, StoreError>;
     /// Whether the store can serve queries (for `/readyz`).

@@ -109,6 +109,10 @@ const MIGRATIONS: &[&str] = &[
         generation  BIGINT NOT NULL DEFAULT 1
     );
 "#,
+    r#"
+    -- Environment-scoped admin tokens: a JSON array of environment names; NULL = every one.
+    ALTER TABLE tokens ADD COLUMN environments TEXT;
+"#,
 ];
 
 /// A connection string with its password replaced by `***`, for logs and messages.
@@ -840,7 +844,8 @@ fn change_from_row(row: &Row) -> Result<ChangeRecord, StoreError> {
 const CHANGE_COLUMNS: &str =
     "id, environment, version, flag_key, operation, before, after, actor, at, message";
 
-const TOKEN_COLUMNS: &str = "id, name, role, environment, hash, created_at, revoked_at";
+const TOKEN_COLUMNS: &str =
+    "id, name, role, environment, hash, created_at, revoked_at, environments";
 
 fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
     let role: String = row.try_get(2)?;
@@ -853,6 +858,7 @@ fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
         hash: super::token_hash(&hash),
         created_at: row.try_get(5)?,
         revoked_at: row.try_get(6)?,
+        environments: super::scope_from_column(row.try_get(7)?),
     })
 }
 
@@ -989,7 +995,7 @@ fn insert_token_row(
     token: &TokenRecord,
 ) -> Result<(), StoreError> {
     tx.execute(
-        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
         &[
             &token.id,
             &token.name,
@@ -998,6 +1004,7 @@ fn insert_token_row(
             &token.hash.as_slice(),
             &token.created_at,
             &token.revoked_at,
+            &super::scope_column(token.environments.as_deref()),
         ],
     )?;
     tx.execute(
@@ -1195,9 +1202,16 @@ impl FlagStore for PostgresStore {
                 "SELECT {CHANGE_COLUMNS} FROM changes
                  WHERE ($1::TEXT IS NULL OR environment = $1) AND ($2::TEXT IS NULL OR flag_key = $2)
                    AND ($3::BIGINT IS NULL OR id < $3)
+                   AND ($5::TEXT[] IS NULL OR environment = ANY($5))
                  ORDER BY id DESC LIMIT $4"
             ),
-            &[&query.environment, &query.flag, &query.before, &limit],
+            &[
+                &query.environment,
+                &query.flag,
+                &query.before,
+                &limit,
+                &query.environments,
+            ],
         )?;
         rows.iter().map(change_from_row).collect()
     }
@@ -1278,10 +1292,10 @@ impl FlagStore for PostgresStore {
             token_from_row(&row)
         };
         let token = read(&mut tx)?;
-        if token.role == Role::Admin && token.revoked_at.is_none() {
+        if token.role == Role::Admin && token.environments.is_none() && token.revoked_at.is_none() {
             let active: i64 = tx
                 .query_one(
-                    "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked_at IS NULL",
+                    "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND environments IS NULL AND revoked_at IS NULL",
                     &[],
                 )?
                 .get(0);

@@ -104,6 +104,12 @@ fn migrations() -> Migrations<'static> {
         );
         "#,
         ),
+        M::up(
+            r#"
+        -- Environment-scoped admin tokens: a JSON array of environment names; NULL = every one.
+        ALTER TABLE tokens ADD COLUMN environments TEXT;
+        "#,
+        ),
     ])
 }
 
@@ -346,10 +352,12 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         hash: super::token_hash(&hash),
         created_at: row.get(5)?,
         revoked_at: row.get(6)?,
+        environments: super::scope_from_column(row.get(7)?),
     })
 }
 
-const TOKEN_COLUMNS: &str = "id, name, role, environment, hash, created_at, revoked_at";
+const TOKEN_COLUMNS: &str =
+    "id, name, role, environment, hash, created_at, revoked_at, environments";
 
 /// The body of a commit, inside the caller's transaction (which the caller commits).
 fn commit_in(
@@ -456,7 +464,7 @@ fn commit_in(
 
 fn insert_token_row(connection: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
     connection.execute(
-        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         params![
             token.id,
             token.name,
@@ -464,7 +472,8 @@ fn insert_token_row(connection: &Connection, token: &TokenRecord) -> Result<(), 
             token.environment,
             token.hash.as_slice(),
             token.created_at,
-            token.revoked_at
+            token.revoked_at,
+            super::scope_column(token.environments.as_deref())
         ],
     )?;
     Ok(())
@@ -637,8 +646,15 @@ impl FlagStore for SqliteStore {
         read_changes(
             &self.lock(),
             "WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR flag_key = ?2) AND (?3 IS NULL OR id < ?3)
+               AND (?5 IS NULL OR environment IN (SELECT value FROM json_each(?5)))
              ORDER BY id DESC LIMIT ?4",
-            params![query.environment, query.flag, query.before, limit],
+            params![
+                query.environment,
+                query.flag,
+                query.before,
+                limit,
+                super::scope_column(query.environments.as_deref())
+            ],
         )
     }
 
@@ -712,9 +728,9 @@ impl FlagStore for SqliteStore {
             .ok_or_else(|| StoreError::UnknownToken(id.to_owned()))
         };
         let token = read(&tx)?;
-        if token.role == Role::Admin && token.revoked_at.is_none() {
+        if token.role == Role::Admin && token.environments.is_none() && token.revoked_at.is_none() {
             let active: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked_at IS NULL",
+                "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND environments IS NULL AND revoked_at IS NULL",
                 [],
                 |row| row.get(0),
             )?;

@@ -242,6 +242,7 @@ fn upsert(key: &str, default: &str, expected: Option<i64>) -> FlagChange {
 
 fn token(id: &str, role: Role, environment: Option<&str>, hash: u8) -> TokenRecord {
     TokenRecord {
+        environments: None,
         id: id.into(),
         name: format!("{id} name"),
         role,
@@ -376,6 +377,21 @@ fn deleting_an_environment_keeps_its_history_and_revokes_its_tokens(store: &Back
     // Re-created, it continues the version sequence.
     let again = store.create_environment("staging", &by("a")).unwrap();
     assert!(again.version > 2, "version {}", again.version);
+    // A scoped admin's view of the log: only its environments.
+    let scoped = |environments: &[&str]| {
+        store
+            .changes(&AuditQuery {
+                environments: Some(environments.iter().map(|e| (*e).to_owned()).collect()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let staging = scoped(&["staging"]);
+    assert!(staging.len() >= 3);
+    assert!(staging.iter().all(|c| c.environment == "staging"));
+    assert!(scoped(&["elsewhere"]).is_empty());
+    assert!(scoped(&[]).is_empty());
 }
 
 fn ramp_saves_compare_and_set(store: &Backend) {
@@ -431,14 +447,24 @@ fn tokens_round_trip_and_the_last_admin_stays(store: &Backend) {
         store.insert_token(&token("tok_c", Role::Sdk, Some("nowhere"), 3)),
         Err(StoreError::UnknownEnvironment(_))
     ));
+    // An admin confined to environments keeps its scope, and is no "last admin".
+    let scoped = TokenRecord {
+        environments: Some(vec!["default".to_owned(), "staging".to_owned()]),
+        ..token("tok_s", Role::Admin, None, 4)
+    };
+    store.insert_token(&scoped).unwrap();
     let tokens = store.tokens().unwrap();
-    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens.len(), 3);
     assert_eq!(tokens[0].hash, [1; 32]);
+    assert_eq!(tokens[0].environments, None);
+    let stored = tokens.iter().find(|t| t.id == "tok_s").unwrap();
+    assert_eq!(stored.environments, scoped.environments);
     assert_eq!(store.revoke_token("tok_a", 9).unwrap().revoked_at, Some(9));
     assert!(matches!(
         store.revoke_token("tok_b", 9),
         Err(StoreError::LastAdmin)
     ));
+    assert_eq!(store.revoke_token("tok_s", 9).unwrap().revoked_at, Some(9));
     assert!(matches!(
         store.revoke_token("tok_zz", 9),
         Err(StoreError::UnknownToken(_))
@@ -450,7 +476,7 @@ fn tokens_round_trip_and_the_last_admin_stays(store: &Backend) {
             .insert_first_token(&token("tok_d", Role::Admin, None, 4))
             .unwrap()
     );
-    assert_eq!(store.tokens().unwrap().len(), 2);
+    assert_eq!(store.tokens().unwrap().len(), 3);
 }
 
 fn the_resume_log_leaves_out_audit_events(store: &Backend) {
