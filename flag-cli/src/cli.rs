@@ -14,6 +14,13 @@ use crate::output::Format;
 /// The server and token come from --server/--token, else FLAGCTL_SERVER/FLAGCTL_TOKEN, else the
 /// config file `flagctl login` writes ($XDG_CONFIG_HOME/flagctl/config.toml).
 ///
+/// In CI, flagctl can authenticate with the platform's OIDC ID token instead of a stored token
+/// (the server must trust the issuer: flagd-server --oidc-config): set FLAGCTL_OIDC_AUDIENCE to
+/// the audience the server expects, and flagctl requests an ID token where the platform offers
+/// the standard request endpoint (ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN,
+/// as GitHub Actions does with `permissions: id-token: write`), or reads one from
+/// FLAGCTL_OIDC_TOKEN_FILE. --token / FLAGCTL_TOKEN, when given, takes precedence.
+///
 /// Exit codes: 0 success (also when whoever reads stdout stops early, as `| head` does); 1 an
 /// error from the server, the input or the network (the message names what and where); 2 a
 /// usage error; 3 `flagctl diff` found differences.
@@ -129,6 +136,9 @@ pub enum Command {
     /// Create, list and revoke tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Who the server takes your credential for.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Ramp a flag's rollout up in steps on a schedule (progressive delivery).
     #[command(subcommand)]
     Ramp(RampCommand),
@@ -487,15 +497,29 @@ pub struct EvalArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print the identity and access the server sees for your credential: the actor it records
+    /// in the audit log, the role, the environments (or every environment), and the token or
+    /// OIDC ID token (issuer, subject, admitting rule, expiry) it came from.
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token; its secret is printed once.
     Create {
-        /// The token's role.
+        /// The token's role: `admin` manages flags, environments and tokens; `sdk` reads one
+        /// environment's flags (evaluation and the update stream).
         #[arg(long, value_parser = ["admin", "sdk"])]
         role: String,
         /// A name (also the actor recorded for its writes).
         #[arg(long)]
         name: String,
+        /// The environment(s) the token is for. An sdk token reads one (default: --env); an admin
+        /// token is confined to these (repeat the option, or separate with commas); without it,
+        /// an admin token covers every environment.
+        #[arg(long = "environment", value_name = "ENV", value_delimiter = ',')]
+        environments: Vec<String>,
     },
     /// List tokens (never their secrets).
     List,

@@ -381,8 +381,8 @@ pub fn server_error(status: StatusCode, body: &Value) -> CliError {
 /// Adds the hint for a server error code and records the code.
 fn with_hint(cli: CliError, code: ErrorCode) -> CliError {
     let mut cli = match code {
-        ErrorCode::Unauthorized => cli.hint("check the token: --token / FLAGCTL_TOKEN (or `flagctl login`)"),
-        ErrorCode::Forbidden => cli.hint("this needs an admin token"),
+        ErrorCode::Unauthorized => cli.hint("check the credential: --token / FLAGCTL_TOKEN, `flagctl login`, or in CI the OIDC ID token (FLAGCTL_OIDC_AUDIENCE, docs/AUTH.md)"),
+        ErrorCode::Forbidden => cli.hint("your credential does not cover this (`flagctl auth whoami` shows its role and environments)"),
         ErrorCode::PreconditionFailed => cli.hint("someone else changed it since it was read; look at `flagctl flag get`, then run the command again"),
         ErrorCode::RolloutVariants => cli.hint("name the variant to roll out with --variant NAME"),
         ErrorCode::ManagedByGit => cli.hint("commit the change to the environment's Git source instead; it is applied at the next sync"),
@@ -424,6 +424,6 @@ mod tests {
         // No JSON at all: the status says it, with its hint.
         let bare = server_error(StatusCode::FORBIDDEN, &Value::Null);
         assert_eq!(bare.server_code, Some(ErrorCode::Forbidden));
-        assert!(bare.hint.is_some_and(|h| h.contains("admin token")));
+        assert!(bare.hint.is_some_and(|h| h.contains("auth whoami")));
     }
 }

@@ -9,6 +9,7 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod oidc;
 mod output;
 
 use std::process::ExitCode;
@@ -49,7 +50,14 @@ pub struct Context {
     /// Warnings fail like errors (`--strict`).
     pub strict: bool,
     server: Option<String>,
+    /// --token / FLAGCTL_TOKEN: wins over everything.
     token: Option<String>,
+    /// An OIDC ID token source (FLAGCTL_OIDC_AUDIENCE / FLAGCTL_OIDC_TOKEN_FILE), used when no
+    /// token was given; obtained once, on first use.
+    oidc: Option<oidc::Source>,
+    id_token: tokio::sync::OnceCell<String>,
+    /// The token `flagctl login` saved.
+    saved_token: Option<String>,
     tls: client::TlsFiles,
 }
 
@@ -66,22 +74,40 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// The API client, or an error saying how to configure it. With a comma-separated list of
     /// servers (replicas), requests go to the first.
-    pub fn api(&self) -> Result<Api> {
-        let mut apis = self.apis()?;
+    pub async fn api(&self) -> Result<Api> {
+        let mut apis = self.apis().await?;
         Ok(apis.remove(0))
+    }
+
+    /// The credential: --token / FLAGCTL_TOKEN, else an OIDC ID token (when configured), else
+    /// the token `flagctl login` saved.
+    async fn credential(&self) -> Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        if let Some(source) = &self.oidc {
+            return self
+                .id_token
+                .get_or_try_init(|| source.id_token())
+                .await
+                .cloned();
+        }
+        self.saved_token.clone().ok_or_else(|| {
+            CliError::config("no token configured").hint(
+                "pass --token, set FLAGCTL_TOKEN, run `flagctl login --server URL --token TOKEN`, or in CI set FLAGCTL_OIDC_AUDIENCE",
+            )
+        })
     }
 
     /// One API client per server of a comma-separated `--server` list (at least one): `watch`
     /// fails over between them.
-    pub fn apis(&self) -> Result<Vec<Api>> {
+    pub async fn apis(&self) -> Result<Vec<Api>> {
         let servers = self.server.as_deref().ok_or_else(|| {
             CliError::config("no server configured")
                 .hint("pass --server, set FLAGCTL_SERVER, or run `flagctl login --server URL --token TOKEN`")
         })?;
-        let token = self.token.as_deref().ok_or_else(|| {
-            CliError::config("no token configured")
-                .hint("pass --token, set FLAGCTL_TOKEN, or run `flagctl login --server URL --token TOKEN`")
-        })?;
+        let token = self.credential().await?;
+        let token = token.as_str();
         let apis = servers
             .split(',')
             .map(str::trim)
@@ -120,7 +146,10 @@ async fn run(cli: Cli) -> Result<u8> {
         output: cli.global.output,
         strict: cli.global.strict,
         server: cli.global.server.or(file.server),
-        token: cli.global.token.or(file.token),
+        token: cli.global.token,
+        oidc: oidc::Source::from_env(),
+        id_token: tokio::sync::OnceCell::new(),
+        saved_token: file.token,
         tls: client::TlsFiles {
             ca_cert: cli.global.ca_cert.or(file.ca_cert),
             // A certificate and its key come as a pair, from the command line or from the file.
@@ -145,6 +174,7 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Watch => commands::watch::run(&context).await,
         Command::Status => commands::status::run(&context).await,
         Command::Token(command) => commands::token::run(&context, command).await,
+        Command::Auth(command) => commands::auth::run(&context, command).await,
         Command::Ramp(command) => commands::ramp::run(&context, command).await,
     }
 }

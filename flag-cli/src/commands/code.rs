@@ -17,7 +17,7 @@ fn document_path(context: &Context) -> Result<String> {
 }
 
 pub async fn export(context: &Context) -> Result<u8> {
-    let answer = context.api()?.get(&document_path(context)?).await?;
+    let answer = context.api().await?.get(&document_path(context)?).await?;
     output::json(&answer.body)?;
     Ok(exit::OK)
 }
@@ -84,7 +84,8 @@ pub async fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
         &[("dry_run", "true"), ("prune", &args.prune.to_string())],
     );
     let answer = context
-        .api()?
+        .api()
+        .await?
         .call(Method::PUT, &path, Some(&document), &[])
         .await?;
     super::print_warnings(&answer.body);
@@ -107,7 +108,8 @@ pub async fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
     );
     let headers = message_header(args.message.as_ref());
     let answer = context
-        .api()?
+        .api()
+        .await?
         .call(Method::PUT, &path, Some(&document), &headers)
         .await?;
     super::print_warnings(&answer.body);

@@ -11,7 +11,7 @@ use crate::error::{CliError, Result, exit};
 use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
-    let api = context.api()?;
+    let api = context.api().await?;
     match command {
         EnvCommand::List => {
             let answer = api.get("/api/v1/environments").await?;
@@ -58,7 +58,7 @@ pub async fn run(context: &Context, command: EnvCommand) -> Result<u8> {
 }
 
 async fn source(context: &Context, command: SourceCommand) -> Result<u8> {
-    let api = context.api()?;
+    let api = context.api().await?;
     match command {
         SourceCommand::Set(args) => {
             let drift = match args.drift.as_str() {

@@ -79,7 +79,7 @@ async fn remote(
     key: &str,
     context_json: serde_json::Map<String, Value>,
 ) -> Result<OfrepEvaluation> {
-    let api = context.api()?;
+    let api = context.api().await?;
     let path = super::with_query(
         &format!("/ofrep/v1/evaluate/flags/{}", super::flag_segment(key)?),
         &[("environment", &context.environment)],

@@ -43,7 +43,7 @@ fn written(context: &Context, what: &str, view: &Value) -> Result<()> {
 }
 
 pub async fn run(context: &Context, command: FlagCommand) -> Result<u8> {
-    let api = context.api()?;
+    let api = context.api().await?;
     match command {
         FlagCommand::List => list(&api, context).await?,
         FlagCommand::Get { key } => {

@@ -1,5 +1,6 @@
 //! One module per noun.
 
+pub mod auth;
 pub mod code;
 pub mod env;
 pub mod eval;

@@ -15,7 +15,7 @@ pub async fn run(context: &Context, args: &PromoteArgs) -> Result<u8> {
     if args.from == args.to {
         return Err(CliError::usage("--from and --to name the same environment"));
     }
-    let api = context.api()?;
+    let api = context.api().await?;
     let source = api.get(&super::flag_path(&args.from, &args.key)?).await?;
     // The target environment must exist (its own 404), so that a 404 for the flag below means
     // only "the flag is new there".

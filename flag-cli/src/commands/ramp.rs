@@ -16,7 +16,7 @@ fn ramp_path(context: &Context, key: &str) -> Result<String> {
 }
 
 pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
-    let api = context.api()?;
+    let api = context.api().await?;
     let (view, verb) = match command {
         RampCommand::Start(args) => (
             api.call(

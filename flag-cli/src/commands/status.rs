@@ -8,7 +8,7 @@ use crate::error::{Result, exit};
 use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context) -> Result<u8> {
-    let api = context.api()?;
+    let api = context.api().await?;
     let answer = api
         .get(&format!(
             "{}/clients",

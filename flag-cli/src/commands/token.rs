@@ -5,16 +5,28 @@ use serde_json::json;
 
 use crate::Context;
 use crate::cli::TokenCommand;
-use crate::error::{Result, exit};
+use crate::error::{CliError, Result, exit};
 use crate::output::{self, Format, outln};
 
 pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
-    let api = context.api()?;
+    let api = context.api().await?;
     match command {
-        TokenCommand::Create { role, name } => {
+        TokenCommand::Create {
+            role,
+            name,
+            environments,
+        } => {
             let mut body = json!({"name": name, "role": role});
-            if role == "sdk" {
-                body["environment"] = json!(context.environment);
+            match (role.as_str(), environments.as_slice()) {
+                ("sdk", []) => body["environment"] = json!(context.environment),
+                ("sdk", [one]) => body["environment"] = json!(one),
+                ("sdk", _) => {
+                    return Err(CliError::usage(
+                        "an sdk token reads one environment: give --environment once",
+                    ));
+                }
+                (_, []) => {}
+                (_, names) => body["environments"] = json!(names),
             }
             let answer = api
                 .call(Method::POST, "/api/v1/tokens", Some(&body), &[])
@@ -24,9 +36,10 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
             } else {
                 outln!("{}", output::cell(&answer.body["token"]))?;
                 eprintln!(
-                    "created {role} token {} ({}); the secret above is shown only this once",
+                    "created {role} token {} ({}) for {}; the secret above is shown only this once",
                     output::cell(&answer.body["id"]),
-                    name
+                    name,
+                    scope(&answer.body)
                 );
             }
         }
@@ -44,7 +57,7 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
                             output::cell(&t["id"]),
                             output::cell(&t["name"]),
                             output::cell(&t["role"]),
-                            output::cell(&t["environment"]),
+                            scope(t),
                             t["createdAt"]
                                 .as_i64()
                                 .map_or_else(|| "-".to_owned(), output::time),
@@ -56,7 +69,7 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
                     })
                     .collect();
                 output::table(
-                    &["ID", "NAME", "ROLE", "ENVIRONMENT", "CREATED", "STATUS"],
+                    &["ID", "NAME", "ROLE", "ENVIRONMENTS", "CREATED", "STATUS"],
                     &rows,
                 )?;
             }
@@ -72,4 +85,20 @@ pub async fn run(context: &Context, command: TokenCommand) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// What a token may use: an sdk token's environment, a scoped admin's list, or every
+/// environment.
+fn scope(token: &serde_json::Value) -> String {
+    if let Some(environment) = token["environment"].as_str() {
+        return environment.to_owned();
+    }
+    match token["environments"].as_array() {
+        Some(names) => names
+            .iter()
+            .map(output::cell)
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "(all)".to_owned(),
+    }
 }

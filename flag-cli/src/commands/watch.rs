@@ -39,7 +39,7 @@ struct Watched {
 }
 
 pub async fn run(context: &Context) -> Result<u8> {
-    let apis = context.apis()?;
+    let apis = context.apis().await?;
     let mut watched = Watched::default();
     let mut current = 0;
     // Connections lost (or not made) in a row; reset by every message that arrives.
