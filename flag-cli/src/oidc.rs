@@ -50,7 +50,9 @@ impl Source {
                         "cannot read the ID token file {}: {error}",
                         path.display()
                     ))
-                    .hint(format!("{TOKEN_FILE_VAR} names a file holding an OIDC ID token"))
+                    .hint(format!(
+                        "{TOKEN_FILE_VAR} names a file holding an OIDC ID token"
+                    ))
                 })?;
                 let token = text.trim();
                 if token.is_empty() {
@@ -79,9 +81,8 @@ impl Source {
 
 /// `GET <url>&audience=<aud>` with the request token; the answer's `value`.
 async fn request(url: &str, bearer: &str, audience: &str) -> Result<String> {
-    let mut parsed = url::Url::parse(url).map_err(|error| {
-        CliError::config(format!("{REQUEST_URL_VAR} is not a URL: {error}"))
-    })?;
+    let mut parsed = url::Url::parse(url)
+        .map_err(|error| CliError::config(format!("{REQUEST_URL_VAR} is not a URL: {error}")))?;
     parsed.query_pairs_mut().append_pair("audience", audience);
     let failed = |why: String| {
         CliError::new(

@@ -16,7 +16,9 @@ pub async fn run(context: &Context, command: AuthCommand) -> Result<u8> {
                 return Ok(exit::OK);
             }
             let identity: Identity = serde_json::from_value(answer.body).map_err(|error| {
-                CliError::input(format!("the server's identity answer does not parse: {error}"))
+                CliError::input(format!(
+                    "the server's identity answer does not parse: {error}"
+                ))
             })?;
             let environments = identity
                 .environments

@@ -94,11 +94,7 @@ fn scope(token: &serde_json::Value) -> String {
         return environment.to_owned();
     }
     match token["environments"].as_array() {
-        Some(names) => names
-            .iter()
-            .map(output::cell)
-            .collect::<Vec<_>>()
-            .join(","),
+        Some(names) => names.iter().map(output::cell).collect::<Vec<_>>().join(","),
         None => "(all)".to_owned(),
     }
 }
