@@ -286,3 +286,43 @@ fn every_error_example_in_the_api_document_parses() {
         assert_ne!(body.error.code, ErrorCode::Unknown, "{example}");
     }
 }
+
+#[test]
+fn identities() {
+    use flag_protocol::auth::{Credential, Identity};
+    check(
+        "identity_token",
+        &Identity {
+            actor: "staging-ci".to_owned(),
+            role: "admin".to_owned(),
+            environments: Some(vec!["staging".to_owned()]),
+            credential: Credential::Token {
+                id: "tok_5f1c0a9e3b2d4c6a".to_owned(),
+                name: "staging-ci".to_owned(),
+            },
+        },
+    );
+    check(
+        "identity_oidc",
+        &Identity {
+            actor: "oidc:token.actions.githubusercontent.com:repo:acme/web:ref:refs/heads/main"
+                .to_owned(),
+            role: "admin".to_owned(),
+            environments: Some(vec!["production".to_owned()]),
+            credential: Credential::Oidc {
+                issuer: "https://token.actions.githubusercontent.com".to_owned(),
+                subject: "repo:acme/web:ref:refs/heads/main".to_owned(),
+                expires_at: 1_764_470_000,
+                rule: "web deploys from main".to_owned(),
+            },
+        },
+    );
+    // Every identity example in docs/AUTH.md is one these types read.
+    let examples = json_examples("AUTH.md", |block| block.starts_with("{\"actor\""));
+    assert!(examples.len() >= 2, "docs/AUTH.md shows both credential kinds");
+    for example in examples {
+        let identity: Identity = serde_json::from_value(example.clone())
+            .unwrap_or_else(|error| panic!("{example}: {error}"));
+        assert_eq!(serde_json::to_value(&identity).unwrap(), example);
+    }
+}
