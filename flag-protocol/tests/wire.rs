@@ -319,7 +319,10 @@ fn identities() {
     );
     // Every identity example in docs/AUTH.md is one these types read.
     let examples = json_examples("AUTH.md", |block| block.starts_with("{\"actor\""));
-    assert!(examples.len() >= 2, "docs/AUTH.md shows both credential kinds");
+    assert!(
+        examples.len() >= 2,
+        "docs/AUTH.md shows both credential kinds"
+    );
     for example in examples {
         let identity: Identity = serde_json::from_value(example.clone())
             .unwrap_or_else(|error| panic!("{example}: {error}"));

@@ -415,7 +415,7 @@ async fn scoped_admins_are_confined_on_every_route() {
         if !template.contains("{env}") && *access != Access::Environment {
             continue;
         }
-        let body = matches!(*method, "POST" | "PUT" | "PATCH").then(|| boolean_flag());
+        let body = matches!(*method, "POST" | "PUT" | "PATCH").then(boolean_flag);
         for (env, allowed) in [("production", false), ("staging", true)] {
             let mut path = template.replace("{env}", env).replace("{key}", "some-flag");
             if *access == Access::Environment {

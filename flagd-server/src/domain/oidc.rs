@@ -677,15 +677,18 @@ enum Found {
     Nothing,
 }
 
+/// A JSON object: a JWT's header or its claims.
+type Object = Map<String, Value>;
+
 /// The header and the unverified claims of a compact JWT.
-fn split(token: &str) -> Result<(Map<String, Value>, Map<String, Value>), DomainError> {
+fn split(token: &str) -> Result<(Object, Object), DomainError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(unauthorized("it is not a compact JWT"));
     };
-    let decode = |part: &str, what: &str| -> Result<Map<String, Value>, DomainError> {
+    let decode = |part: &str, what: &str| -> Result<Object, DomainError> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(part)
             .map_err(|_| unauthorized(format!("its {what} is not base64url")))?;
