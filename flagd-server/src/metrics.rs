@@ -142,7 +142,7 @@ impl Metrics {
 }
 
 /// Escapes a label value for the text exposition format.
-fn label(value: &str) -> String {
+pub(crate) fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -41,6 +41,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let mut text = state.metrics.render();
         crate::metrics::render_replica(&mut text, state.is_leader(), state.replication.connected());
         crate::metrics::render_gitops(&mut text, &state.gitops.stats());
+        if let Some(oidc) = state.oidc.get() {
+            oidc.render_metrics(&mut text);
+        }
         text
     })
 }

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -105,6 +106,33 @@ pub struct ConfigError {
 pub struct Oidc {
     issuers: Vec<Issuer>,
     client: reqwest::Client,
+    /// Outcomes of tokens from no trusted issuer (or not parsing far enough to name one).
+    untrusted: Outcomes,
+}
+
+/// How many ID tokens were accepted, refused (401), forbidden (403: no rule) and unavailable
+/// (503: keys unreachable), for `/metrics`.
+#[derive(Debug, Default)]
+struct Outcomes([AtomicU64; 4]);
+
+impl Outcomes {
+    const RESULTS: [&'static str; 4] = ["accepted", "refused", "forbidden", "unavailable"];
+
+    fn count<T>(&self, result: Result<T, &DomainError>) {
+        let index = match result {
+            Ok(_) => 0,
+            Err(DomainError::Rejected {
+                kind: super::Rejection::Forbidden,
+                ..
+            }) => 2,
+            Err(DomainError::Rejected {
+                kind: super::Rejection::Unavailable,
+                ..
+            }) => 3,
+            Err(_) => 1,
+        };
+        self.0[index].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -118,6 +146,9 @@ struct Issuer {
     keys: std::sync::Mutex<KeyCache>,
     /// One fetch at a time per issuer; requests arriving meanwhile wait for its result.
     refresh: tokio::sync::Mutex<()>,
+    outcomes: Outcomes,
+    /// JWKS fetches that succeeded, and that failed.
+    fetches: [AtomicU64; 2],
 }
 
 #[derive(Debug)]
@@ -208,7 +239,11 @@ impl Oidc {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .map_err(|error| format!("cannot build the HTTP client for JWKS: {error}"))?;
-        Ok(Oidc { issuers, client })
+        Ok(Oidc {
+            issuers,
+            client,
+            untrusted: Outcomes::default(),
+        })
     }
 
     /// The issuers trusted, for the start-up log.
@@ -243,6 +278,43 @@ impl Oidc {
         serde_json::json!({ "issuers": issuers })
     }
 
+    /// `flagd_oidc_authentications_total{issuer, result}` and
+    /// `flagd_oidc_jwks_fetches_total{issuer, result}`, appended to `/metrics`. Tokens naming no
+    /// trusted issuer count under `issuer="untrusted"` (never the claimed value: no label an
+    /// attacker chooses).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let label = crate::metrics::label;
+        out.push_str("# HELP flagd_oidc_authentications_total OIDC ID tokens presented, by issuer and result: accepted, refused (401), forbidden (403, no rule), unavailable (503, keys unreachable).\n");
+        out.push_str("# TYPE flagd_oidc_authentications_total counter\n");
+        let rows = self
+            .issuers
+            .iter()
+            .map(|issuer| (label(&issuer.policy.issuer), &issuer.outcomes))
+            .chain(std::iter::once(("untrusted".to_owned(), &self.untrusted)));
+        for (issuer, outcomes) in rows {
+            for (result, count) in Outcomes::RESULTS.iter().zip(&outcomes.0) {
+                let _ = writeln!(
+                    out,
+                    "flagd_oidc_authentications_total{{issuer=\"{issuer}\",result=\"{result}\"}} {}",
+                    count.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP flagd_oidc_jwks_fetches_total Fetches of trusted issuers' keys (discovery and JWKS), by result.\n");
+        out.push_str("# TYPE flagd_oidc_jwks_fetches_total counter\n");
+        for issuer in &self.issuers {
+            for (result, count) in ["ok", "error"].iter().zip(&issuer.fetches) {
+                let _ = writeln!(
+                    out,
+                    "flagd_oidc_jwks_fetches_total{{issuer=\"{}\",result=\"{result}\"}} {}",
+                    label(&issuer.policy.issuer),
+                    count.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+
     /// Whether a bearer credential is a JWT (three base64url parts) rather than a token.
     pub fn looks_like_jwt(credential: &str) -> bool {
         credential.split('.').count() == 3
@@ -255,6 +327,22 @@ impl Oidc {
     /// not a valid token of a trusted issuer, 403 when no rule admits it, 503 when the issuer's
     /// keys cannot be fetched.
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<Principal, DomainError> {
+        let (issuer, algorithm, kid) = match self.issuer_of(token) {
+            Ok(found) => found,
+            Err(error) => {
+                self.untrusted.count::<()>(Err(&error));
+                return Err(error);
+            }
+        };
+        let result = self
+            .verify(issuer, algorithm, kid.as_deref(), token, now)
+            .await;
+        issuer.outcomes.count(result.as_ref());
+        result
+    }
+
+    /// The trusted issuer an ID token claims, its algorithm and key id (nothing verified yet).
+    fn issuer_of(&self, token: &str) -> Result<(&Issuer, Algorithm, Option<String>), DomainError> {
         let (header, unverified) = split(token)?;
         let algorithm = match header.get("alg").and_then(Value::as_str) {
             Some("RS256") => Algorithm::RS256,
@@ -269,7 +357,7 @@ impl Oidc {
         };
         let kid = match header.get("kid") {
             None | Some(Value::Null) => None,
-            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(Value::String(kid)) => Some(kid.clone()),
             Some(_) => return Err(unauthorized("its key id (kid) is not a string")),
         };
         let claimed_issuer = unverified
@@ -286,6 +374,18 @@ impl Oidc {
                     printable(claimed_issuer)
                 ))
             })?;
+        Ok((issuer, algorithm, kid))
+    }
+
+    /// Verifies a token of `issuer` and maps it to a principal.
+    async fn verify(
+        &self,
+        issuer: &Issuer,
+        algorithm: Algorithm,
+        kid: Option<&str>,
+        token: &str,
+        now: i64,
+    ) -> Result<Principal, DomainError> {
         let key = issuer.key(&self.client, kid, algorithm, now).await?;
 
         let mut validation = Validation::new(algorithm);
@@ -419,6 +519,8 @@ impl Issuer {
             rules,
             keys: std::sync::Mutex::new(KeyCache::default()),
             refresh: tokio::sync::Mutex::new(()),
+            outcomes: Outcomes::default(),
+            fetches: Default::default(),
         })
     }
 
@@ -504,7 +606,9 @@ impl Issuer {
             };
         }
         self.lock_keys().attempted_at = Some(now);
-        match self.fetch(client).await {
+        let fetched = self.fetch(client).await;
+        self.fetches[usize::from(fetched.is_err())].fetch_add(1, Ordering::Relaxed);
+        match fetched {
             Ok((keys, jwks_uri)) => {
                 let mut cache = self.lock_keys();
                 cache.keys = keys;

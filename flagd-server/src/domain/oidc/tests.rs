@@ -165,6 +165,34 @@ async fn a_valid_token_maps_to_its_rule_and_attribution() {
     assert!(!message.contains(&other), "{message}");
     // One JWKS fetch served all three.
     assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
+    // Counted per issuer and result; what names no trusted issuer, under "untrusted".
+    assert!(oidc.authenticate("eyJ.e30.x", NOW).await.is_err());
+    let mut metrics = String::new();
+    oidc.render_metrics(&mut metrics);
+    for line in [
+        format!(
+            "flagd_oidc_authentications_total{{issuer=\"{}\",result=\"accepted\"}} 2",
+            issuer.url
+        ),
+        format!(
+            "flagd_oidc_authentications_total{{issuer=\"{}\",result=\"forbidden\"}} 1",
+            issuer.url
+        ),
+        format!(
+            "flagd_oidc_authentications_total{{issuer=\"{}\",result=\"refused\"}} 0",
+            issuer.url
+        ),
+        "flagd_oidc_authentications_total{issuer=\"untrusted\",result=\"refused\"} 1".to_owned(),
+        format!(
+            "flagd_oidc_jwks_fetches_total{{issuer=\"{}\",result=\"ok\"}} 1",
+            issuer.url
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
