@@ -41,7 +41,9 @@ pub struct Global {
     #[arg(long, env = "FLAGCTL_SERVER", hide_env_values = true, global = true)]
     pub server: Option<String>,
 
-    /// An admin token (prefer the environment variable: arguments are visible to other users).
+    /// The credential: an admin token (or an sdk token, for what one may read, or an OIDC ID
+    /// token; see FLAGCTL_OIDC_AUDIENCE above). Prefer the environment variable: arguments are
+    /// visible to other users.
     #[arg(long, env = "FLAGCTL_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 

@@ -306,14 +306,18 @@ pub fn certificate_error(
     None
 }
 
+/// reqwest's own message is terse ("client error (Connect)"): the root cause says more.
+pub fn root_cause(error: &reqwest::Error) -> String {
+    std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
+        .last()
+        .map_or_else(|| error.to_string(), ToString::to_string)
+}
+
 fn network_error(server: &str, error: &reqwest::Error) -> CliError {
     if let Some(certificate) = certificate_error(server, error) {
         return certificate;
     }
-    // reqwest's own message is terse ("client error (Connect)"): the root cause says more.
-    let cause = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
-        .last()
-        .unwrap_or(error);
+    let cause = root_cause(error);
     CliError::new(
         Kind::Network,
         format!("cannot reach the flag server at {server}: {cause}"),

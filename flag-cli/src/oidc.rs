@@ -99,10 +99,16 @@ async fn request(url: &str, bearer: &str, audience: &str) -> Result<String> {
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|error| failed(error.to_string()))?;
+        .map_err(|error| failed(crate::client::root_cause(&error)))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(failed(format!("HTTP {status}")));
+        let body = response.text().await.unwrap_or_default();
+        let body: String = body.trim().chars().take(200).collect();
+        return Err(failed(if body.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {body}")
+        }));
     }
     let body: serde_json::Value = response
         .json()

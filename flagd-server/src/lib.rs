@@ -284,6 +284,14 @@ impl Server {
             stopping.clone(),
             domain::ramp::SchedulerSettings::default(),
         ));
+        // OIDC: fetch the trusted issuers' keys now, so a wrong issuer shows before a pipeline
+        // needs it.
+        let domain = self.state.domain.clone();
+        tokio::spawn(async move {
+            if let Some(oidc) = domain.oidc.get() {
+                oidc.prefetch(domain.now()).await;
+            }
+        });
         // GitOps: reconcile bound environments at start and every interval (on the leader).
         tokio::spawn(domain::gitops::run_reconciler(
             self.state.domain.clone(),

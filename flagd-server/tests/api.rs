@@ -425,7 +425,16 @@ async fn scoped_admins_are_confined_on_every_route() {
             let encoded = path.replacen("/production", "/%70roduction", 1);
             for path in [&path, &encoded] {
                 let (status, _, response) = as_scoped(method, path, body.clone()).await;
-                if allowed {
+                if *access == Access::UnscopedAdmin {
+                    // Not for a scoped admin, even in its own environment.
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {response}");
+                    let message = response["error"]["message"].as_str().unwrap();
+                    assert!(
+                        message.contains("every environment")
+                            || (!allowed && message.contains("production")),
+                        "{message}"
+                    );
+                } else if allowed {
                     assert!(
                         status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
                         "{method} {path}: {status} {response}"
@@ -571,6 +580,32 @@ async fn admin_token_scopes_are_checked_on_creation() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(created["environments"], json!(["default"]));
+    // Its creation is in the audit log of its environment, by its creator, never its secret.
+    let (_, audit) = app
+        .call("GET", "/api/v1/audit?environment=default&limit=1", None)
+        .await;
+    let entry = &audit["changes"][0];
+    assert_eq!(entry["operation"], "token_created");
+    assert_eq!(entry["actor"], "alice");
+    assert_eq!(entry["before"]["name"], "ci");
+    assert_eq!(entry["before"]["environments"], json!(["default"]));
+    assert!(
+        !entry
+            .to_string()
+            .contains(created["token"].as_str().unwrap())
+    );
+    let (status, _) = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/tokens/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, audit) = app
+        .call("GET", "/api/v1/audit?environment=default&limit=1", None)
+        .await;
+    assert_eq!(audit["changes"][0]["operation"], "token_revoked");
     // Read back through the listing, and the scoped admin is no "last admin".
     let (_, listed) = app.call("GET", "/api/v1/tokens", None).await;
     let listed = listed["tokens"].as_array().unwrap();
@@ -588,6 +623,18 @@ async fn admin_token_scopes_are_checked_on_creation() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{response}");
+    // An admin token for every environment is recorded under `*`.
+    let (_, _) = app
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "ops2", "role": "admin"})),
+        )
+        .await;
+    let (_, audit) = app
+        .call("GET", "/api/v1/audit?environment=*&limit=1", None)
+        .await;
+    assert_eq!(audit["changes"][0]["before"]["name"], "ops2");
 }
 
 #[tokio::test]

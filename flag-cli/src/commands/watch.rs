@@ -130,11 +130,20 @@ async fn connect(context: &Context, api: &Api, watched: &Watched) -> Result<Sock
                         format!("the server answered {}", response.status()),
                     )
                 }
-                tokio_tungstenite::tungstenite::Error::Http(response) => CliError::new(
-                    Kind::Server,
-                    format!("the server refused the stream: {}", response.status()),
-                )
-                .hint("watch needs an admin token"),
+                tokio_tungstenite::tungstenite::Error::Http(response) => {
+                    // The server's reason, when its error body came with the refusal.
+                    let reason = response
+                        .body()
+                        .as_deref()
+                        .and_then(|body| serde_json::from_slice::<flag_protocol::ErrorBody>(body).ok())
+                        .map(|body| format!(": {}", body.error.message))
+                        .unwrap_or_default();
+                    CliError::new(
+                        Kind::Server,
+                        format!("the server refused the stream: {}{reason}", response.status()),
+                    )
+                    .hint("watch needs a token (an admin token, or an sdk token of the environment); `flagctl auth whoami` shows what yours covers")
+                }
                 other => {
                     crate::client::certificate_error(&api.server, &other).unwrap_or_else(|| {
                         CliError::new(

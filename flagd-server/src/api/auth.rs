@@ -151,6 +151,24 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// An admin for every environment (routes a scoped admin may not use at all), refused before
+/// the body is read.
+#[derive(Debug, Clone)]
+pub struct UnscopedAdmin(pub Admin);
+
+impl FromRequestParts<AppState> for UnscopedAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let admin = Admin::from_request_parts(parts, state).await?;
+        admin.0.check_unscoped("this route")?;
+        Ok(UnscopedAdmin(admin))
+    }
+}
+
 /// An authenticated admin: the extractor every admin route takes. On a route with an `{env}`
 /// path parameter, an admin confined to other environments is refused here (403), before the
 /// handler runs: no environment route can forget the check.

@@ -106,7 +106,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/environments/{env}/document", Access::Admin),
     ("PUT", "/api/v1/environments/{env}/document", Access::Admin),
     ("GET", "/api/v1/environments/{env}/source", Access::Admin),
-    ("PUT", "/api/v1/environments/{env}/source", Access::Admin),
+    (
+        "PUT",
+        "/api/v1/environments/{env}/source",
+        Access::UnscopedAdmin,
+    ),
     ("DELETE", "/api/v1/environments/{env}/source", Access::Admin),
     (
         "POST",

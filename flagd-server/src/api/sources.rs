@@ -7,7 +7,7 @@ use bytes::Bytes;
 use flag_protocol::source::{SIGNATURE_HEADER, SourceSpec};
 
 use super::{JsonBody, PathParams, attribution, change_message};
-use crate::api::auth::Admin;
+use crate::api::auth::{Admin, UnscopedAdmin};
 use crate::domain::gitops;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -20,9 +20,13 @@ pub async fn show(
     Ok(axum::Json(gitops::show(&state, &env).await?))
 }
 
+/// Binds a source: admins for every environment only. A source is fetched with server-wide
+/// means: named secrets (`credentials`, `webhookSecret`) any environment's source may name, and
+/// the server's own Git access (its ssh keys, local paths); an admin confined to environments
+/// could send those to a repository it chooses.
 pub async fn bind(
     State(state): State<AppState>,
-    admin: Admin,
+    UnscopedAdmin(admin): UnscopedAdmin,
     headers: HeaderMap,
     PathParams(env): PathParams<String>,
     JsonBody(spec): JsonBody<SourceSpec>,

@@ -246,6 +246,17 @@ impl Oidc {
         })
     }
 
+    /// Fetches every issuer's keys once (at start): a mistyped issuer or an unreachable JWKS shows
+    /// in the log and in `GET /api/v1/auth/oidc` before the first pipeline runs.
+    pub async fn prefetch(&self, now: i64) {
+        for issuer in &self.issuers {
+            let _fetching = issuer.refresh.lock().await;
+            if issuer.refresh(&self.client, now).await.is_ok() {
+                tracing::info!(issuer = %issuer.policy.issuer, keys = issuer.lock_keys().keys.len(), "fetched the OIDC issuer's keys");
+            }
+        }
+    }
+
     /// The issuers trusted, for the start-up log.
     pub fn issuer_names(&self) -> Vec<&str> {
         self.issuers
@@ -434,8 +445,9 @@ impl Oidc {
             .find(|rule| rule.admits(&claims))
             .ok_or_else(|| {
                 DomainError::forbidden(format!(
-                    "no trust rule of issuer {:?} admits subject {subject:?}",
-                    issuer.policy.issuer
+                    "no trust rule of issuer {:?} admits subject {subject:?} ({})",
+                    issuer.policy.issuer,
+                    issuer.ruled_claims(&claims)
                 ))
             })?;
         Ok(Principal {
@@ -605,6 +617,29 @@ impl Issuer {
                 )),
             };
         }
+        if let Err(error) = self.refresh(client, now).await {
+            // Keys fetched earlier still verify while the issuer is unreachable.
+            if let Found::Key(key) = self.cached(kid, algorithm, now, true) {
+                return Ok(key);
+            }
+            return Err(DomainError::rejected(
+                super::Rejection::Unavailable,
+                format!(
+                    "the keys of issuer {:?} could not be fetched: {error}",
+                    self.policy.issuer
+                ),
+            ));
+        }
+        match self.cached(kid, algorithm, now, false) {
+            Found::Key(key) => Ok(key),
+            Found::Missing(why) => Err(unauthorized(why)),
+            Found::Nothing => Err(unauthorized("the issuer's JWKS has no usable key")),
+        }
+    }
+
+    /// Fetches the keys now and caches them (the caller holds `refresh`); the failure is also
+    /// kept for `describe`, logged and counted.
+    async fn refresh(&self, client: &reqwest::Client, now: i64) -> Result<(), String> {
         self.lock_keys().attempted_at = Some(now);
         let fetched = self.fetch(client).await;
         self.fetches[usize::from(fetched.is_err())].fetch_add(1, Ordering::Relaxed);
@@ -615,27 +650,13 @@ impl Issuer {
                 cache.jwks_uri = Some(jwks_uri);
                 cache.fetched_at = Some(now);
                 cache.last_error = None;
+                Ok(())
             }
             Err(error) => {
                 tracing::warn!(issuer = %self.policy.issuer, %error, "cannot fetch the issuer's JWKS");
                 self.lock_keys().last_error = Some(error.clone());
-                // Keys fetched earlier still verify while the issuer is unreachable.
-                if let Found::Key(key) = self.cached(kid, algorithm, now, true) {
-                    return Ok(key);
-                }
-                return Err(DomainError::rejected(
-                    super::Rejection::Unavailable,
-                    format!(
-                        "the keys of issuer {:?} could not be fetched: {error}",
-                        self.policy.issuer
-                    ),
-                ));
+                Err(error)
             }
-        }
-        match self.cached(kid, algorithm, now, false) {
-            Found::Key(key) => Ok(key),
-            Found::Missing(why) => Err(unauthorized(why)),
-            Found::Nothing => Err(unauthorized("the issuer's JWKS has no usable key")),
         }
     }
 
@@ -677,6 +698,26 @@ impl Issuer {
         Ok((keys, jwks_uri))
     }
 
+    /// The token's values of the claims the rules look at, for the "no rule" message (claims
+    /// describe the workload; the token itself is never repeated).
+    fn ruled_claims(&self, claims: &Object) -> String {
+        let names: std::collections::BTreeSet<&str> = self
+            .rules
+            .iter()
+            .flat_map(|rule| rule.claims.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        let shown: Vec<String> = names
+            .into_iter()
+            .map(|name| match claims.get(name) {
+                Some(Value::String(text)) => format!("{name}={:?}", printable(text)),
+                Some(value @ (Value::Number(_) | Value::Bool(_))) => format!("{name}={value}"),
+                Some(_) => format!("{name}=(not text)"),
+                None => format!("{name} absent"),
+            })
+            .collect();
+        format!("its claims: {}", shown.join(", "))
+    }
+
     /// `exp` and `iat` present; not expired, not before `nbf`, not issued in the future, and a
     /// lifetime within `max_lifetime`; each with `clock_skew` of tolerance.
     fn check_times(&self, claims: &Map<String, Value>, now: i64) -> Result<(), DomainError> {
@@ -716,6 +757,16 @@ impl Rule {
         if rule.claims.is_empty() {
             return Err(format!(
                 "{at}.claims: match at least one claim (a rule without claims would admit every workload of the issuer)"
+            ));
+        }
+        // `*`, `**`, `?*`: a pattern without a literal character matches every value.
+        if rule
+            .claims
+            .values()
+            .all(|pattern| pattern.chars().all(|c| matches!(c, '*' | '?')))
+        {
+            return Err(format!(
+                "{at}.claims: every pattern matches anything; name the repository, owner or subject the rule is for"
             ));
         }
         if rule.role != Role::Admin {

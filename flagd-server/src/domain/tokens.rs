@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use super::access::{self, Principal};
 use super::{Domain, DomainError, blocking};
-use crate::store::{Role, TokenRecord};
+use crate::store::{Attribution, Operation, Role, TokenRecord};
 
 /// A new secret: a readable prefix naming the role, then 256 random bits in hex.
 pub fn generate_secret(role: Role) -> String {
@@ -188,6 +188,7 @@ pub async fn create(
     let stored = record.clone();
     blocking(domain, move |store| Ok(store.insert_token(&stored)?)).await?;
     domain.tokens.insert(record.clone());
+    audit(domain, creator, &record, Operation::TokenCreated).await;
     Ok((record, secret))
 }
 
@@ -219,9 +220,43 @@ pub async fn revoke(domain: &Domain, revoker: &Principal, id: &str) -> Result<()
     }
     let at = domain.now();
     let revoke_id = id.to_owned();
-    blocking(domain, move |store| Ok(store.revoke_token(&revoke_id, at)?)).await?;
+    let revoked = blocking(domain, move |store| Ok(store.revoke_token(&revoke_id, at)?)).await?;
     domain.tokens.remove(id);
+    audit(domain, revoker, &revoked, Operation::TokenRevoked).await;
     Ok(())
+}
+
+/// Records a token's creation or revocation in the audit log of the environments it covers
+/// (`*` for an admin of every environment), naming it (never its secret or hash). The token
+/// change has happened by then: a failure to record it is logged, not returned.
+async fn audit(domain: &Domain, by: &Principal, token: &TokenRecord, operation: Operation) {
+    let environments = match (token.role, &token.environment, &token.environments) {
+        (Role::Sdk, Some(environment), _) => vec![environment.clone()],
+        (Role::Admin, _, Some(environments)) => environments.clone(),
+        _ => vec!["*".to_owned()],
+    };
+    let details = serde_json::json!({
+        "id": token.id,
+        "name": token.name,
+        "role": token.role.as_str(),
+        "environment": token.environment,
+        "environments": token.environments,
+    });
+    let attribution = Attribution {
+        actor: by.actor.clone(),
+        message: None,
+        at: domain.now(),
+    };
+    let recorded = blocking(domain, move |store| {
+        for environment in &environments {
+            store.record_event(environment, None, operation.clone(), &details, &attribution)?;
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(error) = recorded {
+        tracing::error!(token = %token.id, %error, "the token change is done but could not be recorded in the audit log");
+    }
 }
 
 #[cfg(test)]

@@ -332,6 +332,12 @@ pub enum Operation {
     SourceBound,
     /// Audit only: the environment was unbound from its Git source.
     SourceUnbound,
+    /// Audit only: a token was created through the API; `before` names it (never its secret).
+    /// Recorded in its environment (an sdk token), each environment of its scope (a scoped
+    /// admin), or `*` (an admin of every environment).
+    TokenCreated,
+    /// Audit only: a token was revoked; recorded as `TokenCreated` is.
+    TokenRevoked,
     /// A stored name this build does not know (written by a newer server): shown as stored,
     /// never applied.
     Other(String),
@@ -351,6 +357,8 @@ impl Operation {
             Operation::AdminTokenCreated => "admin_token_created",
             Operation::SourceBound => "source_bound",
             Operation::SourceUnbound => "source_unbound",
+            Operation::TokenCreated => "token_created",
+            Operation::TokenRevoked => "token_revoked",
             Operation::Other(name) => name,
         }
     }
@@ -368,6 +376,8 @@ impl Operation {
             "admin_token_created" => Operation::AdminTokenCreated,
             "source_bound" => Operation::SourceBound,
             "source_unbound" => Operation::SourceUnbound,
+            "token_created" => Operation::TokenCreated,
+            "token_revoked" => Operation::TokenRevoked,
             other => Operation::Other(other.to_owned()),
         }
     }
@@ -408,11 +418,13 @@ impl ChangeRecord {
 
 /// Operations that record an event and change no flag: never streamed, not part of a commit's
 /// digest.
-pub const AUDIT_ONLY: [&str; 4] = [
+pub const AUDIT_ONLY: [&str; 6] = [
     "ramp_failed",
     "admin_token_created",
     "source_bound",
     "source_unbound",
+    "token_created",
+    "token_revoked",
 ];
 
 impl Operation {

@@ -162,6 +162,10 @@ async fn a_valid_token_maps_to_its_rule_and_attribution() {
         message.contains(&issuer.url) && message.contains("repo:evil/web"),
         "{message}"
     );
+    assert!(
+        message.contains(r#"its claims: ref="refs/heads/main", repository="evil/web""#),
+        "{message}"
+    );
     assert!(!message.contains(&other), "{message}");
     // One JWKS fetch served all three.
     assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
@@ -357,6 +361,12 @@ role = "admin""#;
         (
             format!("[[issuers]]\n{issuer}\n{rule}\n[[issuers]]\n{issuer}\n{rule}"),
             "issuers[1].issuer",
+        ),
+        (
+            format!(
+                "[[issuers]]\n{issuer}\n[[issuers.rules]]\nclaims = {{ sub = \"*\", ref = \"?*\" }}\nrole = \"admin\""
+            ),
+            "issuers[0].rules[0].claims: every pattern matches anything",
         ),
     ];
     for (text, expected) in cases {
