@@ -561,6 +561,22 @@ async fn admin_token_scopes_are_checked_on_creation() {
             StatusCode::BAD_REQUEST,
             "environment",
         ),
+        // Names the audit log reserves for the server's own actors, or that hide characters.
+        (
+            json!({"name": "oidc:127.0.0.1:repo:acme/web", "role": "admin"}),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+        (
+            json!({"name": "git:1a2b3c4", "role": "admin"}),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+        (
+            json!({"name": "ops\u{202E}nimda", "role": "admin"}),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
         (
             json!({"name": "a", "role": "sdk", "environment": "default", "environments": ["default"]}),
             StatusCode::BAD_REQUEST,

@@ -368,6 +368,15 @@ environments = ["staging"]
         audit["changes"][0]["actor"],
         "oidc:127.0.0.1:repo:acme/web:ref:refs/heads/main"
     );
+    // Nor mint a token that would outlive it.
+    let minted = http()
+        .post(format!("{base}/api/v1/tokens"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "persist", "role": "admin", "environments": ["production"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status().as_u16(), 403);
     // A workload cannot open a stream (its credential expires and cannot be revoked).
     let stream = http()
         .get(format!("{base}/api/v1/stream?environment=production"))

@@ -138,6 +138,20 @@ impl Principal {
     }
 }
 
+/// Text that reads as what it is: no control characters, and none of the invisible or
+/// direction-changing format characters (zero-width spaces, bidi overrides, line separators) that
+/// make one name look like another in the audit log.
+pub fn is_plain_text(text: &str) -> bool {
+    !text.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    })
+}
+
+/// Prefixes of the actors the server writes itself (`git:<sha>` for Git syncs, `oidc:…` for
+/// workloads): no token may be named so.
+pub const RESERVED_ACTOR_PREFIXES: [&str; 2] = ["git:", "oidc:"];
+
 /// A scope as given (`environments` of a token or a trust rule): sorted and without duplicates;
 /// at least one name, each a valid environment name.
 pub fn normalise_scope(names: Vec<String>, field: &str) -> Result<Vec<String>, DomainError> {
@@ -191,6 +205,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("\"production\"") && message.contains("staging"));
+    }
+
+    #[test]
+    fn plain_text_refuses_invisible_and_direction_characters() {
+        assert!(is_plain_text("ci deploy (prod)"));
+        assert!(is_plain_text("équipe"));
+        for bad in [
+            "a\nb",
+            "a\u{202E}b",
+            "a\u{200B}b",
+            "a\u{2028}b",
+            "a\u{FEFF}b",
+        ] {
+            assert!(!is_plain_text(bad), "{bad:?}");
+        }
     }
 
     #[test]

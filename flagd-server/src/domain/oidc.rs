@@ -201,10 +201,18 @@ impl Oidc {
             path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
         let config: OidcConfig = if json {
             let mut deserializer = serde_json::Deserializer::from_str(&text);
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| ConfigError {
+            let config = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                ConfigError {
+                    file: file.clone(),
+                    message: format!("{}: {}", error.path(), error.inner()),
+                }
+            })?;
+            // Anything after the object is a mistake, not something to ignore.
+            deserializer.end().map_err(|error| ConfigError {
                 file: file.clone(),
-                message: format!("{}: {}", error.path(), error.inner()),
-            })?
+                message: format!("text after the configuration: {error}"),
+            })?;
+            config
         } else {
             toml::from_str(&text).map_err(|error| ConfigError {
                 file: file.clone(),
@@ -236,7 +244,17 @@ impl Oidc {
         }
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            // Every hop is held to the rule the configured URLs are: a redirect to plain http
+            // would let anyone on the path hand us signing keys.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 3 {
+                    attempt.error("more than 3 redirects")
+                } else if let Err(why) = check_url(attempt.url().as_str()) {
+                    attempt.error(format!("redirected to {why}"))
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(|error| format!("cannot build the HTTP client for JWKS: {error}"))?;
         Ok(Oidc {
@@ -366,6 +384,13 @@ impl Oidc {
             }
             None => return Err(unauthorized("its header names no algorithm (alg)")),
         };
+        // RFC 7515 §4.1.11: extensions a recipient does not understand make the token invalid;
+        // we understand none.
+        if header.contains_key("crit") {
+            return Err(unauthorized(
+                "its header requires extensions (crit) this server does not support",
+            ));
+        }
         let kid = match header.get("kid") {
             None | Some(Value::Null) => None,
             Some(Value::String(kid)) => Some(kid.clone()),
@@ -421,14 +446,30 @@ impl Oidc {
                     ErrorKind::InvalidAlgorithm => {
                         "its algorithm does not match the issuer's key".to_owned()
                     }
-                    other => format!("it does not decode ({other:?})"),
+                    // No library internals, and nothing of the token, in the answer.
+                    _ => "its header or claims do not decode as a JWT".to_owned(),
                 })
             })?
             .claims;
+        // jsonwebtoken checks `aud` only when present and well-formed: a token must carry ours,
+        // as a string or in an array of strings (RFC 7519 §4.1.3).
+        let audience = issuer.policy.audience.as_str();
+        let carries_audience = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == audience,
+            Some(Value::Array(auds)) => {
+                auds.iter().all(Value::is_string) && auds.iter().any(|aud| aud == audience)
+            }
+            _ => false,
+        };
+        if !carries_audience {
+            return Err(unauthorized(format!(
+                "its audience (aud) is not {audience:?}"
+            )));
+        }
         issuer.check_times(&claims, now)?;
         let subject = match claims.get("sub") {
             Some(Value::String(sub))
-                if !sub.is_empty() && sub.len() <= 512 && !sub.chars().any(char::is_control) =>
+                if !sub.is_empty() && sub.len() <= 512 && super::access::is_plain_text(sub) =>
             {
                 sub.clone()
             }
@@ -467,6 +508,15 @@ impl Oidc {
 impl Issuer {
     fn new(policy: IssuerPolicy, at: &str) -> Result<Issuer, String> {
         let issuer_url = check_url(&policy.issuer).map_err(|e| format!("{at}.issuer: {e}"))?;
+        if issuer_url.query().is_some()
+            || issuer_url.fragment().is_some()
+            || !issuer_url.username().is_empty()
+            || issuer_url.password().is_some()
+        {
+            return Err(format!(
+                "{at}.issuer: an issuer is a URL without user, query or fragment (OpenID Connect Discovery 1.0 §2)"
+            ));
+        }
         if let Some(uri) = &policy.jwks_uri {
             check_url(uri).map_err(|e| format!("{at}.jwks_uri: {e}"))?;
         }
@@ -586,7 +636,16 @@ impl Issuer {
         if let Found::Key(key) = self.cached(kid, algorithm, now, false) {
             return Ok(key);
         }
-        let _fetching = self.refresh.lock().await;
+        // Waiting behind a slow fetch is bounded like the fetch itself.
+        let Ok(_fetching) = tokio::time::timeout(FETCH_TIMEOUT, self.refresh.lock()).await else {
+            return Err(DomainError::rejected(
+                super::Rejection::Unavailable,
+                format!(
+                    "the keys of issuer {:?} are still being fetched; retry shortly",
+                    self.policy.issuer
+                ),
+            ));
+        };
         // Another request may have fetched while this one waited.
         if let Found::Key(key) = self.cached(kid, algorithm, now, false) {
             return Ok(key);
@@ -595,8 +654,18 @@ impl Issuer {
         if let Some(at) = last_attempt
             && now.saturating_sub(at) < self.min_refresh_interval
         {
+            let last_failed = self.lock_keys().last_error.clone();
             return match self.cached(kid, algorithm, now, true) {
                 Found::Key(key) => Ok(key),
+                Found::Missing(_) if last_failed.is_some() => Err(DomainError::rejected(
+                    super::Rejection::Unavailable,
+                    format!(
+                        "the keys of issuer {:?} could not be fetched ({}); retry in {}s",
+                        self.policy.issuer,
+                        last_failed.unwrap_or_default(),
+                        self.min_refresh_interval - now.saturating_sub(at)
+                    ),
+                )),
                 Found::Missing(why) => Err(unauthorized(format!(
                     "{why} (its keys were fetched {}s ago; they are fetched again at most every {}s)",
                     now.saturating_sub(at),
@@ -641,7 +710,10 @@ impl Issuer {
     /// kept for `describe`, logged and counted.
     async fn refresh(&self, client: &reqwest::Client, now: i64) -> Result<(), String> {
         self.lock_keys().attempted_at = Some(now);
-        let fetched = self.fetch(client).await;
+        // Discovery and JWKS together within one timeout.
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch(client))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())));
         self.fetches[usize::from(fetched.is_err())].fetch_add(1, Ordering::Relaxed);
         match fetched {
             Ok((keys, jwks_uri)) => {
@@ -759,12 +831,20 @@ impl Rule {
                 "{at}.claims: match at least one claim (a rule without claims would admit every workload of the issuer)"
             ));
         }
-        // `*`, `**`, `?*`: a pattern without a literal character matches every value.
-        if rule
-            .claims
-            .values()
-            .all(|pattern| pattern.chars().all(|c| matches!(c, '*' | '?')))
-        {
+        if rule.claims.keys().any(|claim| claim.is_empty()) {
+            return Err(format!("{at}.claims: a claim name is empty"));
+        }
+        // `*`, `?*`, `{acme/web,*}`: a pattern that matches a value nobody would choose matches
+        // every value.
+        let probe = "flagd-probe/x7Qz:9";
+        let anything = |pattern: &str| {
+            globset::GlobBuilder::new(pattern)
+                .literal_separator(false)
+                .backslash_escape(true)
+                .build()
+                .is_ok_and(|glob| glob.compile_matcher().is_match(probe))
+        };
+        if rule.claims.values().all(|pattern| anything(pattern)) {
             return Err(format!(
                 "{at}.claims: every pattern matches anything; name the repository, owner or subject the rule is for"
             ));
@@ -793,7 +873,7 @@ impl Rule {
             .transpose()
             .map_err(|e| format!("{at}.environments: {e}"))?;
         if let Some(name) = &rule.name
-            && (name.is_empty() || name.chars().any(char::is_control))
+            && (name.is_empty() || !super::access::is_plain_text(name))
         {
             return Err(format!("{at}.name: printable text, please"));
         }
@@ -910,7 +990,7 @@ fn check_url(text: &str) -> Result<url::Url, String> {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
         _ => Err(format!(
-            "{text:?} must be an https:// URL (http:// only to localhost)"
+            "{text:?} must be an https:// URL (http:// only to a loopback address)"
         )),
     }
 }

@@ -126,11 +126,28 @@ pub async fn create(
     environments: Option<Vec<String>>,
 ) -> Result<(TokenRecord, String), DomainError> {
     let name = name.trim().to_owned();
-    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.len() > 100 || !access::is_plain_text(&name) {
         return Err(DomainError::bad_request(
-            "a token name must be 1 to 100 printable characters (no line breaks or control characters)",
+            "a token name must be 1 to 100 printable characters (no line breaks, control or invisible characters)",
         )
         .at("name"));
+    }
+    if let Some(prefix) = access::RESERVED_ACTOR_PREFIXES
+        .iter()
+        .find(|prefix| name.starts_with(**prefix))
+    {
+        return Err(DomainError::bad_request(format!(
+            "token names starting with {prefix:?} are reserved: the audit log uses them for the server's own actors"
+        ))
+        .at("name"));
+    }
+    // A workload's ID token lives minutes and cannot be revoked; a token it minted would outlive
+    // it. Pipelines that need a token get one from an admin.
+    if matches!(creator.credential, access::Credential::Oidc { .. }) {
+        return Err(DomainError::forbidden(format!(
+            "workload {} authenticated with an ID token, which may not create tokens (a token would outlive it); ask an admin for one",
+            creator.actor
+        )));
     }
     let environments = match (role, &environment, environments) {
         (Role::Sdk, None, _) => {

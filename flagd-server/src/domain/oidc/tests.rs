@@ -73,6 +73,15 @@ impl TestIssuer {
                 }),
             )
             .route(
+                "/moved",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [(axum::http::header::LOCATION, "http://192.0.2.1:9/keys")],
+                    )
+                }),
+            )
+            .route(
                 "/keys",
                 axum::routing::get(move || {
                     counted.fetch_add(1, Ordering::SeqCst);
@@ -197,6 +206,67 @@ async fn a_valid_token_maps_to_its_rule_and_attribution() {
             "{line} not in\n{metrics}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_audience_and_the_header_are_checked_strictly() {
+    let key = Key::new("k1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let oidc = issuer.oidc("");
+    let base = issuer.claims("acme/web", "refs/heads/main");
+    let verdict = |aud: Option<Value>| {
+        let mut claims = base.clone();
+        match aud {
+            Some(aud) => claims["aud"] = aud,
+            None => {
+                claims.as_object_mut().unwrap().remove("aud");
+            }
+        }
+        let token = key.sign(&claims);
+        let oidc = &oidc;
+        async move { oidc.authenticate(&token, NOW).await.map(|_| ()) }
+    };
+    // Absent, or not a string (nor an array of strings), is no audience at all.
+    for aud in [
+        None,
+        Some(json!(null)),
+        Some(json!(5)),
+        Some(json!({"flagd": 1})),
+        Some(json!(["flagd", 5])),
+    ] {
+        let error = verdict(aud.clone()).await.unwrap_err();
+        assert!(error.to_string().contains("audience"), "{aud:?}: {error}");
+    }
+    assert!(verdict(Some(json!(["other", "flagd"]))).await.is_ok());
+    assert!(verdict(Some(json!("flagd"))).await.is_ok());
+    // A header requiring extensions we do not know is refused (RFC 7515 §4.1.11).
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let signed = jsonwebtoken::encode(&header, &base, &key.encoding).unwrap();
+    let payload = signed.split('.').nth(1).unwrap().to_owned();
+    let crit = format!(
+        "{}.{payload}.c2ln",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"ES256","kid":"k1","crit":["exp"]}"#)
+    );
+    let error = oidc.authenticate(&crit, NOW).await.unwrap_err();
+    assert!(error.to_string().contains("crit"), "{error}");
+}
+
+#[tokio::test]
+async fn redirects_to_plain_http_are_not_followed() {
+    let key = Key::new("k1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let oidc = issuer.oidc(&format!("jwks_uri = \"{}/moved\"", issuer.url));
+    let error = oidc
+        .authenticate(
+            &key.sign(&issuer.claims("acme/web", "refs/heads/main")),
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&error), Some(Rejection::Unavailable), "{error}");
+    assert!(error.to_string().contains("redirect"), "{error}");
 }
 
 #[tokio::test]
@@ -368,6 +438,24 @@ role = "admin""#;
             ),
             "issuers[0].rules[0].claims: every pattern matches anything",
         ),
+        (
+            format!(
+                "[[issuers]]\n{issuer}\n[[issuers.rules]]\nclaims = {{ repository = \"{{acme/web,*}}\" }}\nrole = \"admin\""
+            ),
+            "every pattern matches anything",
+        ),
+        (
+            format!(
+                "[[issuers]]\n{issuer}\n[[issuers.rules]]\nclaims = {{ \"\" = \"x\" }}\nrole = \"admin\""
+            ),
+            "a claim name is empty",
+        ),
+        (
+            format!(
+                "[[issuers]]\nissuer = \"https://x.example/?a=1\"\naudience = \"flagd\"\n{rule}"
+            ),
+            "issuers[0].issuer: an issuer is a URL without",
+        ),
     ];
     for (text, expected) in cases {
         let message = match toml::from_str::<OidcConfig>(&text) {
@@ -407,6 +495,15 @@ fn files_load_as_toml_or_json_with_the_field_at_fault() {
         error.contains("oidc.json") && error.contains("issuers[0]") && error.contains("jwks"),
         "{error}"
     );
+
+    std::fs::write(
+        &json_path,
+        r#"{"issuers": [{"issuer": "https://x.example", "audience": "a",
+            "rules": [{"claims": {"sub": "x"}, "role": "admin"}]}]} {"more": 1}"#,
+    )
+    .unwrap();
+    let error = Oidc::load(&json_path).unwrap_err().to_string();
+    assert!(error.contains("text after the configuration"), "{error}");
 
     let toml_path = dir.path().join("oidc.toml");
     std::fs::write(&toml_path, "[[issuers]]\nissuer = 3\n").unwrap();
