@@ -504,6 +504,11 @@ pub enum AuthCommand {
     /// in the audit log, the role, the environments (or every environment), and the token or
     /// OIDC ID token (issuer, subject, admitting rule, expiry) it came from.
     Whoami,
+    /// List the OIDC trust policies the server enforces (flagd-server --oidc-config): each
+    /// issuer with its audience and key cache (when its keys were last fetched, their ids, the
+    /// last fetch error), and each rule with the claims it matches and the access it grants.
+    /// Needs an admin for every environment.
+    Oidc,
 }
 
 #[derive(Debug, Subcommand)]

@@ -425,6 +425,7 @@ environments = ["staging"]
         ("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url),
         ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", REQUEST_TOKEN),
     ];
+    let work_dir = work.clone();
     let server_ref = &server;
     let run = move |args: &[&str]| flagctl(server_ref, &work, &ci, args);
     let (code, out, err) = run(&[
@@ -445,6 +446,17 @@ environments = ["staging"]
     );
     assert!(
         out.contains("production") && out.contains("web deploys from main"),
+        "{out}"
+    );
+    // The policies, as an admin of every environment reads them with flagctl.
+    let (code, out, err) = tests::flagctl(&server, ADMIN, &work_dir, &["auth", "oidc"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&issuer.url) && out.contains("web deploys from main"),
+        "{out}"
+    );
+    assert!(
+        out.contains("repository=acme/web") && out.contains("production"),
         "{out}"
     );
     let (code, out, _) = run(&["export", "-e", "production"]);
