@@ -35,7 +35,9 @@ fn bench(c: &mut Criterion) {
         {"kty": "EC", "crv": "P-256", "kid": "e", "x": b64(&point[1..33]), "y": b64(&point[33..])},
     ]});
     let url = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let router = axum::Router::new().route(
             "/jwks",
@@ -67,7 +69,11 @@ fn bench(c: &mut Criterion) {
         "r",
         &EncodingKey::from_rsa_der(rsa.to_pkcs1_der().expect("der").as_bytes()),
     );
-    let es256 = sign(Algorithm::ES256, "e", &EncodingKey::from_ec_der(&ec.serialize_der()));
+    let es256 = sign(
+        Algorithm::ES256,
+        "e",
+        &EncodingKey::from_ec_der(&ec.serialize_der()),
+    );
     // Warm the key cache.
     runtime
         .block_on(oidc.authenticate(&rs256, NOW))
