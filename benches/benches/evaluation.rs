@@ -109,6 +109,11 @@ fn evaluation(c: &mut Criterion) {
         group.bench_function(format!("{case}/flag-sdk"), |b| {
             b.iter(|| black_box(sdk.bool_value(black_box(key), black_box(&sdk_context), false)));
         });
+        // Through a handle (`FlagClient::flag`): the key looked up once per snapshot.
+        let handle = sdk.flag(key);
+        group.bench_function(format!("{case}/flag-sdk-handle"), |b| {
+            b.iter(|| black_box(handle.bool_value(black_box(&sdk_context), false)));
+        });
         group.bench_function(format!("{case}/flag-core"), |b| {
             b.iter(|| {
                 black_box(ours.resolve_bool(black_box(key), black_box(&ctx), false, 1_700_000_000));

@@ -45,6 +45,7 @@ pub use model::{
 };
 pub use problem::{Problem, ProblemCode, Severity, ValidationError};
 pub use resolve::{
-    CompiledFlagSet, ErrorCode, EvaluationError, FlagValue, Reason, Resolution, ResolutionDetails,
+    CompiledFlagSet, ErrorCode, EvaluationError, FlagRef, FlagValue, Reason, Resolution,
+    ResolutionDetails,
 };
 pub use rule::Timestamp;

@@ -540,7 +540,51 @@ impl CompiledFlagSet {
         default: T,
         timestamp: Timestamp,
     ) -> ResolutionDetails<'a, T> {
-        let resolution = self.evaluate_at(key, ctx, timestamp);
+        typed(self.evaluate_at(key, ctx, timestamp), key, default)
+    }
+
+    /// The flag with this key, as a [`FlagRef`]: evaluating through it skips the key lookup.
+    /// It stays valid (and unchanged) however this set changes later; a holder that wants the
+    /// current definition looks it up again when the set is replaced.
+    pub fn flag_ref(&self, key: &str) -> Option<FlagRef> {
+        self.index.get(key).map(|flag| FlagRef(flag.clone()))
+    }
+}
+
+/// One compiled flag of a [`CompiledFlagSet`], evaluated without the key lookup (SDK flag
+/// handles hold one per set version). Cheap to clone: a reference count.
+#[derive(Debug, Clone)]
+pub struct FlagRef(Arc<CompiledFlag>);
+
+impl FlagRef {
+    /// The flag's key.
+    pub fn key(&self) -> &str {
+        self.0.key()
+    }
+
+    /// [`CompiledFlagSet::evaluate_at`] for this flag.
+    pub fn evaluate_at(&self, ctx: &EvaluationContext, timestamp: Timestamp) -> Resolution<'_> {
+        self.0.evaluate(ctx, timestamp)
+    }
+
+    /// [`CompiledFlagSet::resolve_at`] for this flag.
+    pub fn resolve_at<'a, T: FlagValue<'a>>(
+        &'a self,
+        ctx: &EvaluationContext,
+        default: T,
+        timestamp: Timestamp,
+    ) -> ResolutionDetails<'a, T> {
+        typed(self.0.evaluate(ctx, timestamp), self.0.key(), default)
+    }
+}
+
+/// A resolution as type `T`, falling back to `default` per the resolution table.
+fn typed<'a, T: FlagValue<'a>>(
+    resolution: Resolution<'a>,
+    key: &str,
+    default: T,
+) -> ResolutionDetails<'a, T> {
+    {
         let Some(value) = resolution.value else {
             return ResolutionDetails {
                 value: default,
@@ -573,7 +617,9 @@ impl CompiledFlagSet {
             },
         }
     }
+}
 
+impl CompiledFlagSet {
     /// [`resolve`](Self::resolve) for a boolean flag.
     pub fn resolve_bool(
         &self,

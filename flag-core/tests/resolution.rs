@@ -367,3 +367,45 @@ fn incremental_changes_evaluate_exactly_like_a_full_compile() {
         }
     }
 }
+
+#[test]
+fn a_flag_ref_evaluates_as_its_key_does_and_outlives_its_set() {
+    let compiled = flags();
+    let ctx = EvaluationContext::new("user-1").with("color", "red");
+    for key in compiled.keys().map(str::to_owned).collect::<Vec<_>>() {
+        let flag = compiled.flag_ref(&key).unwrap();
+        assert_eq!(flag.key(), key);
+        let by_key = compiled.evaluate_at(&key, &ctx, flag_core::Timestamp::At(1));
+        let by_ref = flag.evaluate_at(&ctx, flag_core::Timestamp::At(1));
+        assert_eq!(
+            (
+                by_ref.value,
+                by_ref.variant,
+                by_ref.reason,
+                by_ref.error.map(|e| e.code)
+            ),
+            (
+                by_key.value,
+                by_key.variant,
+                by_key.reason,
+                by_key.error.map(|e| e.code)
+            ),
+            "{key}"
+        );
+        let typed = flag.resolve_at(&ctx, "fallback", flag_core::Timestamp::At(1));
+        let expected = compiled.resolve_at(&key, &ctx, "fallback", flag_core::Timestamp::At(1));
+        assert_eq!(
+            (typed.value, typed.reason),
+            (expected.value, expected.reason),
+            "{key}"
+        );
+    }
+    assert!(compiled.flag_ref("nope").is_none());
+    // The reference keeps its flag alive after the set is gone.
+    let kept = compiled.flag_ref("match").unwrap();
+    drop(compiled);
+    assert_eq!(
+        kept.evaluate_at(&ctx, flag_core::Timestamp::At(1)).variant,
+        Some("red")
+    );
+}

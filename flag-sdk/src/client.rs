@@ -8,6 +8,7 @@ use flag_core::{ErrorCode, EvaluationError, Metadata, Reason, Resolution, Timest
 use serde_json::Value;
 
 use crate::context::EvaluationContext;
+use crate::handle::FlagHandle;
 use crate::state::{Shared, Snapshot, Task};
 use crate::status::{Error, FlagsChanged, Status};
 
@@ -20,10 +21,11 @@ thread_local! {
     static SNAPSHOT: RefCell<Option<(u64, u64, Arc<Snapshot>)>> = const { RefCell::new(None) };
 }
 
-static EMPTY_METADATA: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::new);
+pub(crate) static EMPTY_METADATA: std::sync::LazyLock<Metadata> =
+    std::sync::LazyLock::new(Metadata::new);
 
 /// The clock flag-core reads only when a rule uses `$flagd.timestamp`.
-const CLOCK: Timestamp = Timestamp::Clock(now);
+pub(crate) const CLOCK: Timestamp = Timestamp::Clock(now);
 
 /// The current time in unix seconds, for `$flagd.timestamp`.
 ///
@@ -339,18 +341,24 @@ impl FlagClient {
     ) -> EvaluationDetails<T> {
         self.with_flags(|flags| match flags {
             Some(state) => resolve(state, CLOCK),
-            None => EvaluationDetails {
-                value: default,
-                variant: None,
-                reason: Reason::Error,
-                error_code: Some(ErrorCode::ProviderNotReady),
-                error_message: Some(
-                    "no flags yet: the client has not synced and has no cache or bootstrap"
-                        .to_owned(),
-                ),
-                flag_metadata: Metadata::new(),
-            },
+            None => not_ready_details(default),
         })
+    }
+
+    /// A handle on one flag: the typed getters without the key lookup per call (see
+    /// [`FlagHandle`]). The flag need not exist yet.
+    pub fn flag(&self, key: &str) -> FlagHandle {
+        FlagHandle::new(self.clone(), key)
+    }
+
+    /// The generation of the client's flags (bumped by every publish), for handles.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation().1
+    }
+
+    /// The client's current flags, for handles.
+    pub(crate) fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.shared.snapshot()
     }
 
     /// Stops syncing: sends a Close frame, ends the background task. Evaluation keeps working on
@@ -366,7 +374,7 @@ impl FlagClient {
 }
 
 /// Converts flag-core's borrowed details into owned ones.
-trait IntoOwnedDetails<'a, T> {
+pub(crate) trait IntoOwnedDetails<'a, T> {
     fn into_owned_with<U>(self, convert: impl FnOnce(&T) -> U) -> EvaluationDetails<U>;
 }
 
@@ -383,7 +391,21 @@ impl<'a, T> IntoOwnedDetails<'a, T> for flag_core::ResolutionDetails<'a, T> {
     }
 }
 
-fn not_ready() -> Resolution<'static> {
+/// The details when the client has no flags yet.
+pub(crate) fn not_ready_details<T>(default: T) -> EvaluationDetails<T> {
+    EvaluationDetails {
+        value: default,
+        variant: None,
+        reason: Reason::Error,
+        error_code: Some(ErrorCode::ProviderNotReady),
+        error_message: Some(
+            "no flags yet: the client has not synced and has no cache or bootstrap".to_owned(),
+        ),
+        flag_metadata: Metadata::new(),
+    }
+}
+
+pub(crate) fn not_ready() -> Resolution<'static> {
     Resolution {
         value: None,
         variant: None,

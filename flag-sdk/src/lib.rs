@@ -32,6 +32,7 @@ mod builder;
 mod cache;
 mod client;
 mod context;
+mod handle;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
 mod state;
@@ -43,5 +44,6 @@ pub use builder::FlagClientBuilder;
 pub use client::{EvaluationDetails, FlagClient};
 pub use context::EvaluationContext;
 pub use flag_core::{ErrorCode, Metadata, MetadataValue, Reason, Resolution};
+pub use handle::FlagHandle;
 pub use status::{Error, FlagsChanged, Status};
 pub use tls::Pem;

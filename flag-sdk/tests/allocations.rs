@@ -77,6 +77,21 @@ fn sdk_evaluation_allocates_nothing_on_the_common_paths() {
         std::hint::black_box(client.int_value("limit", &user, 0));
     });
     assert_eq!(count, 0, "int_value allocated {count} times");
+    // Through handles: looked up once, then nothing allocated either.
+    for key in ["static", "split", "complex"] {
+        let handle = client.flag(key);
+        let _ = handle.bool_value(&user, false);
+        let count = allocations_during(|| {
+            std::hint::black_box(handle.bool_value(&user, false));
+        });
+        assert_eq!(count, 0, "flag({key:?}).bool_value allocated {count} times");
+    }
+    let limit = client.flag("limit");
+    let _ = limit.int_value(&user, 0);
+    let count = allocations_during(|| {
+        std::hint::black_box(limit.int_value(&user, 0));
+    });
+    assert_eq!(count, 0, "a handle's int_value allocated {count} times");
     // Strings are borrowed through `evaluate`.
     let mut length = 0;
     let count = allocations_during(|| {

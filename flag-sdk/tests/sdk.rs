@@ -1003,3 +1003,81 @@ fn reads_from_a_thread_local_destructor_work() {
     .join()
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_flag_handle_follows_updates_deletion_and_recreation() {
+    let (url, mut connections) = fake_server().await;
+    let client = client(&url);
+    let anyone = EvaluationContext::new("u");
+    // Made before the client has flags, and before the flag exists.
+    let a = client.flag("a");
+    let c = client.flag("c");
+    assert_eq!(a.key(), "a");
+    assert_eq!(
+        a.bool_details(&anyone, true).error_code,
+        Some(ErrorCode::ProviderNotReady)
+    );
+    let mut connection = accept(&mut connections).await;
+    connection.next_of("hello").await;
+    connection
+        .send(snapshot(5, json!({"a": flag("off"), "b": flag("on")})))
+        .await;
+    client.wait_ready(WAIT).await.unwrap();
+    assert!(!a.bool_value(&anyone, true));
+    assert_eq!(
+        c.bool_details(&anyone, false).error_code,
+        Some(ErrorCode::FlagNotFound)
+    );
+    // Changed: the handle sees the new definition.
+    connection
+        .send(patch(6, json!({"a": flag("on")}), json!([])))
+        .await;
+    eventually("patch 6", || client.version(), |v| *v == Some(6)).await;
+    assert!(a.bool_value(&anyone, false));
+    // Deleted: not found; created again: found again.
+    connection.send(patch(7, json!({}), json!(["a"]))).await;
+    eventually("patch 7", || client.version(), |v| *v == Some(7)).await;
+    let gone = a.bool_details(&anyone, true);
+    assert_eq!(
+        (gone.value, gone.error_code),
+        (true, Some(ErrorCode::FlagNotFound))
+    );
+    connection
+        .send(patch(
+            8,
+            json!({"a": flag("off"), "c": flag("on")}),
+            json!([]),
+        ))
+        .await;
+    eventually("patch 8", || client.version(), |v| *v == Some(8)).await;
+    let back = a.bool_details(&anyone, true);
+    assert_eq!(
+        (back.value, back.variant.as_deref(), back.error_code),
+        (false, Some("off"), None)
+    );
+    assert!(c.bool_value(&anyone, false));
+    // The handle and the key-based getter agree, and a clone on another thread works too.
+    assert_eq!(
+        a.bool_value(&anyone, true),
+        client.bool_value("a", &anyone, true)
+    );
+    let on_thread = a.clone();
+    let context = anyone.clone();
+    let value = std::thread::spawn(move || on_thread.bool_value(&context, true))
+        .join()
+        .unwrap();
+    assert!(!value);
+    // A type mismatch is the caller's default with the error, as through the client.
+    assert_eq!(
+        a.string_details(&anyone, "x").error_code,
+        Some(ErrorCode::TypeMismatch)
+    );
+    // Nested use from an evaluate closure.
+    let nested = a.evaluate(&anyone, |outer| {
+        (
+            outer.variant.map(str::to_owned),
+            a.bool_value(&anyone, true),
+        )
+    });
+    assert_eq!(nested, (Some("off".to_owned()), false));
+}
