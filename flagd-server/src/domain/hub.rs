@@ -480,18 +480,46 @@ impl std::fmt::Debug for PublishingStore {
 }
 
 impl PublishingStore {
-    /// Wraps `inner`, loading every environment into the hub first.
+    /// Wraps `inner`, loading every environment into the hub first: on one thread per core,
+    /// since compiling is most of a cold start (the reads serialise on the store; the compiles
+    /// do not).
     pub fn new(inner: Arc<dyn FlagStore>, hub: Arc<Hub>) -> Result<PublishingStore, StoreError> {
-        for environment in inner.environments()? {
-            let flags = match inner.flags(&environment.name) {
-                // Deleted (by another replica) while this one starts: nothing to load.
-                Err(StoreError::UnknownEnvironment(_)) => continue,
-                other => other?,
-            };
-            let digest = version_digest(inner.as_ref(), &environment.name, environment.version)?;
-            let document = document_of(&environment, flags);
-            hub.load(&environment.name, environment.version, digest, document);
-        }
+        let environments = inner.environments()?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(environments.len())
+            .max(1);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let load = || -> Result<(), StoreError> {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(environment) = environments.get(index) else {
+                    return Ok(());
+                };
+                let flags = match inner.flags(&environment.name) {
+                    // Deleted (by another replica) while this one starts: nothing to load.
+                    Err(StoreError::UnknownEnvironment(_)) => continue,
+                    other => other?,
+                };
+                let digest =
+                    version_digest(inner.as_ref(), &environment.name, environment.version)?;
+                let document = document_of(environment, flags);
+                hub.load(&environment.name, environment.version, digest, document);
+            }
+        };
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (1..threads).map(|_| scope.spawn(load)).collect();
+            let mut result = load();
+            for worker in workers {
+                let outcome = worker.join().unwrap_or_else(|_| {
+                    Err(StoreError::Setup(
+                        "a thread loading environments panicked".to_owned(),
+                    ))
+                });
+                result = result.and(outcome);
+            }
+            result
+        })?;
         Ok(PublishingStore {
             inner,
             hub,
