@@ -109,7 +109,8 @@ PY
   for _ in $(seq 100); do curl -sf "$EDGE_BASE/internal-backstage/health" >/dev/null 2>&1 && break; sleep 0.1; done
   check=$(curl -s -X POST -H "Authorization: $EDGE_TOKEN" -H 'Content-Type: application/json' \
     -d '{"userId":"user-4242","properties":{"email":"ada@example.com"}}' "$EDGE_BASE/api/frontend/features/static")
-  echo "Unleash Edge ($("$EDGE_BIN" --version 2>/dev/null || echo unknown version)) answers: $check"
+  EDGE_VERSION=$(cargo install --list --root "$(dirname "$(dirname "$EDGE_BIN")")" 2>/dev/null | awk '/^unleash-edge / {print $2}' | tr -d ':')
+  echo "Unleash Edge ${EDGE_VERSION:-(version unknown)} answers: $check"
   for flag in static complex; do
     measure "Unleash Edge frontend single '$flag'" benches/ofrep/edge.lua "$EDGE_BASE/api/frontend/features/$flag"
   done
