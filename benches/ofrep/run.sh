@@ -58,18 +58,25 @@ measure() {
   echo "$out" | grep -E "Latency|50%|99%|Requests/sec|Non-2xx"
   echo "$1|$(echo "$out" | awk '/Requests\/sec/ {print $2}')|$(echo "$out" | awk '$1 == "99%" {print $2}')|$(echo "$out" | awk '/Non-2xx/ {print $NF}')" >> "$RESULTS"
 }
+# fixed_rate LABEL URL HEADER BODY: latency at a fixed 40,000 req/s with oha (when installed,
+# or at $OHA), corrected for coordinated omission; records "LABEL req/s p99 success".
+OHA="${OHA:-$(command -v oha || echo /var/tmp/peers/oha/bin/oha)}"
+fixed_rate() {
+  [ -x "$OHA" ] || { echo "== $1: skipped (no oha: cargo install oha)"; return 0; }
+  echo "== $1: oha -z ${SECONDS_TO_RUN}s -q 40000 -c $CONNECTIONS --latency-correction -m POST $2"
+  local out
+  out=$("$OHA" --no-tui -z "${SECONDS_TO_RUN}s" -q 40000 -c "$CONNECTIONS" --latency-correction -m POST \
+    -H "$3" -T application/json -d "$4" "$2")
+  echo "$out" | grep -E "Requests/sec|Success rate| 50.00%| 99.00%| 99.90%"
+  echo "$1|$(echo "$out" | awk '/Requests\/sec/ {print $2}')|$(echo "$out" | awk '$1 == "99.00%" {print $3 $4}')|$(echo "$out" | awk '/Success rate/ {print $3}')" >> "$RESULTS"
+}
 for flag in static complex; do
   measure "flagd-rs OFREP single '$flag'" benches/ofrep/single.lua "$BASE/ofrep/v1/evaluate/flags/$flag"
 done
-if command -v oha >/dev/null; then
-  for flag in static complex; do
-    echo "== single flag '$flag' at a fixed 40000 req/s: oha -z ${SECONDS_TO_RUN}s -q 40000 -c $CONNECTIONS --latency-correction -m POST ... $BASE/ofrep/v1/evaluate/flags/$flag"
-    oha --no-tui -z "${SECONDS_TO_RUN}s" -q 40000 -c "$CONNECTIONS" --latency-correction -m POST \
-      -H "Authorization: Bearer $SDK_TOKEN" -T application/json \
-      -d '{"context":{"targetingKey":"user-4242","email":"ada@example.com"}}' \
-      "$BASE/ofrep/v1/evaluate/flags/$flag" | grep -E "Requests/sec|Success rate| 50.00%| 99.00%| 99.90%"
-  done
-fi
+for flag in static complex; do
+  fixed_rate "flagd-rs OFREP single '$flag' at 40k req/s" "$BASE/ofrep/v1/evaluate/flags/$flag" \
+    "Authorization: Bearer $SDK_TOKEN" '{"context":{"targetingKey":"user-4242","email":"ada@example.com"}}'
+done
 measure "flagd-rs OFREP bulk (50 flags)" benches/ofrep/bulk.lua "$BASE/ofrep/v1/evaluate/flags"
 kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true
 
@@ -115,12 +122,16 @@ PY
     measure "Unleash Edge frontend single '$flag'" benches/ofrep/edge.lua "$EDGE_BASE/api/frontend/features/$flag"
   done
   measure "Unleash Edge frontend all (50 features)" benches/ofrep/edge.lua "$EDGE_BASE/api/frontend/all"
+  for flag in static complex; do
+    fixed_rate "Unleash Edge frontend single '$flag' at 40k req/s" "$EDGE_BASE/api/frontend/features/$flag" \
+      "Authorization: $EDGE_TOKEN" '{"userId":"user-4242","properties":{"email":"ada@example.com"}}'
+  done
 fi
 
 echo
 echo "== side by side (same wrk settings, one run; both servers and wrk share this machine's $(nproc) cores)"
-printf '%-44s %12s %10s %8s\n' "what" "req/s" "p99" "non-2xx"
+printf '%-56s %12s %10s %8s\n' "what" "req/s" "p99" "non-2xx / success"
 while IFS='|' read -r label rps p99 errors; do
-  printf '%-44s %12s %10s %8s\n' "$label" "$rps" "$p99" "${errors:-0}"
+  printf '%-56s %12s %10s %8s\n' "$label" "$rps" "$p99" "${errors:-0}"
 done < "$RESULTS"
 rm -f "$RESULTS"
