@@ -129,13 +129,43 @@ pub fn flagctl(
     dir: &Path,
     args: &[&str],
 ) -> (i32, String, String) {
-    let output = Command::new(binary("flag-cli", "flagctl"))
+    flagctl_env(server, Some(token), dir, &[], args)
+}
+
+/// [`flagctl`] with extra variables, and no token at all when `token` is `None`. The variables
+/// that choose flagctl's credential, environment and trust are cleared first, so the developer's
+/// own settings never leak into a test.
+pub fn flagctl_env(
+    server: &ServerProcess,
+    token: Option<&str>,
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut command = Command::new(binary("flag-cli", "flagctl"));
+    command
         .args(args)
         .current_dir(dir)
         .env("FLAGCTL_SERVER", &server.base_url)
-        .env("FLAGCTL_TOKEN", token)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env_remove("FLAGCTL_ENV")
+        .env("XDG_CONFIG_HOME", dir.join("config"));
+    for name in [
+        "FLAGCTL_TOKEN",
+        "FLAGCTL_ENV",
+        "FLAGCTL_CA_CERT",
+        "FLAGCTL_OIDC_AUDIENCE",
+        "FLAGCTL_OIDC_TOKEN_FILE",
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    ] {
+        command.env_remove(name);
+    }
+    if let Some(token) = token {
+        command.env("FLAGCTL_TOKEN", token);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|error| panic!("cannot run flagctl: {error}"));

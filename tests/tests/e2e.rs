@@ -2040,25 +2040,7 @@ mod tls_cli {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> (i32, String, String) {
-        let mut command = Command::new(binary("flag-cli", "flagctl"));
-        command
-            .args(args)
-            .current_dir(dir)
-            .env("FLAGCTL_SERVER", &server.base_url)
-            .env("FLAGCTL_TOKEN", ADMIN)
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env_remove("FLAGCTL_ENV")
-            .env_remove("FLAGCTL_CA_CERT")
-            .stdin(Stdio::null());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let output = command.output().unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        tests::flagctl_env(server, Some(ADMIN), dir, env, args)
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! server trusting it through `--oidc-config`, and `flagctl` as a CI job runs it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -173,28 +173,23 @@ fn flagctl(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> (i32, String, String) {
-    let mut command = Command::new(tests::binary("flag-cli", "flagctl"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env("FLAGCTL_SERVER", &server.base_url)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env_remove("FLAGCTL_TOKEN")
-        .env_remove("FLAGCTL_ENV")
-        .env_remove("FLAGCTL_OIDC_AUDIENCE")
-        .env_remove("FLAGCTL_OIDC_TOKEN_FILE")
-        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
-        .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
-        .stdin(Stdio::null());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = command.output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    tests::flagctl_env(server, None, dir, env, args)
+}
+
+/// The newest audit entry of a flag in `production`.
+async fn last_change(base: &str, flag: &str) -> Value {
+    let audit: Value = http()
+        .get(format!(
+            "{base}/api/v1/audit?environment=production&flag={flag}&limit=1"
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    audit["changes"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -353,19 +348,8 @@ environments = ["staging"]
         created["updatedBy"],
         "oidc:127.0.0.1:repo:acme/web:ref:refs/heads/main"
     );
-    let audit: Value = http()
-        .get(format!(
-            "{base}/api/v1/audit?environment=production&flag=new-checkout"
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        audit["changes"][0]["actor"],
+        last_change(&base, "new-checkout").await["actor"],
         "oidc:127.0.0.1:repo:acme/web:ref:refs/heads/main"
     );
     // Nor mint a token that would outlive it.
@@ -468,22 +452,12 @@ environments = ["staging"]
         err.contains("production") && err.contains("auth whoami"),
         "{err}"
     );
-    let audit: Value = http()
-        .get(format!(
-            "{base}/api/v1/audit?environment=production&flag=dark-mode"
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let change = last_change(&base, "dark-mode").await;
     assert_eq!(
-        audit["changes"][0]["actor"],
+        change["actor"],
         "oidc:127.0.0.1:repo:acme/web:ref:refs/heads/main"
     );
-    assert_eq!(audit["changes"][0]["message"], "deploy from CI");
+    assert_eq!(change["message"], "deploy from CI");
 
     // A token file works the same; a wrong request token is a clear error, not a crash.
     let file = dir.path().join("id-token");
