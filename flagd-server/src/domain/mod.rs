@@ -11,6 +11,7 @@
 //! become responses.
 
 pub mod access;
+pub mod analysis;
 pub mod condition;
 pub mod flags;
 pub mod gitops;

@@ -1,0 +1,334 @@
+//! One measurement of a metric analysis guard against Prometheus (issue 18, groundwork: not yet
+//! wired into ramps): the query with its `{{flag}}`, `{{environment}}` and `{{variant}}`
+//! placeholders filled, run through Prometheus's instant query API (`GET /api/v1/query`,
+//! <https://prometheus.io/docs/prometheus/latest/querying/api/#instant-queries>), and judged by a
+//! success [`Condition`](super::condition::Condition): a scalar, or every sample of an instant
+//! vector, must satisfy it; an empty vector, or an answer that cannot be judged, is
+//! inconclusive.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::condition::Condition;
+
+/// What a measurement concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every value satisfies the condition.
+    Success,
+    /// Some value does not.
+    Failure,
+    /// Nothing to judge: an empty result, an error, an unreachable Prometheus.
+    Inconclusive,
+}
+
+/// One measurement, as recorded with the ramp.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measurement {
+    /// When it was taken (unix seconds).
+    pub at: i64,
+    /// The query as sent (placeholders filled).
+    pub query: String,
+    /// The values measured (one per sample; a scalar is one). NaN is recorded as `null`.
+    pub values: Vec<Option<f64>>,
+    /// The conclusion.
+    pub verdict: Verdict,
+    /// Why it is inconclusive, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The values a query template may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Placeholders<'a> {
+    /// `{{flag}}`: the flag key.
+    pub flag: &'a str,
+    /// `{{environment}}`: the environment.
+    pub environment: &'a str,
+    /// `{{variant}}`: the variant being ramped.
+    pub variant: &'a str,
+}
+
+/// The largest Prometheus answer read.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// Fills `{{flag}}`, `{{environment}}` and `{{variant}}`, escaped for a PromQL string literal
+/// (`\` and `"`), so a value cannot end the label matcher it sits in.
+pub fn fill(template: &str, values: Placeholders<'_>) -> String {
+    let escape = |text: &str| text.replace('\\', "\\\\").replace('"', "\\\"");
+    template
+        .replace("{{flag}}", &escape(values.flag))
+        .replace("{{environment}}", &escape(values.environment))
+        .replace("{{variant}}", &escape(values.variant))
+}
+
+/// Runs `query` against the Prometheus at `address` and judges the answer with `success`.
+pub async fn measure(
+    client: &reqwest::Client,
+    address: &str,
+    query: &str,
+    success: &Condition,
+    timeout: Duration,
+    at: i64,
+) -> Measurement {
+    let inconclusive = |error: String| Measurement {
+        at,
+        query: query.to_owned(),
+        values: Vec::new(),
+        verdict: Verdict::Inconclusive,
+        error: Some(error),
+    };
+    let url = format!("{}/api/v1/query", address.trim_end_matches('/'));
+    let answer = match tokio::time::timeout(timeout, fetch(client, &url, query, timeout)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => return inconclusive(error),
+        Err(_) => {
+            return inconclusive(format!(
+                "Prometheus did not answer within {}",
+                humantime::format_duration(timeout)
+            ));
+        }
+    };
+    let values = match sample_values(&answer) {
+        Ok(values) => values,
+        Err(error) => return inconclusive(error),
+    };
+    if values.is_empty() {
+        return inconclusive("the query returned no samples".to_owned());
+    }
+    let verdict = if values.iter().all(|value| success.holds(*value)) {
+        Verdict::Success
+    } else {
+        Verdict::Failure
+    };
+    Measurement {
+        at,
+        query: query.to_owned(),
+        values: values.iter().map(|v| (!v.is_nan()).then_some(*v)).collect(),
+        verdict,
+        error: None,
+    }
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    query: &str,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let mut response = client
+        .get(url)
+        .query(&[
+            ("query", query),
+            ("timeout", &format!("{}ms", timeout.as_millis())),
+        ])
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", crate::git::chain(&e)))?;
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("GET {url}: {}", crate::git::chain(&e)))?
+    {
+        if body.len().saturating_add(chunk.len()) > MAX_ANSWER_BYTES {
+            return Err(format!(
+                "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let answer: Value = serde_json::from_slice(&body)
+        .map_err(|_| format!("Prometheus answered HTTP {status} with a body that is not JSON"))?;
+    // Errors come as {"status": "error", "errorType", "error"} (with 400, 422 or 503).
+    if answer.get("status").and_then(Value::as_str) != Some("success") {
+        let kind = answer
+            .get("errorType")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        let error = answer
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        return Err(format!(
+            "Prometheus refused the query ({kind}, HTTP {status}): {error}"
+        ));
+    }
+    Ok(answer)
+}
+
+/// The values of a successful answer: a scalar's one value, or each sample of an instant vector.
+/// Prometheus writes sample values as strings (`"0.5"`, `"NaN"`, `"+Inf"`).
+fn sample_values(answer: &Value) -> Result<Vec<f64>, String> {
+    let data = &answer["data"];
+    let value_of = |pair: &Value| -> Result<f64, String> {
+        let text = pair
+            .get(1)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("a sample is not [time, \"value\"]: {pair}"))?;
+        match text {
+            "NaN" => Ok(f64::NAN),
+            "+Inf" => Ok(f64::INFINITY),
+            "-Inf" => Ok(f64::NEG_INFINITY),
+            other => other
+                .parse::<f64>()
+                .map_err(|_| format!("a sample value is not a number: {other:?}")),
+        }
+    };
+    match data["resultType"].as_str() {
+        Some("scalar") => Ok(vec![value_of(&data["result"])?]),
+        Some("vector") => data["result"]
+            .as_array()
+            .ok_or_else(|| "a vector answer without a result list".to_owned())?
+            .iter()
+            .map(|sample| value_of(&sample["value"]))
+            .collect(),
+        Some(other) => Err(format!(
+            "the query returns a {other}; write one that returns a scalar or an instant vector"
+        )),
+        None => Err("the answer has no resultType".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A fake Prometheus on port 0: answers each query with the next scripted answer, and keeps
+    /// the queries it was sent.
+    async fn prometheus(answers: Vec<(u16, Value)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let seen = queries.clone();
+        let router = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(
+                move |query: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                    seen.lock().unwrap().push(query.0["query"].clone());
+                    let (status, body) = answers.lock().unwrap().next().unwrap();
+                    async move {
+                        (
+                            axum::http::StatusCode::from_u16(status).unwrap(),
+                            axum::Json(body),
+                        )
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (address, queries)
+    }
+
+    fn vector(values: &[&str]) -> Value {
+        json!({"status": "success", "data": {"resultType": "vector", "result":
+            values.iter().enumerate().map(|(i, v)| json!({"metric": {"i": i.to_string()}, "value": [1.7e9, v]})).collect::<Vec<_>>()}})
+    }
+
+    #[tokio::test]
+    async fn samples_are_judged_each_and_empty_or_failed_answers_are_inconclusive() {
+        let (address, queries) = prometheus(vec![
+            (200, vector(&["0.01", "0.015"])),
+            (200, vector(&["0.01", "0.5"])),
+            (200, vector(&[])),
+            (200, json!({"status": "success", "data": {"resultType": "scalar", "result": [1.7e9, "0.001"]}})),
+            (200, vector(&["NaN"])),
+            (400, json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"})),
+            (200, json!({"status": "success", "data": {"resultType": "matrix", "result": []}})),
+        ])
+        .await;
+        let client = reqwest::Client::new();
+        let success = Condition::parse("result < 0.02").unwrap();
+        let mut verdicts = Vec::new();
+        for _ in 0..7 {
+            let m = measure(
+                &client,
+                &address,
+                "errors",
+                &success,
+                Duration::from_secs(5),
+                42,
+            )
+            .await;
+            verdicts.push((m.verdict, m.values.clone(), m.error.clone()));
+        }
+        assert_eq!(verdicts[0].0, Verdict::Success);
+        assert_eq!(verdicts[0].1, vec![Some(0.01), Some(0.015)]);
+        assert_eq!(verdicts[1].0, Verdict::Failure);
+        assert_eq!(verdicts[2].0, Verdict::Inconclusive);
+        assert!(verdicts[2].2.as_deref().unwrap().contains("no samples"));
+        assert_eq!(verdicts[3].0, Verdict::Success);
+        // NaN fails `result < 0.02` (IEEE 754) and is recorded as null.
+        assert_eq!(
+            (verdicts[4].0, verdicts[4].1.clone()),
+            (Verdict::Failure, vec![None])
+        );
+        assert_eq!(verdicts[5].0, Verdict::Inconclusive);
+        assert!(
+            verdicts[5]
+                .2
+                .as_deref()
+                .unwrap()
+                .contains("parse error at char 5")
+        );
+        assert!(verdicts[6].2.as_deref().unwrap().contains("matrix"));
+        assert_eq!(queries.lock().unwrap().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_or_slow_prometheus_is_inconclusive() {
+        let client = reqwest::Client::new();
+        let success = Condition::parse("result < 1").unwrap();
+        let m = measure(
+            &client,
+            "http://127.0.0.1:9",
+            "up",
+            &success,
+            Duration::from_secs(2),
+            1,
+        )
+        .await;
+        assert_eq!(m.verdict, Verdict::Inconclusive);
+        assert!(m.error.unwrap().contains("127.0.0.1:9"));
+        // A listener that never answers: the timeout decides.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let m = measure(
+            &client,
+            &address,
+            "up",
+            &success,
+            Duration::from_millis(200),
+            1,
+        )
+        .await;
+        assert_eq!(m.verdict, Verdict::Inconclusive);
+        assert!(m.error.unwrap().contains("did not answer"), "timeout");
+        drop(listener);
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_cannot_break_out_of_a_label_matcher() {
+        let query = fill(
+            r#"sum(rate(errors{flag="{{flag}}",env="{{environment}}",variant="{{variant}}"}[5m]))"#,
+            Placeholders {
+                flag: "new-checkout",
+                environment: "production",
+                variant: r#"on"} or vector(0) #\"#,
+            },
+        );
+        assert_eq!(
+            query,
+            r#"sum(rate(errors{flag="new-checkout",env="production",variant="on\"} or vector(0) #\\"}[5m]))"#
+        );
+    }
+}
