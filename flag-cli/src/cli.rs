@@ -181,6 +181,34 @@ pub enum RampCommand {
     },
     /// List the environment's ramps, newest first.
     List,
+    /// Run one Prometheus measurement now, on the server, as a metric guard would take it: try a
+    /// query and its success condition before a ramp relies on them. Prints the query as sent
+    /// (placeholders filled), the values and the verdict (success, failure or inconclusive, with
+    /// the reason). Exit 0 whatever the verdict; 1 when the request is refused.
+    Analyse(RampAnalyseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RampAnalyseArgs {
+    /// The flag key (for `{{flag}}`; the flag must exist).
+    pub key: String,
+    /// Prometheus's base URL, as the server reaches it, e.g. http://prometheus:9090.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: String,
+    /// The PromQL query (an instant query; a scalar or an instant vector). May use {{flag}},
+    /// {{environment}} and {{variant}}.
+    #[arg(long)]
+    pub query: String,
+    /// The success condition on each value: comparisons of `result` and numbers, and/or/not,
+    /// isNaN(result), e.g. 'result < 0.02'.
+    #[arg(long)]
+    pub success: String,
+    /// What {{variant}} stands for.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// How long Prometheus may take, e.g. 10s (1ms to 60s).
+    #[arg(long)]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Args)]

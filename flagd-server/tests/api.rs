@@ -653,6 +653,90 @@ async fn admin_token_scopes_are_checked_on_creation() {
     assert_eq!(audit["changes"][0]["before"]["name"], "ops2");
 }
 
+/// `POST …/analysis`: one measurement against a fake Prometheus on port 0, the query filled in,
+/// and bad requests refused by field.
+#[tokio::test]
+async fn an_analysis_measures_once_against_prometheus() {
+    let app = TestApp::new();
+    let (status, _) = app
+        .call(
+            "PUT",
+            "/api/v1/environments/default/flags/new-checkout",
+            Some(boolean_flag()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let prometheus = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let router = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(
+            move |query: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                record.lock().unwrap().push(query.0["query"].clone());
+                async {
+                    axum::Json(json!({"status": "success", "data": {"resultType": "vector",
+                        "result": [{"metric": {}, "value": [1.7e9, "0.013"]}]}}))
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let path = "/api/v1/environments/default/flags/new-checkout/analysis";
+    let body = |success: &str| {
+        json!({"prometheus": prometheus, "success": success, "variant": "on",
+               "query": "sum(rate(errors{flag=\"{{flag}}\",env=\"{{environment}}\",variant=\"{{variant}}\"}[5m]))"})
+    };
+    let (status, measured) = app.call("POST", path, Some(body("result < 0.02"))).await;
+    assert_eq!(status, StatusCode::OK, "{measured}");
+    assert_eq!(measured["verdict"], "success");
+    assert_eq!(measured["values"], json!([0.013]));
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        r#"sum(rate(errors{flag="new-checkout",env="default",variant="on"}[5m]))"#
+    );
+    let (_, failed) = app.call("POST", path, Some(body("result < 0.01"))).await;
+    assert_eq!(failed["verdict"], "failure");
+    // Refusals name the field (and, for the condition, the column).
+    let (status, error) = app.call("POST", path, Some(body("result = 1"))).await;
+    assert_eq!(
+        (status, error["error"]["path"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("success"))
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("column 8"),
+        "{error}"
+    );
+    let mut no_variant = body("result < 1");
+    no_variant.as_object_mut().unwrap().remove("variant");
+    let (status, error) = app.call("POST", path, Some(no_variant)).await;
+    assert_eq!(
+        (status, error["error"]["path"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("variant"))
+    );
+    let mut slow = body("result < 1");
+    slow["timeout"] = json!("5m");
+    let (status, error) = app.call("POST", path, Some(slow)).await;
+    assert_eq!(error["error"]["path"], "timeout", "{status} {error}");
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/nope/analysis",
+            Some(body("result < 1")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "refused requests query nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_flag_through_its_whole_life() {
     let app = TestApp::new();

@@ -1693,6 +1693,98 @@ mod ramp_cli {
 /// re-reads the pair on SIGHUP.
 /// Certificates for the TLS tests (made with rcgen) and an HTTPS client that trusts them.
 #[cfg(unix)]
+/// `flagctl ramp analyse` against a fake Prometheus on port 0: one measurement, run by the
+/// server, with the query filled in.
+mod ramp_analyse {
+    use serde_json::{Value, json};
+    use tests::ServerProcess;
+
+    use super::ADMIN;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_measurement_from_the_command_line() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let prometheus = format!("http://{}", listener.local_addr().unwrap());
+        let router = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(|| async {
+                axum::Json(json!({"status": "success", "data": {"resultType": "vector",
+                    "result": [{"metric": {}, "value": [1.7e9, "0.031"]}]}}))
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        let flag = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"});
+        let status = tests::http()
+            .put(format!(
+                "{}/api/v1/environments/default/flags/new-checkout",
+                server.base_url
+            ))
+            .bearer_auth(ADMIN)
+            .json(&flag)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 201);
+        let work = dir.path().to_owned();
+        let run = move |args: Vec<String>| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tests::flagctl(&server, ADMIN, &work, &args)
+        };
+        let args = |success: &str, output: &str| {
+            vec![
+                "ramp".to_owned(),
+                "analyse".to_owned(),
+                "new-checkout".to_owned(),
+                "--prometheus".to_owned(),
+                prometheus.clone(),
+                "--query".to_owned(),
+                r#"sum(rate(errors{flag="{{flag}}"}[5m]))"#.to_owned(),
+                "--success".to_owned(),
+                success.to_owned(),
+                "-o".to_owned(),
+                output.to_owned(),
+            ]
+        };
+        let run = std::sync::Arc::new(run);
+        let task = {
+            let run = run.clone();
+            let args = args("result < 0.02", "table");
+            tokio::task::spawn_blocking(move || run(args))
+        };
+        let (code, out, err) = task.await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(r#"sum(rate(errors{flag="new-checkout"}[5m]))"#),
+            "{out}"
+        );
+        assert!(
+            out.contains("0.031") && out.contains("verdict: failure"),
+            "{out}"
+        );
+        let task = {
+            let run = run.clone();
+            let args = args("result < 0.05", "json");
+            tokio::task::spawn_blocking(move || run(args))
+        };
+        let (code, out, _) = task.await.unwrap();
+        assert_eq!(code, 0);
+        let measured: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(measured["verdict"], "success");
+        // A mistake in the condition: refused with its column, exit 1.
+        let task = {
+            let run = run.clone();
+            let args = args("result = 1", "table");
+            tokio::task::spawn_blocking(move || run(args))
+        };
+        let (code, _, err) = task.await.unwrap();
+        assert_eq!(code, 1);
+        assert!(err.contains("column 8") && err.contains("success"), "{err}");
+    }
+}
+
 mod certs {
     use std::time::Duration;
 

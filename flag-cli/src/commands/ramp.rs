@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::Context;
-use crate::cli::{RampCommand, RampStartArgs};
+use crate::cli::{RampAnalyseArgs, RampCommand, RampStartArgs};
 use crate::error::{CliError, Result, exit};
 use crate::output::{self, Format, outln};
 
@@ -18,6 +18,7 @@ fn ramp_path(context: &Context, key: &str) -> Result<String> {
 pub async fn run(context: &Context, command: RampCommand) -> Result<u8> {
     let api = context.api().await?;
     let (view, verb) = match command {
+        RampCommand::Analyse(args) => return analyse(context, &api, &args).await,
         RampCommand::Start(args) => (
             api.call(
                 Method::POST,
@@ -213,4 +214,60 @@ fn show(view: &Value) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `flagctl ramp analyse`: one measurement, run by the server.
+async fn analyse(
+    context: &Context,
+    api: &crate::client::Api,
+    args: &RampAnalyseArgs,
+) -> Result<u8> {
+    let mut body =
+        json!({"prometheus": args.prometheus, "query": args.query, "success": args.success});
+    if let Some(variant) = &args.variant {
+        body["variant"] = json!(variant);
+    }
+    if let Some(timeout) = &args.timeout {
+        body["timeout"] = json!(timeout);
+    }
+    let path = format!(
+        "{}/analysis",
+        super::flag_path(&context.environment, &args.key)?
+    );
+    let answer = api.call(Method::POST, &path, Some(&body), &[]).await?;
+    let measured = &answer.body;
+    if context.output == Format::Json {
+        output::json(measured)?;
+        return Ok(exit::OK);
+    }
+    let values: Vec<String> = measured["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            if v.is_null() {
+                "NaN".to_owned()
+            } else {
+                v.to_string()
+            }
+        })
+        .collect();
+    outln!("query:   {}", output::cell(&measured["query"]))?;
+    outln!(
+        "values:  {}",
+        if values.is_empty() {
+            "(none)".to_owned()
+        } else {
+            values.join(", ")
+        }
+    )?;
+    outln!(
+        "verdict: {} (success when {})",
+        output::cell(&measured["verdict"]),
+        args.success
+    )?;
+    if let Some(error) = measured["error"].as_str() {
+        outln!("why:     {error}")?;
+    }
+    Ok(exit::OK)
 }

@@ -102,6 +102,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/environments/{env}/flags/{key}/ramp/abort",
         Access::Admin,
     ),
+    (
+        "POST",
+        "/api/v1/environments/{env}/flags/{key}/analysis",
+        Access::Admin,
+    ),
     ("GET", "/api/v1/environments/{env}/ramps", Access::Admin),
     ("GET", "/api/v1/environments/{env}/document", Access::Admin),
     ("PUT", "/api/v1/environments/{env}/document", Access::Admin),
@@ -187,6 +192,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route(
             "/api/v1/environments/{env}/flags/{key}/ramp/abort",
             post(ramps::abort),
+        )
+        .route(
+            "/api/v1/environments/{env}/flags/{key}/analysis",
+            post(ramps::analyse),
         )
         .route("/api/v1/environments/{env}/ramps", get(ramps::list))
         .route(

@@ -104,3 +104,15 @@ pub async fn abort(
 ) -> Result<impl IntoResponse, ApiError> {
     control(state, admin, env, key, headers, body, Control::Abort).await
 }
+
+/// `POST /api/v1/environments/{env}/flags/{key}/analysis`: one Prometheus measurement now, as a
+/// metric guard would take it (`domain/analysis.rs`).
+pub async fn analyse(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathParams((env, key)): PathParams<(String, String)>,
+    JsonBody(request): JsonBody<crate::domain::analysis::AnalysisRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let measurement = crate::domain::analysis::analyse(&state, &env, &key, request).await?;
+    Ok(axum::Json(measurement))
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::DomainError;
 use super::condition::Condition;
 
 /// What a measurement concluded.
@@ -192,6 +193,102 @@ fn sample_values(answer: &Value) -> Result<Vec<f64>, String> {
         )),
         None => Err("the answer has no resultType".to_owned()),
     }
+}
+
+/// What `POST …/flags/{key}/analysis` asks: one measurement now, to try a query before a ramp
+/// relies on it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisRequest {
+    /// Prometheus's base URL, e.g. `http://prometheus:9090`.
+    pub prometheus: String,
+    /// The PromQL query; may use `{{flag}}`, `{{environment}}`, `{{variant}}`.
+    pub query: String,
+    /// The success condition, e.g. `result < 0.02`.
+    pub success: String,
+    /// What `{{variant}}` stands for.
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// How long Prometheus may take (default `10s`, 1 ms to 60 s).
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Runs one measurement for a flag of an environment (both must exist), checking the request
+/// field by field first.
+pub async fn analyse(
+    domain: &super::Domain,
+    environment: &str,
+    key: &str,
+    request: AnalysisRequest,
+) -> Result<Measurement, DomainError> {
+    let address = url::Url::parse(&request.prometheus)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+        .ok_or_else(|| {
+            DomainError::bad_request(format!(
+                "prometheus must be an http(s) URL such as http://prometheus:9090, got {:?}",
+                request.prometheus
+            ))
+            .at("prometheus")
+        })?;
+    if request.query.trim().is_empty() {
+        return Err(DomainError::bad_request("query is empty").at("query"));
+    }
+    let success = Condition::parse(&request.success)
+        .map_err(|error| DomainError::bad_request(format!("success: {error}")).at("success"))?;
+    let timeout = match &request.timeout {
+        None => Duration::from_secs(10),
+        Some(text) => crate::units::parse_duration(text)
+            .ok()
+            .filter(|d| *d >= Duration::from_millis(1) && *d <= Duration::from_secs(60))
+            .ok_or_else(|| {
+                DomainError::rejected(
+                    super::Rejection::OutOfRange,
+                    format!("timeout must be a duration from 1ms to 60s, got {text:?}"),
+                )
+                .at("timeout")
+            })?,
+    };
+    if request.query.contains("{{variant}}") && request.variant.is_none() {
+        return Err(DomainError::bad_request(
+            "the query uses {{variant}}: name the variant with variant",
+        )
+        .at("variant"));
+    }
+    let (env, flag) = (environment.to_owned(), key.to_owned());
+    super::blocking(domain, move |store| {
+        super::flags::environment_or_not_found(store, &env)?;
+        store
+            .flag(&env, &flag)?
+            .ok_or_else(|| DomainError::not_found(format!("flag {flag:?} not found in {env:?}")))?;
+        Ok(())
+    })
+    .await?;
+    let query = fill(
+        &request.query,
+        Placeholders {
+            flag: key,
+            environment,
+            variant: request.variant.as_deref().unwrap_or_default(),
+        },
+    );
+    // As ramp guards: no redirects (the server must not become a way to reach other internal
+    // services), the public roots plus `--guard-ca`.
+    let mut client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    for root in domain.guard_roots() {
+        client = client.add_root_certificate(root.clone());
+    }
+    let client = client.build().map_err(DomainError::internal)?;
+    Ok(measure(
+        &client,
+        address.as_str(),
+        &query,
+        &success,
+        timeout,
+        domain.now(),
+    )
+    .await)
 }
 
 #[cfg(test)]
