@@ -128,7 +128,7 @@ fn fetch(
 ) -> Result<gix::Repository, GitError> {
     let failed = |error: &dyn std::error::Error| GitError::Fetch {
         repository: repository.to_owned(),
-        message: chain(error),
+        message: crate::outbound::chain(error),
     };
     // A local repository that is not there: say so plainly (gix's message is about verifying a
     // git directory).
@@ -188,7 +188,7 @@ fn fetch(
         });
         // gix says "none of the refspecs matched" for a branch the remote does not have.
         let no_branch = |error: &dyn std::error::Error| {
-            let text = chain(error);
+            let text = crate::outbound::chain(error);
             if text.contains("refspec") && text.contains("matched") {
                 GitError::Fetch {
                     repository: repository.to_owned(),
@@ -233,22 +233,6 @@ pub fn local_path(repository: &str) -> Option<&str> {
     repository
         .strip_prefix("file://")
         .or((!repository.contains("://") && !is_ssh(repository)).then_some(repository))
-}
-
-/// An error and its causes, outermost first ("Transport handshake failed: … : connection
-/// refused"), so a failed fetch says why.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn commit_info(commit: &gix::Commit<'_>) -> Result<SourceCommit, GitError> {

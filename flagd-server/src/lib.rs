@@ -16,6 +16,7 @@ pub mod error;
 pub mod git;
 pub mod listener;
 pub mod metrics;
+pub mod outbound;
 pub mod state;
 pub mod store;
 #[doc(hidden)]

@@ -120,7 +120,7 @@ async fn fetch(
     query: &str,
     timeout: Duration,
 ) -> Result<Value, String> {
-    let mut response = client
+    let response = client
         .get(url)
         .query(&[
             ("query", query),
@@ -128,21 +128,9 @@ async fn fetch(
         ])
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {}", crate::git::chain(&e)))?;
+        .map_err(|e| format!("GET {url}: {}", crate::outbound::chain(&e)))?;
     let status = response.status();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("GET {url}: {}", crate::git::chain(&e)))?
-    {
-        if body.len().saturating_add(chunk.len()) > MAX_ANSWER_BYTES {
-            return Err(format!(
-                "the answer is larger than {MAX_ANSWER_BYTES} bytes"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = crate::outbound::read_capped(response, url, MAX_ANSWER_BYTES).await?;
     let answer: Value = serde_json::from_slice(&body)
         .map_err(|_| format!("Prometheus answered HTTP {status} with a body that is not JSON"))?;
     // Errors come as {"status": "error", "errorType", "error"} (with 400, 422 or 503).
