@@ -135,6 +135,23 @@ pub struct Resolution<'a> {
     pub flag_type: Option<FlagType>,
 }
 
+impl Resolution<'static> {
+    /// What evaluating a key the set does not have answers (`FLAG_NOT_FOUND`).
+    pub fn flag_not_found() -> Resolution<'static> {
+        Resolution {
+            value: None,
+            variant: None,
+            reason: Reason::Error,
+            error: Some(EvaluationError::new(
+                ErrorCode::FlagNotFound,
+                "flag not found",
+            )),
+            metadata: &EMPTY_METADATA,
+            flag_type: None,
+        }
+    }
+}
+
 /// A typed result, as SDK getters return it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolutionDetails<'a, T> {
@@ -496,17 +513,7 @@ impl CompiledFlagSet {
     ) -> Resolution<'_> {
         match self.index.get(key) {
             Some(flag) => flag.evaluate(ctx, timestamp),
-            None => Resolution {
-                value: None,
-                variant: None,
-                reason: Reason::Error,
-                error: Some(EvaluationError::new(
-                    ErrorCode::FlagNotFound,
-                    "flag not found",
-                )),
-                metadata: &EMPTY_METADATA,
-                flag_type: None,
-            },
+            None => Resolution::flag_not_found(),
         }
     }
 

@@ -21,8 +21,7 @@ thread_local! {
     static SNAPSHOT: RefCell<Option<(u64, u64, Arc<Snapshot>)>> = const { RefCell::new(None) };
 }
 
-pub(crate) static EMPTY_METADATA: std::sync::LazyLock<Metadata> =
-    std::sync::LazyLock::new(Metadata::new);
+static EMPTY_METADATA: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::new);
 
 /// The clock flag-core reads only when a rule uses `$flagd.timestamp`.
 pub(crate) const CLOCK: Timestamp = Timestamp::Clock(now);

@@ -3,12 +3,11 @@
 
 use std::cell::RefCell;
 
-use flag_core::{ErrorCode, EvaluationError, FlagRef, Reason, Resolution};
+use flag_core::{ErrorCode, FlagRef, Reason, Resolution};
 use serde_json::Value;
 
 use crate::client::{
-    CLOCK, EMPTY_METADATA, EvaluationDetails, FlagClient, IntoOwnedDetails, not_ready,
-    not_ready_details,
+    CLOCK, EvaluationDetails, FlagClient, IntoOwnedDetails, not_ready, not_ready_details,
 };
 use crate::context::EvaluationContext;
 
@@ -80,21 +79,14 @@ impl FlagHandle {
                 .flag_ref(&self.key)
                 .map_or(Found::Missing, Found::Flag),
         };
-        match self.cache.try_borrow_mut() {
-            Ok(mut cached) => {
-                *cached = Resolved {
-                    generation: Some(generation),
-                    found,
-                };
-                drop(cached);
-                match self.cache.try_borrow() {
-                    Ok(cached) => read(&cached.found),
-                    Err(_) => self.with_flag(read),
-                }
-            }
-            // A nested call (from an `evaluate` closure) while the cache is borrowed.
-            Err(_) => read(&found),
+        // Not stored when a nested call (from an `evaluate` closure) holds the cache.
+        if let Ok(mut cached) = self.cache.try_borrow_mut() {
+            *cached = Resolved {
+                generation: Some(generation),
+                found: found.clone(),
+            };
         }
+        read(&found)
     }
 
     /// Evaluates the flag and hands the borrowed result to `inspect` (any type, no allocation).
@@ -105,7 +97,7 @@ impl FlagHandle {
     ) -> R {
         self.with_flag(|found| match found {
             Found::Flag(flag) => inspect(&flag.evaluate_at(context.inner(), CLOCK)),
-            Found::Missing => inspect(&not_found()),
+            Found::Missing => inspect(&Resolution::flag_not_found()),
             Found::NotReady => inspect(&not_ready()),
         })
     }
@@ -238,20 +230,5 @@ impl FlagHandle {
                 flag_metadata: flag_core::Metadata::new(),
             },
         })
-    }
-}
-
-/// What flag-core answers for a key it does not have.
-fn not_found() -> Resolution<'static> {
-    Resolution {
-        value: None,
-        variant: None,
-        reason: Reason::Error,
-        error: Some(EvaluationError {
-            code: ErrorCode::FlagNotFound,
-            message: "flag not found".into(),
-        }),
-        metadata: &EMPTY_METADATA,
-        flag_type: None,
     }
 }

@@ -56,7 +56,7 @@ fn sdk_secret(parts: &Parts) -> Result<&str, ApiError> {
 /// (`domain/oidc.rs`).
 async fn authenticate(state: &AppState, secret: &str) -> Result<Principal, ApiError> {
     if let Some(token) = state.tokens.authenticate(secret) {
-        return Ok(Principal::from_token(&token));
+        return Ok(Principal::from_token(token));
     }
     if Oidc::looks_like_jwt(secret) {
         let Some(oidc) = state.oidc.get() else {

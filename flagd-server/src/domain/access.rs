@@ -31,18 +31,20 @@ pub struct Principal {
 
 impl Principal {
     /// The principal of a token.
-    pub fn from_token(token: &TokenRecord) -> Principal {
+    /// The principal of a token (taken by value: authentication already holds a copy, and
+    /// this runs on every OFREP request, so its fields move rather than clone).
+    pub fn from_token(token: TokenRecord) -> Principal {
         let environments = match token.role {
-            Role::Sdk => Some(token.environment.iter().cloned().collect()),
-            Role::Admin => token.environments.clone(),
+            Role::Sdk => Some(token.environment.into_iter().collect()),
+            Role::Admin => token.environments,
         };
         Principal {
             actor: token.name.clone(),
             role: token.role,
             environments,
             credential: Credential::Token {
-                id: token.id.clone(),
-                name: token.name.clone(),
+                id: token.id,
+                name: token.name,
             },
         }
     }

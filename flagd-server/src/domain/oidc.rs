@@ -118,18 +118,19 @@ struct Outcomes([AtomicU64; 4]);
 impl Outcomes {
     const RESULTS: [&'static str; 4] = ["accepted", "refused", "forbidden", "unavailable"];
 
-    fn count<T>(&self, result: Result<T, &DomainError>) {
-        let index = match result {
-            Ok(_) => 0,
-            Err(DomainError::Rejected {
+    /// Counts an authentication: accepted without an error, else by the error's kind.
+    fn count(&self, error: Option<&DomainError>) {
+        let index = match error {
+            None => 0,
+            Some(DomainError::Rejected {
                 kind: super::Rejection::Forbidden,
                 ..
             }) => 2,
-            Err(DomainError::Rejected {
+            Some(DomainError::Rejected {
                 kind: super::Rejection::Unavailable,
                 ..
             }) => 3,
-            Err(_) => 1,
+            Some(_) => 1,
         };
         self.0[index].fetch_add(1, Ordering::Relaxed);
     }
@@ -359,14 +360,14 @@ impl Oidc {
         let (issuer, algorithm, kid) = match self.issuer_of(token) {
             Ok(found) => found,
             Err(error) => {
-                self.untrusted.count::<()>(Err(&error));
+                self.untrusted.count(Some(&error));
                 return Err(error);
             }
         };
         let result = self
             .verify(issuer, algorithm, kid.as_deref(), token, now)
             .await;
-        issuer.outcomes.count(result.as_ref());
+        issuer.outcomes.count(result.as_ref().err());
         result
     }
 
@@ -638,13 +639,7 @@ impl Issuer {
         }
         // Waiting behind a slow fetch is bounded like the fetch itself.
         let Ok(_fetching) = tokio::time::timeout(FETCH_TIMEOUT, self.refresh.lock()).await else {
-            return Err(DomainError::rejected(
-                super::Rejection::Unavailable,
-                format!(
-                    "the keys of issuer {:?} are still being fetched; retry shortly",
-                    self.policy.issuer
-                ),
-            ));
+            return Err(self.unavailable("are still being fetched; retry shortly".to_owned()));
         };
         // Another request may have fetched while this one waited.
         if let Found::Key(key) = self.cached(kid, algorithm, now, false) {
@@ -655,35 +650,19 @@ impl Issuer {
             && now.saturating_sub(at) < self.min_refresh_interval
         {
             let last_failed = self.lock_keys().last_error.clone();
+            let retry_in = self.min_refresh_interval - now.saturating_sub(at);
             return match self.cached(kid, algorithm, now, true) {
                 Found::Key(key) => Ok(key),
-                Found::Missing(_) if last_failed.is_some() => Err(DomainError::rejected(
-                    super::Rejection::Unavailable,
-                    format!(
-                        "the keys of issuer {:?} could not be fetched ({}); retry in {}s",
-                        self.policy.issuer,
-                        last_failed.unwrap_or_default(),
-                        self.min_refresh_interval - now.saturating_sub(at)
-                    ),
-                )),
-                Found::Missing(why) => Err(unauthorized(format!(
+                Found::Missing(why) if last_failed.is_none() => Err(unauthorized(format!(
                     "{why} (its keys were fetched {}s ago; they are fetched again at most every {}s)",
                     now.saturating_sub(at),
                     self.min_refresh_interval
                 ))),
-                Found::Nothing => Err(DomainError::rejected(
-                    super::Rejection::Unavailable,
-                    format!(
-                        "the keys of issuer {:?} could not be fetched{}; retry in {}s",
-                        self.policy.issuer,
-                        self.lock_keys()
-                            .last_error
-                            .as_deref()
-                            .map(|e| format!(" ({e})"))
-                            .unwrap_or_default(),
-                        self.min_refresh_interval - now.saturating_sub(at)
-                    ),
-                )),
+                // The last fetch failed: the key may well exist; the issuer is what is missing.
+                Found::Missing(_) | Found::Nothing => Err(self.unavailable(format!(
+                    "could not be fetched{}; retry in {retry_in}s",
+                    last_failed.map(|e| format!(" ({e})")).unwrap_or_default()
+                ))),
             };
         }
         if let Err(error) = self.refresh(client, now).await {
@@ -691,19 +670,21 @@ impl Issuer {
             if let Found::Key(key) = self.cached(kid, algorithm, now, true) {
                 return Ok(key);
             }
-            return Err(DomainError::rejected(
-                super::Rejection::Unavailable,
-                format!(
-                    "the keys of issuer {:?} could not be fetched: {error}",
-                    self.policy.issuer
-                ),
-            ));
+            return Err(self.unavailable(format!("could not be fetched: {error}")));
         }
         match self.cached(kid, algorithm, now, false) {
             Found::Key(key) => Ok(key),
             Found::Missing(why) => Err(unauthorized(why)),
             Found::Nothing => Err(unauthorized("the issuer's JWKS has no usable key")),
         }
+    }
+
+    /// A 503: "the keys of issuer … `what`".
+    fn unavailable(&self, what: String) -> DomainError {
+        DomainError::rejected(
+            super::Rejection::Unavailable,
+            format!("the keys of issuer {:?} {what}", self.policy.issuer),
+        )
     }
 
     /// Fetches the keys now and caches them (the caller holds `refresh`); the failure is also

@@ -199,7 +199,7 @@ pub async fn create(
             "{} is confined to {}; it cannot create a token for {}",
             creator.described(),
             creator.scope_text(),
-            Principal::from_token(&record).scope_text()
+            Principal::from_token(record.clone()).scope_text()
         )));
     }
     let stored = record.clone();
