@@ -97,6 +97,20 @@ pub fn http() -> reqwest::Client {
         .unwrap_or_else(|error| panic!("cannot build an HTTP client: {error}"))
 }
 
+/// `GET url` with a bearer credential, as JSON (panics, failing the test, on a network error or
+/// a body that is not JSON; the status is not checked: assert on the body).
+pub async fn get_json(url: &str, credential: &str) -> serde_json::Value {
+    http()
+        .get(url)
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: not JSON: {error}"))
+}
+
 /// Creates an sdk token named `name` for the `default` environment with the admin token
 /// `admin`; returns its secret and its id.
 pub async fn sdk_token(base: &str, admin: &str, name: &str) -> (String, String) {

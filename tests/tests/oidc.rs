@@ -178,18 +178,8 @@ fn flagctl(
 
 /// The newest audit entry of a flag in `production`.
 async fn last_change(base: &str, flag: &str) -> Value {
-    let audit: Value = http()
-        .get(format!(
-            "{base}/api/v1/audit?environment=production&flag={flag}&limit=1"
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    audit["changes"][0].clone()
+    let url = format!("{base}/api/v1/audit?environment=production&flag={flag}&limit=1");
+    tests::get_json(&url, ADMIN).await["changes"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,15 +361,7 @@ environments = ["staging"]
     assert_eq!(stream.status().as_u16(), 403);
 
     // The policies in force, for an admin of every environment; nothing secret in them.
-    let policies: Value = http()
-        .get(format!("{base}/api/v1/auth/oidc"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let policies = tests::get_json(&format!("{base}/api/v1/auth/oidc"), ADMIN).await;
     let listed = &policies["issuers"][0];
     assert_eq!(listed["issuer"], issuer.url);
     assert_eq!(listed["rules"][0]["environments"], json!(["production"]));
