@@ -73,6 +73,10 @@ pub struct Metrics {
     invalid_ramps: AtomicU64,
     connected_clients: DashMap<String, std::sync::atomic::AtomicI64>,
     propagation: Histogram,
+    analysis: DashMap<&'static str, AtomicU64>,
+    /// The last value measured by each ramp's analysis guard, as `f64` bits, by (environment,
+    /// flag, guard index).
+    analysis_values: DashMap<(String, String, usize), AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,6 +142,40 @@ impl Metrics {
     /// Counts a stored ramp that was unreadable or invalid and was marked failed.
     pub fn invalid_ramp(&self) {
         self.invalid_ramps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a ramp guard's measurement by `result` (`success`, `failure`, `inconclusive`) and
+    /// keeps the value that decided it, if any, as the guard's last value.
+    pub fn ramp_analysis(
+        &self,
+        result: &'static str,
+        environment: &str,
+        flag: &str,
+        guard: usize,
+        value: Option<f64>,
+    ) {
+        self.analysis
+            .entry(result)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(value) = value {
+            self.analysis_values
+                .entry((environment.to_owned(), flag.to_owned(), guard))
+                .or_default()
+                .store(value.to_bits(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A sample value in the text exposition format (`NaN`, `+Inf`, `-Inf` spelled as Prometheus
+/// reads them).
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        value.to_string()
     }
 }
 
@@ -251,6 +289,40 @@ impl Metrics {
                 out,
                 "flagd_stream_clients{{environment=\"{}\"}} {count}",
                 label(&environment)
+            );
+        }
+        out.push_str("# HELP flagd_ramp_analysis_total Measurements taken by ramps' Prometheus analysis guards, by result (success, failure, inconclusive).\n");
+        out.push_str("# TYPE flagd_ramp_analysis_total counter\n");
+        for result in ["success", "failure", "inconclusive"] {
+            let count = self
+                .analysis
+                .get(result)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "flagd_ramp_analysis_total{{result=\"{result}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP flagd_ramp_analysis_value The last value a ramp's analysis guard measured (the first failing sample, else the first), by environment, flag and guard index.\n");
+        out.push_str("# TYPE flagd_ramp_analysis_value gauge\n");
+        let mut values: Vec<_> = self
+            .analysis_values
+            .iter()
+            .map(|e| {
+                (
+                    e.key().clone(),
+                    f64::from_bits(e.value().load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((environment, flag, guard), value) in values {
+            let _ = writeln!(
+                out,
+                "flagd_ramp_analysis_value{{environment=\"{}\",flag=\"{}\",guard=\"{guard}\"}} {}",
+                label(&environment),
+                label(&flag),
+                number(value)
             );
         }
         out.push_str("# HELP flagd_stream_propagation_seconds Time from commit to a stream client's acknowledgement.\n");

@@ -128,6 +128,18 @@ impl Harness {
         .1
     }
 
+    async fn metrics(&self) -> String {
+        let request = Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     async fn start(&self, key: &str, body: Value) -> (StatusCode, Value) {
         self.call(
             "POST",
@@ -1385,4 +1397,433 @@ async fn guards_follow_no_redirect_keep_only_an_excerpt_and_hide_credentials() {
         .call("GET", "/api/v1/audit?environment=default&flag=creds", None)
         .await;
     assert!(!audit.to_string().contains("hunter2"), "{audit}");
+}
+
+// Prometheus analysis guards (issue 18), against a fake of Prometheus's instant query API.
+
+/// A fake Prometheus on port 0: every query is answered with the current answer (a vector of the
+/// given sample values, `None`: an empty vector), and recorded.
+struct FakePrometheus {
+    address: String,
+    answer: Arc<std::sync::Mutex<(u16, Value)>>,
+    queries: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakePrometheus {
+    async fn start() -> FakePrometheus {
+        let answer = Arc::new(std::sync::Mutex::new((200, vector(&[]))));
+        let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (current, seen) = (answer.clone(), queries.clone());
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(
+                move |query: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                    seen.lock().unwrap().push(query.0["query"].clone());
+                    let (status, body) = current.lock().unwrap().clone();
+                    async move { (StatusCode::from_u16(status).unwrap(), axum::Json(body)) }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakePrometheus {
+            address,
+            answer,
+            queries,
+        }
+    }
+
+    fn answer(&self, values: &[&str]) {
+        *self.answer.lock().unwrap() = (200, vector(values));
+    }
+
+    fn refuse(&self, error: &str) {
+        *self.answer.lock().unwrap() = (
+            400,
+            json!({"status": "error", "errorType": "bad_data", "error": error}),
+        );
+    }
+
+    fn guard(&self, extra: Value) -> Value {
+        let mut guard = json!({
+            "kind": "prometheus",
+            "address": self.address,
+            "query": "sum(rate(http_errors_total{flag=\"{{flag}}\",variant=\"{{variant}}\"}[1m]))",
+            "success": "result < 0.02",
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            guard[key] = value.clone();
+        }
+        guard
+    }
+
+    fn taken(&self) -> usize {
+        self.queries.lock().unwrap().len()
+    }
+}
+
+fn vector(values: &[&str]) -> Value {
+    let samples: Vec<Value> = values
+        .iter()
+        .map(|v| json!({"metric": {}, "value": [1.8e9, v]}))
+        .collect();
+    json!({"status": "success", "data": {"resultType": "vector", "result": samples}})
+}
+
+fn measurements(ramp: &Value, guard: usize) -> Vec<(u64, String, Value)> {
+    ramp["analysis"][guard]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["step"].as_u64().unwrap(),
+                m["verdict"].as_str().unwrap().to_owned(),
+                m["values"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_analysis_guard_measures_before_each_step_and_lets_healthy_steps_through() {
+    let prometheus = FakePrometheus::start().await;
+    prometheus.answer(&["0.01"]);
+    let h = Harness::new();
+    h.create_flag("checkout").await;
+    let guard = prometheus.guard(json!({"interval": "1m", "count": 3}));
+    let (status, started) = h
+        .start(
+            "checkout",
+            json!({"steps": [10, 50, 100], "interval": "10m", "guards": [guard]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(prometheus.taken(), 1, "one measurement before the start");
+    assert_eq!(
+        prometheus.queries.lock().unwrap()[0],
+        r#"sum(rate(http_errors_total{flag="checkout",variant="on"}[1m]))"#,
+        "placeholders filled with the flag and the rolled-out variant"
+    );
+    // The three measurements are the last three minutes before the step (due at 600 s).
+    assert_eq!(started["analysis"][0]["run"]["nextAt"], json!(T0 + 480));
+    assert_eq!(h.tick_at(479).await, 0, "nothing due yet");
+    assert_eq!(prometheus.taken(), 1);
+    h.tick_at(480).await;
+    h.tick_at(540).await;
+    assert_eq!(
+        h.percentage("checkout").await,
+        10.0,
+        "the step is not due yet"
+    );
+    h.tick_at(600).await;
+    assert_eq!(prometheus.taken(), 4);
+    assert_eq!(
+        h.percentage("checkout").await,
+        50.0,
+        "analysed and due: applied"
+    );
+    let ramp = h.ramp("checkout").await;
+    assert_eq!(
+        measurements(&ramp, 0),
+        vec![
+            (0, "success".to_owned(), json!([0.01])),
+            (1, "success".to_owned(), json!([0.01])),
+            (1, "success".to_owned(), json!([0.01])),
+            (1, "success".to_owned(), json!([0.01])),
+        ]
+    );
+    // The next step's analysis is scheduled from the step just applied.
+    assert_eq!(ramp["analysis"][0]["run"]["step"], 2);
+    assert_eq!(ramp["analysis"][0]["run"]["nextAt"], json!(T0 + 1080));
+    for at in [1080, 1140, 1200] {
+        h.tick_at(at).await;
+    }
+    assert_eq!(h.percentage("checkout").await, 100.0);
+    assert_eq!(h.ramp("checkout").await["state"], "completed");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("flagd_ramp_analysis_total{result=\"success\"} 6"),
+        "the preflight is not counted, the six scheduled are: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn failures_beyond_the_limit_abort_restore_and_name_the_query_and_values() {
+    let prometheus = FakePrometheus::start().await;
+    prometheus.answer(&["0.001"]);
+    let h = Harness::new();
+    h.create_flag("f").await;
+    let guard = prometheus.guard(json!({"interval": "30s", "count": 3, "failureLimit": 1}));
+    h.start(
+        "f",
+        json!({"steps": [5, 25, 100], "interval": "2m", "guard": guard}),
+    )
+    .await;
+    // Due at 120 s: measurements at 60, 90, 120.
+    prometheus.answer(&["0.05"]);
+    h.tick_at(60).await;
+    assert_eq!(
+        h.ramp("f").await["state"],
+        "active",
+        "one failure is within the limit"
+    );
+    prometheus.answer(&["0.01", "0.07"]);
+    h.tick_at(90).await;
+    assert_eq!(
+        h.percentage("f").await,
+        0.0,
+        "restored to the rollout before the ramp"
+    );
+    let ramp = h.ramp("f").await;
+    assert_eq!(ramp["state"], "aborted");
+    let reason = ramp["abortReason"].as_str().unwrap();
+    for part in [
+        "analysis[0] failed 2 of 2",
+        "failureLimit 1",
+        r#"http_errors_total{flag="f",variant="on"}"#,
+        "0.05; 0.01, 0.07",
+        "result < 0.02",
+    ] {
+        assert!(reason.contains(part), "{part:?} in {reason}");
+    }
+    let (_, audit) = h
+        .call(
+            "GET",
+            "/api/v1/audit?environment=default&flag=f&limit=1",
+            None,
+        )
+        .await;
+    let message = audit["changes"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ramp aborted: analysis[0]") && message.contains("0.05; 0.01, 0.07"),
+        "{message}"
+    );
+    assert_eq!(audit["changes"][0]["actor"], "ramp");
+    // The metrics count every measurement and keep the failing value.
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("flagd_ramp_analysis_total{result=\"success\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flagd_ramp_analysis_total{result=\"failure\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "flagd_ramp_analysis_value{environment=\"default\",flag=\"f\",guard=\"0\"} 0.07"
+        ),
+        "{metrics}"
+    );
+    // Nothing measures an aborted ramp.
+    let taken = prometheus.taken();
+    h.tick_at(120).await;
+    assert_eq!(prometheus.taken(), taken);
+}
+
+#[tokio::test]
+async fn inconclusive_measurements_follow_the_guard_policy() {
+    let prometheus = FakePrometheus::start().await;
+    let h = Harness::new();
+    for (key, policy) in [("p", "pause"), ("a", "abort"), ("c", "continue")] {
+        h.create_flag(key).await;
+        let guard = prometheus.guard(json!({"interval": "1m", "count": 1, "inconclusive": policy}));
+        // No samples before the start is fine (a variant at 0 % has none yet).
+        let (status, body) = h
+            .start(
+                key,
+                json!({"steps": [10, 20], "interval": "5m", "guard": guard}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    prometheus.refuse("parse error: unexpected end of input");
+    h.tick_at(300).await;
+    let paused = h.ramp("p").await;
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(h.percentage("p").await, 10.0, "paused where it was");
+    let event = paused["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(event["event"], "paused");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("parse error: unexpected end of input"),
+        "{event}"
+    );
+    assert_eq!(h.ramp("a").await["state"], "aborted");
+    assert_eq!(h.percentage("a").await, 0.0);
+    assert_eq!(h.ramp("c").await["state"], "completed");
+    assert_eq!(h.percentage("c").await, 20.0);
+
+    // Resuming starts the analysis again, from now.
+    prometheus.answer(&["0"]);
+    h.at(1000);
+    let (status, resumed) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/p/ramp/resume",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert_eq!(resumed["analysis"][0]["run"]["nextAt"], json!(T0 + 1300));
+    h.tick_at(1300).await;
+    assert_eq!(h.percentage("p").await, 20.0);
+}
+
+#[tokio::test]
+async fn a_step_waits_for_an_analysis_longer_than_the_step_and_never_skips() {
+    let prometheus = FakePrometheus::start().await;
+    prometheus.answer(&["0"]);
+    let h = Harness::new();
+    h.create_flag("f").await;
+    let guard = prometheus.guard(json!({"interval": "1m", "count": 2}));
+    h.start(
+        "f",
+        json!({"steps": [1, 2, 3], "interval": "30s", "guards": [guard]}),
+    )
+    .await;
+    // Due at 30 s, but the measurements are at 60 and 120 s.
+    h.tick_at(30).await;
+    h.tick_at(60).await;
+    assert_eq!(h.percentage("f").await, 1.0, "waiting for the analysis");
+    // Long after: the step applies, only one step (the next one's analysis has not run).
+    h.tick_at(500).await;
+    assert_eq!(h.percentage("f").await, 2.0);
+    let ramp = h.ramp("f").await;
+    assert_eq!(ramp["currentStep"], 1);
+    assert_eq!(ramp["analysis"][0]["run"]["nextAt"], json!(T0 + 560));
+}
+
+#[tokio::test]
+async fn a_guard_failing_or_unmeasurable_now_refuses_the_start_and_changes_nothing() {
+    let prometheus = FakePrometheus::start().await;
+    let h = Harness::new();
+    h.create_flag("f").await;
+    let start = |guard: Value| {
+        h.start(
+            "f",
+            json!({"steps": [10, 20], "interval": "5m", "guard": guard}),
+        )
+    };
+    prometheus.answer(&["0.5"]);
+    let (status, body) = start(prometheus.guard(json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("fails now") && text.contains("0.5"), "{text}");
+    assert_eq!(body["error"]["path"], "guard.success");
+    prometheus.refuse("unknown function rat");
+    let (status, body) = start(prometheus.guard(json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("unknown function rat"), "{body}");
+    let (status, body) = start(json!({"kind": "prometheus", "address": "http://127.0.0.1:9", "query": "up", "success": "result == 1"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("127.0.0.1:9"), "{body}");
+    assert_eq!(h.percentage("f").await, 0.0);
+    assert_eq!(
+        h.call("GET", "/api/v1/environments/default/ramps", None)
+            .await
+            .1["ramps"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn bad_analysis_guards_are_refused_naming_the_field() {
+    let prometheus = FakePrometheus::start().await;
+    let h = Harness::new();
+    h.create_flag("f").await;
+    let guard = |extra: Value| prometheus.guard(extra);
+    let cases = [
+        (
+            json!({"guard": guard(json!({"count": 0}))}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guard.count",
+        ),
+        (
+            json!({"guard": guard(json!({"count": 3, "failureLimit": 3}))}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guard.failureLimit",
+        ),
+        (
+            json!({"guards": [{"url": "http://127.0.0.1:9/"}, guard(json!({"success": "result <"}))]}),
+            StatusCode::BAD_REQUEST,
+            "guards[1].success",
+        ),
+        (
+            json!({"guard": guard(json!({"success": "result < 0.02 &&"}))}),
+            StatusCode::BAD_REQUEST,
+            "column",
+        ),
+        (
+            json!({"guard": guard(json!({"interval": "25h"}))}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guard.interval",
+        ),
+        (
+            json!({"guard": guard(json!({"timeout": "2m"}))}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "guard.timeout",
+        ),
+        (
+            json!({"guard": guard(json!({"address": "ftp://prometheus"}))}),
+            StatusCode::BAD_REQUEST,
+            "guard.address",
+        ),
+        (
+            json!({"guard": guard(json!({"query": " "}))}),
+            StatusCode::BAD_REQUEST,
+            "guard.query",
+        ),
+        (
+            json!({"guard": guard(json!({"inconclusive": "ignore"}))}),
+            StatusCode::BAD_REQUEST,
+            "unknown variant",
+        ),
+        (
+            json!({"guard": guard(json!({"thresholds": 1}))}),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            json!({"guard": {"kind": "datadog"}}),
+            StatusCode::BAD_REQUEST,
+            "guard.kind",
+        ),
+        (
+            json!({"guards": [{"url": "http://127.0.0.1:9/a"}, {"url": "http://127.0.0.1:9/b"}]}),
+            StatusCode::BAD_REQUEST,
+            "one url guard",
+        ),
+        (
+            json!({"guard": {"url": "http://127.0.0.1:9/"}, "guards": []}),
+            StatusCode::BAD_REQUEST,
+            "not both",
+        ),
+        (
+            json!({"guards": vec![guard(json!({})); 11]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "at most 10",
+        ),
+    ];
+    for (mut body, status, fragment) in cases {
+        body["steps"] = json!([10, 20]);
+        body["interval"] = json!("5m");
+        let (actual, answer) = h.start("f", body.clone()).await;
+        assert_eq!(actual, status, "{body}: {answer}");
+        assert!(
+            answer.to_string().contains(fragment),
+            "{fragment:?}: {answer}"
+        );
+    }
+    assert_eq!(prometheus.taken(), 0, "nothing was measured");
+    assert_eq!(h.percentage("f").await, 0.0);
 }

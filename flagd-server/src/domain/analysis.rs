@@ -1,21 +1,21 @@
-//! One measurement of a metric analysis guard against Prometheus (issue 18, groundwork: not yet
-//! wired into ramps): the query with its `{{flag}}`, `{{environment}}` and `{{variant}}`
-//! placeholders filled, run through Prometheus's instant query API (`GET /api/v1/query`,
+//! One measurement of a metric analysis guard against Prometheus: the query with its
+//! `{{flag}}`, `{{environment}}` and `{{variant}}` placeholders filled, run through Prometheus's
+//! instant query API (`GET /api/v1/query`,
 //! <https://prometheus.io/docs/prometheus/latest/querying/api/#instant-queries>), and judged by a
 //! success [`Condition`](super::condition::Condition): a scalar, or every sample of an instant
 //! vector, must satisfy it; an empty vector, or an answer that cannot be judged, is
-//! inconclusive.
+//! inconclusive. Ramps (`ramp.rs`) schedule the measurements; `analyse` runs one on request.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::DomainError;
 use super::condition::Condition;
 
 /// What a measurement concluded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Every value satisfies the condition.
@@ -26,8 +26,19 @@ pub enum Verdict {
     Inconclusive,
 }
 
+impl Verdict {
+    /// Its name, as serialised (and as the `result` label of `flagd_ramp_analysis_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Success => "success",
+            Verdict::Failure => "failure",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 /// One measurement, as recorded with the ramp.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     /// When it was taken (unix seconds).
     pub at: i64,
@@ -38,8 +49,24 @@ pub struct Measurement {
     /// The conclusion.
     pub verdict: Verdict,
     /// Why it is inconclusive, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether Prometheus answered the query (an empty result is an answer; a refused query, an
+    /// unreachable server or an unreadable body is not). Not recorded.
+    #[serde(skip)]
+    pub answered: bool,
+}
+
+impl Measurement {
+    /// The value that decided: the first that failed the condition, else the first (`None`
+    /// when there is none, or it is NaN).
+    pub fn deciding_value(&self, success: &Condition) -> Option<f64> {
+        let values = self.values.iter();
+        let failing = values
+            .clone()
+            .find(|v| !v.is_some_and(|v| success.holds(v)));
+        failing.or_else(|| self.values.first()).copied().flatten()
+    }
 }
 
 /// The values a query template may use.
@@ -81,6 +108,7 @@ pub async fn measure(
         values: Vec::new(),
         verdict: Verdict::Inconclusive,
         error: Some(error),
+        answered: false,
     };
     let url = format!("{}/api/v1/query", address.trim_end_matches('/'));
     let answer = match tokio::time::timeout(timeout, fetch(client, &url, query, timeout)).await {
@@ -98,7 +126,10 @@ pub async fn measure(
         Err(error) => return inconclusive(error),
     };
     if values.is_empty() {
-        return inconclusive("the query returned no samples".to_owned());
+        return Measurement {
+            answered: true,
+            ..inconclusive("the query returned no samples".to_owned())
+        };
     }
     let verdict = if values.iter().all(|value| success.holds(*value)) {
         Verdict::Success
@@ -111,6 +142,7 @@ pub async fn measure(
         values: values.iter().map(|v| (!v.is_nan()).then_some(*v)).collect(),
         verdict,
         error: None,
+        answered: true,
     }
 }
 
@@ -202,6 +234,75 @@ pub struct AnalysisRequest {
     pub timeout: Option<String>,
 }
 
+/// The longest query a guard may store.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// The longest a measurement may take.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// A measurement's default timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks Prometheus's base URL (`field` names it in the error).
+pub fn check_address(text: &str, field: &str) -> Result<(), DomainError> {
+    url::Url::parse(text)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+        .map(drop)
+        .ok_or_else(|| {
+            DomainError::bad_request(format!(
+                "{field} must be Prometheus's http(s) URL such as http://prometheus:9090, got {text:?}"
+            ))
+            .at(field.to_owned())
+        })
+}
+
+/// Checks a query template: not empty, at most [`MAX_QUERY_BYTES`].
+pub fn check_query(text: &str, field: &str) -> Result<(), DomainError> {
+    if text.trim().is_empty() {
+        return Err(DomainError::bad_request(format!("{field} is empty")).at(field.to_owned()));
+    }
+    if text.len() > MAX_QUERY_BYTES {
+        return Err(DomainError::rejected(
+            super::Rejection::OutOfRange,
+            format!("{field} is {} bytes; at most {MAX_QUERY_BYTES}", text.len()),
+        )
+        .at(field.to_owned()));
+    }
+    Ok(())
+}
+
+/// Parses a success condition, the error naming `field` and the column.
+pub fn check_success(text: &str, field: &str) -> Result<Condition, DomainError> {
+    Condition::parse(text)
+        .map_err(|error| DomainError::bad_request(format!("{field}: {error}")).at(field.to_owned()))
+}
+
+/// Parses a measurement timeout (1 ms to 60 s; [`DEFAULT_TIMEOUT`] when absent).
+pub fn check_timeout(text: Option<&str>, field: &str) -> Result<Duration, DomainError> {
+    let Some(text) = text else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    crate::units::parse_duration(text)
+        .ok()
+        .filter(|d| *d >= Duration::from_millis(1) && *d <= MAX_TIMEOUT)
+        .ok_or_else(|| {
+            DomainError::rejected(
+                super::Rejection::OutOfRange,
+                format!("{field} must be a duration from 1ms to 60s, got {text:?}"),
+            )
+            .at(field.to_owned())
+        })
+}
+
+/// The client measurements use. As ramp guards: no redirects (the server must not become a way
+/// to reach other internal services), the public roots plus `--guard-ca`.
+pub fn client(domain: &super::Domain) -> Result<reqwest::Client, DomainError> {
+    let mut client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    for root in domain.guard_roots() {
+        client = client.add_root_certificate(root.clone());
+    }
+    client.build().map_err(DomainError::internal)
+}
+
 /// Runs one measurement for a flag of an environment (both must exist), checking the request
 /// field by field first.
 pub async fn analyse(
@@ -210,34 +311,10 @@ pub async fn analyse(
     key: &str,
     request: AnalysisRequest,
 ) -> Result<Measurement, DomainError> {
-    let address = url::Url::parse(&request.prometheus)
-        .ok()
-        .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
-        .ok_or_else(|| {
-            DomainError::bad_request(format!(
-                "prometheus must be an http(s) URL such as http://prometheus:9090, got {:?}",
-                request.prometheus
-            ))
-            .at("prometheus")
-        })?;
-    if request.query.trim().is_empty() {
-        return Err(DomainError::bad_request("query is empty").at("query"));
-    }
-    let success = Condition::parse(&request.success)
-        .map_err(|error| DomainError::bad_request(format!("success: {error}")).at("success"))?;
-    let timeout = match &request.timeout {
-        None => Duration::from_secs(10),
-        Some(text) => crate::units::parse_duration(text)
-            .ok()
-            .filter(|d| *d >= Duration::from_millis(1) && *d <= Duration::from_secs(60))
-            .ok_or_else(|| {
-                DomainError::rejected(
-                    super::Rejection::OutOfRange,
-                    format!("timeout must be a duration from 1ms to 60s, got {text:?}"),
-                )
-                .at("timeout")
-            })?,
-    };
+    check_address(&request.prometheus, "prometheus")?;
+    check_query(&request.query, "query")?;
+    let success = check_success(&request.success, "success")?;
+    let timeout = check_timeout(request.timeout.as_deref(), "timeout")?;
     if request.query.contains("{{variant}}") && request.variant.is_none() {
         return Err(DomainError::bad_request(
             "the query uses {{variant}}: name the variant with variant",
@@ -261,16 +338,9 @@ pub async fn analyse(
             variant: request.variant.as_deref().unwrap_or_default(),
         },
     );
-    // As ramp guards: no redirects (the server must not become a way to reach other internal
-    // services), the public roots plus `--guard-ca`.
-    let mut client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
-    for root in domain.guard_roots() {
-        client = client.add_root_certificate(root.clone());
-    }
-    let client = client.build().map_err(DomainError::internal)?;
     Ok(measure(
-        &client,
-        address.as_str(),
+        &client(domain)?,
+        &request.prometheus,
         &query,
         &success,
         timeout,

@@ -1,5 +1,5 @@
 //! Progressive rollouts ("ramps"): raise one flag's rollout through steps at intervals,
-//! optionally guarded by a health URL.
+//! optionally guarded by a health URL and by Prometheus analysis guards.
 //!
 //! Every step goes through `flags::rollout`, the code path of the rollout endpoint, so it is an
 //! ordinary change: validated, audited (actor `ramp`), versioned and streamed. The scheduler is
@@ -10,6 +10,13 @@
 //! The ramp lock serialises state changes (API calls and the scheduler) but is never held across
 //! network I/O: guard checks run before it is taken, and what they found is applied to the ramp
 //! as it is once the lock is held, so `abort` never waits for a slow guard.
+//!
+//! A Prometheus analysis guard (`analysis`, issue 18; measurements in `analysis.rs`) judges each
+//! step before it is applied: `count` measurements `interval` apart, the last ones before the
+//! step is due (the first no sooner than `interval` after the previous step), each recorded with
+//! the ramp. More than `failureLimit` failures abort the ramp and restore the rollout from before
+//! it; an inconclusive measurement pauses, aborts or is let through (`inconclusive`). A step waits
+//! for its analysis to finish, so a ramp with analysis never skips a step after downtime.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -20,6 +27,8 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::analysis::{self, Measurement, Verdict};
+use super::condition::Condition;
 use super::flags;
 use super::{Domain, DomainError, Rejection, blocking};
 use crate::store::{Attribution, RampQuery, RampRecord, StoreError};
@@ -37,6 +46,14 @@ pub const MAX_STEP_SECONDS: i64 = 366 * 24 * 3600;
 pub const MAX_GUARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most consecutive guard failures a ramp may tolerate before it aborts.
 const MAX_GUARD_FAILURES: u32 = 1_000;
+/// The most guards a ramp may have (all kinds).
+const MAX_GUARDS: usize = 10;
+/// The most measurements an analysis guard may take before one step.
+const MAX_ANALYSIS_COUNT: u32 = 100;
+/// The longest time between two measurements of an analysis guard.
+const MAX_ANALYSIS_INTERVAL: i64 = 24 * 3600;
+/// The measurements kept per analysis guard (older ones are dropped and counted).
+const MAX_EVIDENCE: usize = 500;
 
 /// Serialises ramp state changes (API calls and the scheduler).
 pub type RampLock = Mutex<()>;
@@ -80,6 +97,178 @@ pub struct Guard {
     pub failures: u32,
     /// How long one check may take.
     pub timeout_ms: u64,
+}
+
+/// What an inconclusive measurement (no samples, Prometheus unreachable or refusing the query)
+/// does to a ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InconclusivePolicy {
+    /// Pause the ramp: someone looks, then resumes (the analysis starts again) or aborts.
+    #[default]
+    Pause,
+    /// Abort the ramp and restore the rollout from before it.
+    Abort,
+    /// Count it as taken, not as a failure.
+    Continue,
+}
+
+/// A Prometheus analysis guard: `count` measurements before each step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusGuard {
+    /// Prometheus's base URL.
+    pub address: String,
+    /// The PromQL template (`{{flag}}`, `{{environment}}`, `{{variant}}`).
+    pub query: String,
+    /// What `{{variant}}` stands for: the variant the ramp rolls out.
+    pub variant: String,
+    /// The success condition (`condition.rs`), parsed again on every read.
+    pub success: String,
+    /// Seconds between two measurements.
+    pub interval_seconds: i64,
+    /// Measurements before each step.
+    pub count: u32,
+    /// Failures tolerated among them (more abort the ramp).
+    pub failure_limit: u32,
+    /// What an inconclusive measurement does.
+    pub inconclusive: InconclusivePolicy,
+    /// How long one measurement may take.
+    pub timeout_ms: u64,
+    /// The analysis of the next step.
+    #[serde(default)]
+    pub run: AnalysisRun,
+    /// Every measurement taken, oldest first (at most `MAX_EVIDENCE`).
+    #[serde(default)]
+    pub measurements: Vec<Evidence>,
+    /// Measurements dropped from the front of `measurements` to keep it bounded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub measurements_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The analysis an analysis guard runs before one step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRun {
+    /// The step it judges (index into `steps`).
+    pub step: usize,
+    /// Measurements taken.
+    pub taken: u32,
+    /// Of which failed.
+    pub failures: u32,
+    /// When the next measurement is due (unix seconds); `None` once `count` were taken.
+    pub next_at: Option<i64>,
+}
+
+/// A measurement, with the step it judged (step 0: the check before the ramp started).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The step it was taken before (index into `steps`).
+    pub step: usize,
+    /// The measurement.
+    #[serde(flatten)]
+    pub measurement: Measurement,
+}
+
+impl PrometheusGuard {
+    /// Schedules the analysis of `step`, the ramp's next step, due at `due`, from `from` (the
+    /// previous step or a resume): the measurements end at `due`, the first no sooner than one
+    /// interval after `from`.
+    fn schedule(&mut self, step: usize, from: i64, due: i64) {
+        let span = self
+            .interval_seconds
+            .saturating_mul(i64::from(self.count.saturating_sub(1)));
+        let first = from
+            .saturating_add(self.interval_seconds)
+            .max(due.saturating_sub(span));
+        self.run = AnalysisRun {
+            step,
+            taken: 0,
+            failures: 0,
+            next_at: Some(first),
+        };
+    }
+
+    fn keep(&mut self, evidence: Evidence) {
+        self.measurements.push(evidence);
+        if self.measurements.len() > MAX_EVIDENCE {
+            let excess = self.measurements.len() - MAX_EVIDENCE;
+            self.measurements.drain(..excess);
+            self.measurements_dropped = self.measurements_dropped.saturating_add(excess as u64);
+        }
+    }
+
+    /// The invariants `validate` keeps, for stored ramps.
+    fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_ANALYSIS_COUNT).contains(&self.count) || self.failure_limit >= self.count {
+            return Err("its count or failure limit is out of range".to_owned());
+        }
+        if !(1..=MAX_ANALYSIS_INTERVAL).contains(&self.interval_seconds)
+            || self.timeout_ms == 0
+            || u128::from(self.timeout_ms) > analysis::MAX_TIMEOUT.as_millis()
+        {
+            return Err("its interval or timeout is out of range".to_owned());
+        }
+        Condition::parse(&self.success)
+            .map_err(|error| format!("its success condition: {error}"))?;
+        analysis::check_address(&self.address, "address").map_err(|e| e.to_string())?;
+        analysis::check_query(&self.query, "query").map_err(|e| e.to_string())
+    }
+
+    /// Takes one measurement now, for `flag` of `environment`.
+    async fn measure(
+        &self,
+        environment: &str,
+        flag: &str,
+        client: &reqwest::Client,
+        at: i64,
+    ) -> Measurement {
+        let placeholders = analysis::Placeholders {
+            flag,
+            environment,
+            variant: &self.variant,
+        };
+        let query = analysis::fill(&self.query, placeholders);
+        let condition = match Condition::parse(&self.success) {
+            Ok(condition) => condition,
+            // Checked on every read; kept total all the same.
+            Err(error) => {
+                return Measurement {
+                    at,
+                    query,
+                    values: Vec::new(),
+                    verdict: Verdict::Inconclusive,
+                    error: Some(format!("the success condition does not parse: {error}")),
+                    answered: false,
+                };
+            }
+        };
+        analysis::measure(
+            client,
+            &self.address,
+            &query,
+            &condition,
+            Duration::from_millis(self.timeout_ms),
+            at,
+        )
+        .await
+    }
+}
+
+/// Values for people: `0.013, NaN`.
+fn shown_values(values: &[Option<f64>]) -> String {
+    if values.is_empty() {
+        return "no samples".to_owned();
+    }
+    values
+        .iter()
+        .map(|v| v.map_or_else(|| "NaN".to_owned(), |v| v.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Something that happened to a ramp.
@@ -127,6 +316,9 @@ pub struct Ramp {
     pub durations: Vec<i64>,
     /// The health check before each step, if any.
     pub guard: Option<Guard>,
+    /// The Prometheus analysis guards, each judging every step before it is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<PrometheusGuard>,
     /// Active, paused, completed, aborted or failed.
     pub state: RampState,
     /// Index of the last applied step.
@@ -165,7 +357,7 @@ impl Ramp {
             environment: self.environment.clone(),
             flag: self.flag.clone(),
             state: self.state.as_str().to_owned(),
-            next_at: self.next_at,
+            next_at: self.wake_at(),
             updated_at: now,
             revision: self.revision,
             definition: serde_json::to_value(self).map_err(DomainError::internal)?,
@@ -194,6 +386,7 @@ impl Ramp {
                 steps: Vec::new(),
                 durations: Vec::new(),
                 guard: None,
+                analysis: Vec::new(),
                 state: RampState::Failed,
                 current_step: 0,
                 previous_percentage: 0.0,
@@ -253,6 +446,14 @@ impl Ramp {
         {
             return Err("its guard is out of range".to_owned());
         }
+        if self.analysis.len() > MAX_GUARDS {
+            return Err("it has too many guards".to_owned());
+        }
+        for (index, guard) in self.analysis.iter().enumerate() {
+            guard
+                .check()
+                .map_err(|problem| format!("analysis[{index}]: {problem}"))?;
+        }
         if !(0.0..=100.0).contains(&self.previous_percentage) {
             return Err("its previous percentage is out of range".to_owned());
         }
@@ -264,6 +465,27 @@ impl Ramp {
             return Err("only an active ramp has a next step time".to_owned());
         }
         Ok(())
+    }
+
+    /// When the scheduler should next look at it: the next measurement while the next step's
+    /// analysis runs (the step cannot be applied before it ends), else the next step.
+    fn wake_at(&self) -> Option<i64> {
+        let next = self.next_at?;
+        let measuring = self.analysis.iter().filter_map(|g| g.run.next_at).min();
+        Some(measuring.unwrap_or(next))
+    }
+
+    /// Schedules every analysis guard's measurements for the next step (an active ramp).
+    fn schedule_analysis(&mut self, from: i64) {
+        let (step, due) = (self.current_step + 1, self.next_at.unwrap_or(from));
+        for guard in &mut self.analysis {
+            guard.schedule(step, from, due);
+        }
+    }
+
+    /// Whether every analysis guard has taken its measurements for the next step.
+    fn analysed(&self) -> bool {
+        self.analysis.iter().all(|g| g.run.next_at.is_none())
     }
 
     fn variants(&self) -> RolloutVariants {
@@ -295,6 +517,14 @@ impl Ramp {
         let mut view = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(guard) = &self.guard {
             view["guard"]["url"] = json!(redacted(&guard.url));
+        }
+        for (index, guard) in self.analysis.iter().enumerate() {
+            let shown = &mut view["analysis"][index];
+            shown["kind"] = json!("prometheus");
+            shown["address"] = json!(redacted(&guard.address));
+            if self.state != RampState::Active {
+                shown["run"]["nextAt"] = Value::Null;
+            }
         }
         // An aborted ramp that restored the rollout from before it says so in its `aborted`
         // event: that is where the flag is now. One that stopped and left the flag as someone
@@ -333,20 +563,50 @@ pub struct StartRequest {
     interval: Option<String>,
     #[serde(default)]
     durations: Option<Vec<String>>,
+    /// One guard (`kind`: `url`, the default, or `prometheus`).
     #[serde(default)]
-    guard: Option<GuardRequest>,
+    guard: Option<Value>,
+    /// Several guards; all must pass.
+    #[serde(default)]
+    guards: Option<Vec<Value>>,
     #[serde(default)]
     message: Option<String>,
 }
 
-/// A ramp start request's `guard`: the health URL, checked before each step.
+/// A ramp start request's URL guard: the health URL, checked before each step.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GuardRequest {
+struct GuardRequest {
+    /// `url` (or absent).
+    #[serde(default, rename = "kind")]
+    _kind: Option<String>,
     url: String,
     /// Wider than the stored `u32` so an out-of-range number is `OutOfRange` naming the field.
     #[serde(default)]
     failures: Option<i64>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// A ramp start request's Prometheus analysis guard.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PrometheusGuardRequest {
+    /// `prometheus`.
+    #[serde(rename = "kind")]
+    _kind: String,
+    address: String,
+    query: String,
+    success: String,
+    #[serde(default)]
+    interval: Option<String>,
+    /// Wider than the stored `u32` so an out-of-range number is `OutOfRange` naming the field.
+    #[serde(default)]
+    count: Option<i64>,
+    #[serde(default)]
+    failure_limit: Option<i64>,
+    #[serde(default)]
+    inconclusive: Option<InconclusivePolicy>,
     #[serde(default)]
     timeout: Option<String>,
 }
@@ -409,6 +669,8 @@ struct Plan {
     steps: Vec<f64>,
     durations: Vec<i64>,
     guard: Option<Guard>,
+    /// Analysis guards, with their field in the request (`variant` is filled in at start).
+    analysis: Vec<(String, PrometheusGuard)>,
 }
 
 /// Checks a start request: shape errors are `BadRequest`, values out of range `OutOfRange`.
@@ -446,62 +708,191 @@ fn validate(request: &StartRequest) -> Result<Plan, DomainError> {
             .at("interval"));
         }
     };
-    let guard = match &request.guard {
-        None => None,
-        Some(guard) => {
-            if !(guard.url.starts_with("http://") || guard.url.starts_with("https://")) {
+    let mut guard = None;
+    let mut analysis = Vec::new();
+    for (field, value) in guard_requests(request)? {
+        let kind = match value.get("kind") {
+            None => "url",
+            Some(Value::String(kind)) => kind.as_str(),
+            Some(_) => {
+                return Err(
+                    DomainError::bad_request("kind must be \"url\" or \"prometheus\"")
+                        .at(format!("{field}.kind")),
+                );
+            }
+        };
+        match kind {
+            "url" if guard.is_some() => {
                 return Err(DomainError::bad_request(
-                    "the guard URL must be http:// or https://: point it at your own health or metrics endpoint",
+                    "a ramp takes one url guard: put the checks behind one health URL, or use prometheus guards",
                 )
-                .at("guard.url"));
+                .at(field));
             }
-            let parsed = reqwest::Url::parse(&guard.url);
-            if !parsed.is_ok_and(|url| url.host_str().is_some_and(|host| !host.is_empty())) {
+            "url" => {
+                let request: GuardRequest = parse_guard(value, &field)?;
+                guard = Some(url_guard(&request, &field)?);
+            }
+            "prometheus" => {
+                let request: PrometheusGuardRequest = parse_guard(value, &field)?;
+                let checked = prometheus_guard(&request, &field)?;
+                analysis.push((field, checked));
+            }
+            other => {
                 return Err(DomainError::bad_request(format!(
-                    "the guard URL {:?} is not a URL with a host, e.g. http://127.0.0.1:9090/health",
-                    guard.url
+                    "unknown guard kind {other:?}: use \"url\" (a health URL) or \"prometheus\" (metric analysis)"
                 ))
-                .at("guard.url"));
+                .at(format!("{field}.kind")));
             }
-            let timeout = match guard.timeout.as_deref().map(crate::units::parse_duration) {
-                None => Duration::from_secs(5),
-                Some(Ok(timeout)) => timeout,
-                Some(Err(DurationError::TooLarge(_))) => Duration::MAX,
-                Some(Err(error)) => {
-                    return Err(DomainError::bad_request(error.to_string()).at("guard.timeout"));
-                }
-            };
-            if timeout < Duration::from_millis(1) || timeout > MAX_GUARD_TIMEOUT {
-                return Err(out_of_range(
-                    format!(
-                        "guard.timeout must be between 1ms and {}s",
-                        MAX_GUARD_TIMEOUT.as_secs()
-                    ),
-                    "guard.timeout",
-                ));
-            }
-            let failures = guard.failures.unwrap_or(1);
-            let Some(failures) = u32::try_from(failures)
-                .ok()
-                .filter(|f| (1..=MAX_GUARD_FAILURES).contains(f))
-            else {
-                return Err(out_of_range(
-                    format!("guard.failures must be between 1 and {MAX_GUARD_FAILURES}"),
-                    "guard.failures",
-                ));
-            };
-            Some(Guard {
-                url: guard.url.clone(),
-                failures,
-                // At most 60,000 (checked above).
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            })
         }
-    };
+    }
     Ok(Plan {
         steps,
         durations,
         guard,
+        analysis,
+    })
+}
+
+/// A start request's guards with their fields: `guard`, or `guards[i]`.
+fn guard_requests(request: &StartRequest) -> Result<Vec<(String, Value)>, DomainError> {
+    match (&request.guard, &request.guards) {
+        (Some(_), Some(_)) => Err(DomainError::bad_request(
+            "give guard (one) or guards (a list), not both",
+        )
+        .at("guards")),
+        (Some(guard), None) => Ok(vec![("guard".to_owned(), guard.clone())]),
+        (None, Some(guards)) if guards.len() > MAX_GUARDS => Err(out_of_range(
+            format!(
+                "a ramp may have at most {MAX_GUARDS} guards, found {}",
+                guards.len()
+            ),
+            "guards",
+        )),
+        (None, Some(guards)) => Ok(guards
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("guards[{i}]"), g.clone()))
+            .collect()),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+fn parse_guard<T: serde::de::DeserializeOwned>(
+    value: Value,
+    field: &str,
+) -> Result<T, DomainError> {
+    serde_json::from_value(value)
+        .map_err(|error| DomainError::bad_request(format!("{field}: {error}")).at(field.to_owned()))
+}
+
+/// Checks a URL guard.
+fn url_guard(guard: &GuardRequest, field: &str) -> Result<Guard, DomainError> {
+    if !(guard.url.starts_with("http://") || guard.url.starts_with("https://")) {
+        return Err(DomainError::bad_request(
+                    "the guard URL must be http:// or https://: point it at your own health or metrics endpoint",
+                )
+                .at(format!("{field}.url")));
+    }
+    let parsed = reqwest::Url::parse(&guard.url);
+    if !parsed.is_ok_and(|url| url.host_str().is_some_and(|host| !host.is_empty())) {
+        return Err(DomainError::bad_request(format!(
+            "the guard URL {:?} is not a URL with a host, e.g. http://127.0.0.1:9090/health",
+            guard.url
+        ))
+        .at(format!("{field}.url")));
+    }
+    let timeout = match guard.timeout.as_deref().map(crate::units::parse_duration) {
+        None => Duration::from_secs(5),
+        Some(Ok(timeout)) => timeout,
+        Some(Err(DurationError::TooLarge(_))) => Duration::MAX,
+        Some(Err(error)) => {
+            return Err(DomainError::bad_request(error.to_string()).at(format!("{field}.timeout")));
+        }
+    };
+    if timeout < Duration::from_millis(1) || timeout > MAX_GUARD_TIMEOUT {
+        return Err(out_of_range(
+            format!(
+                "{field}.timeout must be between 1ms and {}s",
+                MAX_GUARD_TIMEOUT.as_secs()
+            ),
+            format!("{field}.timeout"),
+        ));
+    }
+    let failures = guard.failures.unwrap_or(1);
+    let Some(failures) = u32::try_from(failures)
+        .ok()
+        .filter(|f| (1..=MAX_GUARD_FAILURES).contains(f))
+    else {
+        return Err(out_of_range(
+            format!("{field}.failures must be between 1 and {MAX_GUARD_FAILURES}"),
+            format!("{field}.failures"),
+        ));
+    };
+    Ok(Guard {
+        url: guard.url.clone(),
+        failures,
+        // At most 60,000 (checked above).
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Checks a Prometheus analysis guard (its `variant` is filled in at start).
+fn prometheus_guard(
+    guard: &PrometheusGuardRequest,
+    field: &str,
+) -> Result<PrometheusGuard, DomainError> {
+    analysis::check_address(&guard.address, &format!("{field}.address"))?;
+    analysis::check_query(&guard.query, &format!("{field}.query"))?;
+    analysis::check_success(&guard.success, &format!("{field}.success"))?;
+    let timeout = analysis::check_timeout(guard.timeout.as_deref(), &format!("{field}.timeout"))?;
+    let interval_field = format!("{field}.interval");
+    let interval_seconds = match &guard.interval {
+        None => 60,
+        Some(text) => {
+            let seconds = seconds(text, &interval_field)?;
+            if seconds > MAX_ANALYSIS_INTERVAL {
+                return Err(out_of_range(
+                    format!("{interval_field} must be between 1s and 24h"),
+                    interval_field,
+                ));
+            }
+            seconds
+        }
+    };
+    let count = guard.count.unwrap_or(3);
+    let Some(count) = u32::try_from(count)
+        .ok()
+        .filter(|c| (1..=MAX_ANALYSIS_COUNT).contains(c))
+    else {
+        return Err(out_of_range(
+            format!("{field}.count must be between 1 and {MAX_ANALYSIS_COUNT}"),
+            format!("{field}.count"),
+        ));
+    };
+    let limit = guard.failure_limit.unwrap_or(0);
+    let Some(failure_limit) = u32::try_from(limit).ok().filter(|l| *l < count) else {
+        return Err(out_of_range(
+            format!(
+                "{field}.failureLimit must be between 0 and count - 1 ({}): more failures than that abort the ramp, so a limit of count or more could never abort",
+                count - 1
+            ),
+            format!("{field}.failureLimit"),
+        ));
+    };
+    Ok(PrometheusGuard {
+        address: guard.address.clone(),
+        query: guard.query.clone(),
+        variant: String::new(),
+        success: guard.success.clone(),
+        interval_seconds,
+        count,
+        failure_limit,
+        inconclusive: guard.inconclusive.unwrap_or_default(),
+        // At most 60,000 (checked above).
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        run: AnalysisRun::default(),
+        measurements: Vec::new(),
+        measurements_dropped: 0,
     })
 }
 
@@ -752,6 +1143,7 @@ pub async fn start(
         steps,
         durations,
         guard,
+        analysis,
     } = validate(&request)?;
     if let Some(guard) = &guard
         && let Err(failure) = check_guard(guard, state.guard_roots()).await
@@ -759,8 +1151,13 @@ pub async fn start(
         return Err(DomainError::conflict(format!(
             "the guard is unhealthy, so the ramp did not start: {failure}"
         ))
-        .at("guard.url"));
+        .at(if request.guards.is_some() {
+            "guards"
+        } else {
+            "guard.url"
+        }));
     }
+    let analysis = preflight(state, environment, flag, &request, analysis).await?;
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
     if let Some(open) = open_ramp(state, environment, flag).await? {
@@ -816,6 +1213,7 @@ pub async fn start(
         steps,
         durations,
         guard,
+        analysis,
         state: RampState::Active,
         current_step: 0,
         previous_percentage: previous.percentage,
@@ -856,9 +1254,80 @@ pub async fn start(
         ramp.event(now, "completed", Some(first), ACTOR, None);
     } else {
         ramp.next_at = Some(later(now, ramp.durations[0])?);
+        ramp.schedule_analysis(now);
     }
     save(state, &mut ramp, now).await?;
     Ok(ramp)
+}
+
+/// Before a ramp with analysis guards starts: fills in what `{{variant}}` stands for and takes
+/// one measurement per guard (concurrently, without the ramp lock), recorded as evidence of step
+/// 0. A guard failing now, or a Prometheus that cannot be asked (unreachable, refusing the
+/// query), refuses the start; no samples is fine (a variant at 0 % often has none yet).
+async fn preflight(
+    state: &Domain,
+    environment: &str,
+    flag: &str,
+    request: &StartRequest,
+    analysis: Vec<(String, PrometheusGuard)>,
+) -> Result<Vec<PrometheusGuard>, DomainError> {
+    if analysis.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (env, key, requested) = (
+        environment.to_owned(),
+        flag.to_owned(),
+        request.variant.clone(),
+    );
+    let variant = blocking(state, move |store| {
+        flags::environment_or_not_found(store, &env)?;
+        let current = store.flag(&env, &key)?.ok_or_else(|| {
+            DomainError::not_found(format!(
+                "flag {key:?} does not exist in environment {env:?}"
+            ))
+        })?;
+        flag_core::rollout::rolled_out_variant(&current.flag, requested.as_deref())
+            .map_err(flags::rollout_error)
+    })
+    .await?;
+    let client = analysis::client(state)?;
+    let now = (state.clock)();
+    let mut guards = Vec::with_capacity(analysis.len());
+    for (field, mut guard) in analysis {
+        guard.variant.clone_from(&variant);
+        guards.push((field, guard));
+    }
+    let measured = futures_util::future::join_all(
+        guards
+            .iter()
+            .map(|(_, guard)| guard.measure(environment, flag, &client, now)),
+    )
+    .await;
+    let mut checked = Vec::with_capacity(guards.len());
+    for ((field, mut guard), measurement) in guards.into_iter().zip(measured) {
+        if !measurement.answered {
+            return Err(DomainError::conflict(format!(
+                "{field} cannot be measured, so the ramp did not start: {} (try it with `flagctl ramp analyse`)",
+                measurement.error.unwrap_or_default()
+            ))
+            .at(format!("{field}.query")));
+        }
+        if measurement.verdict == Verdict::Failure {
+            return Err(DomainError::conflict(format!(
+                "{field} fails now, so the ramp did not start: `{}` returned {} and the success condition is `{}`",
+                measurement.query,
+                shown_values(&measurement.values),
+                guard.success
+            ))
+            .at(format!("{field}.success")));
+        }
+        guard.keep(Evidence {
+            step: 0,
+            measurement,
+        });
+        checked.push(guard);
+    }
+    Ok(checked)
 }
 
 /// What `pause`, `resume` and `abort` do.
@@ -898,8 +1367,9 @@ pub async fn control(
                     "{changed}; resuming would move users the ramp did not place. Abort the ramp (or set the rollout back) first"
                 )));
             }
-            // The interval restarts from now.
+            // The interval restarts from now, and so does the next step's analysis.
             ramp.next_at = Some(later(now, ramp.durations[ramp.current_step])?);
+            ramp.schedule_analysis(now);
             ramp.state = RampState::Active;
             ramp.event(now, "resumed", None, actor, message);
         }
@@ -1083,9 +1553,9 @@ pub async fn tick(state: &Domain) -> Result<usize, DomainError> {
         },
     )
     .await?;
-    let (guarded, plain): (Vec<Ramp>, Vec<Ramp>) = due
-        .into_iter()
-        .partition(|ramp| ramp.guard.is_some() && ramp.state == RampState::Active);
+    let (guarded, plain): (Vec<Ramp>, Vec<Ramp>) = due.into_iter().partition(|ramp| {
+        ramp.state == RampState::Active && (ramp.guard.is_some() || !ramp.analysis.is_empty())
+    });
     let mut moved = 0;
     for ramp in plain {
         moved += apply_due(state, ramp, None).await;
@@ -1094,11 +1564,8 @@ pub async fn tick(state: &Domain) -> Result<usize, DomainError> {
         let claim = state.guard_checks.claim(ramp.id?)?;
         Some(async move {
             let _claim = claim;
-            let result = match &ramp.guard {
-                Some(guard) => check_guard(guard, state.guard_roots()).await,
-                None => Ok(()),
-            };
-            apply_due(state, ramp, Some(result)).await
+            let checks = run_checks(state, &ramp, now).await;
+            apply_due(state, ramp, Some(checks)).await
         })
     });
     moved += futures_util::future::join_all(checks)
@@ -1108,12 +1575,65 @@ pub async fn tick(state: &Domain) -> Result<usize, DomainError> {
     Ok(moved)
 }
 
-/// Under the ramp lock: moves a due ramp, as it is now, with its guard's result (1 if it moved).
-async fn apply_due(
-    state: &Domain,
-    checked: Ramp,
-    guard_result: Option<Result<(), String>>,
-) -> usize {
+/// What a due ramp's guards found, outside the ramp lock.
+#[derive(Debug, Default)]
+struct Checks {
+    /// The URL guard's result, when the step is due and it was checked.
+    url: Option<Result<(), String>>,
+    /// The analysis guards' measurements that were due, by guard index.
+    measurements: Vec<(usize, Measurement)>,
+}
+
+/// Takes the measurements due at `now` (concurrently), and checks the URL guard when the step is
+/// due and its analysis ends with them.
+async fn run_checks(state: &Domain, ramp: &Ramp, now: i64) -> Checks {
+    let due: Vec<usize> = (0..ramp.analysis.len())
+        .filter(|&i| ramp.analysis[i].run.next_at.is_some_and(|at| at <= now))
+        .collect();
+    let measurements = match analysis::client(state) {
+        Ok(client) => {
+            let client = &client;
+            futures_util::future::join_all(due.iter().map(|&i| async move {
+                let guard = &ramp.analysis[i];
+                (
+                    i,
+                    guard
+                        .measure(&ramp.environment, &ramp.flag, client, now)
+                        .await,
+                )
+            }))
+            .await
+        }
+        Err(error) => due
+            .iter()
+            .map(|&i| {
+                let measurement = Measurement {
+                    at: now,
+                    query: ramp.analysis[i].query.clone(),
+                    values: Vec::new(),
+                    verdict: Verdict::Inconclusive,
+                    error: Some(format!("no HTTP client: {error}")),
+                    answered: false,
+                };
+                (i, measurement)
+            })
+            .collect(),
+    };
+    let step_due = ramp.next_at.is_some_and(|at| at <= now);
+    let analysed = ramp.analysis.iter().enumerate().all(|(i, guard)| {
+        guard.run.next_at.is_none()
+            || (due.contains(&i) && guard.run.taken.saturating_add(1) >= guard.count)
+    });
+    let url = match &ramp.guard {
+        Some(guard) if step_due && analysed => Some(check_guard(guard, state.guard_roots()).await),
+        _ => None,
+    };
+    Checks { url, measurements }
+}
+
+/// Under the ramp lock: moves a due ramp, as it is now, with what its guards found (1 if it
+/// moved or recorded measurements).
+async fn apply_due(state: &Domain, checked: Ramp, checks: Option<Checks>) -> usize {
     let _lock = state.ramps.lock().await;
     let now = (state.clock)();
     if checked.state == RampState::Failed {
@@ -1130,6 +1650,7 @@ async fn apply_due(
     };
     let Some(mut ramp) = current.filter(|r| {
         r.id == checked.id
+            && r.revision == checked.revision
             && r.state == RampState::Active
             && r.next_at == checked.next_at
             && r.current_step == checked.current_step
@@ -1139,7 +1660,7 @@ async fn apply_due(
     // With several replicas two schedulers may briefly both believe they lead: whatever a step
     // writes lands with a compare-and-set on the ramp's revision (`Fence::Save`), so the one
     // that read an outdated ramp changes nothing.
-    let saved = match advance(state, &mut ramp, now, guard_result).await {
+    let saved = match advance(state, &mut ramp, now, checks.unwrap_or_default()).await {
         Ok(saved) => saved,
         Err(DomainError::Store(StoreError::RampConflict { .. })) => {
             tracing::info!(
@@ -1243,12 +1764,27 @@ async fn advance(
     state: &Domain,
     ramp: &mut Ramp,
     now: i64,
-    guard_result: Option<Result<(), String>>,
+    checks: Checks,
 ) -> Result<bool, DomainError> {
     let Some(mut due_at) = ramp.next_at else {
         return Ok(false);
     };
-    if let (Some(guard), Some(result)) = (ramp.guard.clone(), guard_result) {
+    match judge(state, ramp, now, checks.measurements) {
+        Judgement::Go => {}
+        Judgement::Abort(reason) => return abort(state, ramp, now, ACTOR, &reason).await,
+        Judgement::Pause(reason) => {
+            ramp.state = RampState::Paused;
+            ramp.next_at = None;
+            ramp.event(now, "paused", None, ACTOR, Some(reason));
+            return Ok(false);
+        }
+    }
+    // Not due yet, or its analysis still runs: the measurements are saved, the step waits. A
+    // guarded step whose URL guard was not checked (the clock moved on since) waits a tick.
+    if due_at > now || !ramp.analysed() || (ramp.guard.is_some() && checks.url.is_none()) {
+        return Ok(false);
+    }
+    if let (Some(guard), Some(result)) = (ramp.guard.clone(), checks.url) {
         match result {
             Ok(()) => ramp.guard_failures = 0,
             Err(failure) => {
@@ -1284,10 +1820,22 @@ async fn advance(
             return abort(state, ramp, now, ACTOR, &reason).await;
         }
     }
-    // Jump to the step due now: after downtime, skip the steps whose time has passed.
+    // Jump to the step due now: after downtime, skip the steps whose time has passed. Not with
+    // analysis: each step is judged before it is applied, and the next is due one duration after
+    // it was (an analysis that ran late delays what follows).
     let last = ramp.steps.len() - 1;
     let mut step = ramp.current_step + 1;
-    while step < last {
+    if !ramp.analysis.is_empty() {
+        due_at = due_at.max(
+            ramp.analysis
+                .iter()
+                .filter_map(|g| g.measurements.last())
+                .map(|e| e.measurement.at)
+                .max()
+                .unwrap_or(due_at),
+        );
+    }
+    while step < last && ramp.analysis.is_empty() {
         match due_at.checked_add(ramp.durations[step]) {
             Some(next) if next <= now => {
                 due_at = next;
@@ -1322,6 +1870,7 @@ async fn advance(
         next.event(now, "completed", Some(percentage), ACTOR, None);
     } else {
         next.next_at = Some(later(due_at, ramp.durations[step])?);
+        next.schedule_analysis(now);
     }
     let applied = match step_share(percentage) {
         Ok(share) => {
@@ -1349,6 +1898,99 @@ async fn advance(
             abort(state, ramp, now, ACTOR, &reason).await
         }
     }
+}
+
+/// What a ramp's new measurements decide.
+#[derive(Debug)]
+enum Judgement {
+    /// Nothing stops it.
+    Go,
+    /// An inconclusive measurement with the `pause` policy.
+    Pause(String),
+    /// Too many failures, or an inconclusive measurement with the `abort` policy.
+    Abort(String),
+}
+
+/// Records the measurements with their guards (evidence, run counts, metrics) and decides.
+fn judge(
+    state: &Domain,
+    ramp: &mut Ramp,
+    now: i64,
+    measurements: Vec<(usize, Measurement)>,
+) -> Judgement {
+    let mut judgement = Judgement::Go;
+    let (environment, flag) = (ramp.environment.clone(), ramp.flag.clone());
+    let target = ramp.current_step + 1;
+    for (index, measurement) in measurements {
+        let Some(guard) = ramp.analysis.get_mut(index) else {
+            continue;
+        };
+        let value = Condition::parse(&guard.success)
+            .ok()
+            .and_then(|c| measurement.deciding_value(&c));
+        state.metrics.ramp_analysis(
+            measurement.verdict.as_str(),
+            &environment,
+            &flag,
+            index,
+            value,
+        );
+        let run = &mut guard.run;
+        run.taken = run.taken.saturating_add(1);
+        let verdict = measurement.verdict;
+        if verdict == Verdict::Failure {
+            run.failures = run.failures.saturating_add(1);
+        }
+        run.next_at = (run.taken < guard.count).then(|| now.saturating_add(guard.interval_seconds));
+        let inconclusive = (verdict == Verdict::Inconclusive).then(|| {
+            format!(
+                "analysis[{index}] was inconclusive before step {} (`{}`: {})",
+                target + 1,
+                measurement.query,
+                measurement.error.as_deref().unwrap_or("no samples")
+            )
+        });
+        guard.keep(Evidence {
+            step: target,
+            measurement,
+        });
+        if guard.run.failures > guard.failure_limit {
+            let failing: Vec<String> = guard
+                .measurements
+                .iter()
+                .filter(|e| e.step == target && e.measurement.verdict == Verdict::Failure)
+                .map(|e| shown_values(&e.measurement.values))
+                .collect();
+            let query = guard
+                .measurements
+                .last()
+                .map_or_else(|| guard.query.clone(), |e| e.measurement.query.clone());
+            judgement = Judgement::Abort(format!(
+                "analysis[{index}] failed {} of {} measurement(s) before step {} (failureLimit {}): `{query}` returned {} where `{}` must hold",
+                guard.run.failures,
+                guard.run.taken,
+                target + 1,
+                guard.failure_limit,
+                failing.join("; "),
+                guard.success
+            ));
+            continue;
+        }
+        match (inconclusive, guard.inconclusive) {
+            (Some(reason), InconclusivePolicy::Abort) => {
+                judgement = Judgement::Abort(format!("{reason}; its policy is to abort"));
+            }
+            (Some(reason), InconclusivePolicy::Pause)
+                if !matches!(judgement, Judgement::Abort(_)) =>
+            {
+                judgement = Judgement::Pause(format!(
+                    "{reason}; its policy is to pause: resume to measure again, or abort"
+                ));
+            }
+            _ => {}
+        }
+    }
+    judgement
 }
 
 /// Whether the scheduler is running, for `/readyz`.
