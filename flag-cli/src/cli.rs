@@ -149,7 +149,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum RampCommand {
     /// Start a ramp: the first step applies now, then one step per interval, run by the server.
-    Start(RampStartArgs),
+    Start(Box<RampStartArgs>),
     /// Show a flag's ramp: current %, next step and when, progress, history.
     Status {
         /// The flag key.
@@ -240,9 +240,82 @@ pub struct RampStartArgs {
     /// How long one guard check may take, e.g. 5s (at most 60s).
     #[arg(long, default_value = "5s", requires = "guard_url")]
     pub guard_timeout: String,
+    /// A Prometheus analysis guard: Prometheus's base URL, as the server reaches it. Before each
+    /// step the server runs --query --count times, --analysis-interval apart, and judges each
+    /// value with --success; more than --failure-limit failures abort the ramp and restore the
+    /// rollout. Try the query first with `flagctl ramp analyse`.
+    #[arg(long, value_name = "URL", requires_all = ["query", "success"], help_heading = "Metric analysis")]
+    pub prometheus: Option<String>,
+    /// The guard's PromQL instant query (a scalar or an instant vector); may use {{flag}},
+    /// {{environment}} and {{variant}}.
+    #[arg(long, requires = "prometheus", help_heading = "Metric analysis")]
+    pub query: Option<String>,
+    /// The condition every value must meet: comparisons of `result` and numbers, and/or/not,
+    /// isNaN(result), e.g. 'result < 0.02'.
+    #[arg(long, requires = "prometheus", help_heading = "Metric analysis")]
+    pub success: Option<String>,
+    /// Measurements before each step (1-100; server default 3).
+    #[arg(long, requires = "prometheus", help_heading = "Metric analysis")]
+    pub count: Option<u32>,
+    /// Failed measurements tolerated before each step (below --count; server default 0: the
+    /// first failure aborts).
+    #[arg(long, requires = "prometheus", help_heading = "Metric analysis")]
+    pub failure_limit: Option<u32>,
+    /// What an inconclusive measurement (no samples, Prometheus down or refusing the query) does
+    /// (server default: pause).
+    #[arg(
+        long,
+        value_enum,
+        requires = "prometheus",
+        help_heading = "Metric analysis"
+    )]
+    pub inconclusive: Option<Inconclusive>,
+    /// Time between two measurements, e.g. 1m (1s to 24h; server default 1m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "prometheus",
+        help_heading = "Metric analysis"
+    )]
+    pub analysis_interval: Option<String>,
+    /// How long one measurement may take, e.g. 10s (1ms to 60s; server default 10s).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "prometheus",
+        help_heading = "Metric analysis"
+    )]
+    pub analysis_timeout: Option<String>,
+    /// More guards from a JSON or YAML file: a list of guards, or an object with `guards`, each
+    /// as the API takes it (`kind: prometheus` or `kind: url`). Added to the ones given by
+    /// options.
+    #[arg(long, value_name = "FILE", help_heading = "Metric analysis")]
+    pub guard_file: Option<PathBuf>,
     /// Why: recorded with the ramp and in the audit log.
     #[arg(short = 'm', long = "message")]
     pub message: Option<String>,
+}
+
+/// What an inconclusive measurement does to a ramp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Inconclusive {
+    /// Pause the ramp until someone resumes or aborts it.
+    Pause,
+    /// Abort the ramp and restore the rollout.
+    Abort,
+    /// Let it through (counted, not as a failure).
+    Continue,
+}
+
+impl Inconclusive {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Inconclusive::Pause => "pause",
+            Inconclusive::Abort => "abort",
+            Inconclusive::Continue => "continue",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

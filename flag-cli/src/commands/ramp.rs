@@ -113,14 +113,94 @@ fn start_body(args: &RampStartArgs) -> Result<Value> {
         }
         (None, true) => {}
     }
-    if let Some(url) = &args.guard_url {
-        body["guard"] =
-            json!({"url": url, "failures": args.guard_failures, "timeout": args.guard_timeout});
+    let guards = guards(args)?;
+    if !guards.is_empty() {
+        body["guards"] = Value::Array(guards);
     }
     if let Some(message) = &args.message {
         body["message"] = json!(message);
     }
     Ok(body)
+}
+
+/// The guards of `ramp start`: the URL guard, the Prometheus guard, then the file's.
+fn guards(args: &RampStartArgs) -> Result<Vec<Value>> {
+    let mut guards = Vec::new();
+    if let Some(url) = &args.guard_url {
+        guards.push(json!({"kind": "url", "url": url, "failures": args.guard_failures, "timeout": args.guard_timeout}));
+    }
+    if let Some(address) = &args.prometheus {
+        let mut guard = json!({"kind": "prometheus", "address": address, "query": args.query, "success": args.success});
+        let optional = [
+            ("count", args.count.map(|n| json!(n))),
+            ("failureLimit", args.failure_limit.map(|n| json!(n))),
+            ("inconclusive", args.inconclusive.map(|p| json!(p.as_str()))),
+            (
+                "interval",
+                args.analysis_interval.as_ref().map(|d| json!(d)),
+            ),
+            ("timeout", args.analysis_timeout.as_ref().map(|d| json!(d))),
+        ];
+        for (field, value) in optional {
+            if let Some(value) = value {
+                guard[field] = value;
+            }
+        }
+        guards.push(guard);
+    }
+    if let Some(path) = &args.guard_file {
+        guards.extend(guard_file(path)?);
+    }
+    Ok(guards)
+}
+
+/// Reads `--guard-file`: JSON, or YAML (JSON is tried first, so its errors win for `.json`).
+fn guard_file(path: &std::path::Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| CliError::input(format!("cannot read {}: {error}", path.display())))?;
+    let json_named = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let document: Value = match flag_core::json::from_str_unique(&text) {
+        Ok(value) => value,
+        Err(error) if json_named => {
+            return Err(CliError::input(format!(
+                "{} is not valid JSON: {error}",
+                path.display()
+            )));
+        }
+        Err(_) => serde_yaml_ng::from_str(&text).map_err(|error| {
+            CliError::input(format!(
+                "{} is neither JSON nor YAML: {error}",
+                path.display()
+            ))
+        })?,
+    };
+    let list = match document {
+        Value::Array(list) => list,
+        Value::Object(mut object) => match object.remove("guards") {
+            Some(Value::Array(list)) if object.is_empty() => list,
+            _ => {
+                return Err(CliError::input(format!(
+                    "{}: expected a list of guards, or an object with only `guards` (a list)",
+                    path.display()
+                )));
+            }
+        },
+        _ => {
+            return Err(CliError::input(format!(
+                "{}: expected a list of guards, or an object with `guards`",
+                path.display()
+            )));
+        }
+    };
+    if let Some(index) = list.iter().position(|g| !g.is_object()) {
+        return Err(CliError::input(format!(
+            "{}: guards[{index}] is not an object",
+            path.display()
+        )));
+    }
+    Ok(list)
 }
 
 async fn control(
@@ -196,6 +276,14 @@ fn show(view: &Value) -> Result<()> {
             output::cell(&view["guard"]["failures"])
         )?;
     }
+    for (index, guard) in view["analysis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        analysis(index, guard, state == "active")?;
+    }
     for event in view["history"].as_array().into_iter().flatten() {
         outln!(
             "  {}  {:<12} {:>7}  by {}{}",
@@ -214,6 +302,88 @@ fn show(view: &Value) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// How many of a guard's measurements `ramp status` shows (`-o json` has them all).
+const SHOWN_MEASUREMENTS: usize = 5;
+
+/// One analysis guard in `ramp status`: what it asks, where its current analysis is, and its
+/// last measurements.
+fn analysis(index: usize, guard: &Value, active: bool) -> Result<()> {
+    outln!(
+        "  analysis[{index}]: {} at {}",
+        output::cell(&guard["query"]),
+        output::cell(&guard["address"])
+    )?;
+    outln!(
+        "    `{}` on each value; {} measurement(s) {} apart before each step; more than {} failure(s) abort; inconclusive: {}",
+        output::cell(&guard["success"]),
+        output::cell(&guard["count"]),
+        seconds(&guard["intervalSeconds"]),
+        output::cell(&guard["failureLimit"]),
+        output::cell(&guard["inconclusive"])
+    )?;
+    let run = &guard["run"];
+    if active {
+        let next = run["nextAt"].as_i64().map_or_else(
+            || "done".to_owned(),
+            |at| format!("next at {}", output::time(at)),
+        );
+        outln!(
+            "    before step {}: {}/{} taken, {} failed, {next}",
+            run["step"].as_u64().unwrap_or(0) + 1,
+            output::cell(&run["taken"]),
+            output::cell(&guard["count"]),
+            output::cell(&run["failures"])
+        )?;
+    }
+    let measurements = guard["measurements"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let skip = measurements.len().saturating_sub(SHOWN_MEASUREMENTS);
+    if skip > 0 {
+        outln!("    ({skip} earlier measurement(s): -o json shows them)")?;
+    }
+    for measurement in &measurements[skip..] {
+        let values: Vec<String> = measurement["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                v.as_f64()
+                    .map_or_else(|| "NaN".to_owned(), |v| v.to_string())
+            })
+            .collect();
+        outln!(
+            "    {}  step {:<3} {:<12} {}{}",
+            measurement["at"]
+                .as_i64()
+                .map_or_else(|| "-".to_owned(), output::time),
+            measurement["step"].as_u64().unwrap_or(0) + 1,
+            output::cell(&measurement["verdict"]),
+            if values.is_empty() {
+                "-".to_owned()
+            } else {
+                values.join(", ")
+            },
+            measurement["error"]
+                .as_str()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// Seconds as people write them: 90s, 5m, 2h.
+fn seconds(value: &Value) -> String {
+    match value.as_i64() {
+        Some(s) if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        Some(s) if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        Some(s) => format!("{s}s"),
+        None => "-".to_owned(),
+    }
 }
 
 /// `flagctl ramp analyse`: one measurement, run by the server.
@@ -270,4 +440,58 @@ async fn analyse(
         outln!("why:     {error}")?;
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn guard_files_are_json_or_yaml_lists_or_objects_with_guards() {
+        let yaml = "- kind: prometheus\n  address: http://p:9090\n  query: up\n  success: result == 1\n  count: 2\n- kind: url\n  url: http://app/health\n";
+        let (_dir, path) = file("guards.yaml", yaml);
+        let guards = guard_file(&path).unwrap();
+        assert_eq!(
+            guards,
+            vec![
+                json!({"kind": "prometheus", "address": "http://p:9090", "query": "up", "success": "result == 1", "count": 2}),
+                json!({"kind": "url", "url": "http://app/health"}),
+            ]
+        );
+        let (_dir, path) = file(
+            "guards.json",
+            r#"{"guards": [{"kind": "url", "url": "http://app/health"}]}"#,
+        );
+        assert_eq!(guard_file(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_guard_files_name_the_file_and_what_is_wrong() {
+        let cases = [
+            (
+                "g.json",
+                r#"[{"kind": "url", "kind": "url"}]"#,
+                "not valid JSON",
+            ),
+            ("g.yaml", "guards: [1]", "guards[0] is not an object"),
+            ("g.yaml", "guards: []\nextra: 1", "only `guards`"),
+            ("g.yaml", "kind: url", "a list of guards"),
+            ("g.yaml", "- [unclosed", "neither JSON nor YAML"),
+        ];
+        for (name, text, expected) in cases {
+            let (_dir, path) = file(name, text);
+            let error = guard_file(&path).unwrap_err().to_string();
+            assert!(
+                error.contains(expected) && error.contains(name),
+                "{text}: {error}"
+            );
+        }
+    }
 }
