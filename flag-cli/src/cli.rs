@@ -23,7 +23,7 @@ use crate::output::Format;
 ///
 /// Exit codes: 0 success (also when whoever reads stdout stops early, as `| head` does); 1 an
 /// error from the server, the input or the network (the message names what and where); 2 a
-/// usage error; 3 `flagctl diff` found differences.
+/// usage error; 3 `flagctl diff` found differences, or `flagctl refs` found something to act on.
 #[derive(Debug, Parser)]
 #[command(name = "flagctl", version, term_width = 100)]
 pub struct Cli {
@@ -144,6 +144,36 @@ pub enum Command {
     /// Ramp a flag's rollout up in steps on a schedule (progressive delivery).
     #[command(subcommand)]
     Ramp(RampCommand),
+    /// Find the environment's flags in a source tree: each flag's references (file:line), flags
+    /// with none left (candidates for removal), and string literals passed to flag getters that
+    /// name no flag (typos).
+    ///
+    /// A reference is a flag key as a whole string literal ("key", 'key' or `key`) in any text
+    /// file; .gitignore, .ignore and hidden files are respected, binary files and flag documents
+    /// (JSON with "flags" and "defaultVariant") skipped. Getters are the OpenFeature SDKs'
+    /// (getBooleanValue, get_string_details, BooleanValue(ctx, "key", …), …), this project's SDK
+    /// (bool_value, string_details, .flag("key")) and any --getter. Exit 3 when anything was
+    /// found, so CI can gate on it; -o json for scripts.
+    Refs(RefsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefsArgs {
+    /// The source tree to scan.
+    #[arg(default_value = ".")]
+    pub path: Option<PathBuf>,
+    /// The environment whose flags to look for (the same as -e/--env).
+    #[arg(long, value_name = "ENV", conflicts_with = "file")]
+    pub environment: Option<String>,
+    /// Take the flag keys from a flagd file instead of the server's environment (offline).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Skip paths matching this glob, relative to PATH (repeatable), e.g. 'vendor/**'.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Also treat calls to this function or method as flag getters (repeatable), e.g. isEnabled.
+    #[arg(long, value_name = "NAME")]
+    pub getter: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

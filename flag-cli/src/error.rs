@@ -13,6 +13,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `flagctl diff`: the file and the server differ.
     pub const DIFFERENCES: u8 = 3;
+    /// `flagctl refs`: something to act on (a flag without references, an unknown key).
+    pub const FINDINGS: u8 = 3;
 }
 
 /// The kinds of failure.

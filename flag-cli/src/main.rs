@@ -176,5 +176,6 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Token(command) => commands::token::run(&context, command).await,
         Command::Auth(command) => commands::auth::run(&context, command).await,
         Command::Ramp(command) => commands::ramp::run(&context, command).await,
+        Command::Refs(args) => commands::refs::run(&context, &args).await,
     }
 }

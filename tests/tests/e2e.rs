@@ -483,6 +483,57 @@ mod cli {
         std::fs::write(dir.join(name), serde_json::to_string_pretty(value).unwrap()).unwrap();
     }
 
+    /// `flagctl refs` against the real server's environment: references, an unreferenced flag,
+    /// a typo with its suggestion, exit codes, JSON.
+    #[test]
+    fn refs_finds_references_unused_flags_and_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        for key in ["new-checkout", "old-banner"] {
+            let (code, _, err) = flagctl(&server, dir.path(), &["flag", "create", key]);
+            assert_eq!(code, 0, "{err}");
+        }
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("gen")).unwrap();
+        std::fs::write(src.join(".gitignore"), "gen/\n").unwrap();
+        std::fs::write(src.join("gen/all.rs"), "\"old-banner\"\n").unwrap();
+        std::fs::write(
+            src.join("checkout.rs"),
+            "fn pay(client: &FlagClient) {\n    if client.bool_value(\"new-checkout\", &ctx, false) {}\n    if client.bool_value(\"new-chekout\", &ctx, false) {}\n}\n",
+        )
+        .unwrap();
+        let (code, out, err) = flagctl(&server, dir.path(), &["refs", "src"]);
+        assert_eq!(code, 3, "findings exit 3: {out}{err}");
+        assert!(out.contains("checkout.rs:2"), "{out}");
+        assert!(out.contains("candidate for removal"), "{out}");
+        assert!(out.contains("did you mean \"new-checkout\""), "{out}");
+        let (code, out, _) = flagctl(
+            &server,
+            dir.path(),
+            &["refs", "src", "--environment", "default", "-o", "json"],
+        );
+        assert_eq!(code, 3);
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["unreferenced"], json!(["old-banner"]));
+        assert_eq!(report["unknown"][0]["key"], "new-chekout");
+        assert_eq!(report["unknown"][0]["line"], 3);
+        // Fixed: nothing left to act on.
+        std::fs::write(
+            src.join("checkout.rs"),
+            "const A: &str = \"new-checkout\";\nconst B: &str = \"old-banner\";\n",
+        )
+        .unwrap();
+        let (code, out, err) = flagctl(&server, dir.path(), &["refs", "src"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, _, err) = flagctl(
+            &server,
+            dir.path(),
+            &["refs", "src", "--environment", "nope"],
+        );
+        assert_eq!(code, 1, "an unknown environment is an error: {err}");
+        assert!(err.contains("nope"), "{err}");
+    }
+
     #[test]
     fn walkthrough() {
         let dir = tempfile::tempdir().unwrap();

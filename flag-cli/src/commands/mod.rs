@@ -8,6 +8,7 @@ pub mod flag;
 pub mod login;
 pub mod promote;
 pub mod ramp;
+pub mod refs;
 pub mod status;
 pub mod token;
 pub mod validate;
