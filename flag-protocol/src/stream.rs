@@ -400,6 +400,8 @@ pub enum ClientMessage {
     Hello(Hello),
     /// A snapshot or patch was applied.
     Ack(Ack),
+    /// Evaluations counted by the client since its last report.
+    Usage(UsageReport),
     /// A message type this server does not know: ignored.
     #[serde(other)]
     Unknown,
@@ -448,6 +450,29 @@ fn string_or_absent<'de, D: serde::Deserializer<'de>>(
 pub struct Ack {
     /// The version the client has applied.
     pub version: i64,
+}
+
+/// `usage` (also the body of `POST /api/v1/usage`): evaluations a client counted since its last
+/// report, per flag, variant and reason. Counts are deltas: the server adds them up.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// One entry per flag, variant and reason evaluated.
+    pub counts: Vec<UsageCount>,
+}
+
+/// One entry of a [`UsageReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCount {
+    /// The flag key.
+    pub flag: String,
+    /// The variant served; absent when none was (an error: the caller's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// The OpenFeature reason (`STATIC`, `TARGETING_MATCH`, `SPLIT`, `DISABLED`, `ERROR`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Evaluations.
+    pub count: u64,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use flag_core::{Metadata, MetadataValue, Problem, ProblemCode, Severity};
-use flag_protocol::stream::Evaluators;
+use flag_protocol::stream::{Evaluators, UsageCount, UsageReport};
 use flag_protocol::{
     Ack, ClientMessage, Document, ErrorBody, ErrorCode, ErrorDetail, Goodbye, GoodbyeReason, Hello,
     OfrepBulkEvaluation, OfrepEvaluation, OfrepFailure, OfrepRequest, Patch, Ping, ServerMessage,
@@ -134,6 +134,25 @@ fn stream_messages() {
         }),
     );
     check("ack", &ClientMessage::Ack(Ack { version: 43 }));
+    check(
+        "usage",
+        &ClientMessage::Usage(UsageReport {
+            counts: vec![
+                UsageCount {
+                    flag: "new-checkout".to_owned(),
+                    variant: Some("on".to_owned()),
+                    reason: Some("SPLIT".to_owned()),
+                    count: 1200,
+                },
+                UsageCount {
+                    flag: "missing".to_owned(),
+                    variant: None,
+                    reason: Some("ERROR".to_owned()),
+                    count: 3,
+                },
+            ],
+        }),
+    );
 }
 
 #[test]
@@ -250,7 +269,7 @@ fn every_protocol_example_parses() {
     let mut kinds = Vec::new();
     for example in examples {
         let kind = example["type"].as_str().unwrap_or_default().to_owned();
-        if kind == "hello" || kind == "ack" {
+        if kind == "hello" || kind == "ack" || kind == "usage" {
             let message: ClientMessage = serde_json::from_value(example.clone())
                 .unwrap_or_else(|error| panic!("{example}: {error}"));
             assert_ne!(message, ClientMessage::Unknown, "{example}");
@@ -270,7 +289,9 @@ fn every_protocol_example_parses() {
     kinds.dedup();
     assert_eq!(
         kinds,
-        ["ack", "goodbye", "hello", "patch", "ping", "snapshot"],
+        [
+            "ack", "goodbye", "hello", "patch", "ping", "snapshot", "usage"
+        ],
         "every message type has an example"
     );
 }

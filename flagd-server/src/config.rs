@@ -144,6 +144,17 @@ pub struct Config {
     #[arg(long, env = "FLAGD_OIDC_CONFIG", value_name = "FILE")]
     pub oidc_config: Option<PathBuf>,
 
+    /// How long hourly evaluation counts (OFREP, and what SDKs report) are kept, e.g. `90d`;
+    /// at least 1h. They answer `GET …/flags/{key}/usage`, the listings' `lastEvaluated` and
+    /// `flagctl stale`.
+    #[arg(long, env = "FLAGD_USAGE_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub usage_retention: Duration,
+
+    /// How many flags get `flagd_evaluations_total` series of their own (per environment, first
+    /// evaluated first); evaluations of the others are counted as flag="other".
+    #[arg(long, env = "FLAGD_METRICS_MAX_FLAGS", default_value_t = crate::metrics::DEFAULT_MAX_FLAG_SERIES)]
+    pub metrics_max_flags: usize,
+
     /// Run a maintenance command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,

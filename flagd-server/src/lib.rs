@@ -100,6 +100,10 @@ pub struct ServerOptions {
     pub secrets_dir: Option<PathBuf>,
     /// The OIDC trust policies (`--oidc-config`): ID tokens of these issuers authenticate.
     pub oidc_config: Option<PathBuf>,
+    /// How long hourly evaluation counts are kept.
+    pub usage_retention: Duration,
+    /// How many flags get `flagd_evaluations_total` series of their own.
+    pub metrics_max_flags: usize,
 }
 
 impl ServerOptions {
@@ -120,6 +124,8 @@ impl ServerOptions {
             guard_ca: None,
             secrets_dir: None,
             oidc_config: None,
+            usage_retention: domain::usage::DEFAULT_RETENTION,
+            metrics_max_flags: metrics::DEFAULT_MAX_FLAG_SERIES,
         }
     }
 }
@@ -148,6 +154,8 @@ impl From<&config::Config> for ServerOptions {
             guard_ca: config.guard_ca.clone(),
             secrets_dir: config.secrets_dir.clone(),
             oidc_config: config.oidc_config.clone(),
+            usage_retention: config.usage_retention,
+            metrics_max_flags: config.metrics_max_flags,
         }
     }
 }
@@ -195,6 +203,10 @@ impl Server {
                 .strict_writes
                 .store(opened.strict, std::sync::atomic::Ordering::Relaxed);
             state.set_request_timeout(opened.request_timeout);
+            state.usage.set_retention(opened.usage_retention);
+            state
+                .metrics
+                .set_evaluation_flag_limit(opened.metrics_max_flags);
             Ok::<_, StartError>((state, access, postgres))
         })
         .await
@@ -293,6 +305,11 @@ impl Server {
                 oidc.prefetch(domain.now()).await;
             }
         });
+        // Evaluation counts: written every 10 s, pruned hourly; the last flush is below.
+        tokio::spawn(domain::usage::run_flusher(
+            self.state.domain.clone(),
+            stopping.clone(),
+        ));
         // GitOps: reconcile bound environments at start and every interval (on the leader).
         tokio::spawn(domain::gitops::run_reconciler(
             self.state.domain.clone(),
@@ -418,6 +435,12 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some stream sessions did not close in time");
+        }
+        // Counts of the last seconds, including what SDKs reported as their streams closed.
+        match tokio::time::timeout_at(deadline, domain::usage::flush(&self.state.domain)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot write the last evaluation counts"),
+            Err(_) => tracing::warn!("the last evaluation counts were not written in time"),
         }
         tracing::info!("stopped");
         Ok(())

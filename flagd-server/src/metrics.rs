@@ -77,7 +77,28 @@ pub struct Metrics {
     /// The last value measured by each ramp's analysis guard, as `f64` bits, by (environment,
     /// flag, guard index).
     analysis_values: DashMap<(String, String, usize), AtomicU64>,
+    /// Evaluations by (environment, flag or `other`, variant).
+    evaluations: DashMap<(String, String, String), AtomicU64>,
+    /// The flags (per environment) that have a series of their own.
+    evaluation_flags: dashmap::DashSet<(String, String)>,
+    /// How many flags may have series of their own (`--metrics-max-flags`).
+    evaluation_flag_limit: FlagLimit,
 }
+
+/// `--metrics-max-flags`, [`DEFAULT_MAX_FLAG_SERIES`] until set.
+struct FlagLimit(std::sync::atomic::AtomicUsize);
+
+impl Default for FlagLimit {
+    fn default() -> Self {
+        FlagLimit(std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_FLAG_SERIES))
+    }
+}
+
+/// The default of `--metrics-max-flags`.
+pub const DEFAULT_MAX_FLAG_SERIES: usize = 1_000;
+
+/// The `flag` label of evaluations of flags beyond `--metrics-max-flags`.
+pub const OTHER_FLAGS: &str = "other";
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +163,31 @@ impl Metrics {
     /// Counts a stored ramp that was unreadable or invalid and was marked failed.
     pub fn invalid_ramp(&self) {
         self.invalid_ramps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets how many flags may have `flagd_evaluations_total` series of their own; the others
+    /// share `flag="other"`.
+    pub fn set_evaluation_flag_limit(&self, limit: usize) {
+        self.evaluation_flag_limit.0.store(limit, Ordering::Relaxed);
+    }
+
+    /// Counts `count` evaluations of a flag's variant (empty: none served). Flags beyond the
+    /// limit (first come, first served) are counted as `other`.
+    pub fn evaluations(&self, environment: &str, flag: &str, variant: &str, count: u64) {
+        let key = (environment.to_owned(), flag.to_owned());
+        let own = self.evaluation_flags.contains(&key)
+            || (self.evaluation_flags.len() < self.evaluation_flag_limit.0.load(Ordering::Relaxed)
+                && self.evaluation_flags.insert(key));
+        let (flag, variant) = if own {
+            (flag.to_owned(), variant.to_owned())
+        } else {
+            // Folded flags fold their variants too: the cap bounds the series.
+            (OTHER_FLAGS.to_owned(), String::new())
+        };
+        self.evaluations
+            .entry((environment.to_owned(), flag, variant))
+            .or_default()
+            .fetch_add(count, Ordering::Relaxed);
     }
 
     /// Counts a ramp guard's measurement by `result` (`success`, `failure`, `inconclusive`) and
@@ -289,6 +335,23 @@ impl Metrics {
                 out,
                 "flagd_stream_clients{{environment=\"{}\"}} {count}",
                 label(&environment)
+            );
+        }
+        out.push_str("# HELP flagd_evaluations_total Flag evaluations (OFREP on this server, and those SDKs reported) by environment, flag and variant (empty: none served); flags beyond --metrics-max-flags are counted as flag=\"other\".\n");
+        out.push_str("# TYPE flagd_evaluations_total counter\n");
+        let mut evaluations: Vec<_> = self
+            .evaluations
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        evaluations.sort();
+        for ((environment, flag, variant), count) in evaluations {
+            let _ = writeln!(
+                out,
+                "flagd_evaluations_total{{environment=\"{}\",flag=\"{}\",variant=\"{}\"}} {count}",
+                label(&environment),
+                label(&flag),
+                label(&variant)
             );
         }
         out.push_str("# HELP flagd_ramp_analysis_total Measurements taken by ramps' Prometheus analysis guards, by result (success, failure, inconclusive).\n");

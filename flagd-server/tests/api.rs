@@ -2441,3 +2441,108 @@ async fn git_sources_refuse_bad_specs_by_field() {
         StatusCode::NO_CONTENT
     );
 }
+
+/// Evaluation telemetry: OFREP evaluations are counted by the server, SDK reports over HTTP are
+/// added, and both read back through the usage endpoint, the listing and `/metrics`.
+#[tokio::test]
+async fn evaluations_are_counted_and_read_back_everywhere() {
+    let app = TestApp::new();
+    for key in ["used", "unused"] {
+        let path = format!("/api/v1/environments/default/flags/{key}");
+        assert_eq!(
+            app.call("PUT", &path, Some(boolean_flag())).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let context = json!({"context": {"targetingKey": "user-1"}});
+    for _ in 0..3 {
+        let request = TestApp::request(
+            "POST",
+            "/ofrep/v1/evaluate/flags/used",
+            Some(&app.sdk),
+            Some(&context),
+        );
+        assert_eq!(app.send(request).await.0, StatusCode::OK);
+    }
+    // Not a flag of the environment: not counted.
+    let request = TestApp::request(
+        "POST",
+        "/ofrep/v1/evaluate/flags/nope",
+        Some(&app.sdk),
+        Some(&context),
+    );
+    assert_eq!(app.send(request).await.0, StatusCode::NOT_FOUND);
+    let report = json!({"counts": [
+        {"flag": "used", "variant": "on", "reason": "TARGETING_MATCH", "count": 5},
+        {"flag": "nope", "variant": "on", "count": 7}
+    ]});
+    let request = TestApp::request("POST", "/api/v1/usage", Some(&app.sdk), Some(&report));
+    let (status, _, answer) = app.send(request).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer, json!({"counted": 1, "ignored": 1}));
+    let (status, usage) = app
+        .call(
+            "GET",
+            "/api/v1/environments/default/flags/used/usage?since=1d",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["total"], 8);
+    let default_variant = boolean_flag()["defaultVariant"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(usage["variants"][&default_variant], 3, "{usage}");
+    assert_eq!(usage["variants"]["on"], 5, "{usage}");
+    assert!(usage["lastEvaluated"].is_i64());
+    let (_, list) = app
+        .call("GET", "/api/v1/environments/default/flags", None)
+        .await;
+    let flag = |key: &str| {
+        list["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == key)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(flag("used")["evaluations24h"], 8);
+    assert!(flag("used")["lastEvaluated"].is_i64());
+    assert_eq!(flag("unused")["lastEvaluated"], Value::Null);
+    assert_eq!(flag("unused")["evaluations24h"], 0);
+    let (_, _, metrics) = app
+        .send(TestApp::request("GET", "/metrics", None, None))
+        .await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains(
+            r#"flagd_evaluations_total{environment="default",flag="used",variant="on"} 5"#
+        ),
+        "{metrics}"
+    );
+    // Bad input: a clear error and nothing counted.
+    for (query, fragment) in [("since=yesterday", "since"), ("until=1", "unknown field")] {
+        let (status, body) = app
+            .call(
+                "GET",
+                &format!("/api/v1/environments/default/flags/used/usage?{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.to_string().contains(fragment), "{body}");
+    }
+    let request = TestApp::request(
+        "POST",
+        "/api/v1/usage",
+        Some(&app.sdk),
+        Some(&json!({"counts": [{"flag": "used", "count": -1}]})),
+    );
+    assert_eq!(app.send(request).await.0, StatusCode::BAD_REQUEST);
+    let (_, usage) = app
+        .call("GET", "/api/v1/environments/default/flags/used/usage", None)
+        .await;
+    assert_eq!(usage["total"], 8);
+}

@@ -1012,6 +1012,27 @@ impl FlagStore for FlakyStore {
             _ => self.inner.ramps(query),
         }
     }
+    fn add_usage(&self, rows: &[flagd_server::store::UsageRecord]) -> Result<(), StoreError> {
+        self.inner.add_usage(rows)
+    }
+    fn usage(
+        &self,
+        environment: &str,
+        flag: &str,
+        since: i64,
+    ) -> Result<Vec<flagd_server::store::UsageRecord>, StoreError> {
+        self.inner.usage(environment, flag, since)
+    }
+    fn usage_summary(
+        &self,
+        environment: &str,
+        recent: i64,
+    ) -> Result<Vec<flagd_server::store::UsageSummary>, StoreError> {
+        self.inner.usage_summary(environment, recent)
+    }
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        self.inner.prune_usage(before)
+    }
 }
 
 fn restarts(metrics: &flagd_server::metrics::Metrics) -> u64 {

@@ -39,7 +39,11 @@ fn view(stored: &StoredFlag) -> Value {
 /// The summary row of `list`. `rolloutPercentage` is the true share of the rolled-out variant
 /// (a boolean flag's `true` variant; null for other flags and for targeting a rollout cannot
 /// describe).
-fn summary(stored: &StoredFlag, evaluators: &BTreeMap<String, Value>) -> Value {
+fn summary(
+    stored: &StoredFlag,
+    evaluators: &BTreeMap<String, Value>,
+    usage: Option<&crate::store::UsageSummary>,
+) -> Value {
     let rollout = current_rollout(&stored.flag, evaluators, &RolloutVariants::default()).ok();
     json!({
         "key": stored.key,
@@ -51,8 +55,11 @@ fn summary(stored: &StoredFlag, evaluators: &BTreeMap<String, Value>) -> Value {
         "rolloutPercentage": rollout.as_ref().map(|r| r.percentage),
         "rolloutVariant": rollout.map(|r| r.variant),
         "description": stored.flag.description,
+        "createdAt": stored.created_at,
         "updatedAt": stored.updated_at,
         "updatedBy": stored.updated_by,
+        "lastEvaluated": usage.map(|u| u.last_at),
+        "evaluations24h": usage.map_or(0, |u| u.recent),
     })
 }
 
@@ -81,17 +88,19 @@ pub async fn list(
     _admin: Admin,
     PathParams(env): PathParams<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let name = env.clone();
     let (environment, flags) = blocking(&state, move |store| {
-        let environment = domain_flags::environment_or_not_found(store, &env)?;
-        Ok((environment, store.flags(&env)?))
+        let environment = domain_flags::environment_or_not_found(store, &name)?;
+        Ok((environment, store.flags(&name)?))
     })
     .await?;
+    let usage = crate::domain::usage::summary(&state, &env).await?;
     Ok(axum::Json(json!({
         "environment": environment.name,
         "version": environment.version,
         "flags": flags
             .iter()
-            .map(|flag| summary(flag, &environment.evaluators))
+            .map(|flag| summary(flag, &environment.evaluators, usage.get(&flag.key)))
             .collect::<Vec<_>>(),
     })))
 }

@@ -12,6 +12,7 @@ mod ramps;
 mod sources;
 mod stream;
 mod tokens;
+mod usage;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query};
@@ -107,6 +108,12 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/api/v1/environments/{env}/flags/{key}/analysis",
         Access::Admin,
     ),
+    (
+        "GET",
+        "/api/v1/environments/{env}/flags/{key}/usage",
+        Access::Admin,
+    ),
+    ("POST", "/api/v1/usage", Access::Environment),
     ("GET", "/api/v1/environments/{env}/ramps", Access::Admin),
     ("GET", "/api/v1/environments/{env}/document", Access::Admin),
     ("PUT", "/api/v1/environments/{env}/document", Access::Admin),
@@ -198,6 +205,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             post(ramps::analyse),
         )
         .route("/api/v1/environments/{env}/ramps", get(ramps::list))
+        .route(
+            "/api/v1/environments/{env}/flags/{key}/usage",
+            get(usage::flag),
+        )
+        .route("/api/v1/usage", post(usage::report))
         .route(
             "/api/v1/environments/{env}/source",
             get(sources::show)

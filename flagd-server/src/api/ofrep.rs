@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::PathParams;
 use crate::api::auth::EnvironmentAccess;
+use crate::domain::usage;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -55,6 +56,9 @@ pub async fn evaluate_flag(
         ))
     })?;
     let resolution = snapshot.compiled.evaluate(&key, &ctx, (state.clock)());
+    if snapshot.compiled.contains(&key) {
+        usage::count(&state, &access.environment, &key, resolution.variant, 1);
+    }
     let (status, body) = render(&key, &resolution);
     Ok((status, axum::Json(body)).into_response())
 }
@@ -80,7 +84,10 @@ pub async fn evaluate_all(
         flags: snapshot
             .compiled
             .evaluate_all(&ctx, (state.clock)())
-            .map(|(key, resolution)| render(key, &resolution).1)
+            .map(|(key, resolution)| {
+                usage::count(&state, &access.environment, key, resolution.variant, 1);
+                render(key, &resolution).1
+            })
             .collect(),
     };
     let body = serde_json::to_vec(&answer).map_err(ApiError::internal)?;

@@ -483,6 +483,9 @@ impl Session {
                     });
                 }
             }
+            ClientMessage::Usage(report) => {
+                crate::domain::usage::report(&self.state, &self.environment, &report.counts);
+            }
             ClientMessage::Unknown => {
                 tracing::debug!(session = self.id, "ignoring an unknown client message");
             }

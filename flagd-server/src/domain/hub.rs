@@ -809,6 +809,31 @@ impl FlagStore for PublishingStore {
         self.inner.unbind_source(environment)
     }
 
+    fn add_usage(&self, rows: &[crate::store::UsageRecord]) -> Result<(), StoreError> {
+        self.inner.add_usage(rows)
+    }
+
+    fn usage(
+        &self,
+        environment: &str,
+        flag: &str,
+        since: i64,
+    ) -> Result<Vec<crate::store::UsageRecord>, StoreError> {
+        self.inner.usage(environment, flag, since)
+    }
+
+    fn usage_summary(
+        &self,
+        environment: &str,
+        recent: i64,
+    ) -> Result<Vec<crate::store::UsageSummary>, StoreError> {
+        self.inner.usage_summary(environment, recent)
+    }
+
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        self.inner.prune_usage(before)
+    }
+
     fn save_source_status(
         &self,
         environment: &str,

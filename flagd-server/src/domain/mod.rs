@@ -20,6 +20,7 @@ pub mod oidc;
 pub mod ramp;
 pub mod replication;
 pub mod tokens;
+pub mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,6 +105,8 @@ pub struct DomainState {
     pub gitops: gitops::GitOps,
     /// Trusted OIDC issuers (`--oidc-config`), set once at start; unset = none trusted.
     pub oidc: std::sync::OnceLock<oidc::Oidc>,
+    /// Evaluation counts not yet written, and their retention.
+    pub usage: usage::Usage,
 }
 
 impl Domain {
@@ -134,6 +137,7 @@ impl Domain {
             guard_ca: std::sync::OnceLock::new(),
             gitops: gitops::GitOps::default(),
             oidc: std::sync::OnceLock::new(),
+            usage: usage::Usage::default(),
         })))
     }
 

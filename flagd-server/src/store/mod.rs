@@ -564,6 +564,39 @@ pub struct RampRecord {
     pub definition: Value,
 }
 
+/// Evaluations of one flag's variant counted in one hour (evaluation telemetry, issue 19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The environment.
+    pub environment: String,
+    /// The flag key.
+    pub flag: String,
+    /// The variant served (empty when none was: an error or the caller's default).
+    pub variant: String,
+    /// The hour (unix seconds, a multiple of 3600).
+    pub hour: i64,
+    /// Evaluations (added to what is stored).
+    pub count: i64,
+    /// The last evaluation counted (unix seconds).
+    pub last_at: i64,
+}
+
+/// The start of the hour containing `at` (unix seconds).
+pub fn hour_of(at: i64) -> i64 {
+    at - at.rem_euclid(3600)
+}
+
+/// One flag's usage in an environment, for listings and `flagctl stale`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSummary {
+    /// The flag key.
+    pub flag: String,
+    /// Its last evaluation (unix seconds) within the retention.
+    pub last_at: i64,
+    /// Evaluations since the `recent` time asked for.
+    pub recent: i64,
+}
+
 /// Filters for ramps, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct RampQuery {
@@ -692,6 +725,25 @@ pub trait FlagStore: Send + Sync + 'static {
     fn source_baseline(&self, environment: &str) -> Result<Option<Value>, StoreError>;
     /// Unbinds; returns whether it was bound.
     fn unbind_source(&self, environment: &str) -> Result<bool, StoreError>;
+    /// Adds evaluation counts to their hours (one transaction; counts add up, `last_at` keeps
+    /// the latest), so several replicas may each add theirs.
+    fn add_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError>;
+    /// A flag's counts from the hour containing `since` on, oldest first.
+    fn usage(
+        &self,
+        environment: &str,
+        flag: &str,
+        since: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
+    /// Every evaluated flag of an environment: its last evaluation and its evaluations since
+    /// the hour containing `recent`.
+    fn usage_summary(
+        &self,
+        environment: &str,
+        recent: i64,
+    ) -> Result<Vec<UsageSummary>, StoreError>;
+    /// Deletes the counts of hours that ended before `before`; returns how many rows went.
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError>;
     /// Saves the reconciler's status (and a new baseline, if given) if the binding is still
     /// `generation`; returns whether it was saved.
     fn save_source_status(

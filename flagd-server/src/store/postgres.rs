@@ -34,8 +34,8 @@ use sha2::{Digest, Sha256};
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
     EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role,
-    SourceRecord, StoreError, StoredFlag, TokenRecord, decode, encode, flag_json, readable,
-    source_record,
+    SourceRecord, StoreError, StoredFlag, TokenRecord, UsageRecord, UsageSummary, decode, encode,
+    flag_json, hour_of, readable, source_record,
 };
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -112,6 +112,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     -- Environment-scoped admin tokens: a JSON array of environment names; NULL = every one.
     ALTER TABLE tokens ADD COLUMN environments TEXT;
+"#,
+    r#"
+    -- Evaluation telemetry: counts per environment, flag, variant and hour (domain/usage.rs).
+    CREATE TABLE usage (
+        environment TEXT NOT NULL,
+        flag_key    TEXT NOT NULL,
+        variant     TEXT NOT NULL,
+        hour        BIGINT NOT NULL,
+        count       BIGINT NOT NULL,
+        last_at     BIGINT NOT NULL,
+        PRIMARY KEY (environment, flag_key, variant, hour)
+    );
+    CREATE INDEX usage_by_hour ON usage (hour);
 "#,
 ];
 
@@ -1485,6 +1498,84 @@ impl FlagStore for PostgresStore {
             "DELETE FROM sources WHERE environment = $1",
             &[&environment],
         )? > 0)
+    }
+
+    fn add_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut client = self.client()?;
+        let mut transaction = client.transaction()?;
+        let insert = transaction.prepare(
+            "INSERT INTO usage (environment, flag_key, variant, hour, count, last_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (environment, flag_key, variant, hour) DO UPDATE SET
+               count = usage.count + EXCLUDED.count,
+               last_at = GREATEST(usage.last_at, EXCLUDED.last_at)",
+        )?;
+        for row in rows {
+            transaction.execute(
+                &insert,
+                &[
+                    &row.environment,
+                    &row.flag,
+                    &row.variant,
+                    &row.hour,
+                    &row.count,
+                    &row.last_at,
+                ],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn usage(
+        &self,
+        environment: &str,
+        flag: &str,
+        since: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT variant, hour, count, last_at FROM usage
+             WHERE environment = $1 AND flag_key = $2 AND hour >= $3
+             ORDER BY hour, variant",
+            &[&environment, &flag, &hour_of(since)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| UsageRecord {
+                environment: environment.to_owned(),
+                flag: flag.to_owned(),
+                variant: row.get(0),
+                hour: row.get(1),
+                count: row.get(2),
+                last_at: row.get(3),
+            })
+            .collect())
+    }
+
+    fn usage_summary(
+        &self,
+        environment: &str,
+        recent: i64,
+    ) -> Result<Vec<UsageSummary>, StoreError> {
+        let rows = self.client()?.query(
+            "SELECT flag_key, MAX(last_at), SUM(CASE WHEN hour >= $2 THEN count ELSE 0 END)::BIGINT
+             FROM usage WHERE environment = $1 GROUP BY flag_key ORDER BY flag_key",
+            &[&environment, &hour_of(recent)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| UsageSummary {
+                flag: row.get(0),
+                last_at: row.get(1),
+                recent: row.get(2),
+            })
+            .collect())
+    }
+
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(self
+            .client()?
+            .execute("DELETE FROM usage WHERE hour + 3600 <= $1", &[&before])?)
     }
 
     fn save_source_status(

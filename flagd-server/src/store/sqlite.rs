@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::{
     Attribution, AuditQuery, ChangeRecord, Commit, DEFAULT_ENVIRONMENT, Environment,
     EnvironmentSettings, FlagChange, FlagStore, Operation, RampQuery, RampRecord, Role,
-    SourceRecord, StoreError, StoredFlag, TokenRecord, decode, encode, flag_json, readable,
-    source_record,
+    SourceRecord, StoreError, StoredFlag, TokenRecord, UsageRecord, UsageSummary, decode, encode,
+    flag_json, hour_of, readable, source_record,
 };
 
 /// Schema migrations, applied in order at start. Never edit one that has shipped: add another.
@@ -108,6 +108,21 @@ fn migrations() -> Migrations<'static> {
             r#"
         -- Environment-scoped admin tokens: a JSON array of environment names; NULL = every one.
         ALTER TABLE tokens ADD COLUMN environments TEXT;
+        "#,
+        ),
+        M::up(
+            r#"
+        -- Evaluation telemetry: counts per environment, flag, variant and hour (domain/usage.rs).
+        CREATE TABLE usage (
+            environment TEXT NOT NULL,
+            flag_key    TEXT NOT NULL,
+            variant     TEXT NOT NULL,
+            hour        INTEGER NOT NULL,
+            count       INTEGER NOT NULL,
+            last_at     INTEGER NOT NULL,
+            PRIMARY KEY (environment, flag_key, variant, hour)
+        );
+        CREATE INDEX usage_by_hour ON usage (hour);
         "#,
         ),
     ])
@@ -933,6 +948,84 @@ impl FlagStore for SqliteStore {
             "DELETE FROM sources WHERE environment = ?1",
             params![environment],
         )? > 0)
+    }
+
+    fn add_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO usage (environment, flag_key, variant, hour, count, last_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (environment, flag_key, variant, hour) DO UPDATE SET
+                   count = count + excluded.count,
+                   last_at = MAX(last_at, excluded.last_at)",
+            )?;
+            for row in rows {
+                insert.execute(params![
+                    row.environment,
+                    row.flag,
+                    row.variant,
+                    row.hour,
+                    row.count,
+                    row.last_at
+                ])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    fn usage(
+        &self,
+        environment: &str,
+        flag: &str,
+        since: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let connection = self.lock();
+        let mut query = connection.prepare_cached(
+            "SELECT variant, hour, count, last_at FROM usage
+             WHERE environment = ?1 AND flag_key = ?2 AND hour >= ?3
+             ORDER BY hour, variant",
+        )?;
+        let rows = query.query_map(params![environment, flag, hour_of(since)], |row| {
+            Ok(UsageRecord {
+                environment: environment.to_owned(),
+                flag: flag.to_owned(),
+                variant: row.get(0)?,
+                hour: row.get(1)?,
+                count: row.get(2)?,
+                last_at: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn usage_summary(
+        &self,
+        environment: &str,
+        recent: i64,
+    ) -> Result<Vec<UsageSummary>, StoreError> {
+        let connection = self.lock();
+        let mut query = connection.prepare_cached(
+            "SELECT flag_key, MAX(last_at), SUM(CASE WHEN hour >= ?2 THEN count ELSE 0 END)
+             FROM usage WHERE environment = ?1 GROUP BY flag_key ORDER BY flag_key",
+        )?;
+        let rows = query.query_map(params![environment, hour_of(recent)], |row| {
+            Ok(UsageSummary {
+                flag: row.get(0)?,
+                last_at: row.get(1)?,
+                recent: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        let deleted = self
+            .lock()
+            .execute("DELETE FROM usage WHERE hour + 3600 <= ?1", params![before])?;
+        Ok(deleted as u64)
     }
 
     fn save_source_status(

@@ -62,7 +62,49 @@ both_stores!(
     large_commits_keep_their_order,
     fenced_commits_land_with_their_ramp_or_not_at_all,
     sources_bind_save_by_generation_and_go_with_their_environment,
+    usage_adds_up_per_hour_and_is_pruned,
 );
+
+fn usage_adds_up_per_hour_and_is_pruned(store: &Backend) {
+    let row = |flag: &str, variant: &str, at: i64, count: i64| UsageRecord {
+        environment: "default".into(),
+        flag: flag.into(),
+        variant: variant.into(),
+        hour: hour_of(at),
+        count,
+        last_at: at,
+    };
+    let h = 500_000 * 3600; // a whole hour
+    store
+        .add_usage(&[
+            row("a", "on", h + 10, 5),
+            row("a", "off", h + 20, 1),
+            row("b", "on", h + 7200, 2),
+        ])
+        .unwrap();
+    // Another replica's counts for the same hour add up; the latest time wins.
+    store.add_usage(&[row("a", "on", h + 5, 3)]).unwrap();
+    let a = store.usage("default", "a", h).unwrap();
+    assert_eq!(
+        a.iter()
+            .map(|r| (r.variant.as_str(), r.hour, r.count, r.last_at))
+            .collect::<Vec<_>>(),
+        vec![("off", h, 1, h + 20), ("on", h, 8, h + 10)]
+    );
+    assert!(store.usage("default", "a", h + 3600).unwrap().is_empty());
+    let summary = store.usage_summary("default", h + 3600).unwrap();
+    assert_eq!(
+        summary
+            .iter()
+            .map(|s| (s.flag.as_str(), s.last_at, s.recent))
+            .collect::<Vec<_>>(),
+        vec![("a", h + 20, 0), ("b", h + 7200, 2)]
+    );
+    // The hour of `a` ended at h + 3600: pruned at that time, not before.
+    assert_eq!(store.prune_usage(h + 3599).unwrap(), 0);
+    assert_eq!(store.prune_usage(h + 3600).unwrap(), 2);
+    assert_eq!(store.usage_summary("default", h).unwrap().len(), 1);
+}
 
 fn sources_bind_save_by_generation_and_go_with_their_environment(store: &Backend) {
     let spec = json!({"repository": "file:///r", "path": "p.json"});
