@@ -92,13 +92,31 @@ fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
         .collect()
 }
 
-/// A JSON scalar for a table cell.
+/// A JSON scalar for a table cell (control characters escaped, see [`plain`]).
 pub fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => plain(s),
         other => other.to_string(),
     }
+}
+
+/// Text from the server (or from a peer it quotes, such as Prometheus) fit for a terminal:
+/// control characters are escaped (`\n`, `\u{1b}`), so no answer can move the cursor, retitle
+/// the terminal or fake a line of output.
+pub fn plain(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SSZ`: RFC 3339 in UTC, with the space RFC 3339 allows

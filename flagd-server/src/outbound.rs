@@ -17,6 +17,44 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A URL with its credentials (`user:password@`) masked, for everything shown or stored; any
+/// other text has `user:password@host` patterns masked the same way.
+pub fn redacted(text: &str) -> String {
+    if let Ok(mut url) = reqwest::Url::parse(text)
+        && (!url.username().is_empty() || url.password().is_some())
+    {
+        let _ = url.set_username("***");
+        let _ = url.set_password(None);
+        return url.to_string();
+    }
+    // Error texts may quote a URL inside a sentence.
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_inclusive(' ') {
+        match word.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => {
+                let after = rest.split_once('@').map_or(rest, |(_, host)| host);
+                out.push_str(&format!("{scheme}://***@{after}"));
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out
+}
+
+/// At most `max` characters of `text`, control characters as spaces: what a peer says, fit to
+/// store and show.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// The body of `response`, refused once it grows past `max` bytes (so a hostile or broken peer
 /// cannot make the server buffer without bound). Errors name `url`.
 pub async fn read_capped(

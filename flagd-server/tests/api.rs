@@ -711,12 +711,26 @@ async fn an_analysis_measures_once_against_prometheus() {
             .contains("column 8"),
         "{error}"
     );
+    // Without a variant, {{variant}} is the boolean flag's true variant; a variant the flag
+    // does not have is refused at `variant`.
     let mut no_variant = body("result < 1");
     no_variant.as_object_mut().unwrap().remove("variant");
-    let (status, error) = app.call("POST", path, Some(no_variant)).await;
+    let (status, measured) = app.call("POST", path, Some(no_variant)).await;
+    assert_eq!(status, StatusCode::OK, "{measured}");
+    assert!(
+        measured["query"]
+            .as_str()
+            .unwrap()
+            .contains("variant=\"on\""),
+        "{measured}"
+    );
+    let mut unknown_variant = body("result < 1");
+    unknown_variant["variant"] = json!("purple");
+    let (status, error) = app.call("POST", path, Some(unknown_variant)).await;
     assert_eq!(
         (status, error["error"]["path"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("variant"))
+        (StatusCode::BAD_REQUEST, Some("variant")),
+        "{error}"
     );
     let mut slow = body("result < 1");
     slow["timeout"] = json!("5m");
@@ -732,8 +746,8 @@ async fn an_analysis_measures_once_against_prometheus() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(
         seen.lock().unwrap().len(),
-        2,
-        "refused requests query nothing"
+        3,
+        "two measured, one with the default variant; refused requests query nothing"
     );
 }
 

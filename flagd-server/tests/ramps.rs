@@ -1601,10 +1601,10 @@ async fn failures_beyond_the_limit_abort_restore_and_name_the_query_and_values()
     assert_eq!(ramp["state"], "aborted");
     let reason = ramp["abortReason"].as_str().unwrap();
     for part in [
-        "analysis[0] failed 2 of 2",
+        "analysis[0] failed 2 of the 2 measurement(s) taken so far (count 3)",
         "failureLimit 1",
         r#"http_errors_total{flag="f",variant="on"}"#,
-        "0.05; 0.01, 0.07",
+        "0.05; 0.07, 0.01",
         "result < 0.02",
     ] {
         assert!(reason.contains(part), "{part:?} in {reason}");
@@ -1618,7 +1618,7 @@ async fn failures_beyond_the_limit_abort_restore_and_name_the_query_and_values()
         .await;
     let message = audit["changes"][0]["message"].as_str().unwrap();
     assert!(
-        message.contains("ramp aborted: analysis[0]") && message.contains("0.05; 0.01, 0.07"),
+        message.contains("ramp aborted: analysis[0]") && message.contains("0.05; 0.07, 0.01"),
         "{message}"
     );
     assert_eq!(audit["changes"][0]["actor"], "ramp");
@@ -1834,6 +1834,42 @@ async fn bad_analysis_guards_are_refused_naming_the_field() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "at most 10",
         ),
+        // A wrong type is named by its field.
+        (
+            json!({"guard": guard(json!({"count": 2.5}))}),
+            StatusCode::BAD_REQUEST,
+            "\"path\":\"guard.count\"",
+        ),
+        (
+            json!({"guards": [guard(json!({"address": 5}))]}),
+            StatusCode::BAD_REQUEST,
+            "\"path\":\"guards[0].address\"",
+        ),
+        (
+            json!({"guard": {"address": "http://p:9090", "query": "up", "success": "result > 0"}}),
+            StatusCode::BAD_REQUEST,
+            "add \\\"kind\\\": \\\"prometheus\\\"",
+        ),
+        (
+            json!({"guard": guard(json!({"interval": "500ms"}))}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "from 1s to 24h",
+        ),
+        (
+            json!({"guard": guard(json!({"address": "http://p:9090/?x=1"}))}),
+            StatusCode::BAD_REQUEST,
+            "no query or fragment",
+        ),
+        (
+            json!({"guard": guard(json!({"query": "up{f=\"{{ flag }}\"}"}))}),
+            StatusCode::BAD_REQUEST,
+            "{{ flag }}",
+        ),
+        (
+            json!({"guards": ["prometheus"]}),
+            StatusCode::BAD_REQUEST,
+            "must be an object",
+        ),
     ];
     for (mut body, status, fragment) in cases {
         body["steps"] = json!([10, 20]);
@@ -1847,4 +1883,56 @@ async fn bad_analysis_guards_are_refused_naming_the_field() {
     }
     assert_eq!(prometheus.taken(), 0, "nothing was measured");
     assert_eq!(h.percentage("f").await, 0.0);
+}
+
+#[tokio::test]
+async fn prometheus_errors_are_cut_short_and_never_show_credentials() {
+    let prometheus = FakePrometheus::start().await;
+    let h = Harness::new();
+    h.create_flag("f").await;
+    let with_password = prometheus
+        .address
+        .replace("http://", "http://carol:topsecretpw@");
+    let guard =
+        prometheus.guard(json!({"address": with_password, "count": 1, "inconclusive": "abort"}));
+    prometheus.answer(&["0"]);
+    let (status, started) = h
+        .start(
+            "f",
+            json!({"steps": [10, 20], "interval": "5m", "guard": guard}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert!(!started.to_string().contains("topsecretpw"), "{started}");
+    // Refused with a huge message: the stored error is an excerpt.
+    prometheus.refuse(&"E".repeat(100_000));
+    h.tick_at(300).await;
+    let ramp = h.ramp("f").await;
+    assert_eq!(ramp["state"], "aborted", "{ramp}");
+    let error = ramp["analysis"][0]["measurements"][1]["error"]
+        .as_str()
+        .unwrap();
+    assert!(error.len() < 1_000, "{} bytes", error.len());
+    // Unreachable: the error quotes the address, without the password, everywhere.
+    let h = Harness::new();
+    h.create_flag("g").await;
+    let guard = json!({"kind": "prometheus", "address": "http://carol:topsecretpw@127.0.0.1:9", "query": "up", "success": "result == 1"});
+    let (status, refused) = h
+        .start(
+            "g",
+            json!({"steps": [10, 20], "interval": "5m", "guard": guard}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(refused["error"]["path"], "guard.address");
+    assert!(!refused.to_string().contains("topsecretpw"), "{refused}");
+    let (_, measured) = h
+        .call(
+            "POST",
+            "/api/v1/environments/default/flags/g/analysis",
+            Some(json!({"prometheus": "http://carol:topsecretpw@127.0.0.1:9", "query": "up{v=\"{{variant}}\"}", "success": "result == 1"})),
+        )
+        .await;
+    assert_eq!(measured["verdict"], "inconclusive", "{measured}");
+    assert!(!measured.to_string().contains("topsecretpw"), "{measured}");
 }

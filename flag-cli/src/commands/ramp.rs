@@ -169,12 +169,15 @@ fn guard_file(path: &std::path::Path) -> Result<Vec<Value>> {
                 path.display()
             )));
         }
-        Err(_) => serde_yaml_ng::from_str(&text).map_err(|error| {
-            CliError::input(format!(
-                "{} is neither JSON nor YAML: {error}",
-                path.display()
-            ))
-        })?,
+        // Through YAML's own value, which refuses duplicate keys (as JSON files are refused).
+        Err(_) => serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+            .and_then(serde_yaml_ng::from_value::<Value>)
+            .map_err(|error| {
+                CliError::input(format!(
+                    "{} is neither JSON nor YAML: {error}",
+                    path.display()
+                ))
+            })?,
     };
     let list = match document {
         Value::Array(list) => list,
@@ -262,15 +265,18 @@ fn show(view: &Value) -> Result<()> {
             output::cell(&view["flag"])
         )?;
     }
-    if let (Some(reason), "failed") = (view["abortReason"].as_str(), state) {
+    let reason = view["abortReason"].as_str().map(output::plain);
+    if let (Some(reason), "failed") = (&reason, state) {
         outln!("  failed: {reason} (the flag was left as it is)")?;
-    } else if let Some(reason) = view["abortReason"].as_str() {
-        outln!(
-            "  aborted: {reason} (rollout restored to {})",
-            percent(&view["previousPercentage"])
-        )?;
+    } else if let Some(reason) = &reason {
+        // `currentPercentage` of an aborted ramp is what it restored, null when it stopped
+        // without touching the flag.
+        match view["currentPercentage"].as_f64() {
+            Some(restored) => outln!("  aborted: {reason} (rollout restored to {restored}%)")?,
+            None => outln!("  aborted: {reason} (the flag was left as it is)")?,
+        }
     }
-    if let Some(guard) = view["guard"]["url"].as_str() {
+    if let Some(guard) = view["guard"]["url"].as_str().map(output::plain) {
         outln!(
             "  guard: {guard} ({} consecutive failure(s) abort)",
             output::cell(&view["guard"]["failures"])
@@ -297,7 +303,7 @@ fn show(view: &Value) -> Result<()> {
             output::cell(&event["actor"]),
             event["message"]
                 .as_str()
-                .map(|m| format!(": {m}"))
+                .map(|m| format!(": {}", output::plain(m)))
                 .unwrap_or_default()
         )?;
     }
@@ -315,12 +321,16 @@ fn analysis(index: usize, guard: &Value, active: bool) -> Result<()> {
         output::cell(&guard["query"]),
         output::cell(&guard["address"])
     )?;
+    let limit = match guard["failureLimit"].as_u64() {
+        Some(0) => "the first failure aborts".to_owned(),
+        Some(limit) => format!("more than {limit} failures abort"),
+        None => "-".to_owned(),
+    };
     outln!(
-        "    `{}` on each value; {} measurement(s) {} apart before each step; more than {} failure(s) abort; inconclusive: {}",
+        "    `{}` on each value; {} measurement(s) {} apart before each step; {limit}; inconclusive: {}",
         output::cell(&guard["success"]),
         output::cell(&guard["count"]),
         seconds(&guard["intervalSeconds"]),
-        output::cell(&guard["failureLimit"]),
         output::cell(&guard["inconclusive"])
     )?;
     let run = &guard["run"];
@@ -369,7 +379,7 @@ fn analysis(index: usize, guard: &Value, active: bool) -> Result<()> {
             },
             measurement["error"]
                 .as_str()
-                .map(|e| format!(" ({e})"))
+                .map(|e| format!(" ({})", output::plain(e)))
                 .unwrap_or_default()
         )?;
     }
@@ -437,7 +447,7 @@ async fn analyse(
         args.success
     )?;
     if let Some(error) = measured["error"].as_str() {
-        outln!("why:     {error}")?;
+        outln!("why:     {}", output::plain(error))?;
     }
     Ok(exit::OK)
 }
@@ -484,6 +494,7 @@ mod tests {
             ("g.yaml", "guards: []\nextra: 1", "only `guards`"),
             ("g.yaml", "kind: url", "a list of guards"),
             ("g.yaml", "- [unclosed", "neither JSON nor YAML"),
+            ("g.yaml", "- kind: url\n  url: a\n  url: b\n", "duplicate"),
         ];
         for (name, text, expected) in cases {
             let (_dir, path) = file(name, text);

@@ -44,8 +44,12 @@ pub struct Measurement {
     pub at: i64,
     /// The query as sent (placeholders filled).
     pub query: String,
-    /// The values measured (one per sample; a scalar is one). NaN is recorded as `null`.
+    /// The values measured (one per sample; a scalar is one), failing ones first, at most
+    /// [`MAX_VALUES`]. NaN and infinities are recorded as `null`.
     pub values: Vec<Option<f64>>,
+    /// How many samples the answer had, when more than `values` keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
     /// The conclusion.
     pub verdict: Verdict,
     /// Why it is inconclusive, when it is.
@@ -82,11 +86,32 @@ pub struct Placeholders<'a> {
 
 /// The largest Prometheus answer read.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// The most characters of an error kept (Prometheus's own messages can be long).
+const MAX_ERROR_CHARS: usize = 500;
+/// The most sample values kept per measurement (failing ones first); all are judged.
+pub const MAX_VALUES: usize = 100;
+/// The placeholders a query may use.
+pub const PLACEHOLDERS: [&str; 3] = ["{{flag}}", "{{environment}}", "{{variant}}"];
 
 /// Fills `{{flag}}`, `{{environment}}` and `{{variant}}`, escaped for a PromQL string literal
-/// (`\` and `"`), so a value cannot end the label matcher it sits in.
+/// (`\`, `"`, `'`, and newlines and tabs as `\n`, `\r`, `\t`), so a value cannot end the label
+/// matcher it sits in.
 pub fn fill(template: &str, values: Placeholders<'_>) -> String {
-    let escape = |text: &str| text.replace('\\', "\\\\").replace('"', "\\\"");
+    let escape = |text: &str| {
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\'' => out.push_str("\\'"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                other => out.push(other),
+            }
+        }
+        out
+    };
     template
         .replace("{{flag}}", &escape(values.flag))
         .replace("{{environment}}", &escape(values.environment))
@@ -106,8 +131,13 @@ pub async fn measure(
         at,
         query: query.to_owned(),
         values: Vec::new(),
+        samples: None,
         verdict: Verdict::Inconclusive,
-        error: Some(error),
+        // Credentials in the address never reach what is stored or shown.
+        error: Some(crate::outbound::excerpt(
+            &crate::outbound::redacted(&error),
+            MAX_ERROR_CHARS,
+        )),
         answered: false,
     };
     let url = format!("{}/api/v1/query", address.trim_end_matches('/'));
@@ -131,15 +161,24 @@ pub async fn measure(
             ..inconclusive("the query returned no samples".to_owned())
         };
     }
-    let verdict = if values.iter().all(|value| success.holds(*value)) {
+    let (mut failing, passing): (Vec<f64>, Vec<f64>) =
+        values.iter().partition(|value| !success.holds(**value));
+    let verdict = if failing.is_empty() {
         Verdict::Success
     } else {
         Verdict::Failure
     };
+    let samples = values.len();
+    failing.extend(passing);
+    failing.truncate(MAX_VALUES);
     Measurement {
         at,
         query: query.to_owned(),
-        values: values.iter().map(|v| (!v.is_nan()).then_some(*v)).collect(),
+        values: failing
+            .iter()
+            .map(|v| v.is_finite().then_some(*v))
+            .collect(),
+        samples: (samples > MAX_VALUES).then_some(samples),
         verdict,
         error: None,
         answered: true,
@@ -160,7 +199,7 @@ async fn fetch(
         ])
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {}", crate::outbound::chain(&e)))?;
+        .map_err(|e| format!("GET {url}: {}", crate::outbound::chain(&e.without_url())))?;
     let status = response.status();
     let body = crate::outbound::read_capped(response, url, MAX_ANSWER_BYTES).await?;
     let answer: Value = serde_json::from_slice(&body)
@@ -245,20 +284,41 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn check_address(text: &str, field: &str) -> Result<(), DomainError> {
     url::Url::parse(text)
         .ok()
-        .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+        .filter(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.has_host()
+                && url.query().is_none()
+                && url.fragment().is_none()
+        })
         .map(drop)
         .ok_or_else(|| {
             DomainError::bad_request(format!(
-                "{field} must be Prometheus's http(s) URL such as http://prometheus:9090, got {text:?}"
+                "{field} must be Prometheus's http(s) base URL (a path prefix is fine; no query or fragment) such as http://prometheus:9090, got {:?}",
+                crate::outbound::redacted(text)
             ))
             .at(field.to_owned())
         })
 }
 
-/// Checks a query template: not empty, at most [`MAX_QUERY_BYTES`].
+/// Checks a query template: not empty, at most [`MAX_QUERY_BYTES`], no placeholder but
+/// [`PLACEHOLDERS`] (a misspelt one would be sent as it is).
 pub fn check_query(text: &str, field: &str) -> Result<(), DomainError> {
     if text.trim().is_empty() {
         return Err(DomainError::bad_request(format!("{field} is empty")).at(field.to_owned()));
+    }
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start..];
+        let end = after.find("}}").map_or(after.len(), |end| end + 2);
+        let placeholder = &after[..end];
+        if !PLACEHOLDERS.contains(&placeholder) {
+            return Err(DomainError::bad_request(format!(
+                "{field} has the placeholder {placeholder:?}; the query may use {}",
+                PLACEHOLDERS.join(", ")
+            ))
+            .at(field.to_owned()));
+        }
+        rest = &after[end..];
     }
     if text.len() > MAX_QUERY_BYTES {
         return Err(DomainError::rejected(
@@ -315,27 +375,40 @@ pub async fn analyse(
     check_query(&request.query, "query")?;
     let success = check_success(&request.success, "success")?;
     let timeout = check_timeout(request.timeout.as_deref(), "timeout")?;
-    if request.query.contains("{{variant}}") && request.variant.is_none() {
-        return Err(DomainError::bad_request(
-            "the query uses {{variant}}: name the variant with variant",
-        )
-        .at("variant"));
-    }
-    let (env, flag) = (environment.to_owned(), key.to_owned());
-    super::blocking(domain, move |store| {
+    let (env, flag, requested) = (
+        environment.to_owned(),
+        key.to_owned(),
+        request.variant.clone(),
+    );
+    // `{{variant}}` is the named variant (it must exist), else a boolean flag's `true` one, as
+    // for ramps.
+    let variant = super::blocking(domain, move |store| {
         super::flags::environment_or_not_found(store, &env)?;
-        store
+        let stored = store
             .flag(&env, &flag)?
             .ok_or_else(|| DomainError::not_found(format!("flag {flag:?} not found in {env:?}")))?;
-        Ok(())
+        Ok(flag_core::rollout::rolled_out_variant(
+            &stored.flag,
+            requested.as_deref(),
+        ))
     })
     .await?;
+    let variant = match variant {
+        Ok(variant) => variant,
+        Err(_) if !request.query.contains("{{variant}}") => String::new(),
+        Err(error) => {
+            return Err(DomainError::bad_request(format!(
+                "the query uses {{{{variant}}}}: {error} (flagctl ramp analyse --variant)"
+            ))
+            .at("variant"));
+        }
+    };
     let query = fill(
         &request.query,
         Placeholders {
             flag: key,
             environment,
-            variant: request.variant.as_deref().unwrap_or_default(),
+            variant: &variant,
         },
     );
     Ok(measure(
@@ -485,5 +558,14 @@ mod tests {
             query,
             r#"sum(rate(errors{flag="new-checkout",env="production",variant="on\"} or vector(0) #\\"}[5m]))"#
         );
+        let newline = fill(
+            "x{f=\"{{flag}}\"}",
+            Placeholders {
+                flag: "nl\nx\r\t'",
+                environment: "",
+                variant: "",
+            },
+        );
+        assert_eq!(newline, r#"x{f="nl\nx\r\t\'"}"#);
     }
 }

@@ -31,6 +31,7 @@ use super::analysis::{self, Measurement, Verdict};
 use super::condition::Condition;
 use super::flags;
 use super::{Domain, DomainError, Rejection, blocking};
+use crate::outbound::redacted;
 use crate::store::{Attribution, RampQuery, RampRecord, StoreError};
 use crate::units::DurationError;
 
@@ -53,7 +54,7 @@ const MAX_ANALYSIS_COUNT: u32 = 100;
 /// The longest time between two measurements of an analysis guard.
 const MAX_ANALYSIS_INTERVAL: i64 = 24 * 3600;
 /// The measurements kept per analysis guard (older ones are dropped and counted).
-const MAX_EVIDENCE: usize = 500;
+const MAX_EVIDENCE: usize = 200;
 
 /// Serialises ramp state changes (API calls and the scheduler).
 pub type RampLock = Mutex<()>;
@@ -241,6 +242,7 @@ impl PrometheusGuard {
                     at,
                     query,
                     values: Vec::new(),
+                    samples: None,
                     verdict: Verdict::Inconclusive,
                     error: Some(format!("the success condition does not parse: {error}")),
                     answered: false,
@@ -539,6 +541,22 @@ impl Ramp {
             ),
             _ => json!(self.steps.get(self.current_step)),
         };
+        // A step waits for its analysis: when that ends after the step's time, say so.
+        if self.state == RampState::Active
+            && let Some(next) = self.next_at
+        {
+            let analysed = self
+                .analysis
+                .iter()
+                .filter_map(|g| {
+                    let left = g.count.saturating_sub(g.run.taken.saturating_add(1));
+                    g.run.next_at.map(|at| {
+                        at.saturating_add(g.interval_seconds.saturating_mul(i64::from(left)))
+                    })
+                })
+                .max();
+            view["nextAt"] = json!(analysed.map_or(next, |end| end.max(next)));
+        }
         view["totalSteps"] = json!(self.steps.len());
         view["nextPercentage"] = match self.state {
             RampState::Active | RampState::Paused => json!(self.steps.get(self.current_step + 1)),
@@ -711,7 +729,19 @@ fn validate(request: &StartRequest) -> Result<Plan, DomainError> {
     let mut guard = None;
     let mut analysis = Vec::new();
     for (field, value) in guard_requests(request)? {
+        if !value.is_object() {
+            return Err(DomainError::bad_request(format!(
+                "{field} must be an object such as {{\"kind\": \"prometheus\", \"address\": …}}"
+            ))
+            .at(field));
+        }
         let kind = match value.get("kind") {
+            None if value.get("address").is_some() || value.get("query").is_some() => {
+                return Err(DomainError::bad_request(
+                    "a guard without kind is a url guard: add \"kind\": \"prometheus\" for metric analysis",
+                )
+                .at(format!("{field}.kind")));
+            }
             None => "url",
             Some(Value::String(kind)) => kind.as_str(),
             Some(_) => {
@@ -777,12 +807,20 @@ fn guard_requests(request: &StartRequest) -> Result<Vec<(String, Value)>, Domain
     }
 }
 
+/// Decodes a guard, a wrong field named by its path (`guards[1].count`).
 fn parse_guard<T: serde::de::DeserializeOwned>(
     value: Value,
     field: &str,
 ) -> Result<T, DomainError> {
-    serde_json::from_value(value)
-        .map_err(|error| DomainError::bad_request(format!("{field}: {error}")).at(field.to_owned()))
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let inner = error.path().to_string();
+        let path = if inner == "." {
+            field.to_owned()
+        } else {
+            format!("{field}.{inner}")
+        };
+        DomainError::bad_request(format!("{path}: {}", error.inner())).at(path)
+    })
 }
 
 /// Checks a URL guard.
@@ -848,17 +886,26 @@ fn prometheus_guard(
     let interval_field = format!("{field}.interval");
     let interval_seconds = match &guard.interval {
         None => 60,
-        Some(text) => {
-            let seconds = seconds(text, &interval_field)?;
-            if seconds > MAX_ANALYSIS_INTERVAL {
-                return Err(out_of_range(
-                    format!("{interval_field} must be between 1s and 24h"),
-                    interval_field,
-                ));
+        Some(text) => match crate::units::parse_duration(text) {
+            Err(DurationError::TooLarge(_)) => i64::MAX,
+            Err(error) => {
+                return Err(DomainError::bad_request(error.to_string()).at(interval_field));
             }
-            seconds
-        }
+            Ok(duration) => i64::try_from(duration.as_secs())
+                .ok()
+                .filter(|_| duration.subsec_nanos() == 0)
+                .unwrap_or(0),
+        },
     };
+    if !(1..=MAX_ANALYSIS_INTERVAL).contains(&interval_seconds) {
+        return Err(out_of_range(
+            format!(
+                "{interval_field} must be whole seconds from 1s to 24h, got {:?}",
+                guard.interval.as_deref().unwrap_or_default()
+            ),
+            interval_field,
+        ));
+    }
     let count = guard.count.unwrap_or(3);
     let Some(count) = u32::try_from(count)
         .ok()
@@ -881,7 +928,8 @@ fn prometheus_guard(
     };
     Ok(PrometheusGuard {
         address: guard.address.clone(),
-        query: guard.query.clone(),
+        // Surrounding whitespace means nothing to PromQL (and YAML's `>` leaves a newline).
+        query: guard.query.trim().to_owned(),
         variant: String::new(),
         success: guard.success.clone(),
         interval_seconds,
@@ -961,30 +1009,6 @@ async fn check_guard(guard: &Guard, roots: &[reqwest::Certificate]) -> Result<()
 
 /// How much of an unhealthy guard's answer is read and kept.
 const GUARD_EXCERPT_BYTES: usize = 512;
-
-/// A URL with its credentials (`user:password@`) masked, for everything shown or stored; any
-/// other text has `user:password@host` patterns masked the same way.
-fn redacted(text: &str) -> String {
-    if let Ok(mut url) = reqwest::Url::parse(text)
-        && (!url.username().is_empty() || url.password().is_some())
-    {
-        let _ = url.set_username("***");
-        let _ = url.set_password(None);
-        return url.to_string();
-    }
-    // Error texts may quote a URL inside a sentence.
-    let mut out = String::with_capacity(text.len());
-    for word in text.split_inclusive(' ') {
-        match word.split_once("://") {
-            Some((scheme, rest)) if rest.contains('@') => {
-                let after = rest.split_once('@').map_or(rest, |(_, host)| host);
-                out.push_str(&format!("{scheme}://***@{after}"));
-            }
-            _ => out.push_str(word),
-        }
-    }
-    out
-}
 
 fn by(actor: &str, message: String, at: i64) -> Attribution {
     Attribution {
@@ -1306,11 +1330,17 @@ async fn preflight(
     let mut checked = Vec::with_capacity(guards.len());
     for ((field, mut guard), measurement) in guards.into_iter().zip(measured) {
         if !measurement.answered {
+            let error = measurement.error.unwrap_or_default();
+            // Prometheus refusing the query is the query's fault; anything else the address's.
+            let at = if error.starts_with("Prometheus refused the query") {
+                "query"
+            } else {
+                "address"
+            };
             return Err(DomainError::conflict(format!(
-                "{field} cannot be measured, so the ramp did not start: {} (try it with `flagctl ramp analyse`)",
-                measurement.error.unwrap_or_default()
+                "{field} cannot be measured, so the ramp did not start: {error} (try it with `flagctl ramp analyse`)"
             ))
-            .at(format!("{field}.query")));
+            .at(format!("{field}.{at}")));
         }
         if measurement.verdict == Verdict::Failure {
             return Err(DomainError::conflict(format!(
@@ -1611,6 +1641,7 @@ async fn run_checks(state: &Domain, ramp: &Ramp, now: i64) -> Checks {
                     at: now,
                     query: ramp.analysis[i].query.clone(),
                     values: Vec::new(),
+                    samples: None,
                     verdict: Verdict::Inconclusive,
                     error: Some(format!("no HTTP client: {error}")),
                     answered: false,
@@ -1911,6 +1942,16 @@ enum Judgement {
     Abort(String),
 }
 
+impl Judgement {
+    /// Adds an abort reason: every guard that aborts is named.
+    fn abort(self, reason: String) -> Judgement {
+        match self {
+            Judgement::Abort(earlier) => Judgement::Abort(format!("{earlier}; and {reason}")),
+            _ => Judgement::Abort(reason),
+        }
+    }
+}
+
 /// Records the measurements with their guards (evidence, run counts, metrics) and decides.
 fn judge(
     state: &Domain,
@@ -1965,20 +2006,22 @@ fn judge(
                 .measurements
                 .last()
                 .map_or_else(|| guard.query.clone(), |e| e.measurement.query.clone());
-            judgement = Judgement::Abort(format!(
-                "analysis[{index}] failed {} of {} measurement(s) before step {} (failureLimit {}): `{query}` returned {} where `{}` must hold",
+            let reason = format!(
+                "analysis[{index}] failed {} of the {} measurement(s) taken so far (count {}) before step {}, more than its failureLimit {}: `{query}` returned {} where `{}` must hold",
                 guard.run.failures,
                 guard.run.taken,
+                guard.count,
                 target + 1,
                 guard.failure_limit,
                 failing.join("; "),
                 guard.success
-            ));
+            );
+            judgement = judgement.abort(reason);
             continue;
         }
         match (inconclusive, guard.inconclusive) {
             (Some(reason), InconclusivePolicy::Abort) => {
-                judgement = Judgement::Abort(format!("{reason}; its policy is to abort"));
+                judgement = judgement.abort(format!("{reason}; its policy is to abort"));
             }
             (Some(reason), InconclusivePolicy::Pause)
                 if !matches!(judgement, Judgement::Abort(_)) =>
