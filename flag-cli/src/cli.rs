@@ -23,7 +23,8 @@ use crate::output::Format;
 ///
 /// Exit codes: 0 success (also when whoever reads stdout stops early, as `| head` does); 1 an
 /// error from the server, the input or the network (the message names what and where); 2 a
-/// usage error; 3 `flagctl diff` found differences, or `flagctl refs` found something to act on.
+/// usage error; 3 `flagctl diff` found differences, or `flagctl refs` or `flagctl stale` found
+/// something to act on.
 #[derive(Debug, Parser)]
 #[command(name = "flagctl", version, term_width = 100)]
 pub struct Cli {
@@ -155,6 +156,24 @@ pub enum Command {
     /// (bool_value, string_details, .flag("key")) and any --getter. Exit 3 when anything was
     /// found, so CI can gate on it; -o json for scripts.
     Refs(RefsArgs),
+    /// List flags that have done their job: never evaluated since they were created, not
+    /// evaluated for --days, serving one variant to everyone (fully rolled out or off) or
+    /// disabled, unchanged for --days. Each with a suggested action.
+    ///
+    /// Evaluations come from the server's telemetry (OFREP, and what SDKs report; kept for the
+    /// server's --usage-retention, 90 days by default). A flag younger than --days is never
+    /// stale. Exit 3 when any flag is, so CI can gate on it; -o json for scripts.
+    Stale(StaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StaleArgs {
+    /// The period, in days (0 to 3650).
+    #[arg(long, default_value = "30", value_parser = crate::commands::stale::parse_days)]
+    pub days: u32,
+    /// The environment to look at (the same as -e/--env).
+    #[arg(long, value_name = "ENV")]
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `flagctl diff`: the file and the server differ.
     pub const DIFFERENCES: u8 = 3;
-    /// `flagctl refs`: something to act on (a flag without references, an unknown key).
+    /// `flagctl refs`, `flagctl stale`: something to act on (a flag without references, an
+    /// unknown key, a stale flag).
     pub const FINDINGS: u8 = 3;
 }
 

@@ -177,5 +177,6 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Auth(command) => commands::auth::run(&context, command).await,
         Command::Ramp(command) => commands::ramp::run(&context, command).await,
         Command::Refs(args) => commands::refs::run(&context, &args).await,
+        Command::Stale(args) => commands::stale::run(&context, &args).await,
     }
 }

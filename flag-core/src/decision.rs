@@ -12,6 +12,11 @@ use crate::rule::{
     BucketBy, Buckets, FractionalNode, Node, Scope, Val, eval, eval_bool, fractional_hash,
 };
 
+/// Whether a condition is `{"var": "targetingKey"}`: true only for a context with a key.
+fn is_targeting_key(condition: &Node) -> bool {
+    matches!(condition, Node::TargetingKey)
+}
+
 /// What a constant result position yields.
 #[derive(Debug, Clone)]
 pub(crate) enum Leaf {
@@ -113,6 +118,61 @@ impl Decision {
             }
         }
         found
+    }
+
+    /// The variants (indices) this decision can yield whatever the context, `default` standing
+    /// for null; `None` when a rule computes a result (anything may come out) or a constant
+    /// names no variant.
+    pub(crate) fn reachable(
+        &self,
+        default: Option<usize>,
+    ) -> Option<std::collections::BTreeSet<usize>> {
+        let mut found = std::collections::BTreeSet::new();
+        // Each decision with whether the context surely has a targeting key there (a branch
+        // under `{"var": "targetingKey"}`, as the rollout endpoint writes 100 %).
+        let mut pending = vec![(self, false)];
+        let leaf = |leaf: &Leaf| match leaf {
+            Leaf::Variant(index) => Some(*index),
+            Leaf::Default => default,
+            Leaf::Invalid(_) => None,
+        };
+        while let Some((decision, keyed)) = pending.pop() {
+            match decision {
+                Decision::Leaf(l) => {
+                    found.insert(leaf(l)?);
+                }
+                Decision::Rule(_) => return None,
+                Decision::If {
+                    branches,
+                    otherwise,
+                } => {
+                    pending.extend(
+                        branches
+                            .iter()
+                            .map(|(condition, then)| (then, keyed || is_targeting_key(condition))),
+                    );
+                    pending.push((otherwise, keyed));
+                }
+                Decision::Fractional { node, leaves } => {
+                    let Buckets::Constant { ends, .. } = &node.buckets else {
+                        return None;
+                    };
+                    // A bucket of weight 0 is never chosen.
+                    let mut start = 0;
+                    for (end, l) in ends.iter().zip(leaves.iter()) {
+                        if *end > start {
+                            found.insert(leaf(l)?);
+                        }
+                        start = *end;
+                    }
+                    // Without a targeting key no bucket is chosen: null, the default.
+                    if !(keyed && matches!(node.bucket_by, BucketBy::FlagAndTargetingKey)) {
+                        found.insert(default?);
+                    }
+                }
+            }
+        }
+        Some(found)
     }
 
     pub(crate) fn decide<'a>(&'a self, scope: Scope<'a>) -> Outcome<'a> {

@@ -556,6 +556,30 @@ impl CompiledFlagSet {
     pub fn flag_ref(&self, key: &str) -> Option<FlagRef> {
         self.index.get(key).map(|flag| FlagRef(flag.clone()))
     }
+
+    /// The one variant flag `key` serves to every context, if it can serve only one: an enabled
+    /// flag without targeting (its default variant), or whose targeting can only yield that
+    /// variant (constant branches, `fractional` buckets of weight 0 aside). `None` for a
+    /// disabled flag (it serves the caller's default), a missing or broken one, one whose rules
+    /// compute a variant, or one that can serve several. Used to find flags that are fully
+    /// rolled out or off (`flagctl stale`).
+    pub fn uniform_variant(&self, key: &str) -> Option<&str> {
+        let flag = self.index.get(key)?;
+        if flag.state != FlagState::Enabled
+            || flag.broken.is_some()
+            || flag.targeting_error.is_some()
+        {
+            return None;
+        }
+        let reachable = match &flag.targeting {
+            None => std::collections::BTreeSet::from([flag.default_variant?]),
+            Some(decision) => decision.reachable(flag.default_variant)?,
+        };
+        match reachable.into_iter().collect::<Vec<_>>().as_slice() {
+            [only] => flag.variants.get(*only).map(|(name, _)| &**name),
+            _ => None,
+        }
+    }
 }
 
 /// One compiled flag of a [`CompiledFlagSet`], evaluated without the key lookup (SDK flag

@@ -483,6 +483,64 @@ mod cli {
         std::fs::write(dir.join(name), serde_json::to_string_pretty(value).unwrap()).unwrap();
     }
 
+    /// `flagctl stale` against the real server: a flag never evaluated and one fully rolled out
+    /// are found (with `--days 0`, every flag is old enough), an evaluated, partly rolled-out one
+    /// is not; exit 3, JSON.
+    #[test]
+    fn stale_finds_unused_and_fully_rolled_out_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(&dir.path().join("data"), ADMIN);
+        for key in ["unused", "done", "ramping"] {
+            let (code, _, err) = flagctl(&server, dir.path(), &["flag", "create", key]);
+            assert_eq!(code, 0, "{err}");
+        }
+        for (key, percentage) in [("done", "100"), ("ramping", "30")] {
+            let (code, _, err) =
+                flagctl(&server, dir.path(), &["flag", "rollout", key, percentage]);
+            assert_eq!(code, 0, "{err}");
+        }
+        for key in ["done", "ramping"] {
+            let (code, _, err) = flagctl(
+                &server,
+                dir.path(),
+                &["eval", key, "--context", r#"{"targetingKey":"user-1"}"#],
+            );
+            assert_eq!(code, 0, "{err}");
+        }
+        let (code, out, err) =
+            flagctl(&server, dir.path(), &["stale", "--days", "0", "-o", "json"]);
+        assert_eq!(code, 3, "{out}{err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        let found: Vec<(String, String)> = report["stale"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["key"].as_str().unwrap().to_owned(),
+                    f["finding"].as_str().unwrap().to_owned(),
+                )
+            })
+            .filter(|(_, finding)| finding != "not-evaluated")
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("done".to_owned(), "uniform".to_owned()),
+                // Never rolled out: it serves its default, off, to everyone.
+                ("unused".to_owned(), "uniform".to_owned()),
+                ("unused".to_owned(), "never-evaluated".to_owned()),
+            ],
+            "{report}"
+        );
+        // The default period: everything here is new, nothing is stale.
+        let (code, out, err) = flagctl(&server, dir.path(), &["stale"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("no stale flags"), "{out}");
+        let (code, _, err) = flagctl(&server, dir.path(), &["stale", "--days", "-3"]);
+        assert_eq!(code, 2, "{err}");
+    }
+
     /// `flagctl refs` against the real server's environment: references, an unreferenced flag,
     /// a typo with its suggestion, exit codes, JSON.
     #[test]

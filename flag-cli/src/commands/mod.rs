@@ -9,6 +9,7 @@ pub mod login;
 pub mod promote;
 pub mod ramp;
 pub mod refs;
+pub mod stale;
 pub mod status;
 pub mod token;
 pub mod validate;

@@ -43,6 +43,7 @@ fn summary(
     stored: &StoredFlag,
     evaluators: &BTreeMap<String, Value>,
     usage: Option<&crate::store::UsageSummary>,
+    uniform: Option<&str>,
 ) -> Value {
     let rollout = current_rollout(&stored.flag, evaluators, &RolloutVariants::default()).ok();
     json!({
@@ -60,6 +61,7 @@ fn summary(
         "updatedBy": stored.updated_by,
         "lastEvaluated": usage.map(|u| u.last_at),
         "evaluations24h": usage.map_or(0, |u| u.recent),
+        "uniformVariant": uniform,
     })
 }
 
@@ -95,12 +97,18 @@ pub async fn list(
     })
     .await?;
     let usage = crate::domain::usage::summary(&state, &env).await?;
+    let snapshot = state.hub.snapshot(&env);
     Ok(axum::Json(json!({
         "environment": environment.name,
         "version": environment.version,
         "flags": flags
             .iter()
-            .map(|flag| summary(flag, &environment.evaluators, usage.get(&flag.key)))
+            .map(|flag| {
+                let uniform = snapshot
+                    .as_ref()
+                    .and_then(|s| s.compiled.uniform_variant(&flag.key));
+                summary(flag, &environment.evaluators, usage.get(&flag.key), uniform)
+            })
             .collect::<Vec<_>>(),
     })))
 }
