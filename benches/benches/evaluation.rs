@@ -103,6 +103,13 @@ fn evaluation(c: &mut Criterion) {
         .build()
         .expect("fixture bootstraps");
     let sdk_context = flag_sdk::EvaluationContext::new(TARGETING_KEY).with("email", EMAIL);
+    // The same with evaluation telemetry on, as a client with a server runs (an offline client
+    // does not count): what counting adds per call (issue 19's target: at most 2 ns).
+    let counted = flag_sdk::FlagClient::builder()
+        .bootstrap_document(flagd_document())
+        .usage_reporting(true)
+        .build()
+        .expect("fixture bootstraps");
 
     let mut group = c.benchmark_group("eval");
     for (case, key) in CASES {
@@ -113,6 +120,15 @@ fn evaluation(c: &mut Criterion) {
         let handle = sdk.flag(key);
         group.bench_function(format!("{case}/flag-sdk-handle"), |b| {
             b.iter(|| black_box(handle.bool_value(black_box(&sdk_context), false)));
+        });
+        group.bench_function(format!("{case}/flag-sdk-counted"), |b| {
+            b.iter(|| {
+                black_box(counted.bool_value(black_box(key), black_box(&sdk_context), false))
+            });
+        });
+        let counted_handle = counted.flag(key);
+        group.bench_function(format!("{case}/flag-sdk-handle-counted"), |b| {
+            b.iter(|| black_box(counted_handle.bool_value(black_box(&sdk_context), false)));
         });
         group.bench_function(format!("{case}/flag-core"), |b| {
             b.iter(|| {

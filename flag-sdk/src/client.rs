@@ -155,10 +155,27 @@ impl FlagClient {
         context: &EvaluationContext,
         inspect: impl FnOnce(&Resolution<'_>) -> R,
     ) -> R {
-        self.with_flags(|flags| match flags {
-            Some(state) => inspect(&state.compiled.evaluate_at(key, context.inner(), CLOCK)),
-            None => inspect(&not_ready()),
+        self.with_flags(|flags| {
+            let resolution = match flags {
+                Some(state) => state.compiled.evaluate_at(key, context.inner(), CLOCK),
+                None => not_ready(),
+            };
+            self.count(key, resolution.variant, resolution.reason);
+            inspect(&resolution)
         })
+    }
+
+    /// Counts an evaluation for the server's telemetry (`usage.rs`).
+    #[inline]
+    pub(crate) fn count(&self, key: &str, variant: Option<&str>, reason: Reason) {
+        self.shared.usage.record(key, variant, reason);
+    }
+
+    /// Reports the evaluations counted so far now (this thread's included), rather than at the
+    /// next report interval. `close()` does it too.
+    pub fn report_usage(&self) {
+        self.shared.usage.publish_this_thread();
+        self.shared.usage_report.notify_one();
     }
 
     /// A boolean flag's value, or `default`. No lock, no allocation.
@@ -180,12 +197,17 @@ impl FlagClient {
     /// borrow instead).
     pub fn string_value(&self, key: &str, context: &EvaluationContext, default: &str) -> String {
         self.with_flags(|flags| match flags {
-            Some(state) => state
-                .compiled
-                .resolve_at(key, context.inner(), default, CLOCK)
-                .value
-                .to_owned(),
-            None => default.to_owned(),
+            Some(state) => {
+                let details = state
+                    .compiled
+                    .resolve_at(key, context.inner(), default, CLOCK);
+                self.count(key, details.variant, details.reason);
+                details.value.to_owned()
+            }
+            None => {
+                self.count(key, None, Reason::Error);
+                default.to_owned()
+            }
         })
     }
 
@@ -196,13 +218,17 @@ impl FlagClient {
                 let details = state
                     .compiled
                     .resolve_at(key, context.inner(), &default, CLOCK);
+                self.count(key, details.variant, details.reason);
                 if details.error.is_some() {
                     default.clone()
                 } else {
                     details.value.clone()
                 }
             }
-            None => default,
+            None => {
+                self.count(key, None, Reason::Error);
+                default
+            }
         })
     }
 
@@ -243,7 +269,7 @@ impl FlagClient {
         context: &EvaluationContext,
         default: &str,
     ) -> EvaluationDetails<String> {
-        self.details(default.to_owned(), |state, now| {
+        self.details(key, default.to_owned(), |state, now| {
             state
                 .compiled
                 .resolve_at(key, context.inner(), default, now)
@@ -259,7 +285,7 @@ impl FlagClient {
         default: Value,
     ) -> EvaluationDetails<Value> {
         let fallback = default.clone();
-        self.details(fallback, |state, now| {
+        self.details(key, fallback, |state, now| {
             state
                 .compiled
                 .resolve_at(key, context.inner(), &default, now)
@@ -274,12 +300,16 @@ impl FlagClient {
     {
         self.with_flags(|flags| match flags {
             Some(state) => {
-                state
+                let details = state
                     .compiled
-                    .resolve_at(key, context.inner(), default, CLOCK)
-                    .value
+                    .resolve_at(key, context.inner(), default, CLOCK);
+                self.count(key, details.variant, details.reason);
+                details.value
             }
-            None => default,
+            None => {
+                self.count(key, None, Reason::Error);
+                default
+            }
         })
     }
 
@@ -325,7 +355,7 @@ impl FlagClient {
     where
         T: Copy + for<'a> flag_core::FlagValue<'a>,
     {
-        self.details(default, |state, now| {
+        self.details(key, default, |state, now| {
             state
                 .compiled
                 .resolve_at(key, context.inner(), default, now)
@@ -335,13 +365,16 @@ impl FlagClient {
 
     fn details<T>(
         &self,
+        key: &str,
         default: T,
         resolve: impl FnOnce(&Snapshot, Timestamp) -> EvaluationDetails<T>,
     ) -> EvaluationDetails<T> {
-        self.with_flags(|flags| match flags {
+        let details = self.with_flags(|flags| match flags {
             Some(state) => resolve(state, CLOCK),
             None => not_ready_details(default),
-        })
+        });
+        self.count(key, details.variant.as_deref(), details.reason);
+        details
     }
 
     /// A handle on one flag: the typed getters without the key lookup per call (see
@@ -363,6 +396,8 @@ impl FlagClient {
     /// Stops syncing: sends a Close frame, ends the background task. Evaluation keeps working on
     /// the last flags.
     pub async fn close(&self) {
+        // This thread's evaluation counts go with the last report.
+        self.shared.usage.publish_this_thread();
         if let Some(sync) = &self.sync {
             sync.stop().await;
         }

@@ -95,10 +95,15 @@ impl FlagHandle {
         context: &EvaluationContext,
         inspect: impl FnOnce(&Resolution<'_>) -> R,
     ) -> R {
-        self.with_flag(|found| match found {
-            Found::Flag(flag) => inspect(&flag.evaluate_at(context.inner(), CLOCK)),
-            Found::Missing => inspect(&Resolution::flag_not_found()),
-            Found::NotReady => inspect(&not_ready()),
+        self.with_flag(|found| {
+            let resolution = match found {
+                Found::Flag(flag) => flag.evaluate_at(context.inner(), CLOCK),
+                Found::Missing => Resolution::flag_not_found(),
+                Found::NotReady => not_ready(),
+            };
+            self.client
+                .count(&self.key, resolution.variant, resolution.reason);
+            inspect(&resolution)
         })
     }
 
@@ -108,8 +113,16 @@ impl FlagHandle {
         T: Copy + for<'a> flag_core::FlagValue<'a>,
     {
         self.with_flag(|found| match found {
-            Found::Flag(flag) => flag.resolve_at(context.inner(), default, CLOCK).value,
-            Found::Missing | Found::NotReady => default,
+            Found::Flag(flag) => {
+                let details = flag.resolve_at(context.inner(), default, CLOCK);
+                self.client
+                    .count(&self.key, details.variant, details.reason);
+                details.value
+            }
+            Found::Missing | Found::NotReady => {
+                self.client.count(&self.key, None, Reason::Error);
+                default
+            }
         })
     }
 
@@ -132,11 +145,16 @@ impl FlagHandle {
     /// to borrow instead).
     pub fn string_value(&self, context: &EvaluationContext, default: &str) -> String {
         self.with_flag(|found| match found {
-            Found::Flag(flag) => flag
-                .resolve_at(context.inner(), default, CLOCK)
-                .value
-                .to_owned(),
-            Found::Missing | Found::NotReady => default.to_owned(),
+            Found::Flag(flag) => {
+                let details = flag.resolve_at(context.inner(), default, CLOCK);
+                self.client
+                    .count(&self.key, details.variant, details.reason);
+                details.value.to_owned()
+            }
+            Found::Missing | Found::NotReady => {
+                self.client.count(&self.key, None, Reason::Error);
+                default.to_owned()
+            }
         })
     }
 
@@ -145,13 +163,18 @@ impl FlagHandle {
         self.with_flag(|found| match found {
             Found::Flag(flag) => {
                 let details = flag.resolve_at(context.inner(), &default, CLOCK);
+                self.client
+                    .count(&self.key, details.variant, details.reason);
                 if details.error.is_some() {
                     default.clone()
                 } else {
                     details.value.clone()
                 }
             }
-            Found::Missing | Found::NotReady => default,
+            Found::Missing | Found::NotReady => {
+                self.client.count(&self.key, None, Reason::Error);
+                default
+            }
         })
     }
 
@@ -218,7 +241,7 @@ impl FlagHandle {
         default: T,
         resolve: impl FnOnce(&FlagRef) -> EvaluationDetails<T>,
     ) -> EvaluationDetails<T> {
-        self.with_flag(|found| match found {
+        let details = self.with_flag(|found| match found {
             Found::Flag(flag) => resolve(flag),
             Found::NotReady => not_ready_details(default),
             Found::Missing => EvaluationDetails {
@@ -229,6 +252,9 @@ impl FlagHandle {
                 error_message: Some("flag not found".to_owned()),
                 flag_metadata: flag_core::Metadata::new(),
             },
-        })
+        });
+        self.client
+            .count(&self.key, details.variant.as_deref(), details.reason);
+        details
     }
 }

@@ -39,6 +39,7 @@ mod state;
 mod status;
 mod sync;
 mod tls;
+mod usage;
 
 pub use builder::FlagClientBuilder;
 pub use client::{EvaluationDetails, FlagClient};

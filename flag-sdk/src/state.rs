@@ -92,6 +92,10 @@ pub(crate) struct Shared {
     persist: Option<Box<dyn Persist>>,
     /// Why the last connection attempt failed, for people (`None` once synced).
     last_error: Mutex<Option<String>>,
+    /// Evaluation counts on their way to the server.
+    pub(crate) usage: Arc<crate::usage::UsageSink>,
+    /// Wakes the sync task to report the counts now.
+    pub(crate) usage_report: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -126,10 +130,13 @@ impl Shared {
     /// No flags yet, status `NotReady`.
     pub(crate) fn new(persist: Option<Box<dyn Persist>>) -> Shared {
         let (status_watch, _) = watch::channel(Status::NotReady);
+        let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
         Shared {
             flags: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
-            id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            usage: Arc::new(crate::usage::UsageSink::new(id, true)),
+            usage_report: tokio::sync::Notify::new(),
             status: AtomicU8::new(status_code(Status::NotReady)),
             status_watch,
             change_listeners: Mutex::default(),

@@ -23,7 +23,13 @@ pub(crate) struct SyncSettings {
     pub(crate) ping_timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_cap: Duration,
+    /// How often evaluation counts are reported.
+    pub(crate) usage_interval: Duration,
 }
+
+/// The largest `usage` message sent (the server closes connections whose client messages pass
+/// 16 KiB).
+const MAX_USAGE_MESSAGE: usize = 12 * 1024;
 
 impl Default for SyncSettings {
     fn default() -> Self {
@@ -32,6 +38,7 @@ impl Default for SyncSettings {
             ping_timeout: Duration::from_secs(45),
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
+            usage_interval: Duration::from_secs(60),
         }
     }
 }
@@ -341,13 +348,32 @@ impl StreamFollower {
         }
 
         let mut synced = false;
+        let mut usage_ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.settings.usage_interval,
+            self.settings.usage_interval,
+        );
+        usage_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(self.settings.ping_timeout, socket.next()) => next,
                 () = stopped(stop) => {
-                    // `close()`: say so with a Close frame rather than just dropping the socket.
+                    // `close()`: the last counts, then a Close frame rather than just dropping
+                    // the socket.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.report(&mut socket)).await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
                     return Ended::Stopped;
+                }
+                _ = usage_ticks.tick() => {
+                    if !self.report(&mut socket).await {
+                        return lost(synced);
+                    }
+                    continue;
+                }
+                () = self.shared.usage_report.notified() => {
+                    if !self.report(&mut socket).await {
+                        return lost(synced);
+                    }
+                    continue;
                 }
             };
             let message = match next {
@@ -427,6 +453,33 @@ impl StreamFollower {
                 }
             }
         }
+    }
+
+    /// Sends the evaluation counts gathered so far as `usage` messages; `false` when the socket
+    /// failed (the unsent counts are kept for the next connection).
+    async fn report<S>(&self, socket: &mut S) -> bool
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        let mut reports = self
+            .shared
+            .usage
+            .take_reports(MAX_USAGE_MESSAGE)
+            .into_iter();
+        while let Some(report) = reports.next() {
+            let message = ClientMessage::Usage(report.clone());
+            if socket
+                .send(Message::text(client_text(&message)))
+                .await
+                .is_err()
+            {
+                self.shared
+                    .usage
+                    .restore(std::iter::once(report).chain(reports).collect());
+                return false;
+            }
+        }
+        true
     }
 
     fn apply_snapshot(&self, message: flag_protocol::Snapshot) {

@@ -222,6 +222,79 @@ mod sdk {
         }
     }
 
+    /// Evaluation telemetry end to end: the SDK's exact counts, from several threads, reach the
+    /// server's usage endpoint and listing; the last ones on `close()`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sdk_reports_exact_evaluation_counts_including_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(dir.path(), ADMIN);
+        put(&server.base_url, "checkout", "on").await;
+        put(&server.base_url, "banner", "off").await;
+        let token = sdk_token(&server.base_url).await;
+        let client = FlagClient::builder()
+            .server(&server.base_url)
+            .token(&token)
+            .usage_interval(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(client.wait_ready(WAIT).await.unwrap(), Status::Ready);
+        let user = EvaluationContext::new("u1");
+        // Threads that end hand their counts over; the periodic report sends them.
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        assert!(client.bool_value("checkout", &user, false));
+                    }
+                });
+            }
+        });
+        let usage = |key: &'static str| {
+            let base = server.base_url.clone();
+            async move {
+                http()
+                    .get(format!(
+                        "{base}/api/v1/environments/default/flags/{key}/usage"
+                    ))
+                    .bearer_auth(ADMIN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let seen = usage("checkout").await;
+            if seen["total"] == 3_000 {
+                assert_eq!(seen["variants"]["on"], 3_000, "{seen}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not reported: {seen}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Counted on this thread, sent by `close()`; a handle counts like the key getters.
+        let banner = client.flag("banner");
+        for _ in 0..7 {
+            assert!(!banner.bool_value(&user, true));
+        }
+        assert!(!client.bool_value("banner", &user, true));
+        client.close().await;
+        let seen = usage("banner").await;
+        assert_eq!(seen["total"], 8, "{seen}");
+        assert_eq!(seen["variants"]["off"], 8, "{seen}");
+        assert_eq!(
+            usage("checkout").await["total"],
+            3_000,
+            "nothing counted twice"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ready_after_the_snapshot_and_a_write_reaches_the_listener() {
         let dir = tempfile::tempdir().unwrap();
