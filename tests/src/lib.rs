@@ -190,6 +190,28 @@ pub fn flagctl_env(
     )
 }
 
+/// Whether `program --version` runs. When it does not, prints one `skipped: TEST: …` line saying
+/// how to install it, or fails when `require` (`FLAGD_REQUIRE_GIT`, …) is set to 1, as `.ci/run`
+/// does.
+pub fn program_available(program: &str, require: &str, test: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var(require).as_deref() != Ok("1"),
+            "{program} is required ({require}=1) but not found"
+        );
+        println!(
+            "skipped: {test}: the {program} program is not installed (apt-get install {program})"
+        );
+    }
+    found
+}
+
 /// A `flagd-server` child process.
 #[derive(Debug)]
 pub struct ServerProcess {

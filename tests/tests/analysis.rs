@@ -17,27 +17,6 @@ use tests::{ServerProcess, flagctl, get_json, http};
 
 const ADMIN: &str = "flg_admin_analysis_end_to_end_token";
 
-/// Whether `prometheus` runs; otherwise one `skipped:` line (or a failure under
-/// FLAGD_REQUIRE_PROMETHEUS=1).
-fn prometheus_available(test: &str) -> bool {
-    let found = Command::new("prometheus")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("FLAGD_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
-            "prometheus is required (FLAGD_REQUIRE_PROMETHEUS=1) but not found"
-        );
-        println!(
-            "skipped: {test}: the prometheus program is not installed (apt-get install prometheus)"
-        );
-    }
-    found
-}
-
 /// An exporter on port 0 serving one gauge, `checkout_error_ratio{flag, variant}`.
 async fn exporter(ratio: Arc<Mutex<f64>>) -> String {
     let app = axum::Router::new().route(
@@ -153,7 +132,9 @@ async fn wait_for(server: &ServerProcess, what: &str, done: impl Fn(&Value) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ramp_advances_while_prometheus_says_healthy_and_aborts_when_errors_rise() {
-    if !prometheus_available(
+    if !tests::program_available(
+        "prometheus",
+        "FLAGD_REQUIRE_PROMETHEUS",
         "a_ramp_advances_while_prometheus_says_healthy_and_aborts_when_errors_rise",
     ) {
         return;

@@ -5,7 +5,7 @@
 //! prints one `skipped:` line, unless `FLAGD_REQUIRE_GIT=1` (set by `.ci/run`) makes it fail.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flag_sdk::{EvaluationContext, FlagClient};
@@ -17,19 +17,7 @@ const HOOK_SECRET: &str = "webhook-shared-secret";
 
 /// Whether `git` runs; otherwise one `skipped:` line (or a failure under FLAGD_REQUIRE_GIT=1).
 fn git_available(test: &str) -> bool {
-    let found = Command::new("git")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("FLAGD_REQUIRE_GIT").as_deref() != Ok("1"),
-            "git is required (FLAGD_REQUIRE_GIT=1) but not found"
-        );
-        println!("skipped: {test}: the git program is not installed (apt-get install git)");
-    }
-    found
+    tests::program_available("git", "FLAGD_REQUIRE_GIT", test)
 }
 
 /// A repository in a temporary directory, committed to with the `git` program.
