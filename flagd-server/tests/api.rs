@@ -2555,6 +2555,46 @@ async fn evaluations_are_counted_and_read_back_everywhere() {
         Some(&json!({"counts": [{"flag": "used", "count": -1}]})),
     );
     assert_eq!(app.send(request).await.0, StatusCode::BAD_REQUEST);
+    // Variants the flag does not have are not counted (nor become metric series).
+    let request = TestApp::request(
+        "POST",
+        "/api/v1/usage",
+        Some(&app.sdk),
+        Some(
+            &json!({"counts": [{"flag": "used", "variant": "made-up", "count": 9}, {"flag": "used", "variant": "on", "count": 0}]}),
+        ),
+    );
+    let (_, _, answer) = app.send(request).await;
+    assert_eq!(answer, json!({"counted": 0, "ignored": 2}));
+    for (since, status) in [
+        ("-9223372036854775808", StatusCode::BAD_REQUEST),
+        ("-1", StatusCode::BAD_REQUEST),
+        ("18446744073709551615", StatusCode::BAD_REQUEST),
+        ("2026-11-30T08:00:00%2B01:00", StatusCode::OK),
+        ("2026-11-30t07:00:00z", StatusCode::OK),
+        ("106751991167301d", StatusCode::OK),
+        ("0", StatusCode::OK),
+    ] {
+        let (actual, body) = app
+            .call(
+                "GET",
+                &format!("/api/v1/environments/default/flags/used/usage?since={since}"),
+                None,
+            )
+            .await;
+        assert_eq!(actual, status, "{since}: {body}");
+        if status == StatusCode::OK {
+            assert!(body["since"].as_i64().unwrap() >= 0, "{since}: {body}");
+        }
+    }
+    let (status, _) = app
+        .call(
+            "GET",
+            "/api/v1/environments/default/flags/nosuch/usage",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, usage) = app
         .call("GET", "/api/v1/environments/default/flags/used/usage", None)
         .await;

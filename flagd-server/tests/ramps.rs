@@ -1936,3 +1936,35 @@ async fn prometheus_errors_are_cut_short_and_never_show_credentials() {
     assert_eq!(measured["verdict"], "inconclusive", "{measured}");
     assert!(!measured.to_string().contains("topsecretpw"), "{measured}");
 }
+
+/// (Uses this file's clock.) A flag deleted and created again starts without its
+/// predecessor's evaluations, in the listing and the usage endpoint.
+#[tokio::test]
+async fn a_flag_created_again_does_not_inherit_its_predecessors_usage() {
+    let h = Harness::new();
+    h.create_flag("f").await;
+    let report = json!({"counts": [{"flag": "f", "variant": "on", "count": 5}]});
+    let (status, _) = h
+        .call("POST", "/api/v1/usage?environment=default", Some(report))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    h.at(600);
+    let (status, _) = h
+        .call("DELETE", "/api/v1/environments/default/flags/f", None)
+        .await;
+    assert!(status.is_success());
+    h.at(4_000);
+    h.create_flag("f").await;
+    let (_, list) = h
+        .call("GET", "/api/v1/environments/default/flags", None)
+        .await;
+    assert_eq!(list["flags"][0]["lastEvaluated"], Value::Null, "{list}");
+    let (_, usage) = h
+        .call(
+            "GET",
+            "/api/v1/environments/default/flags/f/usage?since=0",
+            None,
+        )
+        .await;
+    assert_eq!(usage["total"], 0, "{usage}");
+}

@@ -65,6 +65,8 @@ pub struct Report {
     pub files_scanned: usize,
     /// Flag documents skipped (definitions, not references).
     pub flag_documents_skipped: Vec<String>,
+    /// Files larger than 8 MiB, not read.
+    pub large_files_skipped: Vec<String>,
 }
 
 impl Report {
@@ -156,6 +158,7 @@ pub fn scan(
         }
         let path = entry.path();
         if entry.metadata().is_ok_and(|m| m.len() > MAX_FILE_BYTES) {
+            report.large_files_skipped.push(relative(root, path));
             continue;
         }
         let Ok(bytes) = std::fs::read(path) else {
@@ -275,6 +278,12 @@ async fn keys(context: &Context, environment: &str, file: Option<&PathBuf>) -> R
                 path.display()
             ))
         })?;
+        if set.flags.is_empty() {
+            return Err(CliError::input(format!(
+                "{} has no flags: give a flagd document with a `flags` object",
+                path.display()
+            )));
+        }
         return Ok(set.flags.keys().cloned().collect());
     }
     let api = context.api().await?;
@@ -300,6 +309,12 @@ pub async fn run(context: &Context, args: &RefsArgs) -> Result<u8> {
     let environment = args.environment.as_ref().unwrap_or(&context.environment);
     let keys = keys(context, environment, args.file.as_ref()).await?;
     let report = scan(&root, keys, &args.exclude, &args.getter)?;
+    if report.files_scanned == 0 {
+        return Err(CliError::input(format!(
+            "no text file to scan under {} (after .gitignore and --exclude)",
+            root.display()
+        )));
+    }
     let code = if report.has_findings() {
         exit::FINDINGS
     } else {
@@ -316,11 +331,11 @@ pub async fn run(context: &Context, args: &RefsArgs) -> Result<u8> {
             let shown: Vec<String> = locations
                 .iter()
                 .take(3)
-                .map(|l| format!("{}:{}", l.path, l.line))
+                .map(|l| format!("{}:{}", output::plain(&l.path), l.line))
                 .collect();
             let more = locations.len().saturating_sub(3);
             vec![
-                key.clone(),
+                output::plain(key),
                 locations.len().to_string(),
                 if locations.is_empty() {
                     "none: a candidate for removal (`flagctl flag delete`)".to_owned()
@@ -338,7 +353,7 @@ pub async fn run(context: &Context, args: &RefsArgs) -> Result<u8> {
         for unknown in &report.unknown {
             outln!(
                 "  {}:{}  {:?}{}",
-                unknown.location.path,
+                output::plain(&unknown.location.path),
                 unknown.location.line,
                 unknown.key,
                 unknown
@@ -364,6 +379,17 @@ pub async fn run(context: &Context, args: &RefsArgs) -> Result<u8> {
         report.unreferenced.len(),
         report.unknown.len()
     )?;
+    if !report.large_files_skipped.is_empty() {
+        outln!(
+            "not read (larger than 8 MiB): {}",
+            report
+                .large_files_skipped
+                .iter()
+                .map(|p| output::plain(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
     Ok(code)
 }
 

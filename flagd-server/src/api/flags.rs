@@ -107,7 +107,9 @@ pub async fn list(
                 let uniform = snapshot
                     .as_ref()
                     .and_then(|s| s.compiled.uniform_variant(&flag.key));
-                summary(flag, &environment.evaluators, usage.get(&flag.key), uniform)
+                // Counts from before a flag was (re-)created belong to the flag deleted then.
+                let used = usage.get(&flag.key).filter(|u| u.last_at >= flag.created_at);
+                summary(flag, &environment.evaluators, used, uniform)
             })
             .collect::<Vec<_>>(),
     })))

@@ -25,26 +25,35 @@ pub struct UsageParams {
     since: Option<String>,
 }
 
-/// Reads `since` (default: 7 days ago).
+/// Reads `since` (default: 7 days ago): unix seconds (0 or more), an RFC 3339 time (any
+/// offset), or a duration ago (a duration longer than the time since 1970 means 1970).
 fn since(text: Option<&str>, now: i64) -> Result<i64, ApiError> {
-    let Some(text) = text else {
-        return Ok(now.saturating_sub(7 * 86_400));
+    let refused = || {
+        ApiError::bad_request(format!(
+            "since {:?} is not a duration ago (7d, 36h), unix seconds from 0, or an RFC 3339 time",
+            text.unwrap_or_default()
+        ))
+        .at("since")
     };
-    if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds);
+    let Some(text) = text else {
+        return Ok(now.saturating_sub(7 * 86_400).max(0));
+    };
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        return text
+            .parse::<i64>()
+            .ok()
+            .filter(|seconds| *seconds >= 0)
+            .ok_or_else(refused);
     }
-    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
-        let seconds = time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        return Ok(seconds);
+    if let Ok(time) = text.parse::<jiff::Timestamp>() {
+        return Ok(time.as_second().max(0));
     }
     match crate::units::parse_duration(text) {
-        Ok(ago) => Ok(now.saturating_sub(i64::try_from(ago.as_secs()).unwrap_or(i64::MAX))),
-        Err(_) => Err(ApiError::bad_request(format!(
-            "since {text:?} is not a duration ago (7d, 36h), unix seconds or an RFC 3339 time"
-        ))
-        .at("since")),
+        Ok(ago) => Ok(now
+            .saturating_sub(i64::try_from(ago.as_secs()).unwrap_or(i64::MAX))
+            .max(0)),
+        Err(crate::units::DurationError::TooLarge(_)) => Ok(0),
+        Err(_) => Err(refused()),
     }
 }
 

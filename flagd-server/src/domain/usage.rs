@@ -178,8 +178,9 @@ pub async fn run_flusher(domain: Domain, stop: CancellationToken) {
 
 /// One flag and variant's count in a usage report (a stream `usage` message or
 /// `POST /api/v1/usage`): [`flag_protocol::stream::UsageCount`] on the wire.
-/// Only flags the environment has are counted (a report cannot grow the store with keys of its
-/// own choosing); returns how many entries were counted.
+/// Only flags the environment has, and variants those flags have, are counted (a report cannot
+/// grow the store or the metrics with names of its own choosing); returns how many entries
+/// were counted.
 pub fn report(
     domain: &Domain,
     environment: &str,
@@ -190,7 +191,15 @@ pub fn report(
     };
     let mut counted = 0;
     for entry in counts {
-        if !snapshot.compiled.contains(&entry.flag) {
+        let Some(flag) = snapshot.document.flags.get(&entry.flag) else {
+            continue;
+        };
+        if entry.count == 0
+            || entry
+                .variant
+                .as_ref()
+                .is_some_and(|variant| !flag.variants.contains_key(variant))
+        {
             continue;
         }
         counted += 1;
@@ -248,9 +257,16 @@ pub async fn of_flag(
         tracing::warn!(%error, "cannot write evaluation counts before a usage query");
     }
     let (env, key) = (environment.to_owned(), flag.to_owned());
-    let rows = blocking(domain, move |store| {
+    let (since, rows) = blocking(domain, move |store| {
         super::flags::environment_or_not_found(store, &env)?;
-        Ok(store.usage(&env, &key, since)?)
+        let stored = store.flag(&env, &key)?.ok_or_else(|| {
+            DomainError::not_found(format!(
+                "flag {key:?} does not exist in environment {env:?}"
+            ))
+        })?;
+        // A flag deleted and created again under the key starts afresh.
+        let since = since.max(hour_of(stored.created_at));
+        Ok((since, store.usage(&env, &key, since)?))
     })
     .await?;
     let mut variants = std::collections::BTreeMap::new();

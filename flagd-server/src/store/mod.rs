@@ -583,8 +583,12 @@ pub struct UsageRecord {
 
 /// The start of the hour containing `at` (unix seconds).
 pub fn hour_of(at: i64) -> i64 {
-    at - at.rem_euclid(3600)
+    at.saturating_sub(at.rem_euclid(3600))
 }
+
+/// The largest count one (flag, variant, hour) row holds: additions saturate there, so sums
+/// over many rows stay far from overflowing a 64-bit integer.
+pub const MAX_USAGE_COUNT: i64 = 1 << 48;
 
 /// One flag's usage in an environment, for listings and `flagctl stale`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1507,7 +1507,7 @@ impl FlagStore for PostgresStore {
             "INSERT INTO usage (environment, flag_key, variant, hour, count, last_at)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (environment, flag_key, variant, hour) DO UPDATE SET
-               count = usage.count + EXCLUDED.count,
+               count = LEAST(usage.count + EXCLUDED.count, $7),
                last_at = GREATEST(usage.last_at, EXCLUDED.last_at)",
         )?;
         for row in rows {
@@ -1518,8 +1518,9 @@ impl FlagStore for PostgresStore {
                     &row.flag,
                     &row.variant,
                     &row.hour,
-                    &row.count,
+                    &row.count.clamp(0, super::MAX_USAGE_COUNT),
                     &row.last_at,
+                    &super::MAX_USAGE_COUNT,
                 ],
             )?;
         }

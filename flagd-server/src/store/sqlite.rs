@@ -958,7 +958,7 @@ impl FlagStore for SqliteStore {
                 "INSERT INTO usage (environment, flag_key, variant, hour, count, last_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (environment, flag_key, variant, hour) DO UPDATE SET
-                   count = count + excluded.count,
+                   count = MIN(count + MIN(excluded.count, ?7), ?7),
                    last_at = MAX(last_at, excluded.last_at)",
             )?;
             for row in rows {
@@ -967,8 +967,9 @@ impl FlagStore for SqliteStore {
                     row.flag,
                     row.variant,
                     row.hour,
-                    row.count,
-                    row.last_at
+                    row.count.clamp(0, super::MAX_USAGE_COUNT),
+                    row.last_at,
+                    super::MAX_USAGE_COUNT
                 ])?;
             }
         }

@@ -104,6 +104,17 @@ fn usage_adds_up_per_hour_and_is_pruned(store: &Backend) {
     assert_eq!(store.prune_usage(h + 3599).unwrap(), 0);
     assert_eq!(store.prune_usage(h + 3600).unwrap(), 2);
     assert_eq!(store.usage_summary("default", h).unwrap().len(), 1);
+    // Counts saturate: a row never leaves the 64-bit range, so sums over rows stay exact.
+    for _ in 0..3 {
+        store.add_usage(&[row("big", "on", h, i64::MAX)]).unwrap();
+    }
+    let big = store.usage("default", "big", h).unwrap();
+    assert_eq!(big[0].count, MAX_USAGE_COUNT);
+    let summary = store.usage_summary("default", h).unwrap();
+    assert_eq!(
+        summary.iter().find(|s| s.flag == "big").unwrap().recent,
+        MAX_USAGE_COUNT
+    );
 }
 
 fn sources_bind_save_by_generation_and_go_with_their_environment(store: &Backend) {
