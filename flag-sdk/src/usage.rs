@@ -172,8 +172,13 @@ impl Local {
     #[inline]
     fn record(&mut self, sink: &Arc<UsageSink>, flag: &str, variant: Option<&str>, reason: Reason) {
         let first = self.tables.first().is_some_and(|t| t.client == sink.id);
-        let table = match self.tables.iter().position(|t| t.client == sink.id) {
-            _ if first => &mut self.tables[0],
+        let found = if first {
+            Some(0)
+        } else {
+            self.tables.iter().position(|t| t.client == sink.id)
+        };
+        let table = match found {
+            Some(0) => &mut self.tables[0],
             Some(index) => {
                 // The client used last goes first.
                 self.tables.swap(0, index);

@@ -1,7 +1,11 @@
 //! Test support (used by this crate's tests, the end-to-end tests and the benches): a scratch
-//! PostgreSQL schema per test, so tests against the real database run in parallel.
+//! PostgreSQL schema per test, so tests against the real database run in parallel; a fake of
+//! Prometheus's query API for metric analysis guards.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
 
 /// The variable naming the PostgreSQL database tests use.
 pub const DATABASE_URL_VARIABLE: &str = "FLAGD_TEST_DATABASE_URL";
@@ -71,4 +75,77 @@ fn off_runtime(url: &str, statement: String) -> Result<(), postgres::Error> {
     })
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// A fake Prometheus on port 0 (`GET /api/v1/query` only): every query gets the current answer
+/// (at first an empty vector) and is recorded.
+#[derive(Debug)]
+pub struct FakePrometheus {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    answer: Arc<Mutex<(u16, Value)>>,
+    queries: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakePrometheus {
+    /// Starts it on the current tokio runtime.
+    pub async fn start() -> std::io::Result<FakePrometheus> {
+        let answer = Arc::new(Mutex::new((200, vector(&[]))));
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let (current, seen) = (answer.clone(), queries.clone());
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(
+                move |query: axum::extract::Query<std::collections::HashMap<String, String>>| {
+                    let asked = query.0.get("query").cloned().unwrap_or_default();
+                    lock(&seen).push(asked);
+                    let (status, body) = lock(&current).clone();
+                    let status = axum::http::StatusCode::from_u16(status)
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                    async move { (status, axum::Json(body)) }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(FakePrometheus {
+            address,
+            answer,
+            queries,
+        })
+    }
+
+    /// Answers with an instant vector of these sample values (none: an empty vector).
+    pub fn answer(&self, values: &[&str]) {
+        *lock(&self.answer) = (200, vector(values));
+    }
+
+    /// Answers 400 `bad_data` with this error.
+    pub fn refuse(&self, error: &str) {
+        *lock(&self.answer) = (
+            400,
+            json!({"status": "error", "errorType": "bad_data", "error": error}),
+        );
+    }
+
+    /// The queries received, oldest first.
+    pub fn queries(&self) -> Vec<String> {
+        lock(&self.queries).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A successful instant-vector answer with these sample values.
+pub fn vector(values: &[&str]) -> Value {
+    let samples: Vec<Value> = values
+        .iter()
+        .map(|v| json!({"metric": {}, "value": [1.8e9, v]}))
+        .collect();
+    json!({"status": "success", "data": {"resultType": "vector", "result": samples}})
 }

@@ -666,23 +666,11 @@ async fn an_analysis_measures_once_against_prometheus() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let prometheus = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let record = seen.clone();
-    let router = axum::Router::new().route(
-        "/api/v1/query",
-        axum::routing::get(
-            move |query: axum::extract::Query<std::collections::HashMap<String, String>>| {
-                record.lock().unwrap().push(query.0["query"].clone());
-                async {
-                    axum::Json(json!({"status": "success", "data": {"resultType": "vector",
-                        "result": [{"metric": {}, "value": [1.7e9, "0.013"]}]}}))
-                }
-            },
-        ),
-    );
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let fake = flagd_server::testing::FakePrometheus::start()
+        .await
+        .unwrap();
+    fake.answer(&["0.013"]);
+    let prometheus = fake.address.clone();
     let path = "/api/v1/environments/default/flags/new-checkout/analysis";
     let body = |success: &str| {
         json!({"prometheus": prometheus, "success": success, "variant": "on",
@@ -693,7 +681,7 @@ async fn an_analysis_measures_once_against_prometheus() {
     assert_eq!(measured["verdict"], "success");
     assert_eq!(measured["values"], json!([0.013]));
     assert_eq!(
-        seen.lock().unwrap()[0],
+        fake.queries()[0],
         r#"sum(rate(errors{flag="new-checkout",env="default",variant="on"}[5m]))"#
     );
     let (_, failed) = app.call("POST", path, Some(body("result < 0.01"))).await;
@@ -745,7 +733,7 @@ async fn an_analysis_measures_once_against_prometheus() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(
-        seen.lock().unwrap().len(),
+        fake.queries().len(),
         3,
         "two measured, one with the default variant; refused requests query nothing"
     );

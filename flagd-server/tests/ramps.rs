@@ -1422,50 +1422,15 @@ async fn guards_follow_no_redirect_keep_only_an_excerpt_and_hide_credentials() {
 
 // Prometheus analysis guards (issue 18), against a fake of Prometheus's instant query API.
 
-/// A fake Prometheus on port 0: every query is answered with the current answer (a vector of the
-/// given sample values, `None`: an empty vector), and recorded.
-struct FakePrometheus {
-    address: String,
-    answer: Arc<std::sync::Mutex<(u16, Value)>>,
-    queries: Arc<std::sync::Mutex<Vec<String>>>,
+use flagd_server::testing::FakePrometheus;
+
+/// A Prometheus guard of `prometheus` with a per-variant error-rate query, plus `extra` fields.
+trait GuardOf {
+    fn guard(&self, extra: Value) -> Value;
+    fn taken(&self) -> usize;
 }
 
-impl FakePrometheus {
-    async fn start() -> FakePrometheus {
-        let answer = Arc::new(std::sync::Mutex::new((200, vector(&[]))));
-        let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (current, seen) = (answer.clone(), queries.clone());
-        let app = axum::Router::new().route(
-            "/api/v1/query",
-            axum::routing::get(
-                move |query: axum::extract::Query<std::collections::HashMap<String, String>>| {
-                    seen.lock().unwrap().push(query.0["query"].clone());
-                    let (status, body) = current.lock().unwrap().clone();
-                    async move { (StatusCode::from_u16(status).unwrap(), axum::Json(body)) }
-                },
-            ),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        FakePrometheus {
-            address,
-            answer,
-            queries,
-        }
-    }
-
-    fn answer(&self, values: &[&str]) {
-        *self.answer.lock().unwrap() = (200, vector(values));
-    }
-
-    fn refuse(&self, error: &str) {
-        *self.answer.lock().unwrap() = (
-            400,
-            json!({"status": "error", "errorType": "bad_data", "error": error}),
-        );
-    }
-
+impl GuardOf for FakePrometheus {
     fn guard(&self, extra: Value) -> Value {
         let mut guard = json!({
             "kind": "prometheus",
@@ -1480,16 +1445,8 @@ impl FakePrometheus {
     }
 
     fn taken(&self) -> usize {
-        self.queries.lock().unwrap().len()
+        self.queries().len()
     }
-}
-
-fn vector(values: &[&str]) -> Value {
-    let samples: Vec<Value> = values
-        .iter()
-        .map(|v| json!({"metric": {}, "value": [1.8e9, v]}))
-        .collect();
-    json!({"status": "success", "data": {"resultType": "vector", "result": samples}})
 }
 
 fn measurements(ramp: &Value, guard: usize) -> Vec<(u64, String, Value)> {
@@ -1509,7 +1466,7 @@ fn measurements(ramp: &Value, guard: usize) -> Vec<(u64, String, Value)> {
 
 #[tokio::test]
 async fn an_analysis_guard_measures_before_each_step_and_lets_healthy_steps_through() {
-    let prometheus = FakePrometheus::start().await;
+    let prometheus = FakePrometheus::start().await.unwrap();
     prometheus.answer(&["0.01"]);
     let h = Harness::new();
     h.create_flag("checkout").await;
@@ -1523,7 +1480,7 @@ async fn an_analysis_guard_measures_before_each_step_and_lets_healthy_steps_thro
     assert_eq!(status, StatusCode::CREATED, "{started}");
     assert_eq!(prometheus.taken(), 1, "one measurement before the start");
     assert_eq!(
-        prometheus.queries.lock().unwrap()[0],
+        prometheus.queries()[0],
         r#"sum(rate(http_errors_total{flag="checkout",variant="on"}[1m]))"#,
         "placeholders filled with the flag and the rolled-out variant"
     );
@@ -1572,7 +1529,7 @@ async fn an_analysis_guard_measures_before_each_step_and_lets_healthy_steps_thro
 
 #[tokio::test]
 async fn failures_beyond_the_limit_abort_restore_and_name_the_query_and_values() {
-    let prometheus = FakePrometheus::start().await;
+    let prometheus = FakePrometheus::start().await.unwrap();
     prometheus.answer(&["0.001"]);
     let h = Harness::new();
     h.create_flag("f").await;
@@ -1646,7 +1603,7 @@ async fn failures_beyond_the_limit_abort_restore_and_name_the_query_and_values()
 
 #[tokio::test]
 async fn inconclusive_measurements_follow_the_guard_policy() {
-    let prometheus = FakePrometheus::start().await;
+    let prometheus = FakePrometheus::start().await.unwrap();
     let h = Harness::new();
     for (key, policy) in [("p", "pause"), ("a", "abort"), ("c", "continue")] {
         h.create_flag(key).await;
@@ -1702,7 +1659,7 @@ async fn inconclusive_measurements_follow_the_guard_policy() {
 
 #[tokio::test]
 async fn a_step_waits_for_an_analysis_longer_than_the_step_and_never_skips() {
-    let prometheus = FakePrometheus::start().await;
+    let prometheus = FakePrometheus::start().await.unwrap();
     prometheus.answer(&["0"]);
     let h = Harness::new();
     h.create_flag("f").await;
@@ -1726,7 +1683,7 @@ async fn a_step_waits_for_an_analysis_longer_than_the_step_and_never_skips() {
 
 #[tokio::test]
 async fn a_guard_failing_or_unmeasurable_now_refuses_the_start_and_changes_nothing() {
-    let prometheus = FakePrometheus::start().await;
+    let prometheus = FakePrometheus::start().await.unwrap();
     let h = Harness::new();
     h.create_flag("f").await;
     let start = |guard: Value| {
@@ -1759,7 +1716,7 @@ async fn a_guard_failing_or_unmeasurable_now_refuses_the_start_and_changes_nothi
 
 #[tokio::test]
 async fn bad_analysis_guards_are_refused_naming_the_field() {
-    let prometheus = FakePrometheus::start().await;
+    let prometheus = FakePrometheus::start().await.unwrap();
     let h = Harness::new();
     h.create_flag("f").await;
     let guard = |extra: Value| prometheus.guard(extra);
@@ -1887,7 +1844,7 @@ async fn bad_analysis_guards_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn prometheus_errors_are_cut_short_and_never_show_credentials() {
-    let prometheus = FakePrometheus::start().await;
+    let prometheus = FakePrometheus::start().await.unwrap();
     let h = Harness::new();
     h.create_flag("f").await;
     let with_password = prometheus

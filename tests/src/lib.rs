@@ -271,6 +271,19 @@ impl ServerProcess {
         }
     }
 
+    /// Its `/metrics` text (panics, failing the test, on a network error).
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base_url);
+        http()
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+            .text()
+            .await
+            .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> &str {
         self.base_url

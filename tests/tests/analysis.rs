@@ -246,14 +246,7 @@ async fn a_ramp_advances_while_prometheus_says_healthy_and_aborts_when_errors_ri
             && message.contains("checkout_error_ratio"),
         "{audit}"
     );
-    let metrics = http()
-        .get(format!("{}/metrics", server.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("flagd_ramp_analysis_total{result=\"failure\"} 1"),
         "{metrics}"

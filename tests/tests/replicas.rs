@@ -614,14 +614,7 @@ async fn a_replica_whose_database_hangs_says_so() {
     eprintln!("not ready {:?} after the freeze", frozen_at.elapsed());
     // Not only the probe's own query timing out: the replica knows it no longer follows.
     let following = async |server: &ServerProcess| {
-        let metrics = http()
-            .get(format!("{}/metrics", server.base_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         metrics
             .lines()
             .find_map(|line| line.strip_prefix("flagd_replication_connected "))
