@@ -56,7 +56,9 @@ pub async fn evaluate_flag(
         ))
     })?;
     let resolution = snapshot.compiled.evaluate(&key, &ctx, (state.clock)());
-    if snapshot.compiled.contains(&key) {
+    // A key the environment does not have is not counted (the resolution says so: no second
+    // lookup).
+    if resolution.error.as_ref().map(|e| e.code) != Some(flag_core::ErrorCode::FlagNotFound) {
         usage::count(&state, &access.environment, &key, resolution.variant, 1);
     }
     let (status, body) = render(&key, &resolution);
