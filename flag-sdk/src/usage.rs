@@ -377,20 +377,34 @@ mod tests {
                 });
             }
         });
-        // The threads ended: their tables were handed over.
         for _ in 0..10 {
             sink.record("b", Some("on"), Reason::Static);
         }
-        let reports = sink.take_reports(16 * 1024);
-        assert_eq!(
-            totals(&reports),
-            vec![
-                ("a".to_owned(), Some("off".to_owned()), 3_000),
-                ("a".to_owned(), Some("on".to_owned()), 1_000),
-                ("b".to_owned(), Some("on".to_owned()), 10),
-                ("missing".to_owned(), None, 4),
-            ]
-        );
+        // An ended thread hands its table over from its thread-local destructor, which runs as
+        // the OS thread exits, possibly just after `scope` returned: gather until all arrived.
+        let expected = vec![
+            ("a".to_owned(), Some("off".to_owned()), 3_000),
+            ("a".to_owned(), Some("on".to_owned()), 1_000),
+            ("b".to_owned(), Some("on".to_owned()), 10),
+            ("missing".to_owned(), None, 4),
+        ];
+        let mut gathered: std::collections::BTreeMap<(String, Option<String>), u64> =
+            std::collections::BTreeMap::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            for (flag, variant, count) in totals(&sink.take_reports(16 * 1024)) {
+                *gathered.entry((flag, variant)).or_default() += count;
+            }
+            let seen: Vec<(String, Option<String>, u64)> = gathered
+                .iter()
+                .map(|((f, v), c)| (f.clone(), v.clone(), *c))
+                .collect();
+            if seen == expected || std::time::Instant::now() > deadline {
+                assert_eq!(seen, expected);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(sink.take_reports(16 * 1024).is_empty(), "reported once");
     }
 
