@@ -593,6 +593,12 @@ impl FlagRef {
         self.0.key()
     }
 
+    /// Whether both refer to the same compiled flag (not merely an equal one): names borrowed
+    /// from one stay valid, and mean the same, while either is alive.
+    pub fn same(&self, other: &FlagRef) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// [`CompiledFlagSet::evaluate_at`] for this flag.
     pub fn evaluate_at(&self, ctx: &EvaluationContext, timestamp: Timestamp) -> Resolution<'_> {
         self.0.evaluate(ctx, timestamp)

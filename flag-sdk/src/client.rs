@@ -160,21 +160,32 @@ impl FlagClient {
                 Some(state) => state.compiled.evaluate_at(key, context.inner(), CLOCK),
                 None => not_ready(),
             };
-            self.count(key, resolution.variant, resolution.reason);
+            self.count(flags, key, resolution.variant, resolution.reason);
             inspect(&resolution)
         })
     }
 
-    /// Counts an evaluation for the server's telemetry (`usage.rs`).
+    /// Counts an evaluation for the server's telemetry (`usage.rs`). `variant` borrows from
+    /// `snapshot` when that is given.
     #[inline]
-    pub(crate) fn count(&self, key: &str, variant: Option<&str>, reason: Reason) {
-        self.shared.usage.record(key, variant, reason);
+    pub(crate) fn count(
+        &self,
+        snapshot: Option<&Arc<Snapshot>>,
+        key: &str,
+        variant: Option<&str>,
+        reason: Reason,
+    ) {
+        self.shared.usage.record(snapshot, key, variant, reason);
+    }
+
+    /// The client's counts, for handles.
+    pub(crate) fn usage(&self) -> &Arc<crate::usage::UsageSink> {
+        &self.shared.usage
     }
 
     /// Reports the evaluations counted so far now (this thread's included), rather than at the
     /// next report interval. `close()` does it too.
     pub fn report_usage(&self) {
-        self.shared.usage.publish_this_thread();
         self.shared.usage_report.notify_one();
     }
 
@@ -201,11 +212,11 @@ impl FlagClient {
                 let details = state
                     .compiled
                     .resolve_at(key, context.inner(), default, CLOCK);
-                self.count(key, details.variant, details.reason);
+                self.count(Some(state), key, details.variant, details.reason);
                 details.value.to_owned()
             }
             None => {
-                self.count(key, None, Reason::Error);
+                self.count(None, key, None, Reason::Error);
                 default.to_owned()
             }
         })
@@ -218,7 +229,7 @@ impl FlagClient {
                 let details = state
                     .compiled
                     .resolve_at(key, context.inner(), &default, CLOCK);
-                self.count(key, details.variant, details.reason);
+                self.count(Some(state), key, details.variant, details.reason);
                 if details.error.is_some() {
                     default.clone()
                 } else {
@@ -226,7 +237,7 @@ impl FlagClient {
                 }
             }
             None => {
-                self.count(key, None, Reason::Error);
+                self.count(None, key, None, Reason::Error);
                 default
             }
         })
@@ -303,11 +314,11 @@ impl FlagClient {
                 let details = state
                     .compiled
                     .resolve_at(key, context.inner(), default, CLOCK);
-                self.count(key, details.variant, details.reason);
+                self.count(Some(state), key, details.variant, details.reason);
                 details.value
             }
             None => {
-                self.count(key, None, Reason::Error);
+                self.count(None, key, None, Reason::Error);
                 default
             }
         })
@@ -320,13 +331,13 @@ impl FlagClient {
     /// The cache is held with a shared borrow while `read` runs, so `read` may call back into
     /// the client (an `evaluate` closure may): the nested call reuses the cached snapshot or, if
     /// a newer one was published meanwhile, loads it directly.
-    fn with_flags<R>(&self, read: impl FnOnce(Option<&Snapshot>) -> R) -> R {
+    fn with_flags<R>(&self, read: impl FnOnce(Option<&Arc<Snapshot>>) -> R) -> R {
         let (client, generation) = self.shared.generation();
         // While this thread's locals are being destroyed (a read from a thread-local's
         // destructor) the cache is gone: read directly. On one thread this cannot change between
         // the check and the use below.
         if SNAPSHOT.try_with(|_| ()).is_err() {
-            return read(self.shared.snapshot().as_deref());
+            return read(self.shared.snapshot().as_ref());
         }
         SNAPSHOT.with(|cache| {
             if let Ok(cached) = cache.try_borrow()
@@ -341,7 +352,7 @@ impl FlagClient {
             if let Ok(mut cached) = cache.try_borrow_mut() {
                 *cached = state.clone().map(|state| (client, generation, state));
             }
-            read(state.as_deref())
+            read(state.as_ref())
         })
     }
 
@@ -367,13 +378,13 @@ impl FlagClient {
         &self,
         key: &str,
         default: T,
-        resolve: impl FnOnce(&Snapshot, Timestamp) -> EvaluationDetails<T>,
+        resolve: impl FnOnce(&Arc<Snapshot>, Timestamp) -> EvaluationDetails<T>,
     ) -> EvaluationDetails<T> {
         let details = self.with_flags(|flags| match flags {
             Some(state) => resolve(state, CLOCK),
             None => not_ready_details(default),
         });
-        self.count(key, details.variant.as_deref(), details.reason);
+        self.count(None, key, details.variant.as_deref(), details.reason);
         details
     }
 
@@ -396,8 +407,6 @@ impl FlagClient {
     /// Stops syncing: sends a Close frame, ends the background task. Evaluation keeps working on
     /// the last flags.
     pub async fn close(&self) {
-        // This thread's evaluation counts go with the last report.
-        self.shared.usage.publish_this_thread();
         if let Some(sync) = &self.sync {
             sync.stop().await;
         }

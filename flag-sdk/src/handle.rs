@@ -10,6 +10,7 @@ use crate::client::{
     CLOCK, EvaluationDetails, FlagClient, IntoOwnedDetails, not_ready, not_ready_details,
 };
 use crate::context::EvaluationContext;
+use crate::usage::HandleUsage;
 
 /// One flag of a [`FlagClient`], from [`FlagClient::flag`]: the typed getters without the key
 /// lookup.
@@ -26,6 +27,8 @@ pub struct FlagHandle {
     client: FlagClient,
     key: Box<str>,
     cache: RefCell<Resolved>,
+    /// This handle's evaluation counts (`usage.rs`); a clone counts on its own.
+    usage: RefCell<HandleUsage>,
 }
 
 /// What the handle found at a generation.
@@ -48,12 +51,13 @@ enum Found {
 impl FlagHandle {
     pub(crate) fn new(client: FlagClient, key: &str) -> FlagHandle {
         FlagHandle {
-            client,
             key: key.into(),
             cache: RefCell::new(Resolved {
                 generation: None,
                 found: Found::NotReady,
             }),
+            usage: RefCell::new(HandleUsage::new(client.usage().clone())),
+            client,
         }
     }
 
@@ -89,6 +93,17 @@ impl FlagHandle {
         read(&found)
     }
 
+    /// Counts an evaluation for the server's telemetry. `variant` borrows from `flag` when that
+    /// is given.
+    #[inline]
+    fn count(&self, flag: Option<&FlagRef>, variant: Option<&str>, reason: Reason) {
+        match self.usage.try_borrow_mut() {
+            Ok(mut usage) => usage.record(flag, &self.key, variant, reason),
+            // Counting from inside a count cannot happen; counted per thread if it does.
+            Err(_) => self.client.count(None, &self.key, variant, reason),
+        }
+    }
+
     /// Evaluates the flag and hands the borrowed result to `inspect` (any type, no allocation).
     pub fn evaluate<R>(
         &self,
@@ -101,8 +116,11 @@ impl FlagHandle {
                 Found::Missing => Resolution::flag_not_found(),
                 Found::NotReady => not_ready(),
             };
-            self.client
-                .count(&self.key, resolution.variant, resolution.reason);
+            let flag = match found {
+                Found::Flag(flag) => Some(flag),
+                Found::Missing | Found::NotReady => None,
+            };
+            self.count(flag, resolution.variant, resolution.reason);
             inspect(&resolution)
         })
     }
@@ -115,12 +133,11 @@ impl FlagHandle {
         self.with_flag(|found| match found {
             Found::Flag(flag) => {
                 let details = flag.resolve_at(context.inner(), default, CLOCK);
-                self.client
-                    .count(&self.key, details.variant, details.reason);
+                self.count(Some(flag), details.variant, details.reason);
                 details.value
             }
             Found::Missing | Found::NotReady => {
-                self.client.count(&self.key, None, Reason::Error);
+                self.count(None, None, Reason::Error);
                 default
             }
         })
@@ -147,12 +164,11 @@ impl FlagHandle {
         self.with_flag(|found| match found {
             Found::Flag(flag) => {
                 let details = flag.resolve_at(context.inner(), default, CLOCK);
-                self.client
-                    .count(&self.key, details.variant, details.reason);
+                self.count(Some(flag), details.variant, details.reason);
                 details.value.to_owned()
             }
             Found::Missing | Found::NotReady => {
-                self.client.count(&self.key, None, Reason::Error);
+                self.count(None, None, Reason::Error);
                 default.to_owned()
             }
         })
@@ -163,8 +179,7 @@ impl FlagHandle {
         self.with_flag(|found| match found {
             Found::Flag(flag) => {
                 let details = flag.resolve_at(context.inner(), &default, CLOCK);
-                self.client
-                    .count(&self.key, details.variant, details.reason);
+                self.count(Some(flag), details.variant, details.reason);
                 if details.error.is_some() {
                     default.clone()
                 } else {
@@ -172,7 +187,7 @@ impl FlagHandle {
                 }
             }
             Found::Missing | Found::NotReady => {
-                self.client.count(&self.key, None, Reason::Error);
+                self.count(None, None, Reason::Error);
                 default
             }
         })
@@ -253,8 +268,7 @@ impl FlagHandle {
                 flag_metadata: flag_core::Metadata::new(),
             },
         });
-        self.client
-            .count(&self.key, details.variant.as_deref(), details.reason);
+        self.count(None, details.variant.as_deref(), details.reason);
         details
     }
 }
