@@ -155,6 +155,11 @@ pub struct Config {
     #[arg(long, env = "FLAGD_METRICS_MAX_FLAGS", default_value_t = crate::metrics::DEFAULT_MAX_FLAG_SERIES)]
     pub metrics_max_flags: usize,
 
+    /// A dashboard session (`/ui/`) ends after this long without a request (and 12 hours after
+    /// sign-in in any case).
+    #[arg(long, env = "FLAGD_UI_SESSION_IDLE", default_value = "30m", value_parser = parse_duration)]
+    pub ui_session_idle: Duration,
+
     /// Run a maintenance command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,

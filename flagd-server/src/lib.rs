@@ -104,6 +104,8 @@ pub struct ServerOptions {
     pub usage_retention: Duration,
     /// How many flags get `flagd_evaluations_total` series of their own.
     pub metrics_max_flags: usize,
+    /// How long an unused dashboard session lives.
+    pub ui_session_idle: Duration,
 }
 
 impl ServerOptions {
@@ -126,6 +128,7 @@ impl ServerOptions {
             oidc_config: None,
             usage_retention: domain::usage::DEFAULT_RETENTION,
             metrics_max_flags: metrics::DEFAULT_MAX_FLAG_SERIES,
+            ui_session_idle: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -156,6 +159,7 @@ impl From<&config::Config> for ServerOptions {
             oidc_config: config.oidc_config.clone(),
             usage_retention: config.usage_retention,
             metrics_max_flags: config.metrics_max_flags,
+            ui_session_idle: config.ui_session_idle,
         }
     }
 }
@@ -204,6 +208,11 @@ impl Server {
                 .store(opened.strict, std::sync::atomic::Ordering::Relaxed);
             state.set_request_timeout(opened.request_timeout);
             state.usage.set_retention(opened.usage_retention);
+            state.ui.sessions.set_idle(opened.ui_session_idle);
+            state
+                .ui
+                .secure_cookies
+                .store(opened.tls.is_some(), std::sync::atomic::Ordering::Relaxed);
             state
                 .metrics
                 .set_evaluation_flag_limit(opened.metrics_max_flags);

@@ -111,6 +111,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Scripts and tests read this exact line for the real address (port 0 is allowed).
     let scheme = server.scheme();
     println!("listening on {scheme}://{address}");
+    println!("dashboard at {scheme}://{address}/ui/ (sign in with an admin token)");
     #[cfg(unix)]
     if let Some(tls) = server.tls().cloned() {
         // SIGHUP re-reads the certificate and key now (they are also checked periodically).

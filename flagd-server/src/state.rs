@@ -36,6 +36,17 @@ pub struct SharedState {
     pub sessions: TaskTracker,
     /// How long a request may take, in milliseconds (`--request-timeout`).
     request_timeout_ms: std::sync::atomic::AtomicU64,
+    /// The dashboard's sessions and cookie settings.
+    pub ui: UiSettings,
+}
+
+/// The dashboard's sessions and cookie settings (`api/ui.rs`).
+#[derive(Debug, Default)]
+pub struct UiSettings {
+    /// Signed-in dashboard sessions.
+    pub sessions: crate::domain::sessions::Sessions,
+    /// Whether the session cookie is `Secure` (the server speaks TLS).
+    pub secure_cookies: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for SharedState {
@@ -77,6 +88,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             request_timeout_ms: std::sync::atomic::AtomicU64::new(30_000),
+            ui: UiSettings::default(),
         })))
     }
 

@@ -3,24 +3,73 @@
 //! `Caller` (anyone authenticated), over the domain's `TokenCache` and trusted OIDC issuers.
 
 use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::Method;
+use axum::http::header::{self, HeaderMap};
 use axum::http::request::Parts;
 
 use crate::domain::access::Principal;
 use crate::domain::oidc::Oidc;
+use crate::domain::sessions::SessionError;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::Role;
 
+/// The dashboard's session cookie (`ui.rs`).
+pub const SESSION_COOKIE: &str = "flagd_session";
+/// The header a dashboard write repeats the session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The session id from the request's cookies.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+}
+
+/// How a refused session reads over HTTP.
+pub fn session_error(error: SessionError) -> ApiError {
+    match error {
+        SessionError::Csrf => ApiError::forbidden(error.to_string()),
+        SessionError::Expired(_) | SessionError::NotAdmin(_) => {
+            ApiError::unauthorized(error.to_string())
+        }
+    }
+}
+
+/// Whether a request method writes (and so needs the CSRF token).
+pub fn writes(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The principal of a dashboard session, for a request that carries the session cookie and no
+/// other credential; a write must repeat the session's CSRF token (`X-CSRF-Token`).
+fn session(parts: &Parts, state: &AppState) -> Option<Result<Principal, ApiError>> {
+    if parts.headers.contains_key(header::AUTHORIZATION) || parts.headers.contains_key("x-api-key")
+    {
+        return None;
+    }
+    let id = session_cookie(&parts.headers)?;
+    let csrf = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    Some(
+        state
+            .ui
+            .sessions
+            .authenticate(&state.tokens, &id, csrf, writes(&parts.method), state.now())
+            .map(|(principal, _)| principal)
+            .map_err(session_error),
+    )
+}
+
 /// The secret of an `Authorization: Bearer` header.
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let header = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing Authorization header: send `Authorization: Bearer <token>`",
-            )
-        })?;
+    let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("missing Authorization header: send `Authorization: Bearer <token>`")
+    })?;
     let value = header
         .to_str()
         .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
@@ -37,10 +86,7 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 
 /// The secret of `Authorization: Bearer` or, for OFREP clients, `X-API-Key`.
 fn sdk_secret(parts: &Parts) -> Result<&str, ApiError> {
-    if parts
-        .headers
-        .contains_key(axum::http::header::AUTHORIZATION)
-    {
+    if parts.headers.contains_key(header::AUTHORIZATION) {
         return bearer(parts);
     }
     match parts.headers.get("x-api-key").map(|v| v.to_str()) {
@@ -146,6 +192,9 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(session) = session(parts, state) {
+            return Ok(Caller(session?));
+        }
         let secret = sdk_secret(parts)?;
         Ok(Caller(authenticate(state, secret).await?))
     }
@@ -182,8 +231,10 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let secret = bearer(parts)?;
-        let principal = authenticate(state, secret).await?;
+        let principal = match session(parts, state) {
+            Some(session) => session?,
+            None => authenticate(state, bearer(parts)?).await?,
+        };
         if principal.role != Role::Admin {
             return Err(ApiError::forbidden(format!(
                 "{} is an sdk token; this route needs an admin token",

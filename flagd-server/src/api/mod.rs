@@ -12,6 +12,7 @@ mod ramps;
 mod sources;
 mod stream;
 mod tokens;
+pub mod ui;
 mod usage;
 
 use axum::Router;
@@ -43,6 +44,8 @@ pub enum Access {
     UnscopedAdmin,
     /// Any valid credential: a token of either role, or a trusted ID token.
     Authenticated,
+    /// A dashboard session cookie only (`ui.rs`).
+    Session,
 }
 
 /// Every route: method, path template, access. The OpenAPI document and the auth-matrix test
@@ -148,6 +151,14 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/ofrep/v1/evaluate/flags", Access::Environment),
     ("GET", "/ofrep/v1/configuration", Access::Environment),
     ("GET", "/api/v1/openapi.json", Access::Public),
+    ("GET", "/ui", Access::Public),
+    ("GET", "/ui/", Access::Public),
+    ("GET", "/ui/app.js", Access::Public),
+    ("GET", "/ui/app.css", Access::Public),
+    ("POST", "/ui/session", Access::Public),
+    ("GET", "/ui/session", Access::Session),
+    ("DELETE", "/ui/session", Access::Session),
+    ("GET", "/ui/events", Access::Session),
     ("GET", "/healthz", Access::Public),
     ("GET", "/readyz", Access::Public),
     ("GET", "/metrics", Access::Public),
@@ -230,6 +241,15 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/configuration", get(ofrep::configuration))
         .route("/api/v1/openapi.json", get(ops::openapi))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
+        .route(
+            "/ui/session",
+            get(ui::current).post(ui::sign_in).delete(ui::sign_out),
+        )
+        .route("/ui/events", get(ui::events))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod oidc;
 pub mod ramp;
 pub mod replication;
+pub mod sessions;
 pub mod tokens;
 pub mod usage;
 

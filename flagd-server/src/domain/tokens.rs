@@ -99,6 +99,11 @@ impl TokenCache {
         bool::from(entry.hash.ct_eq(&hash)).then(|| entry.value().clone())
     }
 
+    /// The active token with this hash (a dashboard session's token, `sessions.rs`).
+    pub fn by_hash(&self, hash: &[u8; 32]) -> Option<TokenRecord> {
+        self.by_hash.get(hash).map(|entry| entry.value().clone())
+    }
+
     /// Whether the token with this id is active.
     pub fn is_active(&self, id: &str) -> bool {
         self.by_hash.iter().any(|t| t.id == id)
