@@ -8,6 +8,7 @@ const notice = document.getElementById('notice');
 let session = null; // {actor, role, environments, csrfToken}
 let events = null;
 let refresh = null; // re-reads the current page's data (live updates)
+let poll = null; // the flag page's propagation poll (acknowledgements arrive without an event)
 
 // ---- DOM helpers: text only, never HTML from data ----
 function h(tag, attrs = {}, ...children) {
@@ -25,7 +26,10 @@ function h(tag, attrs = {}, ...children) {
   }
   return el;
 }
-function show(...nodes) { main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined)); }
+function show(...nodes) {
+  if (poll) { clearInterval(poll); poll = null; }
+  main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
+}
 function say(message, kind = 'error') { notice.className = kind; notice.textContent = message || ''; }
 function ago(seconds) {
   if (seconds === null || seconds === undefined) return 'never';
@@ -235,21 +239,38 @@ async function flagsPage(env) {
 
 // ---- one flag ----
 const ROLLOUT_CONFIRM_ABOVE = 50; // percentage points of change that ask for confirmation
-function lineDiff(before, after) {
-  const a = before.split('\n'); const b = after.split('\n');
-  // Longest common subsequence: flags are small.
-  const n = a.length; const m = b.length;
-  const table = Array.from({ length: n + 1 }, () => new Array(m + 1).fill(0));
-  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--)
-    table[i][j] = a[i] === b[j] ? table[i + 1][j + 1] + 1 : Math.max(table[i + 1][j], table[i][j + 1]);
-  const out = [];
-  let i = 0; let j = 0;
-  while (i < n || j < m) {
-    if (i < n && j < m && a[i] === b[j]) { out.push(h('span', {}, `  ${a[i]}\n`)); i++; j++; }
-    else if (j < m && (i >= n || table[i][j + 1] >= table[i + 1][j])) { out.push(h('span', { class: 'add' }, `+ ${b[j]}\n`)); j++; }
-    else { out.push(h('span', { class: 'del' }, `- ${a[i]}\n`)); i++; }
+// JSON with object keys sorted, as flagctl prints values (serde_json's maps are sorted).
+function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(',')}}`;
   }
-  return h('pre', { class: 'diff' }, out);
+  return JSON.stringify(value ?? null);
+}
+function leaves(value, prefix, out) {
+  if (value && typeof value === 'object' && !Array.isArray(value) && Object.keys(value).length) {
+    for (const key of Object.keys(value)) leaves(value[key], prefix ? `${prefix}.${key}` : key, out);
+  } else {
+    out.set(prefix, value ?? null);
+  }
+  return out;
+}
+// The readable per-leaf diff `flagctl flag history` prints (flag-cli/src/output.rs `diff`):
+// `~ path: before → after`, `+ path: value`, `- path: value`.
+function leafDiff(before, after) {
+  const old = leaves(before, '', new Map());
+  const now = leaves(after, '', new Map());
+  const keys = [...new Set([...old.keys(), ...now.keys()])].sort();
+  const lines = [];
+  for (const key of keys) {
+    const label = key || '(value)';
+    const a = old.has(key) ? canonical(old.get(key)) : undefined;
+    const b = now.has(key) ? canonical(now.get(key)) : undefined;
+    if (a !== undefined && b !== undefined && a !== b) lines.push(h('span', { class: 'change' }, `~ ${label}: ${a} → ${b}\n`));
+    else if (a !== undefined && b === undefined && a !== 'null') lines.push(h('span', { class: 'del' }, `- ${label}: ${a}\n`));
+    else if (a === undefined && b !== undefined && b !== 'null') lines.push(h('span', { class: 'add' }, `+ ${label}: ${b}\n`));
+  }
+  return h('pre', { class: 'diff' }, lines.length ? lines : 'no change');
 }
 const pretty = (value) => JSON.stringify(value ?? null, null, 2);
 
@@ -271,7 +292,7 @@ async function flagPage(env, key) {
         const { json: now } = await api('GET', path);
         conflict.replaceChildren(h('p', { class: 'error' },
           `This flag was changed by ${now.updatedBy || 'someone'} since you opened it (version ${view.version} → ${now.version}). Your change was not saved. Reload to edit the current version.`),
-        lineDiff(pretty(opened.flag), pretty(now.flag)),
+        leafDiff(opened.flag, now.flag),
         h('button', { type: 'button', onclick: () => flagPage(env, key) }, 'Reload'));
       } else {
         failed(e);
@@ -367,6 +388,8 @@ async function flagPage(env, key) {
     await Promise.all([rampPanel(env, key, ramp, () => flagPage(env, key)), clientsPanel(env, view, clients), historyPanel(env, key, history)]);
   }
   loadSide();
+  // SDKs acknowledge a version after the event that announced it: re-read the panel meanwhile.
+  poll = setInterval(() => { if (session) clientsPanel(env, view, clients); }, 5000);
   refresh = async (event) => {
     if (event && event.environment && event.environment !== env) return;
     try {
@@ -441,7 +464,7 @@ async function historyPanel(env, key, into) {
     const { json } = await api('GET', `/api/v1/audit?environment=${enc(env)}&flag=${enc(key)}&limit=20`);
     into.replaceChildren(h('h2', {}, 'History'), ...json.changes.map((c) => h('details', {},
       h('summary', {}, `v${c.version} ${c.operation} by ${c.actor} ${ago(c.at)}${c.message ? ` — ${c.message}` : ''}`),
-      lineDiff(pretty(c.before), pretty(c.after)))));
+      leafDiff(c.before, c.after))));
   } catch (e) { failed(e); }
 }
 

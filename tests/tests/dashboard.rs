@@ -522,7 +522,7 @@ async fn conflicts_ramps_live_updates_and_sign_out_in_the_dashboard() {
             })
             .await?;
         ensure!(
-            conflict.contains("\"defaultVariant\": \"on\""),
+            conflict.contains("~ defaultVariant: \"off\" → \"on\""),
             "the diff shows bob's change: {conflict:?}"
         );
         let flag = tests::get_json(
