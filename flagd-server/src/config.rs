@@ -160,6 +160,12 @@ pub struct Config {
     #[arg(long, env = "FLAGD_UI_SESSION_IDLE", default_value = "30m", value_parser = parse_duration)]
     pub ui_session_idle: Duration,
 
+    /// Mark the dashboard's session cookie `Secure` even though this server speaks plain HTTP:
+    /// for a TLS-terminating proxy in front (which may also send `X-Forwarded-Proto: https`).
+    /// Under `--tls-cert` it always is.
+    #[arg(long, env = "FLAGD_UI_SECURE_COOKIE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub ui_secure_cookie: bool,
+
     /// Run a maintenance command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,

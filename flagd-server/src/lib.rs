@@ -106,6 +106,8 @@ pub struct ServerOptions {
     pub metrics_max_flags: usize,
     /// How long an unused dashboard session lives.
     pub ui_session_idle: Duration,
+    /// Whether the session cookie is `Secure` without TLS here (a TLS proxy in front).
+    pub ui_secure_cookie: bool,
 }
 
 impl ServerOptions {
@@ -129,6 +131,7 @@ impl ServerOptions {
             usage_retention: domain::usage::DEFAULT_RETENTION,
             metrics_max_flags: metrics::DEFAULT_MAX_FLAG_SERIES,
             ui_session_idle: Duration::from_secs(30 * 60),
+            ui_secure_cookie: false,
         }
     }
 }
@@ -160,6 +163,7 @@ impl From<&config::Config> for ServerOptions {
             usage_retention: config.usage_retention,
             metrics_max_flags: config.metrics_max_flags,
             ui_session_idle: config.ui_session_idle,
+            ui_secure_cookie: config.ui_secure_cookie,
         }
     }
 }
@@ -209,10 +213,10 @@ impl Server {
             state.set_request_timeout(opened.request_timeout);
             state.usage.set_retention(opened.usage_retention);
             state.ui.sessions.set_idle(opened.ui_session_idle);
-            state
-                .ui
-                .secure_cookies
-                .store(opened.tls.is_some(), std::sync::atomic::Ordering::Relaxed);
+            state.ui.secure_cookies.store(
+                opened.tls.is_some() || opened.ui_secure_cookie,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             state
                 .metrics
                 .set_evaluation_flag_limit(opened.metrics_max_flags);

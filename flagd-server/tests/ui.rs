@@ -234,6 +234,29 @@ async fn an_admin_token_signs_in_for_a_strict_http_only_cookie_and_others_are_re
         .insert(header::ORIGIN, "https://evil.example".parse().unwrap());
     let (status, _, body) = app.send(request).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Behind a TLS proxy that rewrites Host: its X-Forwarded-Host and X-Forwarded-Proto.
+    let mut request = Dashboard::request(
+        "POST",
+        "/ui/session",
+        None,
+        None,
+        Some(json!({"token": app.admin})),
+    );
+    for (name, value) in [
+        ("host", "127.0.0.1:8016"),
+        ("origin", "https://flags.example.com"),
+        ("x-forwarded-host", "flags.example.com"),
+        ("x-forwarded-proto", "https"),
+    ] {
+        request.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let (status, headers, body) = app.send(request).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains("Secure"),
+        "the browser used https: {cookie}"
+    );
 }
 
 #[tokio::test]
@@ -368,6 +391,39 @@ async fn sessions_end_when_idle_on_sign_out_and_when_the_token_is_revoked() {
         ))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Following the event stream does not keep a session alive.
+    let browser = app.sign_in().await;
+    for _ in 0..3 {
+        app.advance(20 * 60);
+        let (status, _, _) = app
+            .send(Dashboard::request(
+                "GET",
+                "/ui/session",
+                Some(&browser),
+                None,
+                None,
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "used, so alive");
+    }
+    app.advance(20 * 60);
+    let events = app
+        .router
+        .clone()
+        .oneshot(Dashboard::request(
+            "GET",
+            "/ui/events",
+            Some(&browser),
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    drop(events);
+    app.advance(15 * 60);
+    assert_eq!(app.send(read(&browser)).await.0, StatusCode::UNAUTHORIZED);
 
     // Revoking the token ends its sessions at once.
     let browser = app.sign_in().await;

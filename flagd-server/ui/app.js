@@ -16,7 +16,7 @@ function h(tag, attrs = {}, ...children) {
   for (const [name, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (name.startsWith('on')) el.addEventListener(name.slice(2), value);
-    else if (name === 'value') el.value = value;
+    else if (name === 'value') { el.defaultValue = String(value); el.value = value; }
     else if (name === 'checked') el.checked = value;
     else el.setAttribute(name, value === true ? '' : String(value));
   }
@@ -53,9 +53,11 @@ class ApiError extends Error {
     this.problems = error.problems || [];
   }
   describe() {
-    const lines = [this.path ? `${this.message} (at ${this.path})` : this.message];
-    for (const p of this.problems) lines.push(`${p.path || p.flag || ''}: ${p.message || JSON.stringify(p)}`);
-    return lines.join('\n');
+    // The problems, each with its JSON path, say it all when there are any.
+    if (this.problems.length) {
+      return this.problems.map((p) => `${p.severity || 'error'} at ${p.path || p.flag || '(document)'}: ${p.message || JSON.stringify(p)}`).join('\n');
+    }
+    return this.path ? `${this.message} (at ${this.path})` : this.message;
   }
 }
 async function api(method, path, body, { ifMatch } = {}) {
@@ -92,7 +94,8 @@ async function start() {
 function signedIn(info) {
   session = info;
   document.getElementById('nav').hidden = false;
-  document.getElementById('who').textContent = `${info.actor} (${info.role})`;
+  const scope = info.environments ? `, ${info.environments.join(', ')} only` : '';
+  document.getElementById('who').textContent = `${info.actor} (${info.role}${scope})`;
   connectEvents();
   route();
 }
@@ -138,7 +141,23 @@ function connectEvents() {
   const live = document.getElementById('live');
   events = new EventSource('/ui/events');
   events.onopen = () => { live.textContent = 'live'; live.classList.add('on'); };
-  events.onerror = () => { live.textContent = 'reconnecting…'; live.classList.remove('on'); };
+  events.onerror = async () => {
+    live.textContent = 'reconnecting…';
+    live.classList.remove('on');
+    // The stream also ends when the session does: find out which.
+    const response = await fetch('/ui/session', { credentials: 'same-origin' }).catch(() => null);
+    if (response && response.status === 401 && session) {
+      signedOut('Your session ended (signed out, idle too long, or its token was revoked): sign in again.');
+    }
+  };
+  events.addEventListener('environment-deleted', (event) => {
+    let data = {};
+    try { data = JSON.parse(event.data); } catch { return; }
+    if (location.hash.startsWith(`#/e/${enc(data.environment)}`)) {
+      location.hash = '#/';
+      say(`Environment ${data.environment} was deleted.`, 'info');
+    } else if (refresh) refresh({});
+  });
   events.addEventListener('version', (event) => {
     let data = {};
     try { data = JSON.parse(event.data); } catch { return; }
@@ -150,13 +169,26 @@ function connectEvents() {
 function route() {
   if (!session) return;
   say('');
-  const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  let parts;
+  try {
+    parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  } catch {
+    refresh = null;
+    show(h('p', { class: 'error' }, 'This address is malformed.'), h('p', {}, h('a', { href: '#/' }, 'Environments')));
+    return;
+  }
   if (parts[0] === 'e' && parts[1] && parts[2] === 'f' && parts[3]) return flagPage(parts[1], parts[3]);
   if (parts[0] === 'e' && parts[1]) return flagsPage(parts[1]);
   if (parts[0] === 'audit') return auditPage();
   return environmentsPage();
 }
 function failed(e) { say(e.describe ? e.describe() : String(e)); }
+// A page that could not load: its message instead of the previous page's content.
+function pageFailed(e) {
+  refresh = null;
+  show(h('p', { class: 'error', role: 'alert' }, e.describe ? e.describe() : String(e)),
+    h('p', {}, h('a', { href: '#/' }, 'Environments')));
+}
 
 // ---- environments ----
 async function environmentsPage() {
@@ -172,14 +204,15 @@ async function environmentsPage() {
 }
 
 // ---- flags of an environment ----
-const filters = { search: '', state: 'all', stale: false, rollout: false };
+const filters = { environment: null, search: '', state: 'all', stale: false, rollout: false };
 function isStale(flag) {
   const month = Date.now() / 1000 - 30 * 86400;
   return flag.lastEvaluated === null ? flag.createdAt < month : flag.lastEvaluated < month;
 }
 async function flagsPage(env) {
   let listing;
-  try { ({ json: listing } = await api('GET', `/api/v1/environments/${enc(env)}/flags`)); } catch (e) { return failed(e); }
+  try { ({ json: listing } = await api('GET', `/api/v1/environments/${enc(env)}/flags`)); } catch (e) { return pageFailed(e); }
+  if (filters.environment !== env) Object.assign(filters, { environment: env, search: '', state: 'all', stale: false, rollout: false });
   const body = h('tbody', { id: 'flag-rows' });
   const fill = () => {
     const term = filters.search.toLowerCase();
@@ -211,11 +244,15 @@ async function flagsPage(env) {
   const create = h('form', { class: 'row', onsubmit: async (event) => {
     event.preventDefault();
     const key = newKey.value.trim();
+    if (key === '.' || key === '..') return say(`${key} cannot be a flag key.`);
     try {
       await api('PUT', `/api/v1/environments/${enc(env)}/flags/${enc(key)}`,
         { state: 'DISABLED', variants: { on: true, off: false }, defaultVariant: 'off' }, { ifMatch: '"0"' });
       location.hash = `#/e/${enc(env)}/f/${enc(key)}`;
-    } catch (e) { failed(e); }
+    } catch (e) {
+      if (e.status === 412) say(`Flag ${key} already exists in ${env}.`);
+      else failed(e);
+    }
   } }, h('label', { for: 'new-key' }, 'New boolean flag'), newKey, h('button', { type: 'submit', id: 'create' }, 'Create'));
   show(h('h1', {}, `Flags in ${env}`, ' ', h('span', { class: 'muted' }, `version ${listing.version}`)),
     h('div', { class: 'filters' },
@@ -238,6 +275,14 @@ async function flagsPage(env) {
 }
 
 // ---- one flag ----
+// Whether the page holds input the user has not saved (a live update must not wipe it): a
+// field being typed in, or one whose value differs from what the page rendered.
+function unsaved() {
+  const active = document.activeElement;
+  if (active && main.contains(active) && ['INPUT', 'TEXTAREA'].includes(active.tagName) && active.type !== 'checkbox') return true;
+  return [...main.querySelectorAll('input, textarea')].some((el) =>
+    (el.type === 'checkbox' ? el.checked !== el.defaultChecked : el.value !== el.defaultValue));
+}
 const ROLLOUT_CONFIRM_ABOVE = 50; // percentage points of change that ask for confirmation
 // JSON with object keys sorted, as flagctl prints values (serde_json's maps are sorted).
 function canonical(value) {
@@ -277,11 +322,11 @@ const pretty = (value) => JSON.stringify(value ?? null, null, 2);
 async function flagPage(env, key) {
   const path = `/api/v1/environments/${enc(env)}/flags/${enc(key)}`;
   let view; let etag;
-  try { ({ json: view, etag } = await api('GET', path)); } catch (e) { return failed(e); }
-  const opened = view; // what the user is editing against
+  try { ({ json: view, etag } = await api('GET', path)); } catch (e) { return pageFailed(e); }
+  let opened = view; // what the user is editing against (updated by our own saves)
   const conflict = h('div', { id: 'conflict', role: 'alert' });
   // A write based on `etag`; a 412 shows who changed the flag since and how.
-  async function write(method, url, body) {
+  async function write(method, url, body, { quiet = false } = {}) {
     try {
       const result = await api(method, url, body, { ifMatch: etag });
       say('');
@@ -294,7 +339,7 @@ async function flagPage(env, key) {
           `This flag was changed by ${now.updatedBy || 'someone'} since you opened it (version ${view.version} → ${now.version}). Your change was not saved. Reload to edit the current version.`),
         leafDiff(opened.flag, now.flag),
         h('button', { type: 'button', onclick: () => flagPage(env, key) }, 'Reload'));
-      } else {
+      } else if (!quiet) {
         failed(e);
       }
       throw e;
@@ -326,7 +371,9 @@ async function flagPage(env, key) {
     number.addEventListener('input', () => { slider.value = number.value; });
     const apply = h('button', { id: 'apply-rollout', type: 'button', onclick: async () => {
       const percentage = Math.round(Number(number.value) * 100) / 100;
-      if (!(percentage >= 0 && percentage <= 100)) return say('The rollout is a percentage from 0 to 100.');
+      if (number.value.trim() === '' || !(percentage >= 0 && percentage <= 100)) {
+        return say('The rollout is a percentage from 0 to 100 (in steps of 0.01).');
+      }
       if (Math.abs(percentage - current) > ROLLOUT_CONFIRM_ABOVE
         && !window.confirm(`Change the rollout of ${key} from ${current}% to ${percentage}%?`)) return;
       try { await write('POST', `${path}/rollout`, { percentage }); flagPage(env, key); } catch { /* shown */ }
@@ -339,7 +386,7 @@ async function flagPage(env, key) {
   // Targeting: validated by the server on save; errors and warnings by JSON path.
   const targeting = h('textarea', { id: 'targeting', 'aria-describedby': 'targeting-result', spellcheck: 'false' });
   targeting.value = flag.targeting ? pretty(flag.targeting) : '{}';
-  let baseline = targeting.value; // the targeting as last saved or loaded
+  targeting.defaultValue = targeting.value; // as last saved or loaded: see `unsaved`
   const targetingResult = h('div', { id: 'targeting-result', role: 'status' });
   const saveTargeting = h('button', { id: 'save-targeting', type: 'button', onclick: async () => {
     targetingResult.replaceChildren();
@@ -354,11 +401,14 @@ async function flagPage(env, key) {
       // The whole flag with the new rule (a merge patch would merge the two rules' objects).
       const body = { ...view.flag, targeting: parsed };
       if (view.description && body.description === undefined) body.description = view.description;
-      const { json, etag: tag } = await write('PUT', allowWarnings.checked ? path : `${path}?strict=true`, body);
+      const { json, etag: tag } = await write('PUT', allowWarnings.checked ? path : `${path}?strict=true`, body, { quiet: true });
       // Our own write: the page is at its version now (the live update must not call it a
       // concurrent change).
-      baseline = targeting.value;
+      targeting.defaultValue = targeting.value;
       view = { ...view, version: json.version, flag: body };
+      opened = view;
+      const header = document.getElementById('flag-version');
+      if (header) header.textContent = `version ${json.version}, ${view.type || 'mixed'}`;
       etag = tag || `"${json.version}"`;
       const warnings = json.warnings || [];
       targetingResult.replaceChildren(h('p', {}, 'Saved.'),
@@ -385,7 +435,7 @@ async function flagPage(env, key) {
     ramp, clients, history);
 
   async function loadSide() {
-    await Promise.all([rampPanel(env, key, ramp, () => flagPage(env, key)), clientsPanel(env, view, clients), historyPanel(env, key, history)]);
+    await Promise.all([rampPanel(env, view, ramp, () => flagPage(env, key)), clientsPanel(env, view, clients), historyPanel(env, key, history)]);
   }
   loadSide();
   // SDKs acknowledge a version after the event that announced it: re-read the panel meanwhile.
@@ -395,8 +445,7 @@ async function flagPage(env, key) {
     try {
       const { json: now } = await api('GET', path);
       if (now.version !== view.version) {
-        const editing = document.activeElement === targeting || targeting.value !== baseline;
-        if (editing) {
+        if (unsaved()) {
           say(`${key} was changed by ${now.updatedBy || 'someone'} (version ${now.version}); saving will show the conflict.`, 'info');
         } else {
           return flagPage(env, key);
@@ -407,20 +456,36 @@ async function flagPage(env, key) {
   };
 }
 
-async function rampPanel(env, key, into, reload) {
+async function rampPanel(env, view, into, reload) {
+  const key = view.key;
+  // A start form being filled in is left alone by live updates.
+  if (into.contains(document.activeElement) || [...into.querySelectorAll('input')].some((el) => el.value !== el.defaultValue)) return;
   const base = `/api/v1/environments/${enc(env)}/flags/${enc(key)}/ramp`;
   let ramp = null;
-  try { ({ json: ramp } = await api('GET', base)); } catch (e) { if (e.status !== 404) return failed(e); }
+  try {
+    // The environment's ramps, newest first: the flag's latest (a flag never ramped has none).
+    const { json } = await api('GET', `/api/v1/environments/${enc(env)}/ramps`);
+    ramp = json.ramps.find((r) => r.flag === key) || null;
+  } catch (e) { return failed(e); }
   const act = (what) => async () => {
-    try { await api('POST', `${base}/${what}`, {}); reload(); } catch (e) { failed(e); }
+    try { await api('POST', `${base}/${what}`, {}); say(''); reload(); } catch (e) { failed(e); }
   };
   const steps = h('input', { id: 'ramp-steps', value: '1,5,25,50,100' });
   const interval = h('input', { id: 'ramp-interval', value: '30m', size: 6 });
+  // A boolean flag ramps its true variant; other flags name the variant.
+  const variant = view.type === 'boolean' ? null
+    : h('select', { id: 'ramp-variant' }, Object.keys(view.flag.variants || {}).map((v) => h('option', { value: v }, v)));
   const startForm = h('form', { class: 'row', onsubmit: async (event) => {
     event.preventDefault();
-    const list = steps.value.split(',').map((s) => Number(s.trim()));
-    try { await api('POST', base, { steps: list, interval: interval.value.trim() }); reload(); } catch (e) { failed(e); }
+    const list = steps.value.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
+    if (!list.length || list.some((n) => !Number.isFinite(n))) {
+      return say('Steps are percentages separated by commas, for example 1,5,25,50,100.');
+    }
+    const body = { steps: list, interval: interval.value.trim() };
+    if (variant) body.variant = variant.value;
+    try { await api('POST', base, body); say(''); reload(); } catch (e) { failed(e); }
   } }, h('label', { for: 'ramp-steps' }, 'Steps (%)'), steps, h('label', { for: 'ramp-interval' }, 'every'), interval,
+  variant ? [h('label', { for: 'ramp-variant' }, 'variant'), variant] : null,
   h('button', { type: 'submit', id: 'ramp-start' }, 'Start ramp'));
   const open = ramp && (ramp.state === 'active' || ramp.state === 'paused');
   const parts = [h('h2', {}, 'Ramp')];
@@ -462,9 +527,14 @@ async function clientsPanel(env, view, into) {
 async function historyPanel(env, key, into) {
   try {
     const { json } = await api('GET', `/api/v1/audit?environment=${enc(env)}&flag=${enc(key)}&limit=20`);
-    into.replaceChildren(h('h2', {}, 'History'), ...json.changes.map((c) => h('details', {},
-      h('summary', {}, `v${c.version} ${c.operation} by ${c.actor} ${ago(c.at)}${c.message ? ` — ${c.message}` : ''}`),
-      leafDiff(c.before, c.after))));
+    // Each diff is computed when its entry is opened (flags can be large).
+    into.replaceChildren(h('h2', {}, 'History'), ...json.changes.map((c) => {
+      const entry = h('details', {}, h('summary', {}, `v${c.version} ${c.operation} by ${c.actor} ${ago(c.at)}${c.message ? ` — ${c.message}` : ''}`));
+      entry.addEventListener('toggle', () => {
+        if (entry.open && entry.childElementCount === 1) entry.append(leafDiff(c.before, c.after));
+      });
+      return entry;
+    }));
   } catch (e) { failed(e); }
 }
 

@@ -396,6 +396,25 @@ async fn a_flag_is_created_toggled_rolled_out_and_edited_from_the_dashboard() {
             "a dismissed confirmation changes nothing: {listing}"
         );
 
+        // An emptied field is refused, not taken as 0 %.
+        browser
+            .script(
+                "const s = document.getElementById('rollout-value'); s.value = '';
+                 s.dispatchEvent(new Event('input', {bubbles: true}));",
+                vec![],
+            )
+            .await?;
+        browser.click("#apply-rollout").await?;
+        browser
+            .wait_text("#notice", "the refusal", |t| t.contains("percentage from 0 to 100"))
+            .await?;
+        let listing: Value =
+            tests::get_json(&format!("{base}/api/v1/environments/default/flags"), ADMIN).await;
+        ensure!(
+            listing["flags"][0]["rolloutPercentage"].as_f64() == Some(25.0),
+            "an empty rollout changes nothing: {listing}"
+        );
+
         // Targeting with a mistake: the server's message, with its JSON path, and no write.
         let version = tests::get_json(&format!("{base}/api/v1/environments/default/flags/new-checkout"), ADMIN).await["version"].clone();
         browser

@@ -67,12 +67,17 @@ pub async fn style() -> Response {
 }
 
 /// A browser's write from another site names it in `Origin`: refused (defence in depth behind
-/// `SameSite=Strict` and the CSRF token).
+/// `SameSite=Strict`, the JSON body and the CSRF token). The origin's host must be the `Host`
+/// the request came to, or the `X-Forwarded-Host` a reverse proxy set (a page on another site
+/// cannot set either).
 fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|name| headers.get(name).and_then(|h| h.to_str().ok()))
+        .collect();
     let origin_host = origin
         .to_str()
         .ok()
@@ -84,28 +89,33 @@ fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
                 None => host,
             })
         });
-    match (origin_host, host) {
-        (Some(origin), Some(host)) if origin.eq_ignore_ascii_case(host) => Ok(()),
+    match origin_host {
+        Some(origin) if hosts.iter().any(|h| origin.eq_ignore_ascii_case(h.trim())) => Ok(()),
         _ => Err(ApiError::forbidden(
-            "cross-origin request refused: the dashboard only accepts requests from its own pages",
+            "cross-origin request refused: the dashboard only accepts requests from its own pages \
+             (behind a reverse proxy, pass the original Host header, or set X-Forwarded-Host)",
         )),
     }
 }
 
-fn set_cookie(
-    state: &AppState,
-    value: &str,
-    max_age: Option<i64>,
-) -> Result<HeaderValue, ApiError> {
+/// Whether the session cookie gets `Secure`: the server speaks TLS, `--ui-secure-cookie` says
+/// so, or a TLS-terminating proxy says the browser used https (`X-Forwarded-Proto`).
+fn secure(state: &AppState, headers: &HeaderMap) -> bool {
+    state
+        .ui
+        .secure_cookies
+        .load(std::sync::atomic::Ordering::Relaxed)
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+fn set_cookie(secure: bool, value: &str, max_age: Option<i64>) -> Result<HeaderValue, ApiError> {
     let mut cookie = cookie::Cookie::build((SESSION_COOKIE, value.to_owned()))
         .path("/")
         .http_only(true)
-        .secure(
-            state
-                .ui
-                .secure_cookies
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        .secure(secure)
         .same_site(cookie::SameSite::Strict);
     if let Some(seconds) = max_age {
         cookie = cookie.max_age(cookie::time::Duration::seconds(seconds));
@@ -146,7 +156,7 @@ pub async fn sign_in(
         .sign_in(&state.tokens, &request.token, state.now())
         .map_err(|e| session_error(e).at("token"))?;
     tracing::info!(actor = %session.principal.actor, "dashboard sign-in");
-    let cookie = set_cookie(&state, &session.id, None)?;
+    let cookie = set_cookie(secure(&state, &headers), &session.id, None)?;
     let body = session_view(&state, &session);
     Ok((
         StatusCode::CREATED,
@@ -189,7 +199,7 @@ pub async fn sign_out(
         .authenticate(&state.tokens, &id, csrf, true, state.now())
         .map_err(session_error)?;
     state.ui.sessions.sign_out(&id);
-    let cookie = set_cookie(&state, "", Some(0))?;
+    let cookie = set_cookie(secure(&state, &headers), "", Some(0))?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
 }
 
@@ -201,10 +211,10 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = session_cookie(&headers).ok_or_else(|| ApiError::unauthorized("not signed in"))?;
-    let (principal, _) = state
+    let principal = state
         .ui
         .sessions
-        .authenticate(&state.tokens, &id, None, false, state.now())
+        .peek(&state.tokens, &id, state.now())
         .map_err(session_error)?;
     let receiver = state.hub.subscribe();
     let check = tokio::time::interval(Duration::from_secs(15));

@@ -61,7 +61,7 @@ pub struct NewSession {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
     /// Unknown, signed out, expired, or its token was revoked.
-    #[error("no session: sign in again (sessions end after {0} idle)")]
+    #[error("no session (signed out, idle for {0}, or its token was revoked): sign in again")]
     Expired(String),
     /// The credential given at sign-in is not an admin token.
     #[error("{0}")]
@@ -207,6 +207,18 @@ impl Sessions {
         Ok((Principal::from_token(token), session.csrf.clone()))
     }
 
+    /// The principal of session `id`, without counting as a use (the event stream: following
+    /// it must not keep an idle session alive).
+    pub fn peek(&self, tokens: &TokenCache, id: &str, now: i64) -> Result<Principal, SessionError> {
+        let sessions = self.sessions();
+        sessions
+            .get(&hash_secret(id))
+            .filter(|s| live(self.policy(), s, now))
+            .and_then(|s| tokens.by_hash(&s.token_hash))
+            .map(Principal::from_token)
+            .ok_or_else(|| SessionError::Expired(self.idle_text()))
+    }
+
     /// Whether session `id` is live (its token still active), without counting as a use.
     pub fn is_live(&self, tokens: &TokenCache, id: &str, now: i64) -> bool {
         let sessions = self.sessions();
@@ -303,7 +315,7 @@ mod tests {
         // 600 s idle after the last use (650) ends it.
         assert!(matches!(
             sessions.authenticate(&tokens, &new.id, None, false, 1_250),
-            Err(SessionError::Expired(m)) if m.contains("10m")
+            Err(e @ SessionError::Expired(_)) if e.to_string().contains("idle for 10m")
         ));
         assert!(sessions.is_empty(1_250));
     }
