@@ -8,7 +8,8 @@ const notice = document.getElementById('notice');
 let session = null; // {actor, role, environments, csrfToken}
 let events = null;
 let refresh = null; // re-reads the current page's data (live updates)
-let poll = null; // the flag page's propagation poll (acknowledgements arrive without an event)
+let poll = null;
+let pending = null; // a notice for the page being navigated to // the flag page's propagation poll (acknowledgements arrive without an event)
 
 // ---- DOM helpers: text only, never HTML from data ----
 function h(tag, attrs = {}, ...children) {
@@ -86,7 +87,7 @@ async function start() {
   window.addEventListener('hashchange', route);
   try {
     const { json } = await api('GET', '/ui/session');
-    signedIn(json);
+    if (json) signedIn(json); else signInPage();
   } catch {
     signInPage();
   }
@@ -146,7 +147,7 @@ function connectEvents() {
     live.classList.remove('on');
     // The stream also ends when the session does: find out which.
     const response = await fetch('/ui/session', { credentials: 'same-origin' }).catch(() => null);
-    if (response && response.status === 401 && session) {
+    if (response && response.status === 204 && session) {
       signedOut('Your session ended (signed out, idle too long, or its token was revoked): sign in again.');
     }
   };
@@ -154,8 +155,8 @@ function connectEvents() {
     let data = {};
     try { data = JSON.parse(event.data); } catch { return; }
     if (location.hash.startsWith(`#/e/${enc(data.environment)}`)) {
+      pending = `Environment ${data.environment} was deleted.`;
       location.hash = '#/';
-      say(`Environment ${data.environment} was deleted.`, 'info');
     } else if (refresh) refresh({});
   });
   events.addEventListener('version', (event) => {
@@ -168,7 +169,8 @@ function connectEvents() {
 // ---- routing ----
 function route() {
   if (!session) return;
-  say('');
+  say(pending || '', 'info');
+  pending = null;
   let parts;
   try {
     parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);

@@ -602,6 +602,39 @@ async fn conflicts_ramps_live_updates_and_sign_out_in_the_dashboard() {
         .await;
         ensure!(ramp["state"] == "aborted", "the server agrees: {ramp}");
 
+        // An environment deleted while its page is open sends the page back to the list.
+        let created = http()
+            .post(format!("{base}/api/v1/environments"))
+            .bearer_auth(&bob)
+            .json(&json!({"name": "gone"}))
+            .send()
+            .await?;
+        ensure!(
+            created.status() == 201,
+            "environment gone: {}",
+            created.status()
+        );
+        browser.client.goto(&format!("{base}/ui/#/e/gone")).await?;
+        browser
+            .wait_text("h1", "the empty environment", |t| {
+                t.starts_with("Flags in gone")
+            })
+            .await?;
+        let deleted = http()
+            .delete(format!("{base}/api/v1/environments/gone"))
+            .bearer_auth(&bob)
+            .send()
+            .await?;
+        ensure!(deleted.status() == 204, "delete gone: {}", deleted.status());
+        browser
+            .wait_text("#notice", "the deletion notice", |t| {
+                t.contains("gone was deleted")
+            })
+            .await?;
+        browser
+            .wait_text("h1", "the environment list", |t| t == "Environments")
+            .await?;
+
         // Sign-out ends the session: the page's own requests are refused afterwards.
         browser.click("#sign-out").await?;
         browser.find("#token").await?;

@@ -156,7 +156,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/ui/app.js", Access::Public),
     ("GET", "/ui/app.css", Access::Public),
     ("POST", "/ui/session", Access::Public),
-    ("GET", "/ui/session", Access::Session),
+    ("GET", "/ui/session", Access::Public),
     ("DELETE", "/ui/session", Access::Session),
     ("GET", "/ui/events", Access::Session),
     ("GET", "/healthz", Access::Public),

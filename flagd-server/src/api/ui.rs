@@ -166,17 +166,23 @@ pub async fn sign_in(
         .into_response())
 }
 
-/// `GET /ui/session`: who is signed in, with the CSRF token (for a page that was reloaded).
+/// `GET /ui/session`: who is signed in, with the CSRF token (for a page that was reloaded); 204
+/// when nobody is (the page's first question, answered without an error in its console).
 pub async fn current(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = session_cookie(&headers).ok_or_else(|| ApiError::unauthorized("not signed in"))?;
-    let (principal, csrf) = state
-        .ui
-        .sessions
-        .authenticate(&state.tokens, &id, None, false, state.now())
-        .map_err(session_error)?;
+    let Some(id) = session_cookie(&headers) else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let Ok((principal, csrf)) =
+        state
+            .ui
+            .sessions
+            .authenticate(&state.tokens, &id, None, false, state.now())
+    else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
     let session = NewSession {
         id,
         csrf,
