@@ -61,7 +61,13 @@ class ApiError extends Error {
     return this.path ? `${this.message} (at ${this.path})` : this.message;
   }
 }
+let writing = 0; // writes in flight: their own live events are not someone else's change
 async function api(method, path, body, { ifMatch } = {}) {
+  if (method === 'GET') return request(method, path, body, { ifMatch });
+  writing += 1;
+  try { return await request(method, path, body, { ifMatch }); } finally { writing -= 1; }
+}
+async function request(method, path, body, { ifMatch } = {}) {
   const headers = { Accept: 'application/json' };
   if (method !== 'GET') headers['X-CSRF-Token'] = session ? session.csrfToken : '';
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -92,8 +98,21 @@ async function start() {
     signInPage();
   }
 }
+// Background requests (live updates, the propagation poll) keep the server's session alive, so
+// the page itself ends a session nobody has touched for the idle time.
+let lastActivity = Date.now();
+for (const name of ['pointerdown', 'keydown', 'input']) {
+  document.addEventListener(name, () => { lastActivity = Date.now(); }, { capture: true, passive: true });
+}
+setInterval(() => {
+  if (session && session.idleTimeout && Date.now() - lastActivity > session.idleTimeout * 1000) {
+    api('DELETE', '/ui/session').catch(() => {});
+    signedOut(`Signed out after ${Math.round(session.idleTimeout / 60) || 1} min without activity.`);
+  }
+}, 5000);
 function signedIn(info) {
   session = info;
+  lastActivity = Date.now();
   document.getElementById('nav').hidden = false;
   const scope = info.environments ? `, ${info.environments.join(', ')} only` : '';
   document.getElementById('who').textContent = `${info.actor} (${info.role}${scope})`;
@@ -154,7 +173,7 @@ function connectEvents() {
   events.addEventListener('environment-deleted', (event) => {
     let data = {};
     try { data = JSON.parse(event.data); } catch { return; }
-    if (location.hash.startsWith(`#/e/${enc(data.environment)}`)) {
+    if (currentEnvironment() === data.environment) {
       pending = `Environment ${data.environment} was deleted.`;
       location.hash = '#/';
     } else if (refresh) refresh({});
@@ -162,18 +181,28 @@ function connectEvents() {
   events.addEventListener('version', (event) => {
     let data = {};
     try { data = JSON.parse(event.data); } catch { return; }
-    if (refresh) refresh(data);
+    // A write of ours in flight re-renders its page when it completes.
+    if (refresh && !writing) refresh(data);
   });
 }
 
 // ---- routing ----
+function hashParts() {
+  return location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+}
+function currentEnvironment() {
+  try {
+    const parts = hashParts();
+    return parts[0] === 'e' ? parts[1] : null;
+  } catch { return null; }
+}
 function route() {
   if (!session) return;
   say(pending || '', 'info');
   pending = null;
   let parts;
   try {
-    parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+    parts = hashParts();
   } catch {
     refresh = null;
     show(h('p', { class: 'error' }, 'This address is malformed.'), h('p', {}, h('a', { href: '#/' }, 'Environments')));
@@ -194,6 +223,7 @@ function pageFailed(e) {
 
 // ---- environments ----
 async function environmentsPage() {
+  refresh = null;
   refresh = () => environmentsPage();
   try {
     const { json } = await api('GET', '/api/v1/environments');
@@ -212,6 +242,7 @@ function isStale(flag) {
   return flag.lastEvaluated === null ? flag.createdAt < month : flag.lastEvaluated < month;
 }
 async function flagsPage(env) {
+  refresh = null;
   let listing;
   try { ({ json: listing } = await api('GET', `/api/v1/environments/${enc(env)}/flags`)); } catch (e) { return pageFailed(e); }
   if (filters.environment !== env) Object.assign(filters, { environment: env, search: '', state: 'all', stale: false, rollout: false });
@@ -283,7 +314,7 @@ function unsaved() {
   const active = document.activeElement;
   if (active && main.contains(active) && ['INPUT', 'TEXTAREA'].includes(active.tagName) && active.type !== 'checkbox') return true;
   return [...main.querySelectorAll('input, textarea')].some((el) =>
-    (el.type === 'checkbox' ? el.checked !== el.defaultChecked : el.value !== el.defaultValue));
+    el.type !== 'checkbox' && el.value !== el.defaultValue);
 }
 const ROLLOUT_CONFIRM_ABOVE = 50; // percentage points of change that ask for confirmation
 // JSON with object keys sorted, as flagctl prints values (serde_json's maps are sorted).
@@ -322,6 +353,7 @@ function leafDiff(before, after) {
 const pretty = (value) => JSON.stringify(value ?? null, null, 2);
 
 async function flagPage(env, key) {
+  refresh = null;
   const path = `/api/v1/environments/${enc(env)}/flags/${enc(key)}`;
   let view; let etag;
   try { ({ json: view, etag } = await api('GET', path)); } catch (e) { return pageFailed(e); }
@@ -416,7 +448,11 @@ async function flagPage(env, key) {
       targetingResult.replaceChildren(h('p', {}, 'Saved.'),
         ...warnings.map((w) => h('p', { class: 'warning' }, `warning at ${w.path || ''}: ${w.message || JSON.stringify(w)}`)));
     } catch (e) {
-      if (e.status !== 412) targetingResult.replaceChildren(h('p', { class: 'error', id: 'targeting-error' }, e.describe ? e.describe() : String(e)));
+      if (e.status !== 412) {
+        const onlyWarnings = e.problems && e.problems.length && e.problems.every((p) => p.severity === 'warning');
+        targetingResult.replaceChildren(h('p', { class: 'error', id: 'targeting-error' }, `Not saved.\n${e.describe ? e.describe() : String(e)}`),
+          onlyWarnings ? h('p', { class: 'muted' }, 'flagd accepts rules with warnings; tick "Save even with warnings" to save it anyway.') : null);
+      }
     }
   } }, 'Validate and save targeting');
   const allowWarnings = h('input', { id: 'allow-warnings', type: 'checkbox' });
@@ -476,7 +512,8 @@ async function rampPanel(env, view, into, reload) {
   const interval = h('input', { id: 'ramp-interval', value: '30m', size: 6 });
   // A boolean flag ramps its true variant; other flags name the variant.
   const variant = view.type === 'boolean' ? null
-    : h('select', { id: 'ramp-variant' }, Object.keys(view.flag.variants || {}).map((v) => h('option', { value: v }, v)));
+    : h('select', { id: 'ramp-variant' }, Object.keys(view.flag.variants || {}).map((v, i, all) =>
+      h('option', { value: v, selected: v === (all.find((n) => n !== view.flag.defaultVariant) ?? v) }, v)));
   const startForm = h('form', { class: 'row', onsubmit: async (event) => {
     event.preventDefault();
     const list = steps.value.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
@@ -542,6 +579,7 @@ async function historyPanel(env, key, into) {
 
 // ---- audit ----
 async function auditPage() {
+  refresh = null;
   const env = h('input', { id: 'audit-environment' });
   const flag = h('input', { id: 'audit-flag' });
   const rows = h('tbody');

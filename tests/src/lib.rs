@@ -194,6 +194,11 @@ pub fn flagctl_env(
 /// how to install it, or fails when `require` (`FLAGD_REQUIRE_GIT`, …) is set to 1, as `.ci/run`
 /// does.
 pub fn program_available(program: &str, require: &str, test: &str) -> bool {
+    program_available_from(program, program, require, test)
+}
+
+/// [`program_available`] for a program the Debian package `package` installs.
+pub fn program_available_from(program: &str, package: &str, require: &str, test: &str) -> bool {
     let found = Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
@@ -206,7 +211,7 @@ pub fn program_available(program: &str, require: &str, test: &str) -> bool {
             "{program} is required ({require}=1) but not found"
         );
         println!(
-            "skipped: {test}: the {program} program is not installed (apt-get install {program})"
+            "skipped: {test}: the {program} program is not installed (apt-get install {package})"
         );
     }
     found

@@ -51,20 +51,12 @@ fn free_port() -> u16 {
 
 /// A browser, or `None` (after the `skipped:` line) where chromedriver is not installed.
 async fn browser(test: &str) -> Option<Browser> {
-    let found = Command::new("chromedriver")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("FLAGD_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "chromedriver is required (FLAGD_REQUIRE_BROWSER=1) but not found"
-        );
-        println!(
-            "skipped: {test}: chromedriver is not installed (apt-get install chromium chromium-driver)"
-        );
+    if !tests::program_available_from(
+        "chromedriver",
+        "chromium chromium-driver",
+        "FLAGD_REQUIRE_BROWSER",
+        test,
+    ) {
         return None;
     }
     let port = free_port();
@@ -353,6 +345,10 @@ async fn a_flag_is_created_toggled_rolled_out_and_edited_from_the_dashboard() {
         browser
             .wait_text("#rollout-note", "the new rollout", |t| t.contains("Now 25%"))
             .await?;
+        // Our own write's live event is not reported as someone else's change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let notice = browser.text("#notice").await?;
+        ensure!(!notice.contains("changed by"), "own write reported as a conflict: {notice:?}");
         let mut on = 0;
         let mut tasks = tokio::task::JoinSet::new();
         for chunk in 0..20 {
@@ -638,6 +634,10 @@ async fn conflicts_ramps_live_updates_and_sign_out_in_the_dashboard() {
         // Sign-out ends the session: the page's own requests are refused afterwards.
         browser.click("#sign-out").await?;
         browser.find("#token").await?;
+        ensure!(
+            !browser.find("#nav").await?.is_displayed().await?,
+            "the signed-in header is hidden after sign-out"
+        );
         let status = browser.fetch("GET", "/api/v1/environments", None).await?;
         ensure!(status == 401, "after sign-out the API answered {status}");
 

@@ -77,6 +77,8 @@ fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
         .into_iter()
         .filter_map(|name| headers.get(name).and_then(|h| h.to_str().ok()))
+        // A chain of proxies lists the host the browser used first.
+        .filter_map(|value| value.split(',').next())
         .collect();
     let origin_host = origin
         .to_str()
@@ -108,6 +110,8 @@ fn secure(state: &AppState, headers: &HeaderMap) -> bool {
         || headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
+            // A chain of proxies lists the client's scheme first.
+            .and_then(|v| v.split(',').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
