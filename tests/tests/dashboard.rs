@@ -228,10 +228,16 @@ fn output_dir() -> PathBuf {
 }
 
 /// Runs `steps`; on failure saves a screenshot and fails the test with the step's message.
+/// Ends the WebDriver session too, so chromedriver closes the browser (killing chromedriver
+/// alone would leave Chromium running).
 async fn run(browser: &Browser, test: &str, steps: impl Future<Output = Step>) {
-    if let Err(error) = steps.await {
-        let shot = output_dir().join(format!("{test}.png"));
+    let result = steps.await;
+    let shot = output_dir().join(format!("{test}.png"));
+    if result.is_err() {
         browser.screenshot(&shot).await;
+    }
+    let _ = browser.client.clone().close().await;
+    if let Err(error) = result {
         panic!("{test}: {error} (screenshot: {})", shot.display());
     }
 }
