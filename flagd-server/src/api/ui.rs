@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::domain::access::Principal;
 use crate::domain::hub::HubEvent;
-use crate::domain::sessions::NewSession;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -128,12 +128,13 @@ fn set_cookie(secure: bool, value: &str, max_age: Option<i64>) -> Result<HeaderV
         .map_err(|e| ApiError::internal(format!("session cookie: {e}")))
 }
 
-fn session_view(state: &AppState, session: &NewSession) -> serde_json::Value {
+/// The session as the page reads it (sign-in and `GET /ui/session`).
+fn session_view(state: &AppState, principal: &Principal, csrf: &str) -> serde_json::Value {
     json!({
-        "actor": session.principal.actor,
-        "role": session.principal.role.as_str(),
-        "environments": session.principal.environments,
-        "csrfToken": session.csrf,
+        "actor": principal.actor,
+        "role": principal.role.as_str(),
+        "environments": principal.environments,
+        "csrfToken": csrf,
         "idleTimeout": state.ui.sessions.policy().idle,
     })
 }
@@ -161,7 +162,7 @@ pub async fn sign_in(
         .map_err(|e| session_error(e).at("token"))?;
     tracing::info!(actor = %session.principal.actor, "dashboard sign-in");
     let cookie = set_cookie(secure(&state, &headers), &session.id, None)?;
-    let body = session_view(&state, &session);
+    let body = session_view(&state, &session.principal, &session.csrf);
     Ok((
         StatusCode::CREATED,
         [(header::SET_COOKIE, cookie)],
@@ -187,12 +188,7 @@ pub async fn current(
     else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let session = NewSession {
-        id,
-        csrf,
-        principal,
-    };
-    Ok(axum::Json(session_view(&state, &session)).into_response())
+    Ok(axum::Json(session_view(&state, &principal, &csrf)).into_response())
 }
 
 /// `DELETE /ui/session`: signs out (CSRF token required); 204 and an expired cookie.
@@ -261,7 +257,7 @@ pub async fn events(
                         return Some((Ok::<_, Infallible>(event), (receiver, check, state, id, principal)));
                     }
                     _ = check.tick() => {
-                        if !state.ui.sessions.is_live(&state.tokens, &id, state.now()) {
+                        if state.ui.sessions.peek(&state.tokens, &id, state.now()).is_err() {
                             return None;
                         }
                     }

@@ -219,14 +219,6 @@ impl Sessions {
             .ok_or_else(|| SessionError::Expired(self.idle_text()))
     }
 
-    /// Whether session `id` is live (its token still active), without counting as a use.
-    pub fn is_live(&self, tokens: &TokenCache, id: &str, now: i64) -> bool {
-        let sessions = self.sessions();
-        sessions
-            .get(&hash_secret(id))
-            .is_some_and(|s| live(self.policy(), s, now) && tokens.by_hash(&s.token_hash).is_some())
-    }
-
     /// Ends session `id` (sign-out); `false` if there was none.
     pub fn sign_out(&self, id: &str) -> bool {
         self.sessions().remove(&hash_secret(id)).is_some()
