@@ -696,6 +696,67 @@ async fn a_stalled_client_does_not_delay_the_others() {
 }
 
 #[tokio::test]
+async fn large_snapshots_pongs_and_patches_arrive_as_whole_frames() {
+    // The server writes its messages straight to the socket (fragments of 8 KiB for large ones)
+    // while tungstenite answers the client's pings: every message must still arrive whole, and
+    // every patch in order.
+    let live = Live::start().await;
+    let flags: serde_json::Map<String, Value> = (0..60)
+        .map(|i| {
+            let big = json!({"state": "ENABLED", "defaultVariant": "a",
+                "variants": {"a": "x".repeat(300), "b": "y".repeat(300)}});
+            (format!("flag-{i:02}"), big)
+        })
+        .collect();
+    let (status, _) = live
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/environments/default/document",
+            Some(json!({"flags": flags})),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let mut socket = live.connect("").await;
+    let snapshot = next_message(&mut socket).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(
+        snapshot["document"]["flags"]
+            .as_object()
+            .map(serde_json::Map::len),
+        Some(60)
+    );
+    assert!(
+        snapshot.to_string().len() > 2 * 8 * 1024,
+        "the snapshot spans several fragments"
+    );
+    let first = snapshot["version"].as_i64().unwrap();
+    for i in 0..20u8 {
+        socket.send(Message::Ping(vec![i].into())).await.unwrap();
+        live.put(&format!("patched-{i}"), boolean_flag("on")).await;
+    }
+    let (mut pongs, mut versions) = (Vec::new(), Vec::new());
+    while pongs.len() < 20 || versions.len() < 20 {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream stays open")
+            .expect("every frame is well formed");
+        match message {
+            Message::Pong(payload) => pongs.push(payload.to_vec()),
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(&text).expect("a whole JSON message");
+                if value["type"] == "patch" {
+                    versions.push(value["version"].as_i64().unwrap());
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(versions, (first + 1..=first + 20).collect::<Vec<_>>());
+    assert_eq!(pongs, (0..20u8).map(|i| vec![i]).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn clients_report_their_acknowledged_versions() {
     let live = Live::start().await;
     let mut socket = live.connect("").await;

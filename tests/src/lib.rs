@@ -19,7 +19,15 @@ use std::time::{Duration, Instant};
 ///
 /// Cargo names the file it built (`--message-format=json`), so the path is not a guess about the
 /// target directory. A failed build fails the test that asked for it, with cargo's output.
+///
+/// `FLAGD_SERVER_BINARY=/path/to/flagd-server` runs that build of the server instead (to compare
+/// two builds in benches, one after the other on the same machine).
 pub fn binary(package: &str, name: &str) -> PathBuf {
+    if name == "flagd-server"
+        && let Some(path) = std::env::var_os("FLAGD_SERVER_BINARY")
+    {
+        return PathBuf::from(path);
+    }
     static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     // Held during the build: tests that need the same binary wait for it instead of racing.
     let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);

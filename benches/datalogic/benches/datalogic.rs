@@ -3,8 +3,8 @@
 //! Run: `cargo bench -p bench-datalogic`. datalogic is a JsonLogic engine, not a flag engine, so
 //! there is no case A (no rule to run); B and C compile the rule once and evaluate against a
 //! parse-once context, resetting one arena per evaluation (its fastest documented path), then
-//! map the returned name to the variant value as a flag engine must. flag-core runs in this same
-//! binary so the ratio comes from one process.
+//! map the returned name to the variant value as a flag engine must. flag-core and the SDK's flag
+//! handle run in this same binary so the ratios come from one process.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -23,6 +23,13 @@ fn evaluation(c: &mut Criterion) {
         unreachable!("fixture is an object")
     };
     let ctx = EvaluationContext::from_json(object);
+
+    let sdk = flag_sdk::FlagClient::builder()
+        .bootstrap_document(flagd_document())
+        .build()
+        .expect("fixture bootstraps");
+    let sdk_context =
+        flag_sdk::EvaluationContext::new(benches::TARGETING_KEY).with("email", benches::EMAIL);
 
     let engine = Engine::builder().build();
     let variants: HashMap<&str, Value> =
@@ -62,6 +69,11 @@ fn evaluation(c: &mut Criterion) {
             b.iter(|| {
                 black_box(ours.resolve_bool(black_box(key), black_box(&ctx), false, 1_700_000_000));
             });
+        });
+        // The SDK's flag handle (issue 21 compares it with the fastest peer in one run).
+        let handle = sdk.flag(key);
+        group.bench_function(format!("{case}/flag-sdk-handle"), |b| {
+            b.iter(|| black_box(handle.bool_value(black_box(&sdk_context), false)));
         });
     }
     group.finish();

@@ -6,21 +6,22 @@
 //! behind. A slow client therefore only ever delays itself, and its session holds at most one
 //! message in flight.
 
+use std::io::IoSlice;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use flag_protocol::{ClientMessage, GoodbyeReason, Ping, ServerMessage};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -34,11 +35,11 @@ use crate::state::AppState;
 const MAX_CATCH_UP_PATCHES: usize = 64;
 /// Largest message a client may send (hello and ack are tiny).
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
-/// tungstenite's read buffer (128 KiB by default): idle connections should cost little.
-const READ_BUFFER: usize = 2 * 1024;
-/// Larger messages (snapshots) go out as fragments of this size. tungstenite keeps its write
-/// buffer's capacity after a send, so without fragmenting every session would hold a whole
-/// snapshot's worth of memory for as long as it lives.
+/// tungstenite's read buffer (128 KiB by default): idle connections should cost little, and
+/// tungstenite zeroes the free part before every read. Client messages are small (a hello, acks);
+/// a larger one (a usage report) grows the buffer while it is read.
+const READ_BUFFER: usize = 1024;
+/// Larger messages (snapshots) go out as fragments of this size (`send_text`).
 const FRAGMENT: usize = 8 * 1024;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -95,7 +96,11 @@ pub async fn stream(
                 )
                 .await;
                 let resume = params.since.map(|version| (version, params.digest));
-                Session::run(socket, state, access, token_id, resume).await;
+                let (session, events) = Session::open(socket, state, access, token_id);
+                // A task of its own: this one's captures (the request's parts) are freed now
+                // instead of being kept for as long as the connection lives.
+                let sessions = session.state.sessions.clone();
+                sessions.spawn(session.run(events, resume));
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
@@ -173,15 +178,15 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(
+    /// Registers the session and subscribes to the hub's events (before the snapshot is read, so
+    /// a commit in between is seen as an event).
+    fn open(
         socket: Socket,
         state: AppState,
         access: EnvironmentAccess,
         token_id: String,
-        since: Option<Resume>,
-    ) {
-        // Subscribe before reading the snapshot: a commit in between is then seen as an event.
-        let mut events = state.hub.subscribe();
+    ) -> (Session, tokio::sync::broadcast::Receiver<HubEvent>) {
+        let events = state.hub.subscribe();
         let id = state.hub.register(ClientInfo {
             session: 0,
             environment: access.environment.clone(),
@@ -194,7 +199,7 @@ impl Session {
             acked_version: None,
             last_ack_at: None,
         });
-        let mut session = Session {
+        let session = Session {
             socket,
             state,
             environment: access.environment,
@@ -202,11 +207,22 @@ impl Session {
             id,
             last_sent: 0,
         };
-        let outcome = session.serve(&mut events, since).await;
+        (session, events)
+    }
+
+    /// Serves the session until the client leaves or the server says goodbye. This future lives
+    /// as long as the connection: what it holds while idle is the memory an idle client costs
+    /// (rarely used steps are boxed so their state is not part of it).
+    async fn run(
+        mut self,
+        mut events: tokio::sync::broadcast::Receiver<HubEvent>,
+        since: Option<Resume>,
+    ) {
+        let outcome = self.serve(&mut events, since).await;
         if let Flow::Goodbye(goodbye) = outcome {
-            session.goodbye(goodbye).await;
+            Box::pin(self.goodbye(goodbye)).await;
         }
-        session.state.hub.unregister(session.id);
+        self.state.hub.unregister(self.id);
     }
 
     async fn serve(
@@ -214,21 +230,27 @@ impl Session {
         events: &mut tokio::sync::broadcast::Receiver<HubEvent>,
         since: Option<Resume>,
     ) -> Flow {
-        if let flow @ (Flow::Stop | Flow::Goodbye(_)) = self.initial_sync(since).await {
+        // Boxed: the first sync's future is large and lives only while the client connects;
+        // inline, its size would be part of every idle session for as long as it lives.
+        if let flow @ (Flow::Stop | Flow::Goodbye(_)) = Box::pin(self.initial_sync(since)).await {
             return flow;
         }
         let mut pings = tokio::time::interval(self.state.stream.ping_interval);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         pings.tick().await;
         let shutdown = self.state.shutdown.clone();
+        // Made once: each `cancelled()` takes the token's lock.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let flow = tokio::select! {
-                () = shutdown.cancelled() => Flow::Goodbye(Goodbye { reason: GoodbyeReason::Shutdown, retry_after_ms: 1_000, code: CloseCode::Away }),
-                event = events.recv() => self.on_event(event).await,
+                () = &mut cancelled => Flow::Goodbye(Goodbye { reason: GoodbyeReason::Shutdown, retry_after_ms: 1_000, code: CloseCode::Away }),
+                // Boxed (one allocation per event) for the same reason as the first sync.
+                event = events.recv() => Box::pin(self.on_event(event)).await,
                 message = self.socket.next() => self.on_message(message),
                 _ = pings.tick() => {
                     let ping = ping(self.last_sent);
-                    if self.send(ping).await { Flow::Continue } else { Flow::Stop }
+                    if Box::pin(self.send(ping)).await { Flow::Continue } else { Flow::Stop }
                 }
             };
             match flow {
@@ -381,8 +403,21 @@ impl Session {
             Ok(HubEvent::Version {
                 environment,
                 version,
+                patch,
             }) if *environment == *self.environment && version > self.last_sent => {
-                self.catch_up().await
+                match patch {
+                    // The usual case: one version behind, and the event carries the patch every
+                    // session of the environment sends (encoded once, shared).
+                    Some(patch) if self.last_sent.checked_add(1) == Some(version) => {
+                        if !self.send(patch).await {
+                            return Flow::Stop;
+                        }
+                        self.last_sent = version;
+                        self.record_sent();
+                        Flow::Continue
+                    }
+                    _ => self.catch_up().await,
+                }
             }
             Ok(HubEvent::TokenRevoked { id }) if id == self.token_id => Flow::Goodbye(Goodbye {
                 reason: GoodbyeReason::TokenRevoked,
@@ -503,7 +538,7 @@ impl Session {
     /// Sends one message; `false` when the client is gone or too slow to take it in time.
     async fn send(&mut self, text: Utf8Bytes) -> bool {
         let timeout = self.state.stream.write_timeout;
-        match tokio::time::timeout(timeout, send_fragmented(&mut self.socket, text)).await {
+        match tokio::time::timeout(timeout, send_text(&mut self.socket, &text)).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
@@ -550,31 +585,95 @@ fn environment_deleted() -> Goodbye {
     }
 }
 
-/// Sends a text message, as one frame when small and as `FRAGMENT`-sized continuation frames
-/// otherwise (the payload slices share the message's buffer; nothing is copied).
-async fn send_fragmented(
-    socket: &mut Socket,
-    text: Utf8Bytes,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    if text.len() <= FRAGMENT {
-        return socket.send(Message::Text(text)).await;
+/// Sends a text message straight to the connection, bypassing tungstenite's write buffer: the
+/// frame headers and the message's shared bytes go out in vectored writes, nothing is copied per
+/// session, and no session keeps a buffer the size of the largest message it ever sent. A
+/// message larger than `FRAGMENT` goes out as continuation frames of that size (clients with a
+/// small frame limit still take a large snapshot), `FRAGMENTS_PER_WRITE` of them per `writev`.
+///
+/// The frame format is tungstenite's (`FrameHeader::format`); only the write path is ours,
+/// because it is the fan-out's hot path (`docs/PERFORMANCE.md`).
+async fn send_text(socket: &mut Socket, text: &Utf8Bytes) -> std::io::Result<()> {
+    // Whatever tungstenite has queued (a pong to a client's ping, written while reading) goes
+    // out whole first, so this message starts on a frame boundary. Nothing reads or writes
+    // through tungstenite while this runs: the session awaits it.
+    socket.flush().await.map_err(std::io::Error::other)?;
+    let payload = text.as_bytes();
+    let count = payload.len().div_ceil(FRAGMENT).max(1);
+    let io = socket.get_mut();
+    if count == 1 {
+        // The common case (patches, pings): one frame, nothing allocated.
+        let mut header = [0u8; MAX_HEADER];
+        let length = frame_header(&mut header, true, true, payload.len())?;
+        return write_all_vectored(
+            io,
+            &mut [IoSlice::new(&header[..length]), IoSlice::new(payload)],
+        )
+        .await;
     }
-    let bytes = Bytes::from(text);
-    let count = bytes.len().div_ceil(FRAGMENT);
-    for index in 0..count {
-        let chunk = bytes.slice(index * FRAGMENT..((index + 1) * FRAGMENT).min(bytes.len()));
-        let opcode = if index == 0 {
-            OpCode::Data(Data::Text)
-        } else {
-            OpCode::Data(Data::Continue)
-        };
-        socket
-            .send(Message::Frame(Frame::message(
-                chunk,
-                opcode,
-                index + 1 == count,
-            )))
-            .await?;
+    let fragments: Vec<&[u8]> = payload.chunks(FRAGMENT).collect();
+    let mut headers = vec![[0u8; MAX_HEADER]; fragments.len()];
+    let mut lengths = Vec::with_capacity(fragments.len());
+    for (index, (header, fragment)) in headers.iter_mut().zip(&fragments).enumerate() {
+        lengths.push(frame_header(
+            header,
+            index == 0,
+            index + 1 == fragments.len(),
+            fragment.len(),
+        )?);
+    }
+    let mut slices = Vec::with_capacity(2 * FRAGMENTS_PER_WRITE);
+    for start in (0..fragments.len()).step_by(FRAGMENTS_PER_WRITE) {
+        let end = (start + FRAGMENTS_PER_WRITE).min(fragments.len());
+        slices.clear();
+        for index in start..end {
+            slices.push(IoSlice::new(&headers[index][..lengths[index]]));
+            slices.push(IoSlice::new(fragments[index]));
+        }
+        write_all_vectored(io, &mut slices).await?;
+    }
+    Ok(())
+}
+
+/// The longest header of an unmasked frame: 2 bytes and a 64-bit length (RFC 6455 §5.2).
+const MAX_HEADER: usize = 10;
+/// Fragments per vectored write (two slices each, well under `IOV_MAX`).
+const FRAGMENTS_PER_WRITE: usize = 32;
+
+/// Formats the header of an unmasked text frame (`first`) or continuation frame carrying
+/// `length` bytes into `out`; returns the header's length.
+fn frame_header(
+    out: &mut [u8; MAX_HEADER],
+    first: bool,
+    last: bool,
+    length: usize,
+) -> std::io::Result<usize> {
+    let header = FrameHeader {
+        is_final: last,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode: OpCode::Data(if first { Data::Text } else { Data::Continue }),
+        mask: None,
+    };
+    let mut cursor = std::io::Cursor::new(&mut out[..]);
+    header
+        .format(length as u64, &mut cursor)
+        .map_err(std::io::Error::other)?;
+    usize::try_from(cursor.position()).map_err(std::io::Error::other)
+}
+
+/// Writes every slice, in order, with as few `writev` calls as the socket allows.
+async fn write_all_vectored(
+    io: &mut TokioIo<hyper::upgrade::Upgraded>,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let written = io.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
     }
     Ok(())
 }

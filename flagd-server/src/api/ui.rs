@@ -231,7 +231,7 @@ pub async fn events(
                 tokio::select! {
                     event = receiver.recv() => {
                         let event = match event {
-                            Ok(HubEvent::Version { environment, version }) => {
+                            Ok(HubEvent::Version { environment, version, .. }) => {
                                 if principal.check_environment(&environment).is_err() {
                                     continue;
                                 }

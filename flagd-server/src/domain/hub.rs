@@ -204,6 +204,9 @@ pub enum HubEvent {
         environment: Arc<str>,
         /// Its new version.
         version: i64,
+        /// The patch from the version before to `version`, encoded once for every session that
+        /// is one version behind (`None` after a reset, when only a snapshot will do).
+        patch: Option<Utf8Bytes>,
     },
     /// A token was revoked: its streams must end.
     TokenRevoked {
@@ -293,6 +296,7 @@ impl Hub {
         let _ = self.events.send(HubEvent::Version {
             environment: environment.into(),
             version,
+            patch: None,
         });
     }
 
@@ -312,7 +316,7 @@ impl Hub {
         let patch = RecentPatch {
             version: commit.version,
             digest: snapshot.digest.clone(),
-            message,
+            message: message.clone(),
             committed_at: Instant::now(),
         };
         let mut ring = self
@@ -332,6 +336,7 @@ impl Hub {
         let _ = self.events.send(HubEvent::Version {
             environment: environment.into(),
             version: commit.version,
+            patch: Some(message),
         });
     }
 
