@@ -205,6 +205,17 @@ impl CompiledFlagSet {
         compile_parsed(set, &BTreeMap::new(), Mode::Lenient)
     }
 
+    /// [`compile_lenient`](Self::compile_lenient) over a document's parts: for a caller that
+    /// keeps its flags in another container (the server's `Arc`'d flags), so they are not
+    /// copied into a [`FlagSet`] first. Flags must come in key order for the same result.
+    pub fn compile_lenient_parts<'a>(
+        metadata: &Metadata,
+        evaluators: &BTreeMap<String, Value>,
+        flags: impl ExactSizeIterator<Item = (&'a str, &'a Flag)>,
+    ) -> (CompiledFlagSet, Vec<Problem>) {
+        compile_parts(metadata, evaluators, flags, &BTreeMap::new(), Mode::Lenient)
+    }
+
     /// Compiles any JSON document leniently, as a client receiving flags must: a flag whose
     /// definition is malformed is kept as an error result rather than failing the document.
     pub fn compile_json_lenient(value: &Value) -> (CompiledFlagSet, Vec<Problem>) {
@@ -406,11 +417,28 @@ fn compile_parsed(
     broken: &BTreeMap<String, String>,
     mode: Mode,
 ) -> (CompiledFlagSet, Vec<Problem>) {
+    compile_parts(
+        &set.metadata,
+        &set.evaluators,
+        set.flags.iter().map(|(key, flag)| (key.as_str(), flag)),
+        broken,
+        mode,
+    )
+}
+
+/// Compiles a document given as its parts (the flags from any container).
+fn compile_parts<'a>(
+    metadata: &Metadata,
+    shared: &BTreeMap<String, Value>,
+    set_flags: impl ExactSizeIterator<Item = (&'a str, &'a Flag)>,
+    broken: &BTreeMap<String, String>,
+    mode: Mode,
+) -> (CompiledFlagSet, Vec<Problem>) {
     let mut problems = Vec::new();
 
     // Evaluators are compiled once; a flag that references a broken one is broken too.
     let mut evaluators = Evaluators::default();
-    for (name, rule) in &set.evaluators {
+    for (name, rule) in shared {
         let mut compiler = Compiler::new(JsonPath::new("$evaluators"), None);
         let mark = compiler.path.push_key(name);
         compiler.inside_evaluator = true;
@@ -422,12 +450,12 @@ fn compile_parsed(
         evaluators.insert(name.clone(), ok.then_some(node));
     }
 
-    let mut flags = Vec::with_capacity(set.flags.len() + broken.len());
-    for (key, flag) in &set.flags {
+    let mut flags = Vec::with_capacity(set_flags.len() + broken.len());
+    for (key, flag) in set_flags {
         flags.push(Arc::new(compile_one(
             key,
             flag,
-            &set.metadata,
+            metadata,
             &evaluators,
             mode,
             &mut problems,
@@ -437,11 +465,11 @@ fn compile_parsed(
         flags.push(Arc::new(CompiledFlag::broken(
             key,
             message.clone(),
-            set.metadata.clone(),
+            metadata.clone(),
         )));
     }
     (
-        CompiledFlagSet::new(flags, set.metadata.clone(), Arc::new(evaluators)),
+        CompiledFlagSet::new(flags, metadata.clone(), Arc::new(evaluators)),
         problems,
     )
 }

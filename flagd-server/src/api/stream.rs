@@ -663,7 +663,8 @@ fn frame_header(
     usize::try_from(cursor.position()).map_err(std::io::Error::other)
 }
 
-/// Writes every slice, in order, with as few `writev` calls as the socket allows.
+/// Writes every slice, in order, with as few `writev` calls as the socket allows, then flushes:
+/// under TLS a write may only have reached rustls's buffer (free on plain TCP).
 async fn write_all_vectored(
     io: &mut TokioIo<hyper::upgrade::Upgraded>,
     mut slices: &mut [IoSlice<'_>],
@@ -675,5 +676,5 @@ async fn write_all_vectored(
         }
         IoSlice::advance_slices(&mut slices, written);
     }
-    Ok(())
+    io.flush().await
 }

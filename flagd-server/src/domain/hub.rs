@@ -91,7 +91,16 @@ impl Snapshot {
         mut document: Document<Arc<Flag>>,
     ) -> Snapshot {
         document.schema = Some(FLAGD_SCHEMA_URL.to_owned());
-        let (compiled, problems) = CompiledFlagSet::compile_lenient(&flag_set(&document));
+        // From the document's own flags: no copy of every flag (most of a cold start was
+        // cloning and dropping them).
+        let (compiled, problems) = CompiledFlagSet::compile_lenient_parts(
+            &document.metadata,
+            &document.evaluators,
+            document
+                .flags
+                .iter()
+                .map(|(key, flag)| (key.as_str(), flag.as_ref())),
+        );
         report(environment, problems);
         Snapshot {
             environment: environment.to_owned(),
@@ -165,20 +174,6 @@ pub fn encode<F: Serialize>(message: &ServerMessage<F>) -> Utf8Bytes {
             tracing::error!(%error, "a stream message does not serialise");
             Utf8Bytes::default()
         }
-    }
-}
-
-/// The flag-core view of a document (a deep copy: only for compiling from scratch).
-fn flag_set(document: &Document<Arc<Flag>>) -> FlagSet {
-    FlagSet {
-        schema: document.schema.clone(),
-        metadata: document.metadata.clone(),
-        evaluators: document.evaluators.clone(),
-        flags: document
-            .flags
-            .iter()
-            .map(|(k, f)| (k.clone(), Flag::clone(f)))
-            .collect(),
     }
 }
 
@@ -506,8 +501,12 @@ impl PublishingStore {
                     Err(StoreError::UnknownEnvironment(_)) => continue,
                     other => other?,
                 };
-                let digest =
-                    version_digest(inner.as_ref(), &environment.name, environment.version)?;
+                // Recorded with the commit when the store has it: re-reading and re-hashing a
+                // large last commit was most of a cold start.
+                let digest = match &environment.digest {
+                    Some(digest) => digest.clone(),
+                    None => version_digest(inner.as_ref(), &environment.name, environment.version)?,
+                };
                 let document = document_of(environment, flags);
                 hub.load(&environment.name, environment.version, digest, document);
             }

@@ -126,6 +126,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX usage_by_hour ON usage (hour);
 "#,
+    r#"
+    -- The digest of the commit at digest_version (store::commit_digest), so a start does not
+    -- re-read and re-hash that commit; used only while digest_version = version.
+    ALTER TABLE environments ADD COLUMN digest TEXT;
+    ALTER TABLE environments ADD COLUMN digest_version BIGINT;
+"#,
 ];
 
 /// A connection string with its password replaced by `***`, for logs and messages.
@@ -637,9 +643,9 @@ fn read_environment(
     lock: bool,
 ) -> Result<Option<Environment>, StoreError> {
     let sql = if lock {
-        "SELECT name, version, metadata, evaluators, created_at FROM environments WHERE name = $1 FOR UPDATE"
+        "SELECT name, version, metadata, evaluators, created_at, CASE WHEN digest_version = version THEN digest END FROM environments WHERE name = $1 FOR UPDATE"
     } else {
-        "SELECT name, version, metadata, evaluators, created_at FROM environments WHERE name = $1"
+        "SELECT name, version, metadata, evaluators, created_at, CASE WHEN digest_version = version THEN digest END FROM environments WHERE name = $1"
     };
     let Some(row) = client.query_opt(sql, &[&name])? else {
         return Ok(None);
@@ -657,6 +663,7 @@ fn environment_from_row(row: &Row) -> Result<Environment, StoreError> {
     Ok(Environment {
         version: row.try_get(1)?,
         created_at: row.try_get(4)?,
+        digest: row.try_get(5)?,
         name,
         metadata,
         evaluators,
@@ -990,8 +997,8 @@ impl PostgresStore {
         }
         records.extend(append_changes(tx, environment, version, entries, by)?);
         tx.execute(
-            "UPDATE environments SET version = $2 WHERE name = $1",
-            &[&environment, &version],
+            "UPDATE environments SET version = $2, digest = $3, digest_version = $2 WHERE name = $1",
+            &[&environment, &version, &super::commit_digest(&records)],
         )?;
         notify(tx, &self.namespace, environment, version)?;
         Ok(Commit {
@@ -1049,7 +1056,7 @@ fn update_ramp(client: &mut impl GenericClient, ramp: &RampRecord) -> Result<i64
 impl FlagStore for PostgresStore {
     fn environments(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = self.client()?.query(
-            "SELECT name, version, metadata, evaluators, created_at FROM environments ORDER BY name",
+            "SELECT name, version, metadata, evaluators, created_at, CASE WHEN digest_version = version THEN digest END FROM environments ORDER BY name",
             &[],
         )?;
         rows.iter().map(environment_from_row).collect()

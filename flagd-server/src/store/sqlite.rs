@@ -125,6 +125,14 @@ fn migrations() -> Migrations<'static> {
         CREATE INDEX usage_by_hour ON usage (hour);
         "#,
         ),
+        M::up(
+            r#"
+        -- The digest of the commit at digest_version (store::commit_digest), so a start does not
+        -- re-read and re-hash that commit; used only while digest_version = version.
+        ALTER TABLE environments ADD COLUMN digest TEXT;
+        ALTER TABLE environments ADD COLUMN digest_version INTEGER;
+        "#,
+        ),
     ])
 }
 
@@ -182,7 +190,9 @@ impl SqliteStore {
 fn read_environment(tx: &Connection, name: &str) -> Result<Option<Environment>, StoreError> {
     let row = tx
         .query_row(
-            "SELECT name, version, metadata, evaluators, created_at FROM environments WHERE name = ?1",
+            "SELECT name, version, metadata, evaluators, created_at, \
+             CASE WHEN digest_version = version THEN digest END \
+             FROM environments WHERE name = ?1",
             params![name],
             |row| {
                 Ok((
@@ -191,11 +201,12 @@ fn read_environment(tx: &Connection, name: &str) -> Result<Option<Environment>, 
                     row.get::<_, String>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, i64>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             },
         )
         .optional()?;
-    let Some((name, version, metadata, evaluators, created_at)) = row else {
+    let Some((name, version, metadata, evaluators, created_at, digest)) = row else {
         return Ok(None);
     };
     let metadata: Metadata = decode(&metadata, || format!("environment {name:?} metadata"))?;
@@ -207,6 +218,7 @@ fn read_environment(tx: &Connection, name: &str) -> Result<Option<Environment>, 
         metadata,
         evaluators,
         created_at,
+        digest,
     }))
 }
 
@@ -468,8 +480,8 @@ fn commit_in(
         }
     }
     tx.execute(
-        "UPDATE environments SET version = ?2 WHERE name = ?1",
-        params![environment, version],
+        "UPDATE environments SET version = ?2, digest = ?3, digest_version = ?2 WHERE name = ?1",
+        params![environment, version, super::commit_digest(&records)],
     )?;
     Ok(Commit {
         version,

@@ -63,7 +63,44 @@ both_stores!(
     fenced_commits_land_with_their_ramp_or_not_at_all,
     sources_bind_save_by_generation_and_go_with_their_environment,
     usage_adds_up_per_hour_and_is_pruned,
+    environments_carry_the_digest_of_their_last_commit,
 );
+
+fn environments_carry_the_digest_of_their_last_commit(store: &Backend) {
+    // A fresh environment's version was not made by a commit: no recorded digest.
+    assert_eq!(store.environment("default").unwrap().unwrap().digest, None);
+    let settings = EnvironmentSettings {
+        metadata: serde_json::from_value(json!({"team": "web"})).unwrap(),
+        evaluators: BTreeMap::new(),
+    };
+    for changes in [
+        vec![upsert("a", "on", None), upsert("b", "off", None)],
+        vec![FlagChange::Delete {
+            key: "a".into(),
+            expected_version: None,
+        }],
+    ] {
+        let commit = store
+            .commit("default", &changes, Some(&settings), &by("a"))
+            .unwrap();
+        let recorded = store.environment("default").unwrap().unwrap();
+        assert_eq!(recorded.version, commit.version);
+        // The same digest as the commit's records and as the one read back from the log.
+        assert_eq!(
+            recorded.digest.as_deref(),
+            Some(commit_digest(&commit.changes).as_str())
+        );
+        let logged: Vec<_> = store
+            .changes_since("default", commit.version - 1, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.version == commit.version)
+            .collect();
+        assert_eq!(recorded.digest, Some(commit_digest(&logged)));
+        let listed = store.environments().unwrap();
+        assert_eq!(listed[0].digest, recorded.digest);
+    }
+}
 
 fn usage_adds_up_per_hour_and_is_pruned(store: &Backend) {
     let row = |flag: &str, variant: &str, at: i64, count: i64| UsageRecord {
