@@ -272,22 +272,34 @@ fn read_flag(
 }
 
 fn read_flags(tx: &Connection, environment: &str) -> Result<Vec<StoredFlag>, StoreError> {
+    Ok(decode_flag_rows(
+        environment,
+        read_flag_rows(tx, environment)?,
+    ))
+}
+
+/// An environment's flag rows, still encoded: decoding can then happen without the connection.
+fn read_flag_rows(tx: &Connection, environment: &str) -> Result<Vec<FlagRow>, StoreError> {
     let mut statement = tx.prepare(&format!(
         "SELECT {FLAG_COLUMNS} FROM flags WHERE environment = ?1 ORDER BY key"
     ))?;
     let rows = statement.query_map(params![environment], flag_columns)?;
-    let mut flags = Vec::new();
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn decode_flag_rows(environment: &str, rows: Vec<FlagRow>) -> Vec<StoredFlag> {
+    let mut flags = Vec::with_capacity(rows.len());
     for row in rows {
         // A flag row that does not decode is left out (and logged), never an error for the
         // whole environment: the others must stay listable, exportable and servable.
-        match flag_from_row(row?) {
+        match flag_from_row(row) {
             Ok(flag) => flags.push(flag),
             Err(error) => {
                 tracing::error!(environment, %error, "stored flag does not decode; left out")
             }
         }
     }
-    Ok(flags)
+    flags
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -624,11 +636,16 @@ impl FlagStore for SqliteStore {
     }
 
     fn flags(&self, environment: &str) -> Result<Vec<StoredFlag>, StoreError> {
-        let connection = self.lock();
-        if read_environment(&connection, environment)?.is_none() {
-            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
-        }
-        read_flags(&connection, environment)
+        let rows = {
+            let connection = self.lock();
+            if read_environment(&connection, environment)?.is_none() {
+                return Err(StoreError::UnknownEnvironment(environment.to_owned()));
+            }
+            read_flag_rows(&connection, environment)?
+        };
+        // Decoded after the connection is released: environments loading on several threads
+        // at start (`PublishingStore::new`) decode in parallel instead of taking turns.
+        Ok(decode_flag_rows(environment, rows))
     }
 
     fn flag(&self, environment: &str, key: &str) -> Result<Option<StoredFlag>, StoreError> {
