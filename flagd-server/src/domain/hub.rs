@@ -113,8 +113,8 @@ impl Snapshot {
     }
 
     /// The next snapshot after a commit's records.
-    fn after(&self, version: i64, records: &[ChangeRecord]) -> Snapshot {
-        let digest = commit_digest(records);
+    fn after(&self, commit: &Commit) -> Snapshot {
+        let (version, records, digest) = (commit.version, &commit.changes, commit.digest.clone());
         let mut document = self.document.clone();
         let mut upserts: Vec<(String, Arc<Flag>)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
@@ -307,7 +307,7 @@ impl Hub {
         let Some(message) = patch_message(commit.version, &commit.changes) else {
             return;
         };
-        let snapshot = Arc::new(previous.after(commit.version, &commit.changes));
+        let snapshot = Arc::new(previous.after(commit));
         let patch = RecentPatch {
             version: commit.version,
             digest: snapshot.digest.clone(),
@@ -594,13 +594,8 @@ impl PublishingStore {
                 if !patchable {
                     return self.reload(environment).map(|()| published + 1);
                 }
-                self.hub.publish(
-                    environment,
-                    &Commit {
-                        version: expected,
-                        changes: group.to_vec(),
-                    },
-                );
+                self.hub
+                    .publish(environment, &Commit::new(expected, group.to_vec()));
                 published += 1;
                 expected += 1;
                 rest = tail;
@@ -858,9 +853,9 @@ mod tests {
     fn commit(version: i64, description_bytes: usize) -> Commit {
         let flag = json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on",
             "description": "d".repeat(description_bytes)});
-        Commit {
+        Commit::new(
             version,
-            changes: vec![ChangeRecord {
+            vec![ChangeRecord {
                 id: version,
                 environment: "e".into(),
                 version,
@@ -872,7 +867,7 @@ mod tests {
                 at: 0,
                 message: None,
             }],
-        }
+        )
     }
 
     #[test]

@@ -491,6 +491,20 @@ pub struct Commit {
     pub version: i64,
     /// The records written.
     pub changes: Vec<ChangeRecord>,
+    /// [`commit_digest`] of `changes`, computed once ([`Commit::new`]): the store records it
+    /// with the version, the hub sends it with the patch.
+    pub digest: String,
+}
+
+impl Commit {
+    /// The commit that produced `version` with these records.
+    pub fn new(version: i64, changes: Vec<ChangeRecord>) -> Commit {
+        Commit {
+            digest: commit_digest(&changes),
+            version,
+            changes,
+        }
+    }
 }
 
 /// Filters for the audit log.

@@ -996,15 +996,13 @@ impl PostgresStore {
             )?;
         }
         records.extend(append_changes(tx, environment, version, entries, by)?);
+        let commit = Commit::new(version, records);
         tx.execute(
             "UPDATE environments SET version = $2, digest = $3, digest_version = $2 WHERE name = $1",
-            &[&environment, &version, &super::commit_digest(&records)],
+            &[&environment, &version, &commit.digest],
         )?;
         notify(tx, &self.namespace, environment, version)?;
-        Ok(Commit {
-            version,
-            changes: records,
-        })
+        Ok(commit)
     }
 }
 

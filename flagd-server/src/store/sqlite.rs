@@ -491,14 +491,12 @@ fn commit_in(
             }
         }
     }
+    let commit = Commit::new(version, records);
     tx.execute(
         "UPDATE environments SET version = ?2, digest = ?3, digest_version = ?2 WHERE name = ?1",
-        params![environment, version, super::commit_digest(&records)],
+        params![environment, version, commit.digest],
     )?;
-    Ok(Commit {
-        version,
-        changes: records,
-    })
+    Ok(commit)
 }
 
 fn insert_token_row(connection: &Connection, token: &TokenRecord) -> Result<(), StoreError> {
