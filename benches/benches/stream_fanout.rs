@@ -109,16 +109,12 @@ struct Target {
 }
 
 async fn run(clients: usize, target: &Target) {
-    let Target {
-        address: server,
-        base,
-        ws,
-        sdk_token: sdk,
-        pid,
-        idle_rss: before,
-        http,
-    } = target;
-    let (pid, before, server) = (*pid, *before, *server);
+    let (server, ws, sdk, before) = (
+        target.address,
+        &target.ws,
+        &target.sdk_token,
+        target.idle_rss,
+    );
     let (received, mut receipts) = mpsc::unbounded_channel::<(i64, Instant)>();
     let mut tasks = Vec::with_capacity(clients);
     let connected = Arc::new(tokio::sync::Semaphore::new(0));
@@ -186,7 +182,7 @@ async fn run(clients: usize, target: &Target) {
     }
     // Let every session send its snapshot and go idle before measuring memory.
     tokio::time::sleep(Duration::from_millis(500 + clients as u64 / 10)).await;
-    let after = rss_kib(pid);
+    let after = rss_kib(target.pid);
     let per_connection = (after.saturating_sub(before) as f64 * 1024.0) / clients as f64;
 
     let writes = writes();
@@ -195,8 +191,12 @@ async fn run(clients: usize, target: &Target) {
     let mut slowest_write = Duration::ZERO;
     for i in 0..writes {
         let started = Instant::now();
-        let response = http
-            .put(format!("{base}/api/v1/environments/default/flags/fanout-{clients}-{i}"))
+        let response = target
+            .http
+            .put(format!(
+                "{}/api/v1/environments/default/flags/fanout-{clients}-{i}",
+                target.base
+            ))
             .bearer_auth(ADMIN)
             .json(&json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}))
             .send()

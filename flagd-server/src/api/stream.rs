@@ -603,33 +603,22 @@ async fn send_text(socket: &mut Socket, text: &Utf8Bytes) -> std::io::Result<()>
     let io = socket.get_mut();
     if count == 1 {
         // The common case (patches, pings): one frame, nothing allocated.
-        let mut header = [0u8; MAX_HEADER];
-        let length = frame_header(&mut header, true, true, payload.len())?;
-        return write_all_vectored(
-            io,
-            &mut [IoSlice::new(&header[..length]), IoSlice::new(payload)],
-        )
-        .await;
+        let header = FrameHead::new(true, true, payload.len())?;
+        return write_all_vectored(io, &mut [header.slice(), IoSlice::new(payload)]).await;
     }
-    let fragments: Vec<&[u8]> = payload.chunks(FRAGMENT).collect();
-    let mut headers = vec![[0u8; MAX_HEADER]; fragments.len()];
-    let mut lengths = Vec::with_capacity(fragments.len());
-    for (index, (header, fragment)) in headers.iter_mut().zip(&fragments).enumerate() {
-        lengths.push(frame_header(
-            header,
-            index == 0,
-            index + 1 == fragments.len(),
-            fragment.len(),
-        )?);
-    }
-    let mut slices = Vec::with_capacity(2 * FRAGMENTS_PER_WRITE);
-    for start in (0..fragments.len()).step_by(FRAGMENTS_PER_WRITE) {
-        let end = (start + FRAGMENTS_PER_WRITE).min(fragments.len());
-        slices.clear();
-        for index in start..end {
-            slices.push(IoSlice::new(&headers[index][..lengths[index]]));
-            slices.push(IoSlice::new(fragments[index]));
-        }
+    let frames = payload
+        .chunks(FRAGMENT)
+        .enumerate()
+        .map(|(index, fragment)| {
+            let header = FrameHead::new(index == 0, index + 1 == count, fragment.len())?;
+            Ok((header, fragment))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for batch in frames.chunks(FRAGMENTS_PER_WRITE) {
+        let mut slices: Vec<IoSlice<'_>> = batch
+            .iter()
+            .flat_map(|(header, fragment)| [header.slice(), IoSlice::new(fragment)])
+            .collect();
         write_all_vectored(io, &mut slices).await?;
     }
     Ok(())
@@ -640,27 +629,35 @@ const MAX_HEADER: usize = 10;
 /// Fragments per vectored write (two slices each, well under `IOV_MAX`).
 const FRAGMENTS_PER_WRITE: usize = 32;
 
-/// Formats the header of an unmasked text frame (`first`) or continuation frame carrying
-/// `length` bytes into `out`; returns the header's length.
-fn frame_header(
-    out: &mut [u8; MAX_HEADER],
-    first: bool,
-    last: bool,
+/// The header of an unmasked frame, formatted by tungstenite.
+struct FrameHead {
+    bytes: [u8; MAX_HEADER],
     length: usize,
-) -> std::io::Result<usize> {
-    let header = FrameHeader {
-        is_final: last,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        opcode: OpCode::Data(if first { Data::Text } else { Data::Continue }),
-        mask: None,
-    };
-    let mut cursor = std::io::Cursor::new(&mut out[..]);
-    header
-        .format(length as u64, &mut cursor)
-        .map_err(std::io::Error::other)?;
-    usize::try_from(cursor.position()).map_err(std::io::Error::other)
+}
+
+impl FrameHead {
+    /// The header of a text frame (`first`) or continuation frame carrying `length` bytes.
+    fn new(first: bool, last: bool, length: usize) -> std::io::Result<FrameHead> {
+        let header = FrameHeader {
+            is_final: last,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode: OpCode::Data(if first { Data::Text } else { Data::Continue }),
+            mask: None,
+        };
+        let mut bytes = [0u8; MAX_HEADER];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        header
+            .format(length as u64, &mut cursor)
+            .map_err(std::io::Error::other)?;
+        let length = usize::try_from(cursor.position()).map_err(std::io::Error::other)?;
+        Ok(FrameHead { bytes, length })
+    }
+
+    fn slice(&self) -> IoSlice<'_> {
+        IoSlice::new(&self.bytes[..self.length])
+    }
 }
 
 /// Writes every slice, in order, with as few `writev` calls as the socket allows, then flushes:
