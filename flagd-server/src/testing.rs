@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
+use crate::domain::tokens::{TokenCache, generate_id, generate_secret, hash_secret};
+use crate::store::{FlagStore, Role, TokenRecord};
+
 /// The variable naming the PostgreSQL database tests use.
 pub const DATABASE_URL_VARIABLE: &str = "FLAGD_TEST_DATABASE_URL";
 /// The database tests use when [`DATABASE_URL_VARIABLE`] is not set.
@@ -148,4 +151,30 @@ pub fn vector(values: &[&str]) -> Value {
         .map(|v| json!({"metric": {}, "value": [1.8e9, v]}))
         .collect();
     json!({"status": "success", "data": {"resultType": "vector", "result": samples}})
+}
+
+/// Creates a token in `store` and `tokens` (an sdk token's `environment`; an admin confined to
+/// `environments` when given); returns its id and secret.
+pub fn insert_token(
+    store: &dyn FlagStore,
+    tokens: &TokenCache,
+    name: &str,
+    role: Role,
+    environment: Option<&str>,
+    environments: Option<&[&str]>,
+) -> Result<(String, String), crate::store::StoreError> {
+    let secret = generate_secret(role);
+    let record = TokenRecord {
+        environments: environments.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
+        id: generate_id(),
+        name: name.to_owned(),
+        role,
+        environment: environment.map(str::to_owned),
+        hash: hash_secret(&secret),
+        created_at: 1,
+        revoked_at: None,
+    };
+    store.insert_token(&record)?;
+    tokens.insert(record.clone());
+    Ok((record.id, secret))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use flagd_server::api::{Access, ROUTES};
-use flagd_server::domain::tokens::{TokenCache, generate_id, generate_secret, hash_secret};
+use flagd_server::domain::tokens::TokenCache;
 use flagd_server::state::AppState;
 use flagd_server::store::{FlagStore, Role, SqliteStore, TokenRecord};
 use flagd_server::{Server, ServerOptions};
@@ -43,20 +43,8 @@ fn scoped_token(
     environment: Option<&str>,
     environments: Option<&[&str]>,
 ) -> (String, String) {
-    let secret = generate_secret(role);
-    let record = TokenRecord {
-        environments: environments.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
-        id: generate_id(),
-        name: name.to_owned(),
-        role,
-        environment: environment.map(str::to_owned),
-        hash: hash_secret(&secret),
-        created_at: 1,
-        revoked_at: None,
-    };
-    store.insert_token(&record).unwrap();
-    tokens.insert(record.clone());
-    (record.id, secret)
+    flagd_server::testing::insert_token(store, tokens, name, role, environment, environments)
+        .unwrap()
 }
 
 impl TestApp {

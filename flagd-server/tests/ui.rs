@@ -11,9 +11,9 @@ use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use flagd_server::domain::tokens::{TokenCache, generate_id, generate_secret, hash_secret};
+use flagd_server::domain::tokens::TokenCache;
 use flagd_server::state::AppState;
-use flagd_server::store::{FlagStore, Role, SqliteStore, TokenRecord};
+use flagd_server::store::{FlagStore, Role, SqliteStore};
 
 struct Dashboard {
     router: axum::Router,
@@ -25,20 +25,8 @@ struct Dashboard {
 }
 
 fn token(store: &dyn FlagStore, tokens: &TokenCache, name: &str, role: Role) -> (String, String) {
-    let secret = generate_secret(role);
-    let record = TokenRecord {
-        id: generate_id(),
-        name: name.to_owned(),
-        role,
-        environment: (role == Role::Sdk).then(|| "default".to_owned()),
-        environments: None,
-        hash: hash_secret(&secret),
-        created_at: 1,
-        revoked_at: None,
-    };
-    store.insert_token(&record).unwrap();
-    tokens.insert(record.clone());
-    (record.id, secret)
+    let environment = (role == Role::Sdk).then_some("default");
+    flagd_server::testing::insert_token(store, tokens, name, role, environment, None).unwrap()
 }
 
 /// A signed-in browser: its cookie and CSRF token.
@@ -105,6 +93,21 @@ impl Dashboard {
                 .unwrap(),
             None => builder.body(Body::empty()).unwrap(),
         }
+    }
+
+    /// Opens the live event stream (`GET /ui/events`) as `browser`.
+    async fn events(&self, browser: &Browser) -> axum::response::Response {
+        self.router
+            .clone()
+            .oneshot(Dashboard::request(
+                "GET",
+                "/ui/events",
+                Some(browser),
+                None,
+                None,
+            ))
+            .await
+            .unwrap()
     }
 
     async fn sign_in(&self) -> Browser {
@@ -408,18 +411,7 @@ async fn sessions_end_when_idle_on_sign_out_and_when_the_token_is_revoked() {
         assert_eq!(status, StatusCode::OK, "used, so alive");
     }
     app.advance(20 * 60);
-    let events = app
-        .router
-        .clone()
-        .oneshot(Dashboard::request(
-            "GET",
-            "/ui/events",
-            Some(&browser),
-            None,
-            None,
-        ))
-        .await
-        .unwrap();
+    let events = app.events(&browser).await;
     assert_eq!(events.status(), StatusCode::OK);
     drop(events);
     app.advance(15 * 60);
@@ -440,18 +432,7 @@ async fn the_event_stream_tells_the_page_when_an_environment_moves() {
         .send(Dashboard::request("GET", "/ui/events", None, None, None))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let response = app
-        .router
-        .clone()
-        .oneshot(Dashboard::request(
-            "GET",
-            "/ui/events",
-            Some(&browser),
-            None,
-            None,
-        ))
-        .await
-        .unwrap();
+    let response = app.events(&browser).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         response.headers()[header::CONTENT_TYPE]
