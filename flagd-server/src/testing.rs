@@ -1,6 +1,6 @@
 //! Test support (used by this crate's tests, the end-to-end tests and the benches): a scratch
 //! PostgreSQL schema per test, so tests against the real database run in parallel; a fake of
-//! Prometheus's query API for metric analysis guards.
+//! Prometheus's query API for metric analysis guards; `insert_token` for tests that need tokens.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
